@@ -1,0 +1,166 @@
+"""Orbax I/O for training states and encoder transplants.
+
+Checkpoints are written one array per directory (``use_ocdbt=False``) so a
+partial restore of ``params/encoder`` reads the encoder's files and nothing
+else. Orbax writes each step into a temporary directory and renames it when
+finished, so a step killed mid-write is never listed as finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from aetl_jax.transfer.rules import path_str
+
+logging.getLogger("absl").setLevel(logging.ERROR)
+
+SIDECAR = "model.json"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint is missing, unfinished, or does not fit the target tree."""
+
+
+def make_manager(directory, *, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
+  directory = Path(directory).absolute()
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  return ocp.CheckpointManager(directory, options=options,
+                               item_handlers=ocp.PyTreeCheckpointHandler(use_ocdbt=False))
+
+
+def save(manager: ocp.CheckpointManager, step: int, tree) -> None:
+  """Saves ``tree`` at ``step`` and blocks until it is committed on disk."""
+  manager.save(int(step), args=ocp.args.PyTreeSave(tree), force=True)
+  manager.wait_until_finished()
+
+
+def finished_steps(directory) -> list[int]:
+  directory = Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(make_manager(directory).all_steps())
+
+
+def _unfinished(directory) -> list[str]:
+  directory = Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(p.name for p in directory.iterdir() if "tmp" in p.name)
+
+
+def _abstract(shape, dtype):
+  """A restore target placed on the first local device."""
+  return jax.ShapeDtypeStruct(shape, dtype,
+                              sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+
+
+def abstract_like(tree):
+  """Shape/dtype skeleton of ``tree`` (what Orbax restores into)."""
+  return jax.tree.map(lambda x: _abstract(np.shape(x), np.result_type(x)), tree)
+
+
+def restore_latest(directory, target):
+  """Restores the newest finished step into ``target``'s structure.
+
+  Returns ``(step, tree)``, or ``None`` when there is no finished checkpoint.
+  """
+  steps = finished_steps(directory)
+  if not steps:
+    return None
+  manager = make_manager(directory)
+  step = steps[-1]
+  item = abstract_like(target)
+  tree = manager.restore(step, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item)))
+  return step, tree
+
+
+def _leaf_shapes(tree) -> dict[str, tuple]:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {path_str(p): tuple(getattr(x, "shape", np.shape(x))) for p, x in flat}
+
+
+def restore_subtree(directory, target, *, subtree: tuple[str, ...] = ("params", "encoder"),
+                    step: int | None = None, reinit: tuple[str, ...] = ()):
+  """Reads only ``subtree`` of a saved state into the structure of ``target``.
+
+  ``target`` is the subtree as initialised on the target side. Every leaf must
+  exist in the checkpoint with the same shape, except leaves whose path (inside
+  the subtree) is listed in ``reinit``: those keep ``target``'s values. Any
+  mismatch raises one CheckpointError listing every offending path.
+  """
+  directory = Path(directory)
+  steps = finished_steps(directory)
+  if not steps:
+    unfinished = _unfinished(directory)
+    raise CheckpointError(
+        f"no finished checkpoint in {directory}"
+        + (f" (unfinished writes present: {', '.join(unfinished)})" if unfinished else
+           " (the directory is empty or missing)"))
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise CheckpointError(f"checkpoint step {step} not found in {directory}; finished steps: {steps}")
+  manager = make_manager(directory)
+  meta = manager.item_metadata(step)
+  saved = meta.tree if hasattr(meta, "tree") else meta
+  for key in subtree:
+    if not isinstance(saved, dict) or key not in saved:
+      raise CheckpointError(f"checkpoint {directory}/{step} has no '{'/'.join(subtree)}' subtree")
+    saved = saved[key]
+  saved_shapes = _leaf_shapes(saved)
+  target_shapes = _leaf_shapes(target)
+  reinit = set(reinit)
+  problems = []
+  for path, shape in target_shapes.items():
+    if path in reinit:
+      continue
+    if path not in saved_shapes:
+      problems.append(f"{path}: missing in checkpoint (target shape {shape})")
+    elif saved_shapes[path] != shape:
+      problems.append(f"{path}: checkpoint shape {saved_shapes[path]} != target shape {shape}")
+  extra = sorted(set(saved_shapes) - set(target_shapes))
+  for path in extra:
+    problems.append(f"{path}: in checkpoint (shape {saved_shapes[path]}) but not in target")
+  if problems:
+    raise CheckpointError(
+        f"encoder in {directory}/{step} does not fit the target model ({len(problems)} problem(s)):\n  "
+        + "\n  ".join(problems))
+
+  target_flat = traverse_util.flatten_dict(target, sep="/")
+  item = traverse_util.unflatten_dict(
+      {k: _abstract(np.shape(v), v.dtype) for k, v in target_flat.items()
+       if k not in reinit}, sep="/")
+  for key in reversed(subtree):
+    item = {key: item}
+  restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=True))
+  for key in subtree:
+    restored = restored[key]
+  restored_flat = traverse_util.flatten_dict(restored, sep="/")
+  merged = traverse_util.unflatten_dict(
+      {k: restored_flat.get(k, v) for k, v in target_flat.items()}, sep="/")
+  return step, merged
+
+
+def write_sidecar(directory, payload: dict) -> None:
+  """Atomically writes model metadata (family, config) next to the checkpoints."""
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  tmp = directory / (SIDECAR + ".tmp")
+  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+  os.replace(tmp, directory / SIDECAR)
+
+
+def read_sidecar(directory) -> dict | None:
+  path = Path(directory) / SIDECAR
+  return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,114 @@
+"""Config overrides and checks (ml_collections), with one-line errors.
+
+Overrides are ``key.path=value`` strings (``--config.pretrain.epochs=5`` on the
+command line). Values are parsed as Python literals and must keep the type of
+the default they replace; unknown keys get close-match suggestions.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A bad config key or value; the message is one line and says what is valid."""
+
+
+def flatten(config) -> dict:
+  out = {}
+
+  def walk(prefix, node):
+    for key, value in node.items():
+      name = f"{prefix}{key}"
+      if isinstance(value, (ml_collections.ConfigDict, dict)):
+        walk(name + ".", value)
+      else:
+        out[name] = value
+
+  walk("", config)
+  return out
+
+
+def _parse_value(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def _coerce(key: str, default, value):
+  if default is None:
+    return value
+  if isinstance(default, bool):
+    if isinstance(value, bool):
+      return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+      return value.lower() == "true"
+  elif isinstance(default, (int, float)) and isinstance(value, (int, float)) \
+      and not isinstance(value, bool):
+    if isinstance(default, int) and isinstance(value, float):
+      if value.is_integer():
+        return int(value)
+    else:
+      return type(default)(value)
+  elif isinstance(default, (tuple, list)):
+    if isinstance(value, (tuple, list)):
+      return tuple(value)
+    if isinstance(value, (int, float, str)):
+      return (value,)
+  elif isinstance(default, str):
+    if isinstance(value, str):
+      return value
+    return str(value)
+  raise ConfigError(f"config key '{key}' expects {type(default).__name__} (default {default!r}), "
+                    f"got {value!r}")
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+  """Returns a copy of ``config`` with ``key=value`` overrides applied."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  known = flatten(config)
+  for item in overrides:
+    if "=" not in item or not item.split("=", 1)[0].strip():
+      raise ConfigError(f"malformed override {item!r}; expected KEY=VALUE, e.g. pretrain.epochs=5")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if key.startswith("--config."):
+      key = key[len("--config."):]
+    if key not in known:
+      close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+      hint = f"did you mean {', '.join(close)}?" if close else \
+          f"valid keys: {', '.join(sorted(known))}"
+      raise ConfigError(f"unknown config key '{key}'; {hint}")
+    value = _coerce(key, known[key], _parse_value(text))
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    with node.ignore_type():
+      node[leaf] = value
+    known[key] = value
+  return config
+
+
+def require(condition: bool, key: str, message: str) -> None:
+  """Raises ConfigError naming ``key`` when ``condition`` is false."""
+  if not condition:
+    raise ConfigError(f"config key '{key}': {message}")
+
+
+def diff(old: dict, new: dict) -> list[str]:
+  """Human-readable differences between two flattened configs."""
+  lines = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+    if isinstance(a, list):
+      a = tuple(a)
+    if isinstance(b, list):
+      b = tuple(b)
+    if a != b:
+      lines.append(f"{key}: {a!r} -> {b!r}")
+  return lines

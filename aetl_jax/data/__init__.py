@@ -1,0 +1,1 @@
+"""Datasets as in-memory arrays, splits and label budgets."""

@@ -1,0 +1,64 @@
+"""The source/target/test layout of a same-dataset transfer experiment."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from aetl_jax.data.splits import class_counts, label_budget, stratified_split
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferSplit:
+  """Disjoint index sets into one labelled dataset.
+
+  ``source`` is used without labels for pretraining; labelled training and
+  validation examples for the target task are drawn from ``target_pool``;
+  ``test`` is touched only for final evaluation.
+  """
+
+  source: np.ndarray
+  target_pool: np.ndarray
+  test: np.ndarray
+
+  def check_disjoint(self):
+    sets = {"source": self.source, "target_pool": self.target_pool, "test": self.test}
+    names = list(sets)
+    for i, a in enumerate(names):
+      for b in names[i + 1:]:
+        both = np.intersect1d(sets[a], sets[b])
+        if len(both):
+          raise AssertionError(f"{a} and {b} share {len(both)} examples")
+
+
+def make_transfer_split(labels, *, test_fraction: float, source_fraction: float,
+                        seed: int) -> TransferSplit:
+  """Stratified test split, then the rest split into source and target pool."""
+  rest, test = stratified_split(labels, test_fraction, seed)
+  target_rel, source_rel = stratified_split(labels[rest], source_fraction, seed + 1)
+  split = TransferSplit(source=rest[source_rel], target_pool=rest[target_rel], test=test)
+  split.check_disjoint()
+  return split
+
+
+def draw_target_labels(labels, split: TransferSplit, *, per_class: int, val_per_class: int,
+                       seed: int, num_classes: int):
+  """Labelled train and validation indices for one (budget, seed) cell.
+
+  Validation is a separate stratified draw from the target pool (never from
+  test), disjoint from the training labels.
+  """
+  train = label_budget(labels, per_class, seed, pool=split.target_pool, num_classes=num_classes)
+  val = np.empty(0, np.int64)
+  if val_per_class:
+    remaining = np.setdiff1d(split.target_pool, train)
+    val = label_budget(labels, val_per_class, seed + 10_000, pool=remaining,
+                       num_classes=num_classes)
+  return train, val
+
+
+def describe_split(labels, split: TransferSplit, num_classes: int) -> dict:
+  return {name: {"size": int(len(idx)), "per_class": class_counts(labels, idx, num_classes)}
+          for name, idx in (("source", split.source), ("target_pool", split.target_pool),
+                            ("test", split.test))}

@@ -1,0 +1,1 @@
+"""Evaluation of reconstructions and of features."""

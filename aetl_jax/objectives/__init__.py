@@ -1,0 +1,1 @@
+"""Pure objectives ``(params, batch, rng) -> (loss, aux)``."""

@@ -1,0 +1,1 @@
+"""Result tables (mean ± 95% CI over seeds) and figures."""

@@ -1,0 +1,1 @@
+"""Pure train steps and the epoch runners that compile them."""

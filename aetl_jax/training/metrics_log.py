@@ -1,0 +1,42 @@
+"""Metrics as JSON lines, safe to append to across kills and resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class JsonlLog:
+  """Append-only JSON-lines file; a torn last line (killed mid-write) is dropped."""
+
+  def __init__(self, path):
+    self.path = Path(path)
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+
+  def read(self) -> list[dict]:
+    if not self.path.exists():
+      return []
+    rows = []
+    for line in self.path.read_text().splitlines():
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+    return rows
+
+  def append(self, row: dict) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row, sort_keys=True) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+
+  def keep(self, predicate) -> None:
+    """Rewrites the file atomically with the rows that satisfy ``predicate``.
+
+    Used on resume to drop rows logged after the checkpoint being resumed.
+    """
+    rows = [r for r in self.read() if predicate(r)]
+    tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    os.replace(tmp, self.path)

@@ -1,0 +1,51 @@
+"""One pure train step ``(state, batch, rng) -> (state, metrics)``.
+
+The step differentiates only the trainable partition of the parameters: frozen
+leaves are closed over as constants, so XLA computes no gradient for them and
+the optimiser holds no state for them ("frozen means free"). With
+``axis_name`` set, gradients and metrics are averaged over that named device
+axis, so the same function runs under jit, pmap and shard_map.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import optax
+from jax import lax
+
+from aetl_jax.transfer.rules import merge_split, split_by_mask
+from aetl_jax.training.state import TrainState
+
+# (params, batch, rng) -> (scalar loss, dict of scalar metrics)
+LossFn = Callable[..., tuple[jax.Array, dict]]
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, trainable_mask=None,
+                    *, axis_name: str | None = None):
+  """Builds the pure step. ``trainable_mask`` is a static bool tree (None = all)."""
+
+  def step(state: TrainState, batch, rng):
+    if trainable_mask is None:
+      trainable, frozen = state.params, None
+      combine = lambda t: t
+    else:
+      trainable, frozen = split_by_mask(state.params, trainable_mask)
+      combine = lambda t: merge_split(t, frozen)
+
+    def objective(t):
+      return loss_fn(combine(t), batch, rng)
+
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
+    metrics = {"loss": loss, **aux}
+    if axis_name is not None:
+      grads = lax.pmean(grads, axis_name)
+      metrics = lax.pmean(metrics, axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    new_state = state.replace(step=state.step + 1, params=combine(trainable), opt_state=opt_state)
+    return new_state, metrics
+
+  return step

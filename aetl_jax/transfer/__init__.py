@@ -1,0 +1,1 @@
+"""Moving parameter trees between tasks: path rules, optimiser masks, strategies."""

@@ -1,0 +1,176 @@
+"""Runs a transfer strategy on the target task.
+
+Each phase builds its optimiser over the trainable leaves its rules name and
+trains with the shared epoch runner. When a phase trains the head alone, the
+encoder's features are computed once and the head trains on them (no encoder
+forward or backward pass per step). Compiled programs are memoised on
+everything that shapes them, so seeds of one sweep cell share compilations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aetl_jax.evaluation.batched import accuracy, batched_apply
+from aetl_jax.objectives.classification import make_classification_loss
+from aetl_jax.training.guard import check_finite
+from aetl_jax.training.loop import make_epoch_fn
+from aetl_jax.training.state import TrainState
+from aetl_jax.training.step import make_train_step
+from aetl_jax.transfer import probes
+from aetl_jax.transfer.optim import learning_rate_schedule, make_optimizer
+from aetl_jax.transfer.rules import lr_multipliers, split_by_mask, trainable_mask
+from aetl_jax.transfer.strategies import Strategy
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSettings:
+  """Hashable optimiser settings of a fine-tuning phase."""
+
+  learning_rate: float
+  optimizer: str = "adam"
+  weight_decay: float = 0.0
+  schedule: str = "cosine"
+  warmup_epochs: int = 0
+  batch_size: int = 32
+  runner: str = "scan"
+
+  @classmethod
+  def from_config(cls, cfg) -> "OptimSettings":
+    return cls(learning_rate=float(cfg.learning_rate), optimizer=cfg.optimizer,
+               weight_decay=float(cfg.weight_decay), schedule=cfg.schedule,
+               warmup_epochs=int(cfg.warmup_epochs), batch_size=int(cfg.batch_size),
+               runner=cfg.runner)
+
+
+def _head_only(mask) -> bool:
+  enc = jax.tree.leaves(mask["encoder"])
+  return not any(enc) and all(jax.tree.leaves(mask["head"]))
+
+
+@functools.lru_cache(maxsize=None)
+def _predict_fn(model):
+  return jax.jit(lambda params, x: model.apply({"params": params}, x))
+
+
+@functools.lru_cache(maxsize=None)
+def _encode_fn(model):
+  return jax.jit(lambda params, x: model.apply({"params": params}, x, method="encode"))
+
+
+@functools.lru_cache(maxsize=None)
+def _head_fn(model):
+  return jax.jit(lambda head, f: model.apply({"params": {"head": head}}, f,
+                                             method="classify_features"))
+
+
+@functools.lru_cache(maxsize=None)
+def _phase_program(model, rules, opt: OptimSettings, num_train: int, epochs: int,
+                   input_shape: tuple, cached: bool):
+  """(epoch_fn, tx, mask) for one phase; memoised so seeds reuse compilations."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((1, *input_shape)))["params"])
+  mask = trainable_mask(shapes, rules)
+  mults = lr_multipliers(shapes, rules)
+  steps_per_epoch = max(num_train // min(opt.batch_size, num_train), 1)
+  schedule = learning_rate_schedule(opt.learning_rate, steps_per_epoch * epochs,
+                                    schedule=opt.schedule,
+                                    warmup_steps=opt.warmup_epochs * steps_per_epoch)
+  if cached:
+    mask, mults = mask["head"], mults["head"]
+    apply = lambda head, f, rng: model.apply({"params": {"head": head}}, f,
+                                             method="classify_features")
+    step_mask = None
+  else:
+    apply = lambda params, x, rng: model.apply({"params": params}, x, train=True,
+                                               rngs={"dropout": rng})
+    step_mask = mask
+    mults = split_by_mask(mults, mask)[0]
+  tx = make_optimizer(learning_rate=schedule, optimizer=opt.optimizer,
+                      weight_decay=opt.weight_decay, lr_multipliers=mults)
+  step = make_train_step(make_classification_loss(apply), tx, step_mask)
+  epoch_fn = make_epoch_fn(step, batch_size=opt.batch_size, runner=opt.runner)
+  return epoch_fn, tx, step_mask
+
+
+def _features(model, params, x):
+  return batched_apply(_encode_fn(model), params, x)
+
+
+def evaluate(model, params, split) -> float:
+  logits = batched_apply(_predict_fn(model), params, split["input"])
+  return accuracy(logits, split["label"])
+
+
+def run_strategy(strategy: Strategy, model, params, data: dict, opt: OptimSettings, rng, *,
+                 probe_cfg=None, on_epoch: Callable[[dict], None] | None = None):
+  """Trains ``params`` (a classifier tree) by ``strategy``.
+
+  ``data`` maps 'train', 'val', 'test' to dicts of device arrays
+  {'input', 'label'}. Returns (params, result dict with accuracies).
+  """
+  num_classes = model.num_classes
+  if strategy.probe is not None:
+    feats = {k: (np.asarray(_features(model, params, v["input"])), np.asarray(v["label"]))
+             for k, v in data.items()}
+    if strategy.probe == "ridge":
+      res = probes.ridge_probe(feats["train"], feats["val"], feats["test"],
+                               num_classes=num_classes, l2_grid=tuple(probe_cfg.ridge_l2_grid))
+    elif strategy.probe == "knn":
+      res = probes.knn_probe(feats["train"], feats["val"], feats["test"],
+                             k_grid=tuple(probe_cfg.knn_k_grid))
+    else:
+      raise ValueError(f"unknown probe {strategy.probe!r}; valid: 'ridge', 'knn'")
+    return params, res
+
+  # The epoch runner donates the state it is given: train on copies so the
+  # caller's trees (e.g. one pretrained encoder shared by many cells) survive.
+  params = jax.tree.map(jnp.copy, params)
+  train = data["train"]
+  num_train = int(train["label"].shape[0])
+  input_shape = tuple(train["input"].shape[1:])
+  epoch_index = 0
+  cached_features = None
+  phase_log = []
+  for phase in strategy.phases:
+    probe_shapes = jax.eval_shape(lambda: params)
+    cached = _head_only(trainable_mask(probe_shapes, phase.rules))
+    epoch_fn, tx, mask = _phase_program(model, phase.rules, opt, num_train, phase.epochs,
+                                        input_shape, cached)
+    if cached:
+      if cached_features is None:
+        cached_features = _features(model, params, train["input"])
+      phase_data = {"input": cached_features, "label": train["label"]}
+      state = TrainState.create(params["head"], tx)
+    else:
+      phase_data = train
+      state = TrainState.create(params, tx, mask)
+    metrics = {}
+    for _ in range(phase.epochs):
+      state, metrics = epoch_fn(state, phase_data, jax.random.fold_in(rng, epoch_index))
+      metrics = {k: float(v) for k, v in metrics.items()}
+      check_finite(metrics, phase=f"{strategy.name}/{phase.name}", epoch=epoch_index)
+      if on_epoch is not None:
+        on_epoch({"phase": phase.name, "epoch": epoch_index, **metrics})
+      epoch_index += 1
+    params = {**params, "head": state.params} if cached else state.params
+    phase_log.append({"phase": phase.name, "cached_features": cached,
+                      "final_train_loss": metrics.get("loss", math.nan)})
+
+  result = {
+      "test_accuracy": evaluate(model, params, data["test"]),
+      "val_accuracy": evaluate(model, params, data["val"]) if data["val"]["label"].shape[0] else None,
+      "train_accuracy": evaluate(model, params, train),
+      "phases": phase_log,
+  }
+  return params, result

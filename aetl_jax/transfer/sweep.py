@@ -1,0 +1,97 @@
+"""Label budgets × strategies × seeds, resumable cell by cell.
+
+Each finished cell is one JSON line in ``results/cells.jsonl``; a rerun skips
+cells already there. The pretrained encoder is read once from the Orbax
+checkpoint (encoder subtree only) and transplanted into every classifier.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from aetl_jax import checkpointing
+from aetl_jax.data.splits import class_counts
+from aetl_jax.data.transfer_split import TransferSplit, draw_target_labels
+from aetl_jax.models.registry import build_classifier
+from aetl_jax.training.metrics_log import JsonlLog
+from aetl_jax.training.pretrain import ENCODER_SUBTREE
+from aetl_jax.transfer.finetune import OptimSettings, run_strategy
+from aetl_jax.transfer.rules import reinit_paths
+from aetl_jax.transfer.strategies import build_strategy
+
+log = logging.getLogger(__name__)
+
+
+def cells_log(workdir) -> JsonlLog:
+  return JsonlLog(Path(workdir) / "results" / "cells.jsonl")
+
+
+def load_encoder(config, model, ckpt_dir, input_shape):
+  """Initial classifier params and the encoder restored from ``ckpt_dir``."""
+  sidecar = checkpointing.read_sidecar(ckpt_dir)
+  if sidecar is not None and sidecar.get("family") != config.model.family:
+    raise checkpointing.CheckpointError(
+        f"checkpoint in {ckpt_dir} holds a '{sidecar.get('family')}' encoder but the target model "
+        f"is '{config.model.family}'; use the same model.family for pretraining and transfer")
+  template = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *input_shape)))["params"]
+  # Re-init patterns are full classifier paths ('encoder/block_2/.*') like every other rule.
+  reinit = [p.removeprefix("encoder/") for p in
+            reinit_paths({"encoder": template["encoder"]}, tuple(config.transfer.reinit))]
+  if reinit:
+    log.warning("transfer: re-initialising instead of loading: %s", ", ".join(reinit))
+  step, encoder = checkpointing.restore_subtree(ckpt_dir, template["encoder"], reinit=tuple(reinit),
+                                                subtree=ENCODER_SUBTREE)
+  return step, encoder, reinit
+
+
+def run_sweep(config, workdir, *, images, labels, split: TransferSplit, num_classes: int,
+              ckpt_dir, progress: bool = True) -> list[dict]:
+  tcfg = config.transfer
+  model = build_classifier(config.model, num_classes)
+  input_shape = tuple(images.shape[1:])
+  ckpt_step, pretrained_encoder, reinit = load_encoder(config, model, ckpt_dir, input_shape)
+  opt = OptimSettings.from_config(tcfg)
+  test = {"input": jax.device_put(images[split.test]), "label": jax.device_put(labels[split.test])}
+
+  results = cells_log(workdir)
+  histories = JsonlLog(Path(workdir) / "metrics" / "finetune.jsonl")
+  done = {(r["budget"], r["strategy"], r["seed"]) for r in results.read()}
+  cells = [(b, s, seed) for b in tcfg.budgets for s in tcfg.strategies
+           for seed in range(tcfg.seeds)]
+  todo = [c for c in cells if c not in done]
+  if done:
+    log.info("sweep: %d of %d cells already finished, running %d", len(cells) - len(todo),
+             len(cells), len(todo))
+  bar = tqdm(todo, desc="transfer", disable=not progress, leave=False)
+  for budget, name, seed in bar:
+    bar.set_postfix_str(f"{name} k={budget} seed={seed}", refresh=False)
+    train_idx, val_idx = draw_target_labels(labels, split, per_class=budget,
+                                            val_per_class=tcfg.val_per_class,
+                                            seed=tcfg.label_seed + 1000 * seed + budget,
+                                            num_classes=num_classes)
+    data = {name_: {"input": jax.device_put(images[idx]), "label": jax.device_put(labels[idx])}
+            for name_, idx in (("train", train_idx), ("val", val_idx))}
+    data["test"] = test
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(tcfg.seed_offset + seed))
+    params = model.init(init_key, jnp.zeros((1, *input_shape)))["params"]
+    strategy = build_strategy(name, tcfg, params["encoder"])
+    if strategy.init == "pretrained":
+      params = {**params, "encoder": pretrained_encoder}
+    history = []
+    start = time.perf_counter()
+    _, result = run_strategy(strategy, model, params, data, opt, train_key, probe_cfg=tcfg,
+                             on_epoch=history.append)
+    row = {"budget": budget, "strategy": name, "seed": seed,
+           "train_per_class": class_counts(labels, train_idx, num_classes),
+           "val_size": int(len(val_idx)), "checkpoint_step": ckpt_step,
+           "reinit": reinit, "seconds": round(time.perf_counter() - start, 3), **result}
+    histories.append({"budget": budget, "strategy": name, "seed": seed, "history": history})
+    results.append(row)
+  return results.read()
