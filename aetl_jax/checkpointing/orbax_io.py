@@ -23,6 +23,7 @@ from aetl_jax.transfer.rules import path_str
 logging.getLogger("absl").setLevel(logging.ERROR)
 
 SIDECAR = "model.json"
+MANIFEST_KEY = "aetl_jax_leaf_shapes"
 
 
 class CheckpointError(ValueError):
@@ -37,8 +38,14 @@ def make_manager(directory, *, max_to_keep: int | None = 3) -> ocp.CheckpointMan
 
 
 def save(manager: ocp.CheckpointManager, step: int, tree) -> None:
-  """Saves ``tree`` at ``step`` and blocks until it is committed on disk."""
-  manager.save(int(step), args=ocp.args.PyTreeSave(tree), force=True)
+  """Saves ``tree`` at ``step`` and blocks until it is committed on disk.
+
+  A manifest of every leaf's shape goes into the step's metadata, so a
+  transplant can validate structure without opening any array file.
+  """
+  manifest = {path: list(shape) for path, shape in _leaf_shapes(tree).items()}
+  manager.save(int(step), args=ocp.args.PyTreeSave(tree), force=True,
+               custom_metadata={MANIFEST_KEY: manifest})
   manager.wait_until_finished()
 
 
@@ -88,6 +95,29 @@ def _leaf_shapes(tree) -> dict[str, tuple]:
   return {path_str(p): tuple(getattr(x, "shape", np.shape(x))) for p, x in flat}
 
 
+def _saved_subtree_shapes(manager, step, subtree, directory) -> dict[str, tuple]:
+  """Leaf shapes under ``subtree`` as saved, from the manifest (no array I/O)."""
+  # Read the step's own metadata file: Orbax's metadata() API would also open
+  # every array's header, including arrays this restore must not depend on.
+  meta_file = Path(directory) / str(step) / "_CHECKPOINT_METADATA"
+  custom = {}
+  if meta_file.exists():
+    custom = json.loads(meta_file.read_text()).get("custom_metadata") or {}
+  prefix = "/".join(subtree) + "/"
+  if MANIFEST_KEY in custom:
+    shapes = {p[len(prefix):]: tuple(s) for p, s in custom[MANIFEST_KEY].items()
+              if p.startswith(prefix)}
+  else:  # a checkpoint written elsewhere: ask Orbax (opens each array's metadata)
+    meta = manager.item_metadata(step)
+    saved = meta.tree if hasattr(meta, "tree") else meta
+    for key in subtree:
+      saved = saved.get(key, {}) if isinstance(saved, dict) else {}
+    shapes = _leaf_shapes(saved)
+  if not shapes:
+    raise CheckpointError(f"checkpoint {directory}/{step} has no '{'/'.join(subtree)}' subtree")
+  return shapes
+
+
 def restore_subtree(directory, target, *, subtree: tuple[str, ...] = ("params", "encoder"),
                     step: int | None = None, reinit: tuple[str, ...] = ()):
   """Reads only ``subtree`` of a saved state into the structure of ``target``.
@@ -110,13 +140,7 @@ def restore_subtree(directory, target, *, subtree: tuple[str, ...] = ("params", 
   elif step not in steps:
     raise CheckpointError(f"checkpoint step {step} not found in {directory}; finished steps: {steps}")
   manager = make_manager(directory)
-  meta = manager.item_metadata(step)
-  saved = meta.tree if hasattr(meta, "tree") else meta
-  for key in subtree:
-    if not isinstance(saved, dict) or key not in saved:
-      raise CheckpointError(f"checkpoint {directory}/{step} has no '{'/'.join(subtree)}' subtree")
-    saved = saved[key]
-  saved_shapes = _leaf_shapes(saved)
+  saved_shapes = _saved_subtree_shapes(manager, step, subtree, directory)
   target_shapes = _leaf_shapes(target)
   reinit = set(reinit)
   problems = []

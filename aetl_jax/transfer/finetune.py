@@ -103,6 +103,12 @@ def _phase_program(model, rules, opt: OptimSettings, num_train: int, epochs: int
   return epoch_fn, tx, step_mask
 
 
+def _copy(tree):
+  """The epoch runner donates its state: train on copies so that the caller's
+  trees (one pretrained encoder shared by many cells, phase snapshots) survive."""
+  return jax.tree.map(jnp.copy, tree)
+
+
 def _features(model, params, x):
   return batched_apply(_encode_fn(model), params, x)
 
@@ -113,11 +119,16 @@ def evaluate(model, params, split) -> float:
 
 
 def run_strategy(strategy: Strategy, model, params, data: dict, opt: OptimSettings, rng, *,
-                 probe_cfg=None, on_epoch: Callable[[dict], None] | None = None):
+                 probe_cfg=None, on_epoch: Callable[[dict], None] | None = None,
+                 on_phase_end: Callable[[str, dict, dict], None] | None = None,
+                 cache_features: bool = True):
   """Trains ``params`` (a classifier tree) by ``strategy``.
 
   ``data`` maps 'train', 'val', 'test' to dicts of device arrays
   {'input', 'label'}. Returns (params, result dict with accuracies).
+  ``on_phase_end(phase_name, params_at_start, params_at_end)`` sees every
+  phase boundary; ``cache_features=False`` forces the masked full
+  forward/backward even for head-only phases (for benchmarks and tests).
   """
   num_classes = model.num_classes
   if strategy.probe is not None:
@@ -133,9 +144,6 @@ def run_strategy(strategy: Strategy, model, params, data: dict, opt: OptimSettin
       raise ValueError(f"unknown probe {strategy.probe!r}; valid: 'ridge', 'knn'")
     return params, res
 
-  # The epoch runner donates the state it is given: train on copies so the
-  # caller's trees (e.g. one pretrained encoder shared by many cells) survive.
-  params = jax.tree.map(jnp.copy, params)
   train = data["train"]
   num_train = int(train["label"].shape[0])
   input_shape = tuple(train["input"].shape[1:])
@@ -144,18 +152,19 @@ def run_strategy(strategy: Strategy, model, params, data: dict, opt: OptimSettin
   phase_log = []
   for phase in strategy.phases:
     probe_shapes = jax.eval_shape(lambda: params)
-    cached = _head_only(trainable_mask(probe_shapes, phase.rules))
+    cached = cache_features and _head_only(trainable_mask(probe_shapes, phase.rules))
     epoch_fn, tx, mask = _phase_program(model, phase.rules, opt, num_train, phase.epochs,
                                         input_shape, cached)
     if cached:
       if cached_features is None:
         cached_features = _features(model, params, train["input"])
       phase_data = {"input": cached_features, "label": train["label"]}
-      state = TrainState.create(params["head"], tx)
+      state = TrainState.create(_copy(params["head"]), tx)
     else:
       phase_data = train
-      state = TrainState.create(params, tx, mask)
+      state = TrainState.create(_copy(params), tx, mask)
     metrics = {}
+    start_params = params
     for _ in range(phase.epochs):
       state, metrics = epoch_fn(state, phase_data, jax.random.fold_in(rng, epoch_index))
       metrics = {k: float(v) for k, v in metrics.items()}
@@ -164,6 +173,8 @@ def run_strategy(strategy: Strategy, model, params, data: dict, opt: OptimSettin
         on_epoch({"phase": phase.name, "epoch": epoch_index, **metrics})
       epoch_index += 1
     params = {**params, "head": state.params} if cached else state.params
+    if on_phase_end is not None:
+      on_phase_end(phase.name, start_params, params)
     phase_log.append({"phase": phase.name, "cached_features": cached,
                       "final_train_loss": metrics.get("loss", math.nan)})
 

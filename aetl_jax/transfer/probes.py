@@ -15,7 +15,10 @@ from sklearn.neighbors import KNeighborsClassifier
 
 def _standardise(train, *others):
   mean = train.mean(0)
-  std = train.std(0) + 1e-6
+  std = train.std(0)
+  # A feature constant on the training set carries no information; leave it
+  # unscaled instead of blowing its test values up by 1/eps.
+  std = np.where(std > 1e-6, std, 1.0)
   return [(a - mean) / std for a in (train, *others)]
 
 

@@ -1,0 +1,37 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from aetl_jax.transfer.optim import make_optimizer
+
+
+def _one_update(mult, wd=0.0, wd_mult=None):
+  params = {"a": jnp.full((3,), 2.0), "b": jnp.full((3,), 2.0)}
+  grads = {"a": jnp.array([0.3, -1.0, 2.0]), "b": jnp.array([0.3, -1.0, 2.0])}
+  tx = make_optimizer(learning_rate=0.1, lr_multipliers={"a": 1.0, "b": mult}, weight_decay=wd,
+                      wd_multipliers=wd_mult)
+  state = tx.init(params)
+  updates, _ = tx.update(grads, state, params)
+  return updates
+
+
+def test_learning_rate_multiplier_scales_update_by_factor():
+  for mult in (0.1, 0.37, 3.0):
+    updates = _one_update(mult)
+    np.testing.assert_allclose(updates["b"], mult * updates["a"], rtol=1e-6)
+    assert np.all(np.abs(updates["a"]) > 0)
+
+
+def test_weight_decay_multiplier():
+  updates = _one_update(1.0, wd=0.5, wd_mult={"a": 1.0, "b": 0.0})
+  plain = _one_update(1.0)
+  # 'b' has no decay: same as without weight decay; 'a' is pulled towards zero by lr*wd*param.
+  np.testing.assert_allclose(updates["b"], plain["b"], rtol=1e-6)
+  np.testing.assert_allclose(updates["a"] - plain["a"], -0.1 * 0.5 * 2.0, rtol=1e-5)
+
+
+def test_unknown_optimizer_lists_choices():
+  import pytest
+  with pytest.raises(ValueError, match="adam"):
+    make_optimizer(learning_rate=0.1, optimizer="adagrad")

@@ -1,0 +1,130 @@
+"""Pretraining lowers held-out error; the encoder moves through Orbax intact."""
+
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from aetl_jax import checkpointing
+from aetl_jax.data.transfer_split import make_transfer_split
+from aetl_jax.evaluation.reconstruction import reconstruction_metrics
+from aetl_jax.training.metrics_log import JsonlLog
+from aetl_jax.training.pretrain import ENCODER_SUBTREE, checkpoint_dir, pretrain
+from aetl_jax.transfer.sweep import load_encoder
+from tests.conftest import classifier_and_params, tiny_config, tree_equal
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, digits):
+  images, labels = digits
+  split = make_transfer_split(labels, test_fraction=0.3, source_fraction=0.5, seed=0)
+  config = tiny_config("pretrain.epochs=30", "pretrain.checkpoint_every=10",
+                       "pretrain.keep_checkpoints=5")
+  workdir = tmp_path_factory.mktemp("pretrain")
+  model, params, history = pretrain(config, images[split.source], images[split.test], workdir,
+                                    progress=False)
+  return dict(config=config, workdir=workdir, model=model, params=params, history=history,
+              images=images, split=split)
+
+
+def test_pretraining_lowers_heldout_reconstruction_error(pretrained):
+  p = pretrained
+  init = p["model"].init(jax.random.PRNGKey(123), p["images"][:1])["params"]
+  test = p["images"][p["split"].test]
+  before = reconstruction_metrics(p["model"], init, test)
+  after = reconstruction_metrics(p["model"], p["params"], test)
+  assert after["mse"] < 0.5 * before["mse"], (before, after)
+  assert after["psnr"] > before["psnr"] + 3
+  # The held-out numbers logged during training agree with a fresh evaluation.
+  assert p["history"][-1]["eval_mse"] == pytest.approx(after["mse"], rel=1e-5)
+
+
+def test_checkpoints_are_kept_and_finished(pretrained):
+  assert checkpointing.finished_steps(checkpoint_dir(pretrained["workdir"])) == [10, 20, 30]
+
+
+def test_restored_encoder_equals_saved_leaf_by_leaf(pretrained):
+  config = pretrained["config"]
+  model, _ = classifier_and_params(config)
+  step, encoder, reinit = load_encoder(config, model, checkpoint_dir(pretrained["workdir"]), (8, 8, 1))
+  assert step == 30 and reinit == []
+  assert tree_equal(encoder, pretrained["params"]["encoder"])
+
+
+def test_partial_restore_reads_only_the_encoder(pretrained, tmp_path):
+  """Damaged decoder and optimiser arrays do not stop the encoder from loading."""
+  ckpt = tmp_path / "ckpt"
+  shutil.copytree(checkpoint_dir(pretrained["workdir"]), ckpt)
+  damaged = 0
+  for array_dir in (ckpt / "30" / "default").iterdir():
+    if array_dir.name.startswith(("state.params.decoder", "state.opt_state")):
+      for f in array_dir.iterdir():
+        f.write_bytes(b"garbage")
+      damaged += 1
+  assert damaged > 0
+  _, params = classifier_and_params(pretrained["config"])
+  _, encoder = checkpointing.restore_subtree(ckpt, params["encoder"], subtree=ENCODER_SUBTREE)
+  assert tree_equal(encoder, pretrained["params"]["encoder"])
+  # Reading the damaged decoder does fail: the damage is real.
+  with pytest.raises(Exception):
+    checkpointing.restore_subtree(ckpt, pretrained["params"]["decoder"],
+                                  subtree=("state", "params", "decoder"))
+
+
+def test_shape_mismatch_lists_every_path_with_both_shapes(pretrained):
+  config = tiny_config("model.widths=(128, 32)", "model.code_dim=16")
+  _, params = classifier_and_params(config)
+  with pytest.raises(checkpointing.CheckpointError) as e:
+    checkpointing.restore_subtree(checkpoint_dir(pretrained["workdir"]), params["encoder"],
+                                  subtree=ENCODER_SUBTREE)
+  msg = str(e.value)
+  assert "block_1/kernel: checkpoint shape (128, 64) != target shape (128, 32)" in msg
+  assert "block_2/kernel: checkpoint shape (64, 32) != target shape (32, 16)" in msg
+  assert "block_2/bias" in msg
+
+
+def test_missing_and_extra_leaves_are_listed(pretrained):
+  config = tiny_config("model.widths=(128, 64, 32)")
+  _, params = classifier_and_params(config)
+  with pytest.raises(checkpointing.CheckpointError, match="block_3/kernel: missing in checkpoint"):
+    checkpointing.restore_subtree(checkpoint_dir(pretrained["workdir"]), params["encoder"],
+                                  subtree=ENCODER_SUBTREE)
+
+
+def test_reinit_rules_keep_fresh_values_and_are_logged(pretrained, caplog):
+  config = tiny_config("transfer.reinit=('encoder/block_2/.*',)")
+  model, fresh = classifier_and_params(config)
+  _, encoder, reinit = load_encoder(config, model, checkpoint_dir(pretrained["workdir"]), (8, 8, 1))
+  assert sorted(reinit) == ["block_2/bias", "block_2/kernel"]
+  assert tree_equal(encoder["block_2"], fresh["encoder"]["block_2"])
+  assert tree_equal(encoder["block_0"], pretrained["params"]["encoder"]["block_0"])
+  assert "block_2/kernel" in caplog.text
+
+
+def test_other_family_checkpoint_fails_clearly(pretrained, tmp_path):
+  ckpt = tmp_path / "ckpt"
+  shutil.copytree(checkpoint_dir(pretrained["workdir"]), ckpt)
+  checkpointing.write_sidecar(ckpt, {"family": "conv"})
+  model, _ = classifier_and_params(pretrained["config"])
+  with pytest.raises(checkpointing.CheckpointError, match="'conv' encoder"):
+    load_encoder(pretrained["config"], model, ckpt, (8, 8, 1))
+
+
+def test_directory_without_finished_checkpoint(tmp_path):
+  (tmp_path / "7.orbax-checkpoint-tmp-123").mkdir()
+  with pytest.raises(checkpointing.CheckpointError, match="no finished checkpoint.*7.orbax"):
+    checkpointing.restore_subtree(tmp_path, {"w": np.zeros(2)})
+  with pytest.raises(checkpointing.CheckpointError, match="empty or missing"):
+    checkpointing.restore_subtree(tmp_path / "nothing", {"w": np.zeros(2)})
+
+
+def test_rerun_of_finished_pretraining_does_no_work(pretrained, digits):
+  p = pretrained
+  log = JsonlLog(Path(p["workdir"]) / "metrics" / "pretrain.jsonl")
+  rows = log.read()
+  _, params, history = pretrain(p["config"], p["images"][p["split"].source],
+                                p["images"][p["split"].test], p["workdir"], progress=False)
+  assert history == rows
+  assert tree_equal(params, p["params"])

@@ -1,0 +1,142 @@
+"""Each strategy trains exactly the leaves its rules name, phase by phase."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge
+
+from aetl_jax.transfer import probes
+from aetl_jax.transfer.finetune import OptimSettings, run_strategy
+from aetl_jax.transfer.strategies import STRATEGIES, build_strategy
+from tests.conftest import classifier_and_params, tiny_config, tree_equal
+
+OPT = OptimSettings(learning_rate=1e-2, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def setup(digits):
+  images, labels = digits
+  config = tiny_config()
+  model, params = classifier_and_params(config)
+  def split(a, b):
+    return {"input": jnp.asarray(images[a:b]), "label": jnp.asarray(labels[a:b])}
+  data = {"train": split(0, 200), "val": split(200, 300), "test": split(300, 600)}
+  return config, model, params, data
+
+
+def _run(setup, name, **overrides):
+  config, model, params, data = setup
+  cfg = config.transfer
+  for k, v in overrides.items():
+    cfg[k] = v
+  strategy = build_strategy(name, cfg, params["encoder"])
+  phases = []
+  _, result = run_strategy(strategy, model, params, data, OPT, jax.random.PRNGKey(0), probe_cfg=cfg,
+                           on_phase_end=lambda n, a, b: phases.append((n, a, b)))
+  return strategy, result, phases
+
+
+def _changed_blocks(before, after):
+  out = {k for k in before["encoder"] if not tree_equal(before["encoder"][k], after["encoder"][k])}
+  if not tree_equal(before["head"], after["head"]):
+    out.add("head")
+  return out
+
+
+def test_every_strategy_builds_and_runs(setup):
+  for name in STRATEGIES:
+    _, result, _ = _run(setup, name)
+    assert 0.0 <= result["test_accuracy"] <= 1.0, name
+
+
+def test_linear_probe_uses_cached_features_and_matches_masked_path(setup):
+  config, model, params, data = setup
+  strategy = build_strategy("linear_probe", config.transfer, params["encoder"])
+  p_cached, r_cached = run_strategy(strategy, model, params, data, OPT, jax.random.PRNGKey(1))
+  p_full, r_full = run_strategy(strategy, model, params, data, OPT, jax.random.PRNGKey(1),
+                                cache_features=False)
+  assert r_cached["phases"][0]["cached_features"] and not r_full["phases"][0]["cached_features"]
+  assert tree_equal(p_cached["encoder"], params["encoder"])
+  for a, b in zip(jax.tree.leaves(p_cached["head"]), jax.tree.leaves(p_full["head"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_lp_ft_second_phase_starts_from_probed_head(setup):
+  _, _, params, _ = setup
+  _, _, phases = _run(setup, "lp_ft", lp_epochs=3, epochs=2)
+  (probe_name, probe_start, probe_end), (ft_name, ft_start, ft_end) = phases
+  assert (probe_name, ft_name) == ("probe", "finetune")
+  assert tree_equal(probe_start, params)
+  assert _changed_blocks(probe_start, probe_end) == {"head"}
+  assert tree_equal(ft_start, probe_end)
+  assert _changed_blocks(ft_start, ft_end) == {"block_0", "block_1", "block_2", "head"}
+
+
+def test_gradual_unfreeze_changes_trainable_set_per_phase(setup):
+  _, _, phases = _run(setup, "gradual_unfreeze", unfreeze_epochs=1)
+  assert [p[0] for p in phases] == ["unfreeze_0", "unfreeze_1", "unfreeze_2", "unfreeze_3"]
+  expected = [{"head"}, {"head", "block_2"}, {"head", "block_2", "block_1"},
+              {"head", "block_2", "block_1", "block_0"}]
+  for (name, start, end), want in zip(phases, expected):
+    assert _changed_blocks(start, end) == want, name
+
+
+def test_partial_freezes_first_k_blocks(setup):
+  _, _, phases = _run(setup, "partial", partial_freeze_blocks=2)
+  (_, start, end), = phases
+  assert _changed_blocks(start, end) == {"block_2", "head"}
+
+
+def test_partial_by_regex(setup):
+  _, _, phases = _run(setup, "partial", partial_freeze_regex="encoder/block_1/.*")
+  (_, start, end), = phases
+  assert _changed_blocks(start, end) == {"block_0", "block_2", "head"}
+  _run(setup, "partial", partial_freeze_regex="")  # restore the default for other tests
+
+
+def test_partial_rejects_k_out_of_range(setup):
+  config, _, params, _ = setup
+  config.transfer.partial_freeze_blocks = 3
+  try:
+    with pytest.raises(ValueError, match=r"must be in \[1, 2\]"):
+      build_strategy("partial", config.transfer, params["encoder"])
+  finally:
+    config.transfer.partial_freeze_blocks = 1
+
+
+def test_layerwise_multipliers_decay_towards_the_input(setup):
+  config, _, params, _ = setup
+  strategy = build_strategy("layerwise", config.transfer, params["encoder"])
+  rules = dict(strategy.phases[0].rules)
+  d = config.transfer.layer_decay
+  assert rules["encoder/block_2/.*"] == pytest.approx(d)
+  assert rules["encoder/block_0/.*"] == pytest.approx(d ** 3)
+  assert rules["head/.*"] == 1.0
+
+
+def test_unknown_strategy_lists_choices(setup):
+  config, _, params, _ = setup
+  with pytest.raises(ValueError, match="linear_probe"):
+    build_strategy("probe_linear", config.transfer, params["encoder"])
+
+
+def test_ridge_fit_matches_sklearn():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(60, 7))
+  y = rng.integers(0, 4, 60)
+  w = probes.ridge_fit(x, y, 4, l2=3.0)
+  ref = Ridge(alpha=3.0, fit_intercept=True).fit(x, 2.0 * np.eye(4)[y] - 1.0)
+  np.testing.assert_allclose(w[:-1], ref.coef_.T, rtol=1e-6, atol=1e-8)
+  np.testing.assert_allclose(w[-1], ref.intercept_, rtol=1e-6, atol=1e-8)
+
+
+def test_probes_beat_chance_on_digit_pixels(digits):
+  images, labels = digits
+  f = images.reshape(len(images), -1)
+  tr, va, te = (f[:300], labels[:300]), (f[300:400], labels[300:400]), (f[400:], labels[400:])
+  ridge = probes.ridge_probe(tr, va, te, num_classes=10, l2_grid=(0.1, 1.0, 10.0))
+  knn = probes.knn_probe(tr, va, te, k_grid=(1, 3, 5))
+  # Chance is 10%; a least-squares classifier on raw 8x8 pixels gets ~0.75-0.8.
+  assert ridge["test_accuracy"] > 0.6 and knn["test_accuracy"] > 0.8
+  assert ridge["l2"] in (0.1, 1.0, 10.0) and knn["k"] in (1, 3, 5)
