@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from aetl_jax.config import ConfigError
 from aetl_jax.data.transfer_split import describe_split, draw_target_labels, make_transfer_split
 from aetl_jax.evaluation.reconstruction import reconstruct, reconstruction_metrics
 from aetl_jax.reporting.figures import summary_figure
-from aetl_jax.reporting.tables import summarise, write_tables
+from aetl_jax.reporting.tables import paired_differences, summarise, write_tables
 from aetl_jax.training.pretrain import checkpoint_dir, pretrain
 from aetl_jax.transfer.sweep import run_sweep
 from aetl_jax.validation import validate_transfer_config
@@ -23,18 +24,32 @@ from aetl_jax.validation import validate_transfer_config
 log = logging.getLogger(__name__)
 
 
+def _split(config, labels):
+  return make_transfer_split(labels, test_fraction=config.data.test_fraction,
+                             source_fraction=config.data.source_fraction,
+                             seed=config.data.split_seed)
+
+
+def check_against_data(config, labels, num_classes: int) -> None:
+  """Config checks that need the labels: every budget fits the target pool."""
+  validate_transfer_config(config)
+  split = _split(config, labels)
+  for budget in config.transfer.budgets:
+    try:
+      draw_target_labels(labels, split, per_class=budget,
+                         val_per_class=config.transfer.val_per_class, seed=0,
+                         num_classes=num_classes)
+    except ValueError as e:
+      raise ConfigError(f"config key 'transfer.budgets': {e} (the target pool after "
+                        f"{config.transfer.val_per_class} validation labels per class)") from None
+
+
 def run_transfer_experiment(config, workdir, *, images, labels, num_classes: int, title: str,
                             progress: bool = True) -> dict:
   """Runs every stage and writes artifacts into ``workdir``; returns a summary dict."""
-  validate_transfer_config(config)
+  check_against_data(config, labels, num_classes)
   workdir = Path(workdir)
-  split = make_transfer_split(labels, test_fraction=config.data.test_fraction,
-                              source_fraction=config.data.source_fraction,
-                              seed=config.data.split_seed)
-  # Fail before any compile if a budget does not fit the target pool.
-  for budget in config.transfer.budgets:
-    draw_target_labels(labels, split, per_class=budget, val_per_class=config.transfer.val_per_class,
-                       seed=0, num_classes=num_classes)
+  split = _split(config, labels)
   (workdir / "data.json").write_text(json.dumps(describe_split(labels, split, num_classes), indent=2))
 
   model, params, pretrain_history = pretrain(config, images[split.source], images[split.test],
@@ -49,12 +64,14 @@ def run_transfer_experiment(config, workdir, *, images, labels, num_classes: int
   wanted = {(b, s) for b in budgets for s in strategies}
   rows = [r for r in rows if (r["budget"], r["strategy"]) in wanted and r["seed"] < config.transfer.seeds]
   summary = summarise(rows)
+  baseline = "scratch" if "scratch" in strategies else None
+  paired = paired_differences(rows, baseline=baseline) if baseline else None
   caption = (f"{title}. Test accuracy, mean ± 95% CI over {config.transfer.seeds} seeds "
              f"(seeds vary the labelled subset and the initialisation). Pretraining: "
              f"{config.pretrain.epochs} epochs on {len(split.source)} unlabelled source images, "
              f"held-out reconstruction MSE {recon['mse']:.4f}, PSNR {recon['psnr']:.1f} dB.")
   table = write_tables(summary, workdir / "results", strategies=strategies, budgets=budgets,
-                       caption=caption)
+                       caption=caption, paired=paired, baseline=baseline)
   test_images = images[split.test][: config.report.num_figure_images]
   figure = summary_figure(workdir / "results" / "summary.png", originals=test_images,
                           reconstructions=reconstruct(model, params, test_images),

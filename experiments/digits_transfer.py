@@ -5,8 +5,8 @@ Runs offline (the 8×8 digits ship inside scikit-learn)::
     python -m experiments digits_transfer --workdir runs/digits
 
 Setting. The 1,797 digits are split, stratified with ``data.split_seed``, into
-a test set (30%) and the rest; the rest is halved into an *unlabelled source*
-split (629 images) and a *target pool* (629 images). A dense autoencoder
+a test set (30%, 539 images) and the rest; the rest is halved into an *unlabelled source*
+split (630 images) and a *target pool* (628 images, at least 61 per class). A dense autoencoder
 (64→128→64→32→64→128→64, BCE on pixels in [0,1]) is pretrained on the source
 images and saved with Orbax. For each label budget k (labels per class), each
 strategy and each seed, k labelled examples per class (plus 5 per class for
@@ -14,9 +14,35 @@ validation) are drawn from the target pool, the encoder is restored from the
 checkpoint (encoder subtree only) into a classifier with a fresh linear head,
 and the classifier is trained and tested on the held-out test split.
 
-Results (2-core CPU, defaults, 3 seeds, test accuracy mean ± 95% CI):
+Results (2-core CPU, defaults, 5 seeds, test accuracy mean ± 95% CI):
 
-RESULTS_PLACEHOLDER
+| strategy | 10 labels/class | 25 labels/class | 50 labels/class |
+|---|---|---|---|
+| scratch | 87.2 ± 1.9% (n=5) | 92.8 ± 1.2% (n=5) | 95.8 ± 0.6% (n=5) |
+| linear_probe | 83.6 ± 1.1% (n=5) | 90.1 ± 0.4% (n=5) | 92.3 ± 1.2% (n=5) |
+| finetune | 87.9 ± 1.6% (n=5) | 92.4 ± 1.0% (n=5) | 95.5 ± 0.4% (n=5) |
+| lp_ft | 88.0 ± 1.2% (n=5) | 92.3 ± 0.8% (n=5) | 95.4 ± 0.4% (n=5) |
+| ridge_probe | 85.0 ± 2.4% (n=5) | 89.2 ± 1.0% (n=5) | 89.8 ± 1.0% (n=5) |
+| knn_probe | 86.5 ± 2.2% (n=5) | 93.3 ± 0.3% (n=5) | 96.1 ± 0.7% (n=5) |
+
+Difference to `scratch` in accuracy points, paired by seed (same labelled subset), mean ± 95% CI; an interval that excludes 0 is a significant difference.
+
+| strategy | 10 labels/class | 25 labels/class | 50 labels/class |
+|---|---|---|---|
+| linear_probe | -3.5 ± 1.8 pt (n=5) | -2.7 ± 1.0 pt (n=5) | -3.5 ± 1.6 pt (n=5) |
+| finetune | +0.7 ± 0.7 pt (n=5) | -0.4 ± 1.2 pt (n=5) | -0.3 ± 0.9 pt (n=5) |
+| lp_ft | +0.9 ± 1.0 pt (n=5) | -0.5 ± 1.3 pt (n=5) | -0.4 ± 1.0 pt (n=5) |
+| ridge_probe | -2.2 ± 1.5 pt (n=5) | -3.6 ± 1.7 pt (n=5) | -5.9 ± 1.4 pt (n=5) |
+| knn_probe | -0.6 ± 2.9 pt (n=5) | +0.5 ± 1.0 pt (n=5) | +0.3 ± 1.2 pt (n=5) |
+
+(47 s wall time for the whole run, ``python -m experiments --workdir runs/digits``.)
+Honest reading: at 10 labels per class, fine-tuning the pretrained encoder
+beats training from scratch by under one point, with a 95% interval that
+touches zero; from 25 labels on there is no measurable benefit. Frozen
+autoencoder features (linear or ridge probe) are *worse* than raw-pixel
+training at every budget: reconstruction features of a 32-d dense AE are not
+linearly separable enough. The k-NN probe on those features is on par with
+scratch.
 """
 
 from __future__ import annotations
@@ -24,8 +50,7 @@ from __future__ import annotations
 import ml_collections
 
 from aetl_jax.data.digits import load_digits_arrays
-from aetl_jax.pipeline import run_transfer_experiment
-from aetl_jax.validation import validate_transfer_config
+from aetl_jax.pipeline import check_against_data, run_transfer_experiment
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -38,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
       checkpoint_every=25, keep_checkpoints=2, grad_clip_norm=0.0)
   c.transfer = dict(
       strategies=("scratch", "linear_probe", "finetune", "lp_ft", "ridge_probe", "knn_probe"),
-      budgets=(10, 40), seeds=3, val_per_class=5, label_seed=0, seed_offset=0,
+      budgets=(10, 25, 50), seeds=5, val_per_class=5, label_seed=0, seed_offset=0,
       epochs=100, learning_rate=3e-3, optimizer="adam", weight_decay=0.0, schedule="cosine",
       warmup_epochs=0, batch_size=32, runner="scan",
       lp_epochs=50, ft_lr_mult=0.3, partial_freeze_blocks=1, partial_freeze_regex="",
@@ -50,7 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def validate(config) -> None:
-  validate_transfer_config(config)
+  """All checks that can fail before the workdir is touched."""
+  _, labels = load_digits_arrays()
+  check_against_data(config, labels, num_classes=10)
 
 
 def run(config, workdir, *, progress: bool = True) -> dict:

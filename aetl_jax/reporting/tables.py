@@ -32,8 +32,24 @@ def summarise(rows: list[dict], *, metric: str = "test_accuracy",
   return out
 
 
+def paired_differences(rows: list[dict], *, baseline: str, metric: str = "test_accuracy") -> list[dict]:
+  """Per (budget, strategy): mean ± 95% CI of ``metric - baseline`` paired by seed.
+
+  Seeds of one budget share their labelled subset across strategies, so the
+  paired difference removes the subset-to-subset variance that dominates the
+  per-strategy intervals at small budgets.
+  """
+  base = {(r["budget"], r["seed"]): float(r[metric]) for r in rows if r["strategy"] == baseline}
+  diffs = defaultdict(list)
+  for r in rows:
+    if r["strategy"] != baseline and (r["budget"], r["seed"]) in base:
+      diffs[(r["budget"], r["strategy"])].append(float(r[metric]) - base[(r["budget"], r["seed"])])
+  return summarise([{"budget": b, "strategy": s, "delta": d}
+                    for (b, s), values in diffs.items() for d in values], metric="delta")
+
+
 def markdown_table(summary: list[dict], strategies: list[str], budgets: list, *,
-                   scale: float = 100.0, unit: str = "%") -> str:
+                   scale: float = 100.0, unit: str = "%", signed: bool = False) -> str:
   """Rows = strategies (in the given order), columns = label budgets."""
   index = {(s["strategy"], s["budget"]): s for s in summary}
   header = "| strategy | " + " | ".join(f"{b} labels/class" for b in budgets) + " |"
@@ -44,25 +60,37 @@ def markdown_table(summary: list[dict], strategies: list[str], budgets: list, *,
       s = index.get((strategy, b))
       if s is None:
         cells.append("—")
-      elif math.isnan(s["ci95"]):
-        cells.append(f"{scale * s['mean']:.1f}{unit} (n={s['n']})")
       else:
-        cells.append(f"{scale * s['mean']:.1f} ± {scale * s['ci95']:.1f}{unit} (n={s['n']})")
+        mean = f"{scale * s['mean']:+.1f}" if signed else f"{scale * s['mean']:.1f}"
+        spread = "" if math.isnan(s["ci95"]) else f" ± {scale * s['ci95']:.1f}"
+        cells.append(f"{mean}{spread}{unit} (n={s['n']})")
     lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
-def write_tables(summary: list[dict], directory, *, strategies, budgets, caption: str = "") -> str:
-  """Writes results.md, results.csv and results.json; returns the Markdown."""
+def write_tables(summary: list[dict], directory, *, strategies, budgets, caption: str = "",
+                 paired: list[dict] | None = None, baseline: str | None = None) -> str:
+  """Writes results.md, results.csv and results.json; returns the Markdown.
+
+  With ``paired`` (from :func:`paired_differences`), a second table of
+  differences to ``baseline`` follows the first.
+  """
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   md = markdown_table(summary, strategies, budgets)
   if caption:
     md = caption.rstrip() + "\n\n" + md
+  if paired:
+    others = [s for s in strategies if s != baseline]
+    md += (f"\n\nDifference to `{baseline}` in accuracy points, paired by seed (same labelled "
+           f"subset), mean ± 95% CI; an interval that excludes 0 is a significant difference.\n\n"
+           + markdown_table(paired, others, budgets, signed=True, unit=" pt"))
+    summary = summary + [{**p, "baseline": baseline} for p in paired]
   (directory / "results.md").write_text(md + "\n")
   (directory / "results.json").write_text(json.dumps(summary, indent=2))
   with open(directory / "results.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(summary[0].keys()) if summary else ["strategy"])
+    fields = list(dict.fromkeys(k for row in summary for k in row)) or ["strategy"]
+    writer = csv.DictWriter(f, fieldnames=fields)
     writer.writeheader()
     writer.writerows(summary)
   return md

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from aetl_jax.data.splits import label_budget, stratified_split
+from aetl_jax.data.transfer_split import draw_target_labels, make_transfer_split
+
+
+def test_transfer_split_is_disjoint_and_stratified(digits):
+  _, labels = digits
+  split = make_transfer_split(labels, test_fraction=0.3, source_fraction=0.5, seed=0)
+  all_idx = np.concatenate([split.source, split.target_pool, split.test])
+  assert len(np.unique(all_idx)) == len(labels) == len(all_idx)
+  counts = np.bincount(labels[split.test], minlength=10)
+  assert counts.min() >= 0.3 * np.bincount(labels).min() - 1
+
+
+def test_label_budget_exact_reproducible_and_seed_dependent(digits):
+  _, labels = digits
+  a = label_budget(labels, 7, seed=3)
+  assert np.array_equal(a, label_budget(labels, 7, seed=3))
+  assert not np.array_equal(a, label_budget(labels, 7, seed=4))
+  assert np.bincount(labels[a], minlength=10).tolist() == [7] * 10
+
+
+def test_validation_is_disjoint_from_train_and_inside_target_pool(digits):
+  _, labels = digits
+  split = make_transfer_split(labels, test_fraction=0.3, source_fraction=0.5, seed=0)
+  train, val = draw_target_labels(labels, split, per_class=10, val_per_class=5, seed=0,
+                                  num_classes=10)
+  assert len(np.intersect1d(train, val)) == 0
+  assert set(train) | set(val) <= set(split.target_pool)
+  assert np.bincount(labels[val], minlength=10).tolist() == [5] * 10
+
+
+def test_budget_larger_than_class_names_class_and_count():
+  labels = np.array([0] * 5 + [1] * 2)
+  with pytest.raises(ValueError, match=r"class 1 holds \(2 examples available\)"):
+    label_budget(labels, 3, seed=0)
+
+
+def test_bad_fraction():
+  with pytest.raises(ValueError, match=r"\(0, 1\)"):
+    stratified_split(np.zeros(4, int), 1.5, 0)
