@@ -1,0 +1,41 @@
+"""Timing helpers: warm-up, median of repeats, compile time and XLA memory apart."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+
+
+def block(tree):
+  jax.tree.map(lambda x: x.block_until_ready() if hasattr(x, "block_until_ready") else x, tree)
+  return tree
+
+
+def time_calls(fn, *, repeats: int = 5, warmup: int = 1) -> dict:
+  """Median/min seconds of ``fn()`` (which must return device arrays)."""
+  for _ in range(warmup):
+    block(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    block(fn())
+    times.append(time.perf_counter() - start)
+  return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
+
+
+def compiled_stats(jitted, *args) -> dict:
+  """Compile time, XLA-counted FLOPs and XLA's memory estimate of one call."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  out = {"compile_s": compile_s, "flops": float(cost.get("flops", float("nan")))}
+  if mem is not None:
+    out.update(temp_bytes=int(mem.temp_size_in_bytes),
+               argument_bytes=int(mem.argument_size_in_bytes),
+               output_bytes=int(mem.output_size_in_bytes))
+  return out
