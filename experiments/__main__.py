@@ -58,7 +58,7 @@ def main(argv=None) -> int:
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
   if resuming:
     logging.getLogger("experiments").info("resuming the run in %s", workdir)
   try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zlib
 from pathlib import Path
 
 import jax
@@ -21,9 +22,10 @@ from flax import traverse_util
 from aetl_jax.transfer.rules import path_str
 
 logging.getLogger("absl").setLevel(logging.ERROR)
+log = logging.getLogger(__name__)
 
 SIDECAR = "model.json"
-MANIFEST_KEY = "aetl_jax_leaf_shapes"
+MANIFEST_KEY = "aetl_jax_manifest"
 
 
 class CheckpointError(ValueError):
@@ -40,13 +42,46 @@ def make_manager(directory, *, max_to_keep: int | None = 3) -> ocp.CheckpointMan
 def save(manager: ocp.CheckpointManager, step: int, tree) -> None:
   """Saves ``tree`` at ``step`` and blocks until it is committed on disk.
 
-  A manifest of every leaf's shape goes into the step's metadata, so a
-  transplant can validate structure without opening any array file.
+  A manifest of every leaf's shape and CRC32 goes into the step's metadata, so
+  a transplant can validate structure without opening any array file and
+  every restore can verify what it read.
   """
-  manifest = {path: list(shape) for path, shape in _leaf_shapes(tree).items()}
+  manifest = _manifest(tree)
   manager.save(int(step), args=ocp.args.PyTreeSave(tree), force=True,
                custom_metadata={MANIFEST_KEY: manifest})
   manager.wait_until_finished()
+
+
+def _crc(x) -> int:
+  return zlib.crc32(np.ascontiguousarray(np.asarray(x)).tobytes())
+
+
+def _manifest(tree) -> dict:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {path_str(p): {"shape": list(np.shape(x)), "crc32": _crc(x)} for p, x in flat}
+
+
+def _read_manifest(directory, step) -> dict | None:
+  # Read the step's own metadata file: Orbax's metadata() API would also open
+  # every array's header, including arrays a partial restore must not depend on.
+  meta_file = Path(directory) / str(step) / "_CHECKPOINT_METADATA"
+  if not meta_file.exists():
+    return None
+  custom = json.loads(meta_file.read_text()).get("custom_metadata") or {}
+  return custom.get(MANIFEST_KEY)
+
+
+def _verify(tree, manifest: dict | None, prefix: str, where: str) -> None:
+  """Raises CheckpointError when a restored leaf's CRC32 differs from the saved one."""
+  if manifest is None:
+    return
+  bad = []
+  for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    entry = manifest.get(prefix + path_str(p))
+    if entry is not None and entry.get("crc32") is not None and _crc(x) != entry["crc32"]:
+      bad.append(prefix + path_str(p))
+  if bad:
+    raise CheckpointError(f"checkpoint {where} is damaged: checksum mismatch in {', '.join(bad)}")
 
 
 def finished_steps(directory) -> list[int]:
@@ -75,19 +110,31 @@ def abstract_like(tree):
 
 
 def restore_latest(directory, target):
-  """Restores the newest finished step into ``target``'s structure.
+  """Restores the newest finished, intact step into ``target``'s structure.
 
-  Returns ``(step, tree)``, or ``None`` when there is no finished checkpoint.
+  A step that fails to read or whose checksums do not match is reported and
+  the previous one is tried. Returns ``(step, tree)``, or ``None`` when there
+  is no finished checkpoint; raises CheckpointError when every step is damaged.
   """
   steps = finished_steps(directory)
   if not steps:
     return None
   manager = make_manager(directory)
-  step = steps[-1]
   item = abstract_like(target)
-  tree = manager.restore(step, args=ocp.args.PyTreeRestore(
-      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item)))
-  return step, tree
+  problems = []
+  for step in reversed(steps):
+    try:
+      tree = manager.restore(step, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item)))
+      _verify(tree, _read_manifest(directory, step), "", f"{directory}/{step}")
+    except Exception as e:  # noqa: BLE001 - any read failure means "damaged"
+      problems.append(f"step {step}: {str(e).splitlines()[0][:300]}")
+      log.warning("checkpoint %s/%d is damaged or unreadable (%s); trying an older one",
+                  directory, step, problems[-1])
+      continue
+    return step, tree
+  raise CheckpointError(f"every checkpoint in {directory} is damaged: " + "; ".join(problems)
+                        + ". Delete the directory (or use --overwrite) to start over.")
 
 
 def _leaf_shapes(tree) -> dict[str, tuple]:
@@ -97,15 +144,10 @@ def _leaf_shapes(tree) -> dict[str, tuple]:
 
 def _saved_subtree_shapes(manager, step, subtree, directory) -> dict[str, tuple]:
   """Leaf shapes under ``subtree`` as saved, from the manifest (no array I/O)."""
-  # Read the step's own metadata file: Orbax's metadata() API would also open
-  # every array's header, including arrays this restore must not depend on.
-  meta_file = Path(directory) / str(step) / "_CHECKPOINT_METADATA"
-  custom = {}
-  if meta_file.exists():
-    custom = json.loads(meta_file.read_text()).get("custom_metadata") or {}
+  manifest = _read_manifest(directory, step)
   prefix = "/".join(subtree) + "/"
-  if MANIFEST_KEY in custom:
-    shapes = {p[len(prefix):]: tuple(s) for p, s in custom[MANIFEST_KEY].items()
+  if manifest is not None:
+    shapes = {p[len(prefix):]: tuple(e["shape"]) for p, e in manifest.items()
               if p.startswith(prefix)}
   else:  # a checkpoint written elsewhere: ask Orbax (opens each array's metadata)
     meta = manager.item_metadata(step)
@@ -170,6 +212,7 @@ def restore_subtree(directory, target, *, subtree: tuple[str, ...] = ("params", 
       partial_restore=True))
   for key in subtree:
     restored = restored[key]
+  _verify(restored, _read_manifest(directory, step), "/".join(subtree) + "/", f"{directory}/{step}")
   restored_flat = traverse_util.flatten_dict(restored, sep="/")
   merged = traverse_util.unflatten_dict(
       {k: restored_flat.get(k, v) for k, v in target_flat.items()}, sep="/")

@@ -6,14 +6,24 @@ import math
 
 
 class NonFiniteError(FloatingPointError):
-  """Training produced NaN/Inf; the message names the phase and epoch."""
+  """Training produced NaN/Inf; the message names the phase, epoch and step."""
 
 
-def check_finite(metrics: dict, *, phase: str, epoch: int) -> None:
+def check_finite(metrics: dict, *, phase: str, epoch: int, first_step: int | None = None) -> None:
+  """Raises NonFiniteError if the epoch saw a non-finite loss or gradient norm.
+
+  ``metrics`` comes from an epoch runner (epoch means plus
+  ``first_nonfinite_step``); ``first_step`` is the global step the epoch
+  started at, so the error can name the exact step.
+  """
+  index = int(metrics.get("first_nonfinite_step", -1))
   bad = {k: v for k, v in metrics.items()
          if k in ("loss", "grad_norm") and not math.isfinite(v)}
-  if bad:
-    raise NonFiniteError(
-        f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} in phase '{phase}' at epoch "
-        f"{epoch}; nothing after the last good checkpoint is saved. Lower the learning rate or enable "
-        f"gradient clipping.")
+  if index < 0 and not bad:
+    return
+  where = f"epoch {epoch}"
+  if first_step is not None and index >= 0:
+    where = f"step {first_step + index} ({where})"
+  raise NonFiniteError(
+      f"non-finite loss or gradient in phase '{phase}' at {where}; nothing after the last good "
+      f"checkpoint is saved. Lower the learning rate or enable gradient clipping.")

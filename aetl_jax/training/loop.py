@@ -28,10 +28,23 @@ def _batch_indices(rng, n: int, batch_size: int):
   return perm.reshape(num_batches, batch_size)
 
 
-def make_epoch_fn(step, *, batch_size: int, runner: str = "scan"):
-  """Returns ``epoch(state, data, rng) -> (state, mean_metrics)``.
+def _summarise(metrics):
+  """Mean of each per-step metric, plus the index of the first step whose loss
+  or gradient norm was non-finite (-1 if none), so a NaN is located exactly."""
+  bad = ~jnp.isfinite(metrics["loss"])
+  if "grad_norm" in metrics:
+    bad = bad | ~jnp.isfinite(metrics["grad_norm"])
+  summary = jax.tree.map(jnp.mean, metrics)
+  summary["first_nonfinite_step"] = jnp.where(bad.any(), jnp.argmax(bad), -1)
+  return summary
 
-  The batch size is capped at the dataset size; the incomplete last batch is
+
+def make_epoch_fn(step, *, batch_size: int, runner: str = "scan"):
+  """Returns ``epoch(state, data, rng) -> (state, metrics)``.
+
+  ``metrics`` holds the epoch mean of each step metric and
+  ``first_nonfinite_step`` (index within the epoch, -1 when all finite). The
+  batch size is capped at the dataset size; the incomplete last batch is
   dropped (a different one each epoch, since the order is reshuffled).
   """
   if runner not in RUNNERS:
@@ -60,7 +73,7 @@ def make_epoch_fn(step, *, batch_size: int, runner: str = "scan"):
         return step(state, gather(data, batch_idx), r)
 
       state, metrics = jax.lax.scan(body, state, (idx, step_rngs))
-      return state, jax.tree.map(jnp.mean, metrics)
+      return state, _summarise(metrics)
 
     return jax.jit(_epoch, donate_argnums=0)
 
@@ -79,6 +92,6 @@ def make_epoch_fn(step, *, batch_size: int, runner: str = "scan"):
     for i in range(idx.shape[0]):
       state, metrics = step_jit(state, data, idx[i], rngs[i])
       history.append(metrics)
-    return state, jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *history)
+    return state, _summarise(jax.tree.map(lambda *xs: jnp.stack(xs), *history))
 
   return epoch

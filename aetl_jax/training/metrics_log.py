@@ -31,6 +31,11 @@ class JsonlLog:
       f.flush()
       os.fsync(f.fileno())
 
+  def repair(self) -> None:
+    """Drops a torn line left by a kill, so later appends start on a clean line."""
+    if self.path.exists():
+      self.keep(lambda r: True)
+
   def keep(self, predicate) -> None:
     """Rewrites the file atomically with the rows that satisfy ``predicate``.
 

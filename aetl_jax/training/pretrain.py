@@ -62,6 +62,7 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
 
   ckpt_dir = checkpoint_dir(workdir)
   metrics = JsonlLog(Path(workdir) / "metrics" / "pretrain.jsonl")
+  metrics.repair()
   start_epoch = 0
   restored = checkpointing.restore_latest(ckpt_dir, {"state": state})
   if restored is not None:
@@ -79,10 +80,12 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
   bar = tqdm(range(start_epoch, pcfg.epochs), desc="pretrain", disable=not progress,
              initial=start_epoch, total=pcfg.epochs, leave=False)
   for epoch in bar:
+    first_step = epoch * steps_per_epoch
     state, m = epoch_fn(state, data, jax.random.fold_in(train_key, epoch))
-    row = {"epoch": epoch, **{f"train_{k}": float(v) for k, v in m.items()}}
-    check_finite({"loss": row["train_loss"], "grad_norm": row["train_grad_norm"]},
-                 phase="pretrain", epoch=epoch)
+    m = {k: float(v) for k, v in m.items()}
+    check_finite(m, phase="pretrain", epoch=epoch, first_step=first_step)
+    m.pop("first_nonfinite_step")
+    row = {"epoch": epoch, **{f"train_{k}": v for k, v in m.items()}}
     done = epoch + 1
     if done % pcfg.eval_every == 0 or done == pcfg.epochs:
       row.update({f"eval_{k}": v for k, v in

@@ -166,9 +166,12 @@ def run_strategy(strategy: Strategy, model, params, data: dict, opt: OptimSettin
     metrics = {}
     start_params = params
     for _ in range(phase.epochs):
+      first_step = int(state.step)
       state, metrics = epoch_fn(state, phase_data, jax.random.fold_in(rng, epoch_index))
       metrics = {k: float(v) for k, v in metrics.items()}
-      check_finite(metrics, phase=f"{strategy.name}/{phase.name}", epoch=epoch_index)
+      check_finite(metrics, phase=f"{strategy.name}/{phase.name}", epoch=epoch_index,
+                   first_step=first_step)
+      metrics.pop("first_nonfinite_step")
       if on_epoch is not None:
         on_epoch({"phase": phase.name, "epoch": epoch_index, **metrics})
       epoch_index += 1

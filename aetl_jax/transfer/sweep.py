@@ -62,7 +62,11 @@ def run_sweep(config, workdir, *, images, labels, split: TransferSplit, num_clas
 
   results = cells_log(workdir)
   histories = JsonlLog(Path(workdir) / "metrics" / "finetune.jsonl")
-  done = {(r["budget"], r["strategy"], r["seed"]) for r in results.read()}
+  results.repair()
+  done_keys = {(r["budget"], r["strategy"], r["seed"]) for r in results.read()}
+  # A history written just before a kill whose cell result was not: drop it.
+  histories.keep(lambda r: (r["budget"], r["strategy"], r["seed"]) in done_keys)
+  done = done_keys
   cells = [(b, s, seed) for b in tcfg.budgets for s in tcfg.strategies
            for seed in range(tcfg.seeds)]
   todo = [c for c in cells if c not in done]

@@ -1,0 +1,147 @@
+"""Nothing a user ran is lost: kill -9 and resume, damaged checkpoints, NaN guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from aetl_jax import checkpointing
+from aetl_jax.data.digits import load_digits_arrays
+from aetl_jax.training.guard import NonFiniteError
+from aetl_jax.training.pretrain import checkpoint_dir, pretrain
+from tests.conftest import tiny_config, tree_equal
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--no-progress", "--config.pretrain.epochs=60", "--config.pretrain.checkpoint_every=4",
+        "--config.pretrain.eval_every=10", "--config.transfer.budgets=(3,5)",
+        "--config.transfer.seeds=2", "--config.transfer.epochs=15", "--config.transfer.lp_epochs=5",
+        "--config.transfer.strategies=('scratch','linear_probe','lp_ft')"]
+
+
+def _cmd(workdir):
+  return [sys.executable, "-m", "experiments", "digits_transfer", "--workdir", str(workdir), *ARGS]
+
+
+def _env():
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+
+
+def _lines(path):
+  return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _final_params(workdir):
+  ckpt = checkpoint_dir(workdir)
+  step = checkpointing.finished_steps(ckpt)[-1]
+  manager = checkpointing.make_manager(ckpt)
+  return step, manager.restore(step)
+
+
+def _cells(workdir):
+  rows = [json.loads(l) for l in (workdir / "results/cells.jsonl").read_text().splitlines()]
+  for r in rows:
+    r.pop("seconds")
+  return sorted(rows, key=lambda r: (r["budget"], r["strategy"], r["seed"]))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("reference")
+  subprocess.run(_cmd(workdir), check=True, env=_env(), capture_output=True, cwd=ROOT)
+  return workdir
+
+
+@pytest.mark.parametrize("kill_when", ["pretraining", "sweep"])
+def test_sigkill_then_resume_is_bitwise_identical(reference, tmp_path, kill_when):
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(_cmd(workdir), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  watch, need = ((workdir / "metrics/pretrain.jsonl", 9) if kill_when == "pretraining"
+                 else (workdir / "results/cells.jsonl", 3))
+  deadline = time.time() + 120
+  while _lines(watch) < need:
+    assert proc.poll() is None, "run finished before it could be killed"
+    assert time.time() < deadline
+    time.sleep(0.01)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  if kill_when == "pretraining":
+    assert _lines(workdir / "metrics/pretrain.jsonl") < 60
+    assert not (workdir / "results/cells.jsonl").exists()
+  else:
+    assert _lines(workdir / "results/cells.jsonl") < len(_cells(reference))
+
+  resumed = subprocess.run(_cmd(workdir), env=_env(), cwd=ROOT, capture_output=True, text=True)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "resum" in resumed.stderr.lower()
+  ref_step, ref_tree = _final_params(reference)
+  step, tree = _final_params(workdir)
+  assert step == ref_step == 60
+  assert tree_equal(tree, ref_tree)
+  assert (workdir / "metrics/pretrain.jsonl").read_text() == \
+      (reference / "metrics/pretrain.jsonl").read_text()
+  assert _cells(workdir) == _cells(reference)
+
+
+def _pretrain(workdir, *extra):
+  images, _ = load_digits_arrays()
+  config = tiny_config("pretrain.epochs=8", "pretrain.checkpoint_every=2",
+                       "pretrain.keep_checkpoints=3", *extra)
+  return pretrain(config, images[:300], images[300:400], workdir, progress=False)
+
+
+def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
+  _pretrain(tmp_path)
+  ckpt = checkpoint_dir(tmp_path)
+  assert checkpointing.finished_steps(ckpt) == [4, 6, 8]
+  # Truncate one array file of the newest step.
+  victim = next(p for p in (ckpt / "8" / "default").rglob("0*") if p.is_file())
+  victim.write_bytes(victim.read_bytes()[: max(1, victim.stat().st_size // 2)])
+  _, good_6 = _restore_step(ckpt, 6)
+  step, tree = checkpointing.restore_latest(ckpt, {"state": good_6["state"]})
+  assert step == 6
+  assert tree_equal(tree["state"]["params"], good_6["state"]["params"])
+  assert "checkpoint" in caplog.text and "damaged" in caplog.text
+
+
+def test_silently_corrupted_array_is_caught_by_checksum(tmp_path, caplog):
+  _pretrain(tmp_path, "pretrain.keep_checkpoints=2")
+  ckpt = checkpoint_dir(tmp_path)
+  target = _restore_step(ckpt, 8)[1]
+  # Rewrite one array of step 8 with different values through Orbax itself.
+  meta = ckpt / "8" / "_CHECKPOINT_METADATA"
+  manifest = json.loads(meta.read_text())
+  key = next(k for k in manifest["custom_metadata"]["aetl_jax_manifest"] if "encoder" in k)
+  manifest["custom_metadata"]["aetl_jax_manifest"][key]["crc32"] ^= 1
+  meta.write_text(json.dumps(manifest))
+  step, _ = checkpointing.restore_latest(ckpt, target)
+  assert step == 6 and "checksum mismatch" in caplog.text
+
+
+def _restore_step(ckpt, step):
+  manager = checkpointing.make_manager(ckpt)
+  return step, manager.restore(step)
+
+
+def test_nan_guard_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+  with pytest.raises(NonFiniteError, match=r"phase 'pretrain' at step \d+ \(epoch \d+\)"):
+    _pretrain(tmp_path, "pretrain.learning_rate=1e12", "pretrain.loss='mse'",
+              "pretrain.checkpoint_every=1")
+  # Every checkpoint that was written holds finite parameters.
+  ckpt = checkpoint_dir(tmp_path)
+  for step in checkpointing.finished_steps(ckpt):
+    tree = _restore_step(ckpt, step)[1]
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree))
+
+
+def test_same_config_and_seed_is_deterministic(tmp_path):
+  _, p1, h1 = _pretrain(tmp_path / "a")
+  _, p2, h2 = _pretrain(tmp_path / "b")
+  assert tree_equal(p1, p2) and h1 == h2
