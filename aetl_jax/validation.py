@@ -66,6 +66,8 @@ def validate_transfer_config(config) -> None:
   require(len(t.budgets) > 0 and all(isinstance(b, int) and b > 0 for b in t.budgets),
           "transfer.budgets", f"must be positive integers (labels per class), got {t.budgets!r}")
   _positive(t, "transfer", "seeds", integer=True)
+  require(t.checkpoint_every >= 0, "transfer.checkpoint_every",
+          "must be >= 0 epochs (0: cells are not checkpointed and a killed cell reruns)")
   require(t.val_per_class >= 0, "transfer.val_per_class", f"must be >= 0, got {t.val_per_class}")
   if "lp_ft" in t.strategies:
     require(t.lp_epochs >= 1, "transfer.lp_epochs", "lp_ft needs a probe phase: set it >= 1")

@@ -145,3 +145,45 @@ def test_same_config_and_seed_is_deterministic(tmp_path):
   _, p1, h1 = _pretrain(tmp_path / "a")
   _, p2, h2 = _pretrain(tmp_path / "b")
   assert tree_equal(p1, p2) and h1 == h2
+
+
+class _Kill(Exception):
+  pass
+
+
+def test_sweep_cell_resumes_inside_a_phase(tmp_path):
+  """A cell killed mid-phase resumes from its checkpoint, bitwise identical."""
+  import jax.numpy as jnp
+  from aetl_jax.transfer.finetune import OptimSettings, run_strategy
+  from aetl_jax.transfer.strategies import build_strategy
+  from tests.conftest import classifier_and_params
+
+  images, labels = load_digits_arrays()
+  config = tiny_config("transfer.lp_epochs=4", "transfer.epochs=5")
+  model, params = classifier_and_params(config)
+  split = lambda a, b: {"input": jnp.asarray(images[a:b]), "label": jnp.asarray(labels[a:b])}
+  data = {"train": split(0, 150), "val": split(150, 200), "test": split(200, 400)}
+  strategy = build_strategy("lp_ft", config.transfer, params["encoder"])
+  opt = OptimSettings(learning_rate=1e-2, batch_size=32)
+  rng = jax.random.PRNGKey(3)
+  ref_params, ref = run_strategy(strategy, model, params, data, opt, rng)
+
+  for kill_at in (2, 6):  # inside the probe phase, inside the fine-tune phase
+    ckpt = tmp_path / f"cell{kill_at}"
+    seen = []
+
+    def on_epoch(row):
+      seen.append(row["epoch"])
+      if row["epoch"] == kill_at:
+        raise _Kill
+
+    with pytest.raises(_Kill):
+      run_strategy(strategy, model, params, data, opt, rng, checkpoint_dir=ckpt,
+                   checkpoint_every=1, on_epoch=on_epoch)
+    resumed_epochs = []
+    out_params, out = run_strategy(strategy, model, params, data, opt, rng, checkpoint_dir=ckpt,
+                                   checkpoint_every=1,
+                                   on_epoch=lambda r: resumed_epochs.append(r["epoch"]))
+    assert resumed_epochs[0] == kill_at  # epochs before the kill were not recomputed
+    assert tree_equal(out_params, ref_params)
+    assert out["test_accuracy"] == ref["test_accuracy"]

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aetl_jax import checkpointing
 from aetl_jax.evaluation.batched import accuracy, batched_apply
 from aetl_jax.objectives.classification import make_classification_loss
 from aetl_jax.training.guard import check_finite
@@ -121,7 +122,7 @@ def evaluate(model, params, split) -> float:
 def run_strategy(strategy: Strategy, model, params, data: dict, opt: OptimSettings, rng, *,
                  probe_cfg=None, on_epoch: Callable[[dict], None] | None = None,
                  on_phase_end: Callable[[str, dict, dict], None] | None = None,
-                 cache_features: bool = True):
+                 cache_features: bool = True, checkpoint_dir=None, checkpoint_every: int = 0):
   """Trains ``params`` (a classifier tree) by ``strategy``.
 
   ``data`` maps 'train', 'val', 'test' to dicts of device arrays
@@ -129,6 +130,8 @@ def run_strategy(strategy: Strategy, model, params, data: dict, opt: OptimSettin
   ``on_phase_end(phase_name, params_at_start, params_at_end)`` sees every
   phase boundary; ``cache_features=False`` forces the masked full
   forward/backward even for head-only phases (for benchmarks and tests).
+  With ``checkpoint_dir``, the state is saved with Orbax at every phase end
+  and every ``checkpoint_every`` epochs, and a rerun resumes from there.
   """
   num_classes = model.num_classes
   if strategy.probe is not None:
@@ -147,25 +150,52 @@ def run_strategy(strategy: Strategy, model, params, data: dict, opt: OptimSettin
   train = data["train"]
   num_train = int(train["label"].shape[0])
   input_shape = tuple(train["input"].shape[1:])
+  manager = None
+  resume_epoch = 0
+  if checkpoint_dir is not None:
+    manager = checkpointing.make_manager(checkpoint_dir, max_to_keep=2)
+    steps = checkpointing.finished_steps(checkpoint_dir)
+    resume_epoch = steps[-1] if steps else 0
+
+  def program(phase):
+    cached = cache_features and _head_only(trainable_mask(jax.eval_shape(lambda: params),
+                                                          phase.rules))
+    return (cached, *_phase_program(model, phase.rules, opt, num_train, phase.epochs,
+                                    input_shape, cached))
+
+  def fresh_state(cached, tx, mask, params):
+    return (TrainState.create(_copy(params["head"]), tx) if cached
+            else TrainState.create(_copy(params), tx, mask))
+
   epoch_index = 0
   cached_features = None
   phase_log = []
+  restored_state = None
   for phase in strategy.phases:
-    probe_shapes = jax.eval_shape(lambda: params)
-    cached = cache_features and _head_only(trainable_mask(probe_shapes, phase.rules))
-    epoch_fn, tx, mask = _phase_program(model, phase.rules, opt, num_train, phase.epochs,
-                                        input_shape, cached)
-    if cached:
-      if cached_features is None:
-        cached_features = _features(model, params, train["input"])
-      phase_data = {"input": cached_features, "label": train["label"]}
-      state = TrainState.create(_copy(params["head"]), tx)
-    else:
-      phase_data = train
-      state = TrainState.create(_copy(params), tx, mask)
-    metrics = {}
+    phase_start, phase_end = epoch_index, epoch_index + phase.epochs
+    cached, epoch_fn, tx, mask = program(phase)
+    if resume_epoch and phase_start < resume_epoch <= phase_end:
+      # Resume inside (or at the end of) this phase from the cell's checkpoint.
+      template = fresh_state(cached, tx, mask, params)
+      _, tree = checkpointing.restore_latest(checkpoint_dir, {"params": params, "state": template})
+      params = tree["params"]
+      restored_state = tree["state"] if resume_epoch < phase_end else None
+      log.info("%s: resumed at epoch %d of phase '%s'", strategy.name, resume_epoch, phase.name)
+    if phase_end <= resume_epoch:
+      phase_log.append({"phase": phase.name, "cached_features": cached, "resumed": True})
+      epoch_index = phase_end
+      continue
+    if cached and cached_features is None:
+      cached_features = _features(model, params, train["input"])
+    phase_data = ({"input": cached_features, "label": train["label"]} if cached else train)
+    state = restored_state if restored_state is not None else fresh_state(cached, tx, mask, params)
+    restored_state = None
+    if epoch_index < resume_epoch:
+      epoch_index = resume_epoch
     start_params = params
-    for _ in range(phase.epochs):
+    merged = lambda st: {**params, "head": st.params} if cached else st.params
+    metrics = {}
+    while epoch_index < phase_end:
       first_step = int(state.step)
       state, metrics = epoch_fn(state, phase_data, jax.random.fold_in(rng, epoch_index))
       metrics = {k: float(v) for k, v in metrics.items()}
@@ -175,11 +205,16 @@ def run_strategy(strategy: Strategy, model, params, data: dict, opt: OptimSettin
       if on_epoch is not None:
         on_epoch({"phase": phase.name, "epoch": epoch_index, **metrics})
       epoch_index += 1
-    params = {**params, "head": state.params} if cached else state.params
+      if manager is not None and (epoch_index == phase_end or
+                                  (checkpoint_every and epoch_index % checkpoint_every == 0)):
+        checkpointing.save(manager, epoch_index, {"params": merged(state), "state": state})
+    params = merged(state)
     if on_phase_end is not None:
       on_phase_end(phase.name, start_params, params)
     phase_log.append({"phase": phase.name, "cached_features": cached,
                       "final_train_loss": metrics.get("loss", math.nan)})
+  if manager is not None:
+    manager.close()
 
   result = {
       "test_accuracy": evaluate(model, params, data["test"]),

@@ -90,8 +90,12 @@ def run_sweep(config, workdir, *, images, labels, split: TransferSplit, num_clas
       params = {**params, "encoder": pretrained_encoder}
     history = []
     start = time.perf_counter()
+    cell_ckpt = None
+    if tcfg.checkpoint_every:
+      cell_ckpt = Path(workdir) / "transfer" / f"budget{budget}_{name}_seed{seed}"
     _, result = run_strategy(strategy, model, params, data, opt, train_key, probe_cfg=tcfg,
-                             on_epoch=history.append)
+                             on_epoch=history.append, checkpoint_dir=cell_ckpt,
+                             checkpoint_every=tcfg.checkpoint_every)
     row = {"budget": budget, "strategy": name, "seed": seed,
            "train_per_class": class_counts(labels, train_idx, num_classes),
            "val_size": int(len(val_idx)), "checkpoint_step": ckpt_step,
