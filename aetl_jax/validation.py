@@ -8,6 +8,7 @@ from __future__ import annotations
 from aetl_jax.config import require
 from aetl_jax.models.registry import MODEL_FAMILIES
 from aetl_jax.objectives.reconstruction import RECONSTRUCTION_LOSSES
+from aetl_jax.training.launchers import LAUNCHERS
 from aetl_jax.training.loop import RUNNERS
 from aetl_jax.transfer.strategies import STRATEGIES
 
@@ -39,7 +40,32 @@ def _optim(cfg, prefix):
           f"must be in [0, {prefix}.epochs), got {cfg.warmup_epochs}")
 
 
+def _launch(config):
+  launch = config.get("launch")
+  if launch is None:
+    return
+  _choice(launch, "launch", "launcher", LAUNCHERS)
+  require(launch.num_devices >= 0, "launch.num_devices", "must be >= 0 (0: every device)")
+  import jax
+  present = len(jax.devices())
+  require(launch.num_devices <= present, "launch.num_devices",
+          f"asks for {launch.num_devices} devices but {present} are present: "
+          + ", ".join(str(d) for d in jax.devices()))
+  if launch.launcher == "jit":
+    require(launch.num_devices in (0, 1), "launch.num_devices",
+            "launcher 'jit' runs on one device; use 'pmap' or 'shard_map' for several")
+    return
+  n = launch.num_devices or present
+  for section in ("pretrain", "transfer"):
+    bs = config[section].batch_size
+    lower = (bs // n) * n
+    require(bs % n == 0, f"{section}.batch_size",
+            f"global batch {bs} is not divisible by the {n} devices; nearest valid sizes: "
+            + ", ".join(str(b) for b in (lower, lower + n) if b > 0))
+
+
 def validate_transfer_config(config) -> None:
+  _launch(config)
   m = config.model
   _choice(m, "model", "family", MODEL_FAMILIES)
   require(all(isinstance(w, int) and w > 0 for w in m.widths), "model.widths",

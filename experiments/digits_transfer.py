@@ -66,9 +66,11 @@ def get_config() -> ml_collections.ConfigDict:
       budgets=(10, 25, 50), seeds=5, val_per_class=5, label_seed=0, seed_offset=0,
       epochs=100, learning_rate=3e-3, optimizer="adam", weight_decay=0.0, schedule="cosine",
       warmup_epochs=0, batch_size=32, runner="scan", checkpoint_every=0,
+      vmap_seeds=True,
       lp_epochs=50, ft_lr_mult=0.3, partial_freeze_blocks=1, partial_freeze_regex="",
       encoder_lr_mult=0.1, layer_decay=0.5, unfreeze_epochs=25, reinit=(),
       ridge_l2_grid=(0.01, 0.1, 1.0, 10.0, 100.0), knn_k_grid=(1, 3, 5, 10))
+  c.launch = dict(launcher="jit", num_devices=0, distributed=False)
   c.report = dict(num_figure_images=10)
   c.lock()
   return c

@@ -20,6 +20,7 @@ from aetl_jax.evaluation.reconstruction import reconstruction_metrics
 from aetl_jax.models.registry import build_autoencoder
 from aetl_jax.objectives.reconstruction import make_reconstruction_loss
 from aetl_jax.training.guard import check_finite
+from aetl_jax.training.launchers import launcher_from_config
 from aetl_jax.training.loop import make_epoch_fn
 from aetl_jax.training.metrics_log import JsonlLog
 from aetl_jax.training.state import TrainState
@@ -57,8 +58,11 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
   tx = make_optimizer(learning_rate=schedule, optimizer=pcfg.optimizer,
                       weight_decay=pcfg.weight_decay, grad_clip_norm=pcfg.grad_clip_norm or None)
   state = TrainState.create(params, tx)
-  step = make_train_step(make_reconstruction_loss(model, pcfg.loss), tx)
-  epoch_fn = make_epoch_fn(step, batch_size=pcfg.batch_size, runner=pcfg.runner)
+  launcher = launcher_from_config(config)
+  step = make_train_step(make_reconstruction_loss(model, pcfg.loss), tx,
+                         axis_name=launcher.axis_name)
+  epoch_fn = make_epoch_fn(step, batch_size=pcfg.batch_size, runner=pcfg.runner,
+                           launcher=launcher)
 
   ckpt_dir = checkpoint_dir(workdir)
   metrics = JsonlLog(Path(workdir) / "metrics" / "pretrain.jsonl")
@@ -74,6 +78,7 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
                                          "model": config.model.to_dict(),
                                          "image_shape": list(image_shape)})
   manager = checkpointing.make_manager(ckpt_dir, max_to_keep=pcfg.keep_checkpoints)
+  state = launcher.replicate(state)
 
   data = {"image": jax.device_put(train_images)}
   eval_images = jax.device_put(eval_images)
@@ -89,10 +94,11 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
     done = epoch + 1
     if done % pcfg.eval_every == 0 or done == pcfg.epochs:
       row.update({f"eval_{k}": v for k, v in
-                  reconstruction_metrics(model, state.params, eval_images).items()})
+                  reconstruction_metrics(model, launcher.unreplicate(state).params,
+                                                 eval_images).items()})
     metrics.append(row)
     bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
     if done % pcfg.checkpoint_every == 0 or done == pcfg.epochs:
-      checkpointing.save(manager, done, {"state": state})
+      checkpointing.save(manager, done, {"state": launcher.unreplicate(state)})
   manager.close()
-  return model, state.params, metrics.read()
+  return model, launcher.unreplicate(state).params, metrics.read()

@@ -27,6 +27,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, trainable
   """Builds the pure step. ``trainable_mask`` is a static bool tree (None = all)."""
 
   def step(state: TrainState, batch, rng):
+    if axis_name is not None:  # independent dropout noise on every device
+      rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
     if trainable_mask is None:
       trainable, frozen = state.params, None
       combine = lambda t: t

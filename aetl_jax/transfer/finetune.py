@@ -13,17 +13,20 @@ import dataclasses
 import functools
 import logging
 import math
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from aetl_jax import checkpointing
 from aetl_jax.evaluation.batched import accuracy, batched_apply
 from aetl_jax.objectives.classification import make_classification_loss
 from aetl_jax.training.guard import check_finite
-from aetl_jax.training.loop import make_epoch_fn
+from aetl_jax.training.guard import NonFiniteError
+from aetl_jax.training.launchers import make_launcher
+from aetl_jax.training.loop import epoch_body, make_epoch_fn
 from aetl_jax.training.state import TrainState
 from aetl_jax.training.step import make_train_step
 from aetl_jax.transfer import probes
@@ -45,18 +48,35 @@ class OptimSettings:
   warmup_epochs: int = 0
   batch_size: int = 32
   runner: str = "scan"
+  launcher: str = "jit"
+  num_devices: int = 0  # 0: every device
 
   @classmethod
-  def from_config(cls, cfg) -> "OptimSettings":
+  def from_config(cls, cfg, launch=None) -> "OptimSettings":
+    extra = {} if launch is None else {"launcher": launch.launcher,
+                                       "num_devices": int(launch.num_devices)}
     return cls(learning_rate=float(cfg.learning_rate), optimizer=cfg.optimizer,
                weight_decay=float(cfg.weight_decay), schedule=cfg.schedule,
                warmup_epochs=int(cfg.warmup_epochs), batch_size=int(cfg.batch_size),
-               runner=cfg.runner)
+               runner=cfg.runner, **extra)
+
+  def make_launcher(self):
+    return make_launcher(self.launcher, self.num_devices or None)
 
 
 def _head_only(mask) -> bool:
   enc = jax.tree.leaves(mask["encoder"])
   return not any(enc) and all(jax.tree.leaves(mask["head"]))
+
+
+def _param_shapes(model, input_shape):
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                           jnp.zeros((1, *input_shape)))["params"])
+
+
+def _uses_cache(model, rules, input_shape, cache_features: bool) -> bool:
+  """Head-only phases train on features computed once (when allowed)."""
+  return cache_features and _head_only(trainable_mask(_param_shapes(model, input_shape), rules))
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,18 +89,19 @@ def _encode_fn(model):
   return jax.jit(lambda params, x: model.apply({"params": params}, x, method="encode"))
 
 
-@functools.lru_cache(maxsize=None)
-def _head_fn(model):
-  return jax.jit(lambda head, f: model.apply({"params": {"head": head}}, f,
-                                             method="classify_features"))
+class PhaseProgram(NamedTuple):
+  epoch_fn: Callable
+  step: Callable
+  tx: optax.GradientTransformation
+  mask: Any
+  cached: bool
 
 
 @functools.lru_cache(maxsize=None)
 def _phase_program(model, rules, opt: OptimSettings, num_train: int, epochs: int,
-                   input_shape: tuple, cached: bool):
-  """(epoch_fn, tx, mask) for one phase; memoised so seeds reuse compilations."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                             jnp.zeros((1, *input_shape)))["params"])
+                   input_shape: tuple, cached: bool) -> PhaseProgram:
+  """The compiled pieces of one phase; memoised so seeds reuse compilations."""
+  shapes = _param_shapes(model, input_shape)
   mask = trainable_mask(shapes, rules)
   mults = lr_multipliers(shapes, rules)
   steps_per_epoch = max(num_train // min(opt.batch_size, num_train), 1)
@@ -99,9 +120,11 @@ def _phase_program(model, rules, opt: OptimSettings, num_train: int, epochs: int
     mults = split_by_mask(mults, mask)[0]
   tx = make_optimizer(learning_rate=schedule, optimizer=opt.optimizer,
                       weight_decay=opt.weight_decay, lr_multipliers=mults)
-  step = make_train_step(make_classification_loss(apply), tx, step_mask)
-  epoch_fn = make_epoch_fn(step, batch_size=opt.batch_size, runner=opt.runner)
-  return epoch_fn, tx, step_mask
+  launcher = opt.make_launcher()
+  step = make_train_step(make_classification_loss(apply), tx, step_mask,
+                         axis_name=launcher.axis_name)
+  epoch_fn = make_epoch_fn(step, batch_size=opt.batch_size, runner=opt.runner, launcher=launcher)
+  return PhaseProgram(epoch_fn, step, tx, step_mask, cached)
 
 
 def _copy(tree):
@@ -158,10 +181,11 @@ def run_strategy(strategy: Strategy, model, params, data: dict, opt: OptimSettin
     resume_epoch = steps[-1] if steps else 0
 
   def program(phase):
-    cached = cache_features and _head_only(trainable_mask(jax.eval_shape(lambda: params),
-                                                          phase.rules))
-    return (cached, *_phase_program(model, phase.rules, opt, num_train, phase.epochs,
-                                    input_shape, cached))
+    prog = _phase_program(model, phase.rules, opt, num_train, phase.epochs, input_shape,
+                          _uses_cache(model, phase.rules, input_shape, cache_features))
+    return prog.cached, prog.epoch_fn, prog.tx, prog.mask
+
+  launcher = opt.make_launcher()
 
   def fresh_state(cached, tx, mask, params):
     return (TrainState.create(_copy(params["head"]), tx) if cached
@@ -179,7 +203,8 @@ def run_strategy(strategy: Strategy, model, params, data: dict, opt: OptimSettin
       template = fresh_state(cached, tx, mask, params)
       _, tree = checkpointing.restore_latest(checkpoint_dir, {"params": params, "state": template})
       params = tree["params"]
-      restored_state = tree["state"] if resume_epoch < phase_end else None
+      restored_state = (launcher.replicate(tree["state"]) if resume_epoch < phase_end
+                        else None)
       log.info("%s: resumed at epoch %d of phase '%s'", strategy.name, resume_epoch, phase.name)
     if phase_end <= resume_epoch:
       phase_log.append({"phase": phase.name, "cached_features": cached, "resumed": True})
@@ -188,15 +213,18 @@ def run_strategy(strategy: Strategy, model, params, data: dict, opt: OptimSettin
     if cached and cached_features is None:
       cached_features = _features(model, params, train["input"])
     phase_data = ({"input": cached_features, "label": train["label"]} if cached else train)
-    state = restored_state if restored_state is not None else fresh_state(cached, tx, mask, params)
+    state = (restored_state if restored_state is not None
+             else launcher.replicate(fresh_state(cached, tx, mask, params)))
     restored_state = None
     if epoch_index < resume_epoch:
       epoch_index = resume_epoch
     start_params = params
-    merged = lambda st: {**params, "head": st.params} if cached else st.params
+    def merged(st, params=params, cached=cached):
+      st = launcher.unreplicate(st)
+      return {**params, "head": st.params} if cached else st.params
     metrics = {}
     while epoch_index < phase_end:
-      first_step = int(state.step)
+      first_step = int(launcher.unreplicate(state).step)
       state, metrics = epoch_fn(state, phase_data, jax.random.fold_in(rng, epoch_index))
       metrics = {k: float(v) for k, v in metrics.items()}
       check_finite(metrics, phase=f"{strategy.name}/{phase.name}", epoch=epoch_index,
@@ -207,7 +235,8 @@ def run_strategy(strategy: Strategy, model, params, data: dict, opt: OptimSettin
       epoch_index += 1
       if manager is not None and (epoch_index == phase_end or
                                   (checkpoint_every and epoch_index % checkpoint_every == 0)):
-        checkpointing.save(manager, epoch_index, {"params": merged(state), "state": state})
+        checkpointing.save(manager, epoch_index, {"params": merged(state),
+                                                  "state": launcher.unreplicate(state)})
     params = merged(state)
     if on_phase_end is not None:
       on_phase_end(phase.name, start_params, params)
@@ -223,3 +252,111 @@ def run_strategy(strategy: Strategy, model, params, data: dict, opt: OptimSettin
       "phases": phase_log,
   }
   return params, result
+
+
+# ---------------------------------------------------------------------------
+# K seeds at once: a whole cell as one pure program, vmapped over seeds.
+
+
+@functools.lru_cache(maxsize=None)
+def _seeds_program(model, strategy: Strategy, opt: OptimSettings, num_train: int,
+                   input_shape: tuple, cache_features: bool):
+  """``jit(vmap(cell))``: every phase and epoch of a cell in one compiled call.
+
+  ``cell(params, train, rng) -> (params, per-phase per-epoch metrics)``; the
+  epoch loop is a ``lax.scan`` and epoch ``e`` uses ``fold_in(rng, e)``, as in
+  :func:`run_strategy`, so both give the same result.
+  """
+  phases = [(phase, _phase_program(model, phase.rules, opt, num_train, phase.epochs, input_shape,
+                                   _uses_cache(model, phase.rules, input_shape, cache_features)))
+            for phase in strategy.phases]
+
+  def cell(params, train, rng):
+    features = None
+    history = []
+    epoch_index = 0
+    for phase, prog in phases:
+      body = epoch_body(prog.step, batch_size=opt.batch_size)
+      if prog.cached:
+        if features is None:
+          features = model.apply({"params": params}, train["input"], method="encode")
+        phase_data = {"input": features, "label": train["label"]}
+        state = TrainState.create(params["head"], prog.tx)
+      else:
+        phase_data = train
+        state = TrainState.create(params, prog.tx, prog.mask)
+
+      def one_epoch(state, e, body=body, phase_data=phase_data):
+        return body(state, phase_data, jax.random.fold_in(rng, e))
+
+      state, metrics = jax.lax.scan(one_epoch, state,
+                                    jnp.arange(epoch_index, epoch_index + phase.epochs))
+      params = {**params, "head": state.params} if prog.cached else state.params
+      history.append(metrics)
+      epoch_index += phase.epochs
+    return params, history
+
+  return jax.jit(jax.vmap(cell)), [prog.cached for _, prog in phases]
+
+
+@functools.lru_cache(maxsize=None)
+def _predict_seeds_fn(model):
+  return jax.jit(jax.vmap(lambda params, x: model.apply({"params": params}, x)))
+
+
+def run_strategy_seeds(strategy: Strategy, model, params, data: dict, opt: OptimSettings, rngs, *,
+                       probe_cfg=None, cache_features: bool = True):
+  """:func:`run_strategy` for K seeds at once (every leaf has a leading seed axis).
+
+  ``params``, ``data['train'|'val'|'test']`` and ``rngs`` are stacked over
+  seeds (a shared test split may be stacked by broadcasting). Returns
+  (stacked params, list of K result dicts, list of K per-epoch histories).
+  """
+  num_seeds = int(rngs.shape[0])
+  if strategy.probe is not None:
+    results, out = [], []
+    for k in range(num_seeds):
+      pick = lambda t: jax.tree.map(lambda a: a[k], t)
+      p, r = run_strategy(strategy, model, pick(params), {n: pick(d) for n, d in data.items()},
+                          opt, rngs[k], probe_cfg=probe_cfg)
+      out.append(p)
+      results.append(r)
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *out), results, [[] for _ in results]
+
+  train = data["train"]
+  num_train = int(train["label"].shape[1])
+  input_shape = tuple(train["input"].shape[2:])
+  # Seeds are the parallel axis here: the vmapped program runs on one device.
+  opt = dataclasses.replace(opt, launcher="jit", num_devices=0)
+  program, cached = _seeds_program(model, strategy, opt, num_train, input_shape, cache_features)
+  params, history = program(params, train, rngs)
+  histories = [[] for _ in range(num_seeds)]
+  phase_logs = [[] for _ in range(num_seeds)]
+  epoch_index = 0
+  for phase, metrics, was_cached in zip(strategy.phases, history, cached):
+    metrics = jax.tree.map(np.asarray, metrics)  # (K, epochs)
+    for k in range(num_seeds):
+      bad = np.flatnonzero(metrics["first_nonfinite_step"][k] >= 0)
+      if len(bad):
+        raise NonFiniteError(f"non-finite loss or gradient in phase '{strategy.name}/{phase.name}' "
+                             f"of seed {k} at epoch {epoch_index + int(bad[0])}")
+      for e in range(phase.epochs):
+        histories[k].append({"phase": phase.name, "epoch": epoch_index + e,
+                             **{n: float(v[k, e]) for n, v in metrics.items()
+                                if n != "first_nonfinite_step"}})
+      phase_logs[k].append({"phase": phase.name, "cached_features": was_cached,
+                            "final_train_loss": float(metrics["loss"][k, -1])})
+    epoch_index += phase.epochs
+
+  predict = _predict_seeds_fn(model)
+
+  def acc(split):
+    if split["label"].shape[1] == 0:
+      return [None] * num_seeds
+    logits = np.asarray(predict(params, split["input"]))
+    return list(np.mean(np.argmax(logits, -1) == np.asarray(split["label"]), axis=1).astype(float))
+
+  test, val, tr = acc(data["test"]), acc(data["val"]), acc(train)
+  results = [{"test_accuracy": test[k], "val_accuracy": val[k], "train_accuracy": tr[k],
+              "phases": phase_logs[k], "vmapped_seeds": num_seeds} for k in range(num_seeds)]
+  return params, results, histories

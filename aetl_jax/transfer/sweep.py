@@ -22,7 +22,7 @@ from aetl_jax.data.transfer_split import TransferSplit, draw_target_labels
 from aetl_jax.models.registry import build_classifier
 from aetl_jax.training.metrics_log import JsonlLog
 from aetl_jax.training.pretrain import ENCODER_SUBTREE
-from aetl_jax.transfer.finetune import OptimSettings, run_strategy
+from aetl_jax.transfer.finetune import OptimSettings, run_strategy, run_strategy_seeds
 from aetl_jax.transfer.rules import reinit_paths
 from aetl_jax.transfer.strategies import build_strategy
 
@@ -57,7 +57,7 @@ def run_sweep(config, workdir, *, images, labels, split: TransferSplit, num_clas
   model = build_classifier(config.model, num_classes)
   input_shape = tuple(images.shape[1:])
   ckpt_step, pretrained_encoder, reinit = load_encoder(config, model, ckpt_dir, input_shape)
-  opt = OptimSettings.from_config(tcfg)
+  opt = OptimSettings.from_config(tcfg, config.get("launch"))
   test = {"input": jax.device_put(images[split.test]), "label": jax.device_put(labels[split.test])}
 
   results = cells_log(workdir)
@@ -73,33 +73,66 @@ def run_sweep(config, workdir, *, images, labels, split: TransferSplit, num_clas
   if done:
     log.info("sweep: %d of %d cells already finished, running %d", len(cells) - len(todo),
              len(cells), len(todo))
-  bar = tqdm(todo, desc="transfer", disable=not progress, leave=False)
-  for budget, name, seed in bar:
-    bar.set_postfix_str(f"{name} k={budget} seed={seed}", refresh=False)
+  def prepare(budget, name, seed):
+    """Labelled data, initial params and rng of one cell."""
     train_idx, val_idx = draw_target_labels(labels, split, per_class=budget,
                                             val_per_class=tcfg.val_per_class,
                                             seed=tcfg.label_seed + 1000 * seed + budget,
                                             num_classes=num_classes)
-    data = {name_: {"input": jax.device_put(images[idx]), "label": jax.device_put(labels[idx])}
+    data = {name_: {"input": images[idx], "label": labels[idx]}
             for name_, idx in (("train", train_idx), ("val", val_idx))}
-    data["test"] = test
     init_key, train_key = jax.random.split(jax.random.PRNGKey(tcfg.seed_offset + seed))
     params = model.init(init_key, jnp.zeros((1, *input_shape)))["params"]
     strategy = build_strategy(name, tcfg, params["encoder"])
     if strategy.init == "pretrained":
       params = {**params, "encoder": pretrained_encoder}
-    history = []
-    start = time.perf_counter()
-    cell_ckpt = None
-    if tcfg.checkpoint_every:
-      cell_ckpt = Path(workdir) / "transfer" / f"budget{budget}_{name}_seed{seed}"
-    _, result = run_strategy(strategy, model, params, data, opt, train_key, probe_cfg=tcfg,
-                             on_epoch=history.append, checkpoint_dir=cell_ckpt,
-                             checkpoint_every=tcfg.checkpoint_every)
-    row = {"budget": budget, "strategy": name, "seed": seed,
-           "train_per_class": class_counts(labels, train_idx, num_classes),
-           "val_size": int(len(val_idx)), "checkpoint_step": ckpt_step,
-           "reinit": reinit, "seconds": round(time.perf_counter() - start, 3), **result}
+    info = {"train_per_class": class_counts(labels, train_idx, num_classes),
+            "val_size": int(len(val_idx))}
+    return strategy, params, data, train_key, info
+
+  def record(budget, name, seed, info, result, history, seconds):
     histories.append({"budget": budget, "strategy": name, "seed": seed, "history": history})
-    results.append(row)
+    results.append({"budget": budget, "strategy": name, "seed": seed, **info,
+                    "checkpoint_step": ckpt_step, "reinit": reinit,
+                    "seconds": round(seconds, 3), **result})
+
+  # Cells of one (budget, strategy) that are still to run; with vmap_seeds
+  # they train together as one vmapped program.
+  groups = {}
+  for budget, name, seed in todo:
+    groups.setdefault((budget, name), []).append(seed)
+  together = tcfg.vmap_seeds and not tcfg.checkpoint_every
+  bar = tqdm(total=len(todo), desc="transfer", disable=not progress, leave=False)
+  for (budget, name), seeds in groups.items():
+    if together and len(seeds) > 1:
+      bar.set_postfix_str(f"{name} k={budget} seeds={seeds}", refresh=False)
+      cells_k = [prepare(budget, name, seed) for seed in seeds]
+      stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+      data = stack([c[2] for c in cells_k])
+      data["test"] = jax.tree.map(lambda a: jnp.broadcast_to(a, (len(seeds), *a.shape)), test)
+      start = time.perf_counter()
+      _, res, hist = run_strategy_seeds(cells_k[0][0], model, stack([c[1] for c in cells_k]),
+                                        data, opt, jnp.stack([c[3] for c in cells_k]),
+                                        probe_cfg=tcfg)
+      seconds = (time.perf_counter() - start) / len(seeds)
+      for seed, c, r, h in zip(seeds, cells_k, res, hist):
+        record(budget, name, seed, c[4], r, h, seconds)
+      bar.update(len(seeds))
+      continue
+    for seed in seeds:
+      bar.set_postfix_str(f"{name} k={budget} seed={seed}", refresh=False)
+      strategy, params, data, train_key, info = prepare(budget, name, seed)
+      data = {k: jax.device_put(v) for k, v in data.items()}
+      data["test"] = test
+      history = []
+      start = time.perf_counter()
+      cell_ckpt = None
+      if tcfg.checkpoint_every:
+        cell_ckpt = Path(workdir) / "transfer" / f"budget{budget}_{name}_seed{seed}"
+      _, result = run_strategy(strategy, model, params, data, opt, train_key, probe_cfg=tcfg,
+                               on_epoch=history.append, checkpoint_dir=cell_ckpt,
+                               checkpoint_every=tcfg.checkpoint_every)
+      record(budget, name, seed, info, result, history, time.perf_counter() - start)
+      bar.update(1)
+  bar.close()
   return results.read()

@@ -1,0 +1,131 @@
+"""Three ways to launch one per-device step: jit, pmap, shard_map over a mesh.
+
+The step is written once with a named data axis (``lax.pmean`` over
+``DATA_AXIS``); a :class:`Launcher` says how many devices run it and how state
+and batches are laid out:
+
+* ``jit``: one device, no named axis;
+* ``pmap``: state replicated with a leading device axis, batch split on it;
+* ``shard_map``: ``jax.jit(jax.shard_map(...))`` over a ``Mesh`` with a
+  ``data`` axis; state replicated (``P()``), batch sharded (``P('data')``).
+  This is the current JAX recommendation and the path to multi-host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+LAUNCHERS = ("jit", "pmap", "shard_map")
+
+log = logging.getLogger(__name__)
+_said_degenerate = set()
+
+
+@dataclasses.dataclass(frozen=True)
+class Launcher:
+  kind: str
+  devices: tuple
+
+  @property
+  def num_devices(self) -> int:
+    return len(self.devices)
+
+  @property
+  def axis_name(self) -> str | None:
+    """The name the step must pmean over (None for plain jit)."""
+    return None if self.kind == "jit" else DATA_AXIS
+
+  @property
+  def mesh(self) -> Mesh:
+    return Mesh(np.asarray(self.devices), (DATA_AXIS,))
+
+  def replicate(self, tree):
+    """Places a (host or single-device) tree where the launched step wants it."""
+    if self.kind == "pmap":  # a leading device axis, one slice per device
+      sharding = NamedSharding(self.mesh, P(DATA_AXIS))
+      n = self.num_devices
+      return jax.tree.map(
+          lambda x: jax.device_put(jnp.broadcast_to(x, (n, *jnp.shape(x))), sharding), tree)
+    if self.kind == "shard_map":
+      return jax.device_put(tree, NamedSharding(self.mesh, P()))
+    return jax.device_put(tree, self.devices[0])
+
+  def unreplicate(self, tree):
+    """The inverse of :meth:`replicate`: one copy on the first device (a pmap
+    state loses its device axis), ready for evaluation and checkpoints."""
+    if self.kind == "pmap":
+      return jax.device_put(jax.tree.map(lambda x: x[0], tree), self.devices[0])
+    if self.kind == "shard_map":
+      return jax.device_put(tree, self.devices[0])
+    return tree
+
+  def check_batch_size(self, batch_size: int) -> None:
+    n = self.num_devices
+    if batch_size % n:
+      lower = (batch_size // n) * n
+      options = [b for b in (lower, lower + n) if b > 0]
+      raise ValueError(f"global batch size {batch_size} is not divisible by the {n} devices of "
+                       f"launcher '{self.kind}'; nearest valid sizes: "
+                       + ", ".join(map(str, options)))
+
+
+def make_launcher(kind: str = "jit", num_devices: int | None = None) -> Launcher:
+  """Builds a launcher over the first ``num_devices`` local devices (all if None)."""
+  if kind not in LAUNCHERS:
+    raise ValueError(f"unknown launcher {kind!r}; valid: {', '.join(LAUNCHERS)}")
+  # pmap runs over this process's devices; a mesh spans every process's (multi-host).
+  available = jax.devices() if kind == "shard_map" else jax.local_devices()
+  if kind == "jit":
+    if num_devices not in (None, 1):
+      raise ValueError(f"launcher 'jit' runs on one device, got num_devices={num_devices}; "
+                       f"use 'pmap' or 'shard_map' for several")
+    return Launcher("jit", (available[0],))
+  if num_devices is None:
+    num_devices = len(available)
+  if num_devices < 1 or num_devices > len(available):
+    raise ValueError(f"launcher '{kind}' asked for {num_devices} devices but "
+                     f"{len(available)} are present: "
+                     + ", ".join(str(d) for d in available))
+  if num_devices == 1 and kind not in _said_degenerate:
+    _said_degenerate.add(kind)
+    log.info("launcher '%s' on a single device: runs as a one-device %s (same results as jit)",
+             kind, kind)
+  return Launcher(kind, tuple(available[:num_devices]))
+
+
+def launcher_from_config(config) -> Launcher:
+  """The launcher named by ``config.launch`` (jit on one device when absent)."""
+  launch = config.get("launch") if hasattr(config, "get") else None
+  if launch is None:
+    return make_launcher("jit")
+  initialize_distributed(bool(launch.get("distributed", False)))
+  return make_launcher(launch.launcher, launch.num_devices or None)
+
+
+_distributed_done = False
+
+
+def initialize_distributed(enabled: bool) -> None:
+  """``jax.distributed.initialize()`` once per process when asked (multi-host).
+
+  On Cloud TPU and under SLURM/Open MPI the coordinator address, process count
+  and id are discovered from the environment; elsewhere set
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  """
+  global _distributed_done
+  if enabled and not _distributed_done:
+    jax.distributed.initialize()
+    _distributed_done = True
+
+
+def is_main_process() -> bool:
+  """Only process 0 writes logs, tables and figures; every process saves checkpoints."""
+  return jax.process_index() == 0

@@ -1,0 +1,80 @@
+"""Run by tests/test_launchers.py in a subprocess with 4 fake CPU devices.
+
+Trains the same classifier for two epochs with every launcher × runner and
+with 1, 2 and 4 devices, and prints the results as JSON.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import json  # noqa: E402
+import sys  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from aetl_jax.data.digits import load_digits_arrays  # noqa: E402
+from aetl_jax.evaluation.batched import batched_apply  # noqa: E402
+from aetl_jax.models.autoencoder import Classifier  # noqa: E402
+from aetl_jax.models.mlp import MLPEncoder  # noqa: E402
+from aetl_jax.objectives.classification import make_classification_loss  # noqa: E402
+from aetl_jax.training.launchers import make_launcher  # noqa: E402
+from aetl_jax.training.loop import make_epoch_fn  # noqa: E402
+from aetl_jax.training.state import TrainState  # noqa: E402
+from aetl_jax.training.step import make_train_step  # noqa: E402
+from aetl_jax.transfer.optim import make_optimizer  # noqa: E402
+from aetl_jax.transfer.rules import trainable_mask  # noqa: E402
+from aetl_jax.transfer.strategies import HEAD_ONLY  # noqa: E402
+
+
+def main():
+  assert jax.device_count() == 4, jax.devices()
+  images, labels = load_digits_arrays()
+  data = {"input": jnp.asarray(images[:520]), "label": jnp.asarray(labels[:520])}
+  model = Classifier(encoder=MLPEncoder((32, 16), 8), num_classes=10)
+  params = model.init(jax.random.PRNGKey(0), data["input"][:1])["params"]
+  apply = lambda p, x, rng: model.apply({"params": p}, x)
+  loss = make_classification_loss(apply)
+  out = {}
+  for rules_name, rules in (("all", ((".*", 1.0),)), ("head", HEAD_ONLY)):
+    mask = trainable_mask(params, rules)
+    for kind, n in (("jit", 1), ("pmap", 1), ("pmap", 2), ("pmap", 4), ("shard_map", 1),
+                    ("shard_map", 2), ("shard_map", 4)):
+      for runner in ("scan", "per_batch"):
+        launcher = make_launcher(kind, n)
+        # SGD: linear in the gradients, so float reduction-order noise is not
+        # amplified the way Adam amplifies it for near-zero gradients.
+        tx = make_optimizer(learning_rate=5e-2, optimizer="sgd")
+        step = make_train_step(loss, tx, mask, axis_name=launcher.axis_name)
+        epoch = make_epoch_fn(step, batch_size=64, runner=runner, launcher=launcher)
+        state = launcher.replicate(TrainState.create(jax.tree.map(jnp.copy, params), tx, mask))
+        for e in range(2):
+          state, metrics = epoch(state, data, jax.random.PRNGKey(e))
+        final = launcher.unreplicate(state)
+        out[f"{rules_name}/{kind}/{n}/{runner}"] = {
+            "params": [np.asarray(x).tolist() for x in jax.tree.leaves(final.params)],
+            "step": int(final.step), "loss": float(np.asarray(metrics["loss"]))}
+  # Errors that must be clear.
+  errors = {}
+  for name, fn in (("batch", lambda: make_launcher("pmap", 4).check_batch_size(30)),
+                   ("devices", lambda: make_launcher("shard_map", 8))):
+    try:
+      fn()
+    except ValueError as e:
+      errors[name] = str(e)
+  # Padded, sharded evaluation equals one unbatched pass.
+  predict = jax.jit(lambda p, x: model.apply({"params": p}, x))
+  x = data["input"][:131]
+  full = np.asarray(predict(params, x))
+  sharded = np.asarray(batched_apply(predict, params, x, batch_size=24,
+                                     launcher=make_launcher("shard_map", 4)))
+  out["eval_max_abs_diff"] = float(np.max(np.abs(full - sharded)))
+  out["eval_rows"] = int(sharded.shape[0])
+  json.dump({"runs": out, "errors": errors}, sys.stdout)
+
+
+if __name__ == "__main__":
+  main()

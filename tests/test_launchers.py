@@ -1,0 +1,117 @@
+"""jit, pmap and shard_map run one step and agree; vmapped seeds equal sequential runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aetl_jax.training.launchers import make_launcher
+from aetl_jax.transfer.finetune import OptimSettings, run_strategy, run_strategy_seeds
+from aetl_jax.transfer.strategies import build_strategy
+from tests.conftest import classifier_and_params, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def four_devices():
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+  out = subprocess.run([sys.executable, str(ROOT / "tests" / "multidevice_worker.py")], env=env,
+                       capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("rules", ["all", "head"])
+def test_every_launcher_and_device_count_matches_jit(four_devices, rules):
+  runs = four_devices["runs"]
+  ref = runs[f"{rules}/jit/1/scan"]
+  assert ref["step"] == 2 * (520 // 64)
+  for key, run in runs.items():
+    if not key.startswith(rules + "/"):
+      continue
+    assert run["step"] == ref["step"], key
+    for a, b in zip(run["params"], ref["params"]):
+      # Same math, different reduction order across devices: float32 noise only.
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=key)
+    assert run["loss"] == pytest.approx(ref["loss"], rel=1e-5), key
+
+
+def test_bad_device_requests_are_clear(four_devices):
+  errors = four_devices["errors"]
+  assert "not divisible by the 4 devices" in errors["batch"] and "28, 32" in errors["batch"]
+  assert "asked for 8 devices but 4 are present" in errors["devices"]
+
+
+def test_padded_sharded_evaluation_counts_every_example_once(four_devices):
+  assert four_devices["runs"]["eval_rows"] == 131
+  assert four_devices["runs"]["eval_max_abs_diff"] < 1e-5
+
+
+def test_single_device_pmap_degenerates_gracefully(caplog):
+  import logging
+  with caplog.at_level(logging.INFO):
+    launcher = make_launcher("shard_map", 1)
+  assert launcher.num_devices == 1
+  with pytest.raises(ValueError, match="unknown launcher"):
+    make_launcher("tpu_pod")
+
+
+@pytest.mark.parametrize("name", ["scratch", "lp_ft", "gradual_unfreeze"])
+def test_vmapped_seeds_equal_sequential_runs(digits, name):
+  images, labels = digits
+  config = tiny_config("transfer.epochs=3", "transfer.lp_epochs=2", "transfer.unfreeze_epochs=1")
+  model, _ = classifier_and_params(config)
+  opt = OptimSettings(learning_rate=1e-2, batch_size=32)
+  seeds = [0, 1, 2]
+  cells = []
+  for seed in seeds:
+    _, params = classifier_and_params(config, seed=seed)
+    lo = 100 * seed
+    split = lambda a, b: {"input": jnp.asarray(images[a:b]), "label": jnp.asarray(labels[a:b])}
+    data = {"train": split(lo, lo + 96), "val": split(1000, 1050), "test": split(1100, 1300)}
+    cells.append((params, data, jax.random.PRNGKey(10 + seed)))
+  strategy = build_strategy(name, config.transfer, cells[0][0]["encoder"])
+  sequential = [run_strategy(strategy, model, p, d, opt, r) for p, d, r in cells]
+  stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+  params_k, results_k, hist_k = run_strategy_seeds(
+      strategy, model, stack([c[0] for c in cells]), stack([c[1] for c in cells]), opt,
+      jnp.stack([c[2] for c in cells]))
+  for k, (p_seq, r_seq) in enumerate(sequential):
+    for a, b in zip(jax.tree.leaves(p_seq), jax.tree.leaves(jax.tree.map(lambda x: x[k], params_k))):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert abs(results_k[k]["test_accuracy"] - r_seq["test_accuracy"]) <= 2 / 200
+    assert len(hist_k[k]) == sum(p.epochs for p in strategy.phases)
+
+
+@pytest.mark.parametrize("launcher", ["pmap", "shard_map"])
+def test_experiment_on_four_devices_matches_single_device(tmp_path, launcher):
+  """The whole pipeline (pretraining, cached-feature probe, fine-tune) on 4 devices."""
+  from experiments.__main__ import main
+  common = ["--no-progress", "--config.pretrain.epochs=4", "--config.transfer.budgets=(4,)",
+            "--config.transfer.seeds=1", "--config.transfer.epochs=3",
+            "--config.transfer.strategies=('linear_probe','finetune')",
+            "--config.pretrain.optimizer='sgd'", "--config.transfer.optimizer='sgd'"]
+  assert main(["--workdir", str(tmp_path / "jit"), *common]) == 0
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+  out = subprocess.run([sys.executable, "-m", "experiments", "--workdir", str(tmp_path / "multi"),
+                        *common, f"--config.launch.launcher={launcher}"],
+                       env=env, capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = {}
+  for name in ("jit", "multi"):
+    lines = (tmp_path / name / "results" / "cells.jsonl").read_text().splitlines()
+    rows[name] = {json.loads(l)["strategy"]: json.loads(l) for l in lines}
+    pre = [json.loads(l) for l in (tmp_path / name / "metrics/pretrain.jsonl").read_text().splitlines()]
+    rows[name]["pretrain_loss"] = pre[-1]["train_loss"]
+  assert rows["multi"]["pretrain_loss"] == pytest.approx(rows["jit"]["pretrain_loss"], rel=1e-5)
+  for strategy in ("linear_probe", "finetune"):
+    assert abs(rows["multi"][strategy]["test_accuracy"] - rows["jit"][strategy]["test_accuracy"]) < 0.005
