@@ -1,0 +1,115 @@
+"""Throughput of each launcher on 1, 2 and 4 devices, and of vmapped seeds.
+
+    python -m aetl_jax.bench.launchers [--devices 4] [--epochs 3]
+
+Part 1 trains the dense autoencoder on MNIST-size inputs (28×28, synthetic
+pixels: throughput does not depend on content) with a global batch of 256,
+for every launcher × device count × runner, and prints examples/s (median of
+``--epochs`` timed epochs after a warm-up epoch; compile time excluded).
+On a CPU the devices are fake (``--xla_force_host_platform_device_count``):
+they share the same cores, so this measures the launchers' overhead and
+correctness of scaling code, not a speed-up; on a multi-GPU host it measures
+real scaling.
+
+Part 2 fine-tunes K seeds of one sweep cell sequentially (one ``run_strategy``
+after another) and at once (``run_strategy_seeds``: ``jit(vmap(cell))``), on
+the digits classifier and on an MNIST-size classifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--devices", type=int, default=4,
+                      help="fake CPU devices to create (ignored on GPU/TPU)")
+  parser.add_argument("--epochs", type=int, default=3)
+  parser.add_argument("--examples", type=int, default=8192)
+  parser.add_argument("--seeds", type=int, default=5)
+  args = parser.parse_args(argv)
+  if "jax" not in sys.modules:
+    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={args.devices}")
+
+  import jax
+  import jax.numpy as jnp
+
+  from aetl_jax.bench.timing import time_calls
+  from aetl_jax.data.digits import load_digits_arrays
+  from aetl_jax.models.autoencoder import Autoencoder, Classifier
+  from aetl_jax.models.mlp import MLPDecoder, MLPEncoder
+  from aetl_jax.objectives.reconstruction import make_reconstruction_loss
+  from aetl_jax.training.launchers import make_launcher
+  from aetl_jax.training.loop import make_epoch_fn
+  from aetl_jax.training.state import TrainState
+  from aetl_jax.training.step import make_train_step
+  from aetl_jax.transfer.finetune import OptimSettings, run_strategy, run_strategy_seeds
+  from aetl_jax.transfer.optim import make_optimizer
+  from aetl_jax.transfer.strategies import Phase, Strategy
+
+  print(f"backend={jax.default_backend()} devices={jax.device_count()} "
+        f"cpu_count={os.cpu_count()} jax={jax.__version__}")
+  key = jax.random.PRNGKey(0)
+  x = jax.random.uniform(key, (args.examples, 28, 28, 1))
+  data = {"image": x}
+  model = Autoencoder(MLPEncoder((256, 128), 32), MLPDecoder((28, 28, 1), (128, 256)))
+  params = model.init(key, x[:1])["params"]
+  loss = make_reconstruction_loss(model, "bce")
+  batch = 256
+  print(f"\nPart 1: dense AE 784-256-128-32, global batch {batch}, {args.examples} examples/epoch")
+  print(f"{'launcher':<10} {'devices':>7} {'runner':<10} {'examples/s':>11}")
+  counts = [n for n in (1, 2, 4) if n <= jax.device_count()]
+  for kind in ("jit", "pmap", "shard_map"):
+    for n in ([1] if kind == "jit" else counts):
+      for runner in ("scan", "per_batch"):
+        launcher = make_launcher(kind, n)
+        tx = make_optimizer(learning_rate=1e-3)
+        step = make_train_step(loss, tx, axis_name=launcher.axis_name)
+        epoch = make_epoch_fn(step, batch_size=batch, runner=runner, launcher=launcher)
+        holder = {"state": launcher.replicate(TrainState.create(jax.tree.map(jnp.copy, params), tx))}
+
+        def run():
+          holder["state"], m = epoch(holder["state"], data, key)
+          return m
+
+        t = time_calls(run, repeats=args.epochs)
+        usable = (args.examples // batch) * batch
+        print(f"{kind:<10} {n:7d} {runner:<10} {usable / t['median_s']:11.0f}", flush=True)
+
+  print(f"\nPart 2: {args.seeds} seeds of one fine-tuning cell, sequential vs vmapped")
+  print(f"{'model':<28} {'sequential s':>12} {'vmapped s':>10} {'speed-up':>9}")
+  digits_x, digits_y = load_digits_arrays()
+  cases = [("digits MLP 64-128-64-32", digits_x, digits_y, (128, 64), 32, 100, 100),
+           ("MNIST-size MLP 784-256-128-32", jax.random.uniform(key, (2000, 28, 28, 1)),
+            jax.random.randint(key, (2000,), 0, 10), (256, 128), 32, 1000, 30)]
+  for name, images, labels, widths, code, n_train, epochs in cases:
+    clf = Classifier(MLPEncoder(widths, code), 10)
+    strategy = Strategy("finetune", "pretrained", (Phase("finetune", ((".*", 1.0),), epochs),))
+    opt = OptimSettings(learning_rate=1e-3, batch_size=32)
+    cells = []
+    for s in range(args.seeds):
+      p = clf.init(jax.random.PRNGKey(s), jnp.asarray(images[:1]))["params"]
+      lo = (s * 97) % max(1, len(images) - n_train - 400)
+      split = lambda a, b: {"input": jnp.asarray(images[a:b]), "label": jnp.asarray(labels[a:b])}
+      cells.append((p, {"train": split(lo, lo + n_train), "val": split(0, 0),
+                        "test": split(len(images) - 300, len(images))}, jax.random.PRNGKey(s)))
+    stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    stacked = (stack([c[0] for c in cells]), stack([c[1] for c in cells]),
+               jnp.stack([c[2] for c in cells]))
+
+    def sequential():
+      return [run_strategy(strategy, clf, p, d, opt, r)[0] for p, d, r in cells]
+
+    def vmapped():
+      return run_strategy_seeds(strategy, clf, *stacked[:2], opt, stacked[2])[0]
+
+    t_seq = time_calls(sequential, repeats=2)["median_s"]
+    t_vmap = time_calls(vmapped, repeats=2)["median_s"]
+    print(f"{name:<28} {t_seq:12.2f} {t_vmap:10.2f} {t_seq / t_vmap:8.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+  main()
