@@ -14,6 +14,7 @@ import numpy as np
 
 from aetl_jax.config import ConfigError
 from aetl_jax.data.transfer_split import describe_split, draw_target_labels, make_transfer_split
+from aetl_jax.models.registry import check_input_shape
 from aetl_jax.evaluation.reconstruction import reconstruct, reconstruction_metrics
 from aetl_jax.reporting.figures import summary_figure
 from aetl_jax.reporting.tables import paired_differences, summarise, write_tables
@@ -30,9 +31,14 @@ def _split(config, labels):
                              seed=config.data.split_seed)
 
 
-def check_against_data(config, labels, num_classes: int) -> None:
-  """Config checks that need the labels: every budget fits the target pool."""
+def check_against_data(config, labels, num_classes: int, images_shape) -> None:
+  """Config checks that need the data: the encoder fits the image shape and
+  every budget fits the target pool."""
   validate_transfer_config(config)
+  try:
+    check_input_shape(config.model, images_shape)
+  except ValueError as e:
+    raise ConfigError(f"config key 'model': {e}") from None
   split = _split(config, labels)
   for budget in config.transfer.budgets:
     try:
@@ -47,7 +53,7 @@ def check_against_data(config, labels, num_classes: int) -> None:
 def run_transfer_experiment(config, workdir, *, images, labels, num_classes: int, title: str,
                             progress: bool = True) -> dict:
   """Runs every stage and writes artifacts into ``workdir``; returns a summary dict."""
-  check_against_data(config, labels, num_classes)
+  check_against_data(config, labels, num_classes, images.shape[1:])
   workdir = Path(workdir)
   split = _split(config, labels)
   (workdir / "data.json").write_text(json.dumps(describe_split(labels, split, num_classes), indent=2))

@@ -5,8 +5,11 @@ Each failure is a ConfigError naming the key and the valid values.
 
 from __future__ import annotations
 
-from aetl_jax.config import require
-from aetl_jax.models.registry import MODEL_FAMILIES
+from aetl_jax.config import ConfigError, require
+from aetl_jax.models.conv import NORMS, UPSAMPLING
+from aetl_jax.models.registry import MODEL_FAMILIES, VARIANTS, check_model_config
+from aetl_jax.objectives.corruption import CORRUPTIONS
+from aetl_jax.objectives.registry import SPARSITY
 from aetl_jax.objectives.reconstruction import RECONSTRUCTION_LOSSES
 from aetl_jax.training.launchers import LAUNCHERS
 from aetl_jax.training.loop import RUNNERS
@@ -68,6 +71,25 @@ def validate_transfer_config(config) -> None:
   _launch(config)
   m = config.model
   _choice(m, "model", "family", MODEL_FAMILIES)
+  _choice(m, "model", "variant", VARIANTS)
+  try:
+    check_model_config(m)
+  except ValueError as e:
+    raise ConfigError(f"config key 'model.variant': {e}") from None
+  _choice(m, "model", "upsampling", UPSAMPLING)
+  _choice(m, "model", "norm", NORMS)
+  require(0.0 < m.mask_ratio < 1.0, "model.mask_ratio", f"must be in (0, 1), got {m.mask_ratio}")
+  _positive(m, "model", "latent_dim", "patch", "vit_dim", "vit_depth", "vit_heads", integer=True)
+  require(m.vit_dim % m.vit_heads == 0, "model.vit_heads",
+          f"must divide model.vit_dim={m.vit_dim}, got {m.vit_heads}")
+  o = config.objective
+  _choice(o, "objective", "loss", RECONSTRUCTION_LOSSES)
+  _choice(o, "objective", "corruption", CORRUPTIONS)
+  _choice(o, "objective", "sparsity", SPARSITY)
+  require(o.beta >= 0, "objective.beta", f"must be >= 0, got {o.beta}")
+  require(0 <= o.corruption_level <= 1 or o.corruption == "gaussian", "objective.corruption_level",
+          f"is a fraction of pixels for {o.corruption!r}: must be in [0, 1]")
+  require(0 < o.sparsity_target < 1, "objective.sparsity_target", "must be in (0, 1)")
   require(all(isinstance(w, int) and w > 0 for w in m.widths), "model.widths",
           f"must be positive integers, got {m.widths!r}")
   _positive(m, "model", "code_dim", integer=True)
@@ -79,7 +101,6 @@ def validate_transfer_config(config) -> None:
 
   p = config.pretrain
   _optim(p, "pretrain")
-  _choice(p, "pretrain", "loss", RECONSTRUCTION_LOSSES)
   _positive(p, "pretrain", "eval_every", "checkpoint_every", "keep_checkpoints", integer=True)
   require(p.grad_clip_norm >= 0, "pretrain.grad_clip_norm", "must be >= 0 (0 disables clipping)")
 

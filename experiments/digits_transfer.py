@@ -56,16 +56,23 @@ from aetl_jax.pipeline import check_against_data, run_transfer_experiment
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.data = dict(test_fraction=0.3, source_fraction=0.5, split_seed=0)
-  c.model = dict(family="mlp", widths=(128, 64), code_dim=32, dropout_rate=0.0)
+  c.model = dict(
+      family="mlp", variant="plain", widths=(128, 64), code_dim=32, dropout_rate=0.0,
+      norm="none", channels=(32, 64), upsampling="transpose", blocks_per_stage=1,
+      patch=4, vit_dim=64, vit_depth=4, vit_heads=4, decoder_dim=64, decoder_depth=2,
+      mask_ratio=0.75, norm_pix_loss=False, latent_dim=16)
+  c.objective = dict(
+      loss="bce", corruption="gaussian", corruption_level=0.3, sparsity="l1",
+      sparsity_weight=1e-3, sparsity_target=0.05, beta=1.0)
   c.pretrain = dict(
       epochs=200, batch_size=64, learning_rate=3e-3, optimizer="adam", weight_decay=0.0,
-      schedule="cosine", warmup_epochs=0, loss="bce", runner="scan", seed=0, eval_every=25,
+      schedule="cosine", warmup_epochs=0, runner="auto", seed=0, eval_every=25,
       checkpoint_every=25, keep_checkpoints=2, grad_clip_norm=0.0)
   c.transfer = dict(
       strategies=("scratch", "linear_probe", "finetune", "lp_ft", "ridge_probe", "knn_probe"),
       budgets=(10, 25, 50), seeds=5, val_per_class=5, label_seed=0, seed_offset=0,
       epochs=100, learning_rate=3e-3, optimizer="adam", weight_decay=0.0, schedule="cosine",
-      warmup_epochs=0, batch_size=32, runner="scan", checkpoint_every=0,
+      warmup_epochs=0, batch_size=32, runner="auto", checkpoint_every=0,
       vmap_seeds=True,
       lp_epochs=50, ft_lr_mult=0.3, partial_freeze_blocks=1, partial_freeze_regex="",
       encoder_lr_mult=0.1, layer_decay=0.5, unfreeze_epochs=25, reinit=(),
@@ -78,12 +85,14 @@ def get_config() -> ml_collections.ConfigDict:
 
 def validate(config) -> None:
   """All checks that can fail before the workdir is touched."""
-  _, labels = load_digits_arrays()
-  check_against_data(config, labels, num_classes=10)
+  images, labels = load_digits_arrays()
+  check_against_data(config, labels, num_classes=10, images_shape=images.shape[1:])
 
 
 def run(config, workdir, *, progress: bool = True) -> dict:
   images, labels = load_digits_arrays()
   return run_transfer_experiment(config, workdir, images=images, labels=labels, num_classes=10,
-                                 title="sklearn digits 8×8: dense AE → few-label classification",
+                                 title=f"sklearn digits 8×8: {config.model.family}/"
+                                       f"{config.model.variant} autoencoder → few-label "
+                                       f"classification",
                                  progress=progress)

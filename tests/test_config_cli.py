@@ -50,8 +50,11 @@ def test_unknown_flag(capsys, tmp_path):
     ("transfer.lp_epochs=0", "transfer.lp_epochs"),
     ("transfer.budgets=(0,)", "transfer.budgets"),
     ("pretrain.learning_rate=-1.0", "pretrain.learning_rate"),
-    ("pretrain.loss='l1'", "pretrain.loss"),
-    ("model.family='resnet'", "model.family"),
+    ("objective.loss='l1'", "objective.loss"),
+    ("model.variant='mae'", "model.variant"),
+    ("model.variant='contrastive'", "model.variant"),
+    ("objective.corruption='blur'", "objective.corruption"),
+    ("model.family='transformer'", "model.family"),
     ("transfer.runner='loop'", "transfer.runner"),
     ("data.test_fraction=1.0", "data.test_fraction"),
 ])

@@ -132,7 +132,7 @@ def _restore_step(ckpt, step):
 
 def test_nan_guard_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(NonFiniteError, match=r"phase 'pretrain' at step \d+ \(epoch \d+\)"):
-    _pretrain(tmp_path, "pretrain.learning_rate=1e12", "pretrain.loss='mse'",
+    _pretrain(tmp_path, "pretrain.learning_rate=1e12", "objective.loss='mse'",
               "pretrain.checkpoint_every=1")
   # Every checkpoint that was written holds finite parameters.
   ckpt = checkpoint_dir(tmp_path)

@@ -16,7 +16,7 @@ from aetl_jax.objectives.reconstruction import reconstruction_error
 def _per_example_fn(model):
   @jax.jit
   def fn(params, x):
-    logits = model.apply({"params": params}, x)
+    logits = model.apply({"params": params}, x, method="reconstruct")
     mse = reconstruction_error(logits, x, "mse")
     return {"mse": mse, "bce": reconstruction_error(logits, x, "bce"),
             "psnr": -10.0 * jnp.log10(jnp.maximum(mse, 1e-12))}
@@ -31,4 +31,4 @@ def reconstruction_metrics(model, params, images, *, batch_size: int = 1024) -> 
 
 def reconstruct(model, params, images):
   """Reconstructions in [0, 1] (for figures)."""
-  return np.asarray(jax.nn.sigmoid(model.apply({"params": params}, images)))
+  return np.asarray(jax.nn.sigmoid(model.apply({"params": params}, images, method="reconstruct")))

@@ -1,36 +1,128 @@
-"""Autoencoder and classifier wrappers sharing one encoder module."""
+"""Autoencoders (plain, variational, masked) and the classifier that receives
+their encoder. Every model exposes ``encode`` (the features transfer uses) and
+``reconstruct`` (deterministic reconstruction logits, for evaluation)."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from aetl_jax.models.vit import patchify, random_masking, unpatchify
 
 
 class Autoencoder(nn.Module):
+  """Plain, denoising and sparse autoencoders (the objective differs, not the model)."""
+
   encoder: nn.Module
   decoder: nn.Module
 
   def __call__(self, x, *, train: bool = False):
-    """Returns reconstruction logits shaped like ``x``."""
+    """Reconstruction logits shaped like ``x``."""
     return self.decoder(self.encoder(x, train=train), train=train)
+
+  def with_code(self, x, *, train: bool = False):
+    code = self.encoder(x, train=train)
+    return self.decoder(code, train=train), code
 
   def encode(self, x, *, train: bool = False):
     return self.encoder(x, train=train)
 
+  def reconstruct(self, x):
+    return self(x)
+
+
+class VariationalAutoencoder(nn.Module):
+  """Gaussian posterior q(z|x) = N(mean, exp(logvar)); the encoder emits both halves.
+
+  ``encode`` returns the posterior mean, so the classifier that receives this
+  encoder keeps the first ``latent_dim`` features (see :class:`Classifier`).
+  """
+
+  encoder: nn.Module  # code_dim == 2 * latent_dim
+  decoder: nn.Module
+  latent_dim: int
+
+  def posterior(self, x, *, train: bool = False):
+    h = self.encoder(x, train=train)
+    return h[..., : self.latent_dim], h[..., self.latent_dim:]
+
+  def __call__(self, x, rng, *, train: bool = False):
+    """(logits, mean, logvar, z) with z = mean + σ·ε drawn with the explicit ``rng``."""
+    mean, logvar = self.posterior(x, train=train)
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
+    return self.decoder(z, train=train), mean, logvar, z
+
+  def decode(self, z):
+    return self.decoder(z)
+
+  def encode(self, x, *, train: bool = False):
+    return self.posterior(x, train=train)[0]
+
+  def reconstruct(self, x):
+    return self.decoder(self.encode(x))
+
+
+class MaskedAutoencoder(nn.Module):
+  """MAE: encode the visible patches only, decode every patch with a light decoder."""
+
+  encoder: nn.Module  # ViTEncoder
+  decoder: nn.Module  # MAEDecoder
+  patch: int
+  image_shape: Sequence[int]
+  mask_ratio: float = 0.75
+  norm_pix_loss: bool = False
+
+  def __call__(self, x, rng, *, train: bool = False):
+    """(predicted patch pixels (B, N, P), mask (B, N) with 1 = masked)."""
+    tokens = self.encoder.embed(x)
+    b, n, _ = tokens.shape
+    ids_keep, ids_restore, mask = random_masking(rng, b, n, self.mask_ratio)
+    visible = jnp.take_along_axis(tokens, ids_keep[..., None], axis=1)
+    encoded = self.encoder.transform(visible, train=train)
+    return self.decoder(encoded, ids_restore), mask
+
+  def encode(self, x, *, train: bool = False):
+    return self.encoder(x, train=train)
+
+  def reconstruct(self, x):
+    """Logits of the masked-patch prediction with a fixed mask (PRNGKey(0)),
+    visible patches pasted in. With per-patch normalised targets the
+    prediction is de-normalised with the true patch statistics (as in the
+    MAE paper's figures)."""
+    pred, mask = self(x, jax.random.PRNGKey(0))
+    target = patchify(x, self.patch)
+    if self.norm_pix_loss:
+      mean = target.mean(-1, keepdims=True)
+      std = jnp.sqrt(target.var(-1, keepdims=True) + 1e-6)
+      pred = pred * std + mean
+    merged = jnp.where(mask[..., None] > 0, pred, target)
+    image = unpatchify(merged, self.patch, self.image_shape)
+    return jax.scipy.special.logit(jnp.clip(image, 1e-4, 1 - 1e-4))
+
 
 class Classifier(nn.Module):
-  """Encoder + linear head: the target-task model the encoder is moved into."""
+  """Encoder + linear head: the target-task model the encoder is moved into.
+
+  ``feature_dim`` keeps the first features only (the posterior mean of a VAE
+  encoder, whose output also holds the log-variances).
+  """
 
   encoder: nn.Module
   num_classes: int
+  feature_dim: int | None = None
 
   def setup(self):
     self.head = nn.Dense(self.num_classes)
 
   def __call__(self, x, *, train: bool = False):
-    return self.head(self.encoder(x, train=train))
+    return self.head(self.encode(x, train=train))
 
   def encode(self, x, *, train: bool = False):
-    return self.encoder(x, train=train)
+    h = self.encoder(x, train=train)
+    return h if self.feature_dim is None else h[..., : self.feature_dim]
 
   def classify_features(self, features):
     """Head only: used when the encoder is frozen and features are cached."""

@@ -19,7 +19,16 @@ from jax.sharding import PartitionSpec as P
 
 from aetl_jax.training.launchers import DATA_AXIS, Launcher, make_launcher
 
-RUNNERS = ("scan", "per_batch")
+RUNNERS = ("scan", "per_batch", "auto")
+CONV_FAMILIES = ("conv", "resnet")
+
+
+def resolve_runner(runner: str, family: str) -> str:
+  """'auto': one call per batch for conv families on XLA:CPU, where convolutions
+  inside a scan lose their fast backward layouts (jax#12868); scan otherwise."""
+  if runner != "auto":
+    return runner
+  return "per_batch" if family in CONV_FAMILIES and jax.default_backend() == "cpu" else "scan"
 
 
 def num_examples(data) -> int:
@@ -85,8 +94,9 @@ def make_epoch_fn(step, *, batch_size: int, runner: str = "scan", launcher: Laun
   pmap or shard_map launcher it must come from ``launcher.replicate``, and the
   step must be built with ``axis_name=launcher.axis_name``.
   """
-  if runner not in RUNNERS:
-    raise ValueError(f"unknown runner {runner!r}; valid: {', '.join(RUNNERS)}")
+  if runner not in RUNNERS[:2]:
+    raise ValueError(f"unknown runner {runner!r}; valid: scan, per_batch (resolve 'auto' with "
+                     f"resolve_runner first)")
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   launcher = launcher or make_launcher("jit")

@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 from aetl_jax import checkpointing
 from aetl_jax.evaluation.reconstruction import reconstruction_metrics
 from aetl_jax.models.registry import build_autoencoder
-from aetl_jax.objectives.reconstruction import make_reconstruction_loss
+from aetl_jax.objectives.registry import make_objective
 from aetl_jax.training.guard import check_finite
 from aetl_jax.training.launchers import launcher_from_config
-from aetl_jax.training.loop import make_epoch_fn
+from aetl_jax.training.loop import make_epoch_fn, resolve_runner
 from aetl_jax.training.metrics_log import JsonlLog
 from aetl_jax.training.state import TrainState
 from aetl_jax.training.step import make_train_step
@@ -48,7 +48,8 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
   model = build_autoencoder(config.model, image_shape)
   key = jax.random.PRNGKey(pcfg.seed)
   init_key, train_key = jax.random.split(key)
-  params = model.init(init_key, jnp.zeros((1, *image_shape)))["params"]
+  # 'reconstruct' is deterministic and touches every parameter of every variant.
+  params = model.init(init_key, jnp.zeros((1, *image_shape)), method="reconstruct")["params"]
 
   n = train_images.shape[0]
   steps_per_epoch = max(n // min(pcfg.batch_size, n), 1)
@@ -59,9 +60,10 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
                       weight_decay=pcfg.weight_decay, grad_clip_norm=pcfg.grad_clip_norm or None)
   state = TrainState.create(params, tx)
   launcher = launcher_from_config(config)
-  step = make_train_step(make_reconstruction_loss(model, pcfg.loss), tx,
+  step = make_train_step(make_objective(model, config.model, config.objective), tx,
                          axis_name=launcher.axis_name)
-  epoch_fn = make_epoch_fn(step, batch_size=pcfg.batch_size, runner=pcfg.runner,
+  epoch_fn = make_epoch_fn(step, batch_size=pcfg.batch_size,
+                           runner=resolve_runner(pcfg.runner, config.model.family),
                            launcher=launcher)
 
   ckpt_dir = checkpoint_dir(workdir)
@@ -75,6 +77,7 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
     metrics.keep(lambda r: r["epoch"] < start_epoch)
     log.info("pretraining: resumed from epoch %d in %s", start_epoch, ckpt_dir)
   checkpointing.write_sidecar(ckpt_dir, {"family": config.model.family,
+                                         "variant": config.model.variant,
                                          "model": config.model.to_dict(),
                                          "image_shape": list(image_shape)})
   manager = checkpointing.make_manager(ckpt_dir, max_to_keep=pcfg.keep_checkpoints)

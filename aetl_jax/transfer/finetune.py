@@ -26,7 +26,7 @@ from aetl_jax.objectives.classification import make_classification_loss
 from aetl_jax.training.guard import check_finite
 from aetl_jax.training.guard import NonFiniteError
 from aetl_jax.training.launchers import make_launcher
-from aetl_jax.training.loop import epoch_body, make_epoch_fn
+from aetl_jax.training.loop import epoch_body, make_epoch_fn, resolve_runner
 from aetl_jax.training.state import TrainState
 from aetl_jax.training.step import make_train_step
 from aetl_jax.transfer import probes
@@ -123,7 +123,9 @@ def _phase_program(model, rules, opt: OptimSettings, num_train: int, epochs: int
   launcher = opt.make_launcher()
   step = make_train_step(make_classification_loss(apply), tx, step_mask,
                          axis_name=launcher.axis_name)
-  epoch_fn = make_epoch_fn(step, batch_size=opt.batch_size, runner=opt.runner, launcher=launcher)
+  family = getattr(getattr(model.encoder, "__class__", None), "__name__", "")
+  runner = resolve_runner(opt.runner, "conv" if family in ("ConvEncoder", "ResNetEncoder") else "")
+  epoch_fn = make_epoch_fn(step, batch_size=opt.batch_size, runner=runner, launcher=launcher)
   return PhaseProgram(epoch_fn, step, tx, step_mask, cached)
 
 

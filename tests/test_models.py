@@ -1,0 +1,157 @@
+"""The autoencoder family: shapes, objectives, overfitting, transplantable encoders."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import integrate, stats
+
+from aetl_jax.config import apply_overrides
+from aetl_jax.models.registry import build_autoencoder, build_classifier
+from aetl_jax.models.vit import patchify, random_masking, unpatchify
+from aetl_jax.objectives.registry import gaussian_kl, make_objective
+from experiments import digits_transfer
+
+SMALL = ["model.widths=(64, 32)", "model.channels=(16, 32)", "model.vit_dim=32",
+         "model.vit_depth=2", "model.vit_heads=2", "model.decoder_dim=32", "model.decoder_depth=1"]
+
+VARIANTS = {
+    "mlp/plain": ["model.family='mlp'", "model.variant='plain'"],
+    "mlp/plain-mse": ["model.family='mlp'", "model.variant='plain'", "objective.loss='mse'"],
+    "mlp/denoising-gaussian": ["model.variant='denoising'", "objective.corruption='gaussian'"],
+    "mlp/denoising-masking": ["model.variant='denoising'", "objective.corruption='masking'"],
+    "mlp/denoising-salt": ["model.variant='denoising'", "objective.corruption='salt_and_pepper'",
+                           "objective.corruption_level=0.1"],
+    "mlp/sparse-l1": ["model.variant='sparse'", "objective.sparsity='l1'"],
+    "mlp/sparse-kl": ["model.variant='sparse'", "objective.sparsity='kl'",
+                      "objective.sparsity_weight=0.1"],
+    "mlp/vae": ["model.variant='vae'", "model.latent_dim=8"],
+    "conv/transpose": ["model.family='conv'", "model.upsampling='transpose'"],
+    "conv/resize": ["model.family='conv'", "model.upsampling='resize'"],
+    "conv/subpixel": ["model.family='conv'", "model.upsampling='subpixel'", "model.norm='layer'"],
+    "conv/vae": ["model.family='conv'", "model.variant='vae'", "model.latent_dim=8"],
+    "resnet/plain": ["model.family='resnet'"],
+    "vit/mae": ["model.family='vit'", "model.variant='mae'", "model.patch=2"],
+    "vit/mae-normpix": ["model.family='vit'", "model.variant='mae'", "model.patch=2",
+                        "model.norm_pix_loss=True"],
+}
+
+
+def config_for(name, *extra):
+  return apply_overrides(digits_transfer.get_config(), SMALL + VARIANTS[name] + list(extra))
+
+
+def _overfit(name, images, steps=300):
+  config = config_for(name)
+  model = build_autoencoder(config.model, images.shape[1:])
+  params = model.init(jax.random.PRNGKey(0), images[:1], method="reconstruct")["params"]
+  loss_fn = make_objective(model, config.model, config.objective)
+  tx = optax.adam(3e-3)
+
+  def metric(params, rng):
+    """Reconstruction MSE where the objective reports it (BCE on grey pixels has
+    a non-zero floor, the entropy of the targets); the loss itself for MAE."""
+    loss, aux = loss_fn(params, {"image": images}, rng)
+    return aux.get("mse", loss)
+
+  @jax.jit
+  def step(params, opt_state, rng):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, {"image": images}, rng)
+    updates, opt_state = tx.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state, aux.get("mse", loss), grads
+
+  opt_state = tx.init(params)
+  first = None
+  for i in range(steps):
+    params, opt_state, loss, grads = step(params, opt_state, jax.random.PRNGKey(i))
+    if first is None:
+      first = float(loss)
+      assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads)), name
+  # Evaluate the final loss with a fixed rng, averaged over a few draws.
+  last = np.mean([float(metric(params, jax.random.PRNGKey(10_000 + k))) for k in range(4)])
+  return first, last
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_each_variant_overfits_a_small_batch(digits, name):
+  images = jnp.asarray(digits[0][:16])
+  first, last = _overfit(name, images)
+  # The VAE's loss keeps its KL term and the entropy of the data under a
+  # Bernoulli decoder (grey pixels); the rest can approach zero.
+  # MAE draws a new mask every step: an inpainting task that cannot reach zero.
+  factor = 3 if name.startswith("vit/") else 5
+  assert last * factor < first, (name, first, last)
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (8, 8, 1), (32, 32, 3)])
+@pytest.mark.parametrize("name", ["mlp/plain", "mlp/vae", "conv/transpose", "conv/resize",
+                                  "conv/subpixel", "resnet/plain", "vit/mae"])
+def test_output_shapes_and_transplantable_encoder(shape, name):
+  patch = {8: 2, 28: 4, 32: 4}[shape[0]]
+  config = config_for(name, f"model.patch={patch}")
+  x = jnp.zeros((3, *shape))
+  ae = build_autoencoder(config.model, shape)
+  params = ae.init(jax.random.PRNGKey(0), x, method="reconstruct")["params"]
+  assert ae.apply({"params": params}, x, method="reconstruct").shape == x.shape
+  features = ae.apply({"params": params}, x, method="encode")
+  clf = build_classifier(config.model, 10)
+  clf_params = clf.init(jax.random.PRNGKey(1), x)["params"]
+  assert clf.apply({"params": clf_params}, x).shape == (3, 10)
+  assert clf.apply({"params": clf_params}, x, method="encode").shape == features.shape
+  shapes = lambda t: jax.tree.map(lambda a: a.shape, t)
+  assert shapes(clf_params["encoder"]) == shapes(params["encoder"])
+  # Features of the classifier equal the autoencoder's when the encoder is transplanted.
+  moved = {**clf_params, "encoder": params["encoder"]}
+  np.testing.assert_allclose(clf.apply({"params": moved}, x + 0.5, method="encode"),
+                             ae.apply({"params": params}, x + 0.5, method="encode"), rtol=1e-6)
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75, 0.9])
+def test_mae_mask_ratio_is_exact(ratio):
+  _, restore, mask = random_masking(jax.random.PRNGKey(0), 7, 49, ratio)
+  assert np.all(np.asarray(mask).sum(1) == round(ratio * 49))
+  assert sorted(np.asarray(restore[0]).tolist()) == list(range(49))
+
+
+def test_patchify_round_trip():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 8, 12, 3))
+  np.testing.assert_array_equal(unpatchify(patchify(x, 4), 4, (8, 12, 3)), x)
+  assert patchify(x, 4).shape == (2, 6, 48)
+
+
+def test_vae_kl_matches_closed_form_integral():
+  mean, logvar = np.array([0.7, -1.2]), np.array([-0.5, 0.8])
+  expected = 0
+  for m, lv in zip(mean, logvar):
+    q = stats.norm(m, np.exp(0.5 * lv))
+    expected += integrate.quad(lambda z: q.pdf(z) * (q.logpdf(z) - stats.norm.logpdf(z)),
+                               -30, 30)[0]
+  assert float(gaussian_kl(jnp.asarray(mean), jnp.asarray(logvar))) == pytest.approx(expected,
+                                                                                    rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mlp/denoising-masking", "mlp/vae", "vit/mae"])
+def test_same_rng_same_loss_other_rng_other_loss(digits, name):
+  images = jnp.asarray(digits[0][:8])
+  config = config_for(name)
+  model = build_autoencoder(config.model, images.shape[1:])
+  params = model.init(jax.random.PRNGKey(0), images[:1], method="reconstruct")["params"]
+  loss_fn = jax.jit(make_objective(model, config.model, config.objective))
+  a = loss_fn(params, {"image": images}, jax.random.PRNGKey(5))[0]
+  b = loss_fn(params, {"image": images}, jax.random.PRNGKey(5))[0]
+  c = loss_fn(params, {"image": images}, jax.random.PRNGKey(6))[0]
+  assert float(a) == float(b) and float(a) != float(c)
+
+
+@pytest.mark.parametrize("overrides, shape, message", [
+    (["model.family='conv'", "model.channels=(8, 16, 32, 64)"], (28, 28, 1),
+     r"image height 28 is not divisible by 2\^4=16.*at most 2 strided blocks.*pad/resize the image to 32"),
+    (["model.family='vit'", "model.variant='mae'", "model.patch=5"], (28, 28, 1),
+     r"patch size 5 does not divide image height 28; patch sizes that fit: 1, 2, 4, 7, 14"),
+    (["model.family='vit'", "model.variant='plain'"], (8, 8, 1), r"use variant 'mae'"),
+])
+def test_encoder_that_does_not_fit_says_what_would(overrides, shape, message):
+  config = apply_overrides(digits_transfer.get_config(), overrides)
+  with pytest.raises(ValueError, match=message):
+    build_autoencoder(config.model, shape)
