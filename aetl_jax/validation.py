@@ -43,7 +43,7 @@ def _optim(cfg, prefix):
           f"must be in [0, {prefix}.epochs), got {cfg.warmup_epochs}")
 
 
-def _launch(config):
+def _launch(config, sections=("pretrain", "transfer")):
   launch = config.get("launch")
   if launch is None:
     return
@@ -59,7 +59,7 @@ def _launch(config):
             "launcher 'jit' runs on one device; use 'pmap' or 'shard_map' for several")
     return
   n = launch.num_devices or present
-  for section in ("pretrain", "transfer"):
+  for section in sections:
     bs = config[section].batch_size
     lower = (bs // n) * n
     require(bs % n == 0, f"{section}.batch_size",
@@ -67,9 +67,24 @@ def _launch(config):
             + ", ".join(str(b) for b in (lower, lower + n) if b > 0))
 
 
-def validate_transfer_config(config) -> None:
-  _launch(config)
+def validate_pretrain_config(config) -> None:
+  """Model, objective, pretraining and launch sections."""
+  _launch(config, sections=("pretrain",))
+  _model_and_objective(config)
+  p = config.pretrain
+  _optim(p, "pretrain")
+  _positive(p, "pretrain", "eval_every", "checkpoint_every", "keep_checkpoints", integer=True)
+  require(p.grad_clip_norm >= 0, "pretrain.grad_clip_norm", "must be >= 0 (0 disables clipping)")
+
+
+def _model_and_objective(config) -> None:
   m = config.model
+  require(all(isinstance(w, int) and w > 0 for w in m.widths), "model.widths",
+          f"must be positive integers, got {m.widths!r}")
+  require(all(isinstance(c, int) and c > 0 for c in m.channels), "model.channels",
+          f"must be positive integers, got {m.channels!r}")
+  _positive(m, "model", "code_dim", integer=True)
+  require(0.0 <= m.dropout_rate < 1.0, "model.dropout_rate", f"must be in [0, 1), got {m.dropout_rate}")
   _choice(m, "model", "family", MODEL_FAMILIES)
   _choice(m, "model", "variant", VARIANTS)
   try:
@@ -90,19 +105,14 @@ def validate_transfer_config(config) -> None:
   require(0 <= o.corruption_level <= 1 or o.corruption == "gaussian", "objective.corruption_level",
           f"is a fraction of pixels for {o.corruption!r}: must be in [0, 1]")
   require(0 < o.sparsity_target < 1, "objective.sparsity_target", "must be in (0, 1)")
-  require(all(isinstance(w, int) and w > 0 for w in m.widths), "model.widths",
-          f"must be positive integers, got {m.widths!r}")
-  _positive(m, "model", "code_dim", integer=True)
-  require(0.0 <= m.dropout_rate < 1.0, "model.dropout_rate", f"must be in [0, 1), got {m.dropout_rate}")
 
+
+def validate_transfer_config(config) -> None:
+  validate_pretrain_config(config)
+  _launch(config, sections=("transfer",))
   d = config.data
   for name in ("test_fraction", "source_fraction"):
     require(0.0 < d[name] < 1.0, f"data.{name}", f"must be in (0, 1), got {d[name]}")
-
-  p = config.pretrain
-  _optim(p, "pretrain")
-  _positive(p, "pretrain", "eval_every", "checkpoint_every", "keep_checkpoints", integer=True)
-  require(p.grad_clip_norm >= 0, "pretrain.grad_clip_norm", "must be >= 0 (0 disables clipping)")
 
   t = config.transfer
   _optim(t, "transfer")

@@ -7,5 +7,7 @@ it gave.
 
 EXPERIMENTS = {
     "digits_transfer": "experiments.digits_transfer",
+    "transfer": "experiments.transfer",
+    "mnist_vae": "experiments.mnist_vae",
 }
 DEFAULT_EXPERIMENT = "digits_transfer"

@@ -50,7 +50,7 @@ from __future__ import annotations
 import ml_collections
 
 from aetl_jax.data.digits import load_digits_arrays
-from aetl_jax.pipeline import check_against_data, run_transfer_experiment
+from aetl_jax.pipeline import check_against_data, run_transfer_experiment, same_dataset_data
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
       sparsity_weight=1e-3, sparsity_target=0.05, beta=1.0)
   c.pretrain = dict(
       epochs=200, batch_size=64, learning_rate=3e-3, optimizer="adam", weight_decay=0.0,
+      l1_decay=0.0,
       schedule="cosine", warmup_epochs=0, runner="auto", seed=0, eval_every=25,
       checkpoint_every=25, keep_checkpoints=2, grad_clip_norm=0.0)
   c.transfer = dict(
@@ -83,15 +84,18 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
+def _data(config):
+  images, labels = load_digits_arrays()
+  return same_dataset_data(config, images, labels, 10, dataset="sklearn digits")
+
+
 def validate(config) -> None:
   """All checks that can fail before the workdir is touched."""
-  images, labels = load_digits_arrays()
-  check_against_data(config, labels, num_classes=10, images_shape=images.shape[1:])
+  check_against_data(config, _data(config))
 
 
 def run(config, workdir, *, progress: bool = True) -> dict:
-  images, labels = load_digits_arrays()
-  return run_transfer_experiment(config, workdir, images=images, labels=labels, num_classes=10,
+  return run_transfer_experiment(config, workdir, _data(config),
                                  title=f"sklearn digits 8×8: {config.model.family}/"
                                        f"{config.model.variant} autoencoder → few-label "
                                        f"classification",

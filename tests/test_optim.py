@@ -35,3 +35,11 @@ def test_unknown_optimizer_lists_choices():
   import pytest
   with pytest.raises(ValueError, match="adam"):
     make_optimizer(learning_rate=0.1, optimizer="adagrad")
+
+
+def test_l1_decay_adds_lr_times_sign():
+  params = {"w": jnp.array([2.0, -3.0, 0.0])}
+  grads = {"w": jnp.zeros(3)}
+  tx = make_optimizer(learning_rate=0.1, optimizer="sgd", momentum=0.0, l1_decay=0.5)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["w"], [-0.05, 0.05, 0.0], rtol=1e-6)

@@ -62,3 +62,29 @@ def describe_split(labels, split: TransferSplit, num_classes: int) -> dict:
   return {name: {"size": int(len(idx)), "per_class": class_counts(labels, idx, num_classes)}
           for name, idx in (("source", split.source), ("target_pool", split.target_pool),
                             ("test", split.test))}
+
+
+@dataclasses.dataclass
+class TransferData:
+  """Everything a transfer experiment trains and tests on, as [0, 1] float arrays.
+
+  ``source_images`` are used without labels for pretraining; labelled
+  examples are drawn from ``images[split.target_pool]``; ``images[split.test]``
+  is touched only for final evaluation.
+  """
+
+  source_images: np.ndarray
+  images: np.ndarray
+  labels: np.ndarray
+  split: TransferSplit
+  num_classes: int
+  description: dict = dataclasses.field(default_factory=dict)
+
+  def describe(self) -> dict:
+    out = {"source": {"size": int(len(self.source_images)),
+                      "shape": list(self.source_images.shape[1:])}}
+    for name in ("target_pool", "test"):
+      idx = getattr(self.split, name)
+      out[name] = {"size": int(len(idx)), "per_class": class_counts(self.labels, idx,
+                                                                     self.num_classes)}
+    return {**out, **self.description}

@@ -57,7 +57,8 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
                                     schedule=pcfg.schedule,
                                     warmup_steps=pcfg.warmup_epochs * steps_per_epoch)
   tx = make_optimizer(learning_rate=schedule, optimizer=pcfg.optimizer,
-                      weight_decay=pcfg.weight_decay, grad_clip_norm=pcfg.grad_clip_norm or None)
+                      weight_decay=pcfg.weight_decay, l1_decay=pcfg.get("l1_decay", 0.0),
+                      grad_clip_norm=pcfg.grad_clip_norm or None)
   state = TrainState.create(params, tx)
   launcher = launcher_from_config(config)
   step = make_train_step(make_objective(model, config.model, config.objective), tx,

@@ -54,6 +54,21 @@ def add_scaled_weight_decay(weight_decay: float, multipliers) -> optax.GradientT
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def add_l1_decay(l1: float) -> optax.GradientTransformation:
+  """Decoupled L1 weight decay: adds ``l1 * sign(param)`` to the update."""
+
+  def init_fn(params):
+    del params
+    return _Empty()
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("add_l1_decay needs params in update()")
+    return jax.tree.map(lambda u, p: u + l1 * jnp.sign(p), updates, params), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def learning_rate_schedule(learning_rate: float, total_steps: int, *, schedule: str = "cosine",
                            warmup_steps: int = 0):
   """Named schedules: 'constant' or 'cosine' (with optional linear warm-up)."""
@@ -72,8 +87,8 @@ def learning_rate_schedule(learning_rate: float, total_steps: int, *, schedule: 
 
 def make_optimizer(*, learning_rate, optimizer: str = "adam", weight_decay: float = 0.0,
                    lr_multipliers=None, wd_multipliers=None, grad_clip_norm: float | None = None,
-                   momentum: float = 0.9) -> optax.GradientTransformation:
-  """Base optimiser + per-leaf weight decay and learning-rate multipliers.
+                   momentum: float = 0.9, l1_decay: float = 0.0) -> optax.GradientTransformation:
+  """Base optimiser + per-leaf (L2) weight decay, L1 decay and learning-rate multipliers.
 
   ``learning_rate`` may be a float or an Optax schedule. The multiplier trees
   must be shaped like the (trainable) parameters the optimiser is given.
@@ -92,6 +107,8 @@ def make_optimizer(*, learning_rate, optimizer: str = "adam", weight_decay: floa
       parts.append(optax.add_decayed_weights(weight_decay))
     else:
       parts.append(add_scaled_weight_decay(weight_decay, wd_multipliers))
+  if l1_decay:
+    parts.append(add_l1_decay(l1_decay))
   parts.append(optax.scale_by_learning_rate(learning_rate))
   if lr_multipliers is not None:
     parts.append(scale_by_tree(lr_multipliers))

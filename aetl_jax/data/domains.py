@@ -1,0 +1,67 @@
+"""Source/target domains from named datasets (see ``data.sources``).
+
+``data.source == data.target``: one dataset, disjoint stratified splits of its
+train split into an unlabelled source part and a labelled target pool; the
+test split (or, when the dataset has none, a stratified carve of train) is
+the test set. Different names: the source dataset's train images are the
+unlabelled source; the target's train split is the pool. Domains of different
+shapes are brought to ``data.common_shape`` (pad or resize, grey↔RGB).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aetl_jax.data import preprocessing
+from aetl_jax.data.sources import load_dataset
+from aetl_jax.data.splits import stratified_split
+from aetl_jax.data.transfer_split import TransferData, TransferSplit
+
+
+def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
+  idx = np.arange(n)
+  if limit and limit < n:
+    idx = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+  return idx
+
+
+def build_transfer_data(d) -> TransferData:
+  """``d`` is the ``config.data`` section."""
+  kw = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None)
+  target = load_dataset(d.target, **kw)
+  source = target if d.source == d.target else load_dataset(d.source, **kw)
+  shape = preprocessing.common_shape(
+      {f"source {d.source}": next(iter(source.splits.values()))[0].shape[1:],
+       f"target {d.target}": next(iter(target.splits.values()))[0].shape[1:]},
+      tuple(d.common_shape) or None)
+
+  def prep(images, max_value):
+    return preprocessing.to_shape(preprocessing.to_unit(images, max_value), shape, d.resize)
+
+  train_x, train_y = target.splits["train"]
+  if "test" in target.splits:
+    test_x, test_y = target.splits["test"]
+  else:
+    keep, test = stratified_split(train_y, d.test_fraction, d.split_seed)
+    (train_x, train_y), (test_x, test_y) = (train_x[keep], train_y[keep]), (train_x[test], train_y[test])
+  test_sel = _subsample(len(test_y), d.max_test, d.split_seed + 2)
+  test_x, test_y = test_x[test_sel], test_y[test_sel]
+  if d.source == d.target:
+    pool_rel, source_rel = stratified_split(train_y, d.source_fraction, d.split_seed + 1)
+    source_images = train_x[source_rel]
+    train_x, train_y = train_x[pool_rel], train_y[pool_rel]
+  else:
+    source_images = source.splits["train"][0]
+  source_images = source_images[_subsample(len(source_images), d.max_source, d.split_seed + 3)]
+  pool_sel = _subsample(len(train_y), d.max_pool, d.split_seed + 4)
+  train_x, train_y = train_x[pool_sel], train_y[pool_sel]
+
+  images = np.concatenate([prep(train_x, target.max_value), prep(test_x, target.max_value)])
+  labels = np.concatenate([train_y, test_y]).astype(np.int32)
+  split = TransferSplit(source=np.empty(0, np.int64), target_pool=np.arange(len(train_y)),
+                        test=np.arange(len(train_y), len(labels)))
+  return TransferData(prep(source_images, source.max_value), images, labels, split,
+                      target.num_classes,
+                      {"source_dataset": {"name": d.source, "route": source.route},
+                       "target_dataset": {"name": d.target, "route": target.route},
+                       "common_shape": list(shape), "resize": d.resize})

@@ -1,0 +1,199 @@
+"""One way to name a dataset, whatever it is made of.
+
+    digits                      scikit-learn's bundled 8×8 digits (offline)
+    mnist, fashion_mnist, kmnist, emnist/digits, svhn_cropped, cifar10, stl10
+                                TFDS catalogue datasets: downloaded as usual, or
+                                prepared offline from the official raw files
+                                found in ``manual_dir`` (nothing is fetched)
+    idx:DIR                     a folder of IDX files (train-/t10k-images/labels)
+    npz:FILE                    an .npz with 'images' (N,H,W[,C]) and 'labels' (N,)
+    folder:DIR                  one sub-folder of images per class
+
+Local data is turned into a TFDS dataset with TFDS's ad-hoc builder, so it is
+cached, split and described like a catalogue dataset. Every loader returns
+``{split: (images uint8 (N, H, W, C), labels int32 (N,))}`` plus the pixel
+maximum (255, or 16 for digits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from aetl_jax.data.idx import load_idx_split
+
+CATALOGUE = ("mnist", "fashion_mnist", "kmnist", "emnist/digits", "svhn_cropped", "cifar10",
+             "stl10")
+LOCAL_KINDS = ("idx", "npz", "folder")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Dataset:
+  name: str
+  splits: dict  # split -> (images uint8 NHWC, labels int32)
+  max_value: float
+  num_classes: int
+  route: str  # how it was obtained, for the record
+
+
+def _check_name(name: str) -> tuple[str, str]:
+  if ":" in name:
+    kind, value = name.split(":", 1)
+    if kind not in LOCAL_KINDS or not value:
+      raise ValueError(f"unknown local dataset {name!r}; local data is named idx:DIR, "
+                       f"npz:FILE, folder:DIR")
+    return kind, value
+  if name == "digits" or name in CATALOGUE:
+    return ("digits" if name == "digits" else "tfds"), name
+  close = difflib.get_close_matches(name, CATALOGUE + ("digits",), n=3, cutoff=0.4)
+  raise ValueError(f"unknown dataset {name!r}" + (f"; close matches: {', '.join(close)}" if close
+                                                   else "")
+                   + f"; valid: digits, {', '.join(CATALOGUE)}, or idx:DIR, npz:FILE, folder:DIR")
+
+
+def _tfds():
+  import tensorflow_datasets as tfds  # imported lazily: TensorFlow is heavy
+  return tfds
+
+
+def _as_arrays(builder, splits) -> dict:
+  tfds = _tfds()
+  out = {}
+  for split in splits:
+    if builder.info.splits and split not in builder.info.splits:
+      raise ValueError(f"{builder.name} has no split {split!r}; it has: "
+                       + ", ".join(builder.info.splits))
+    # Batched reads (not batch_size=-1, which needs a known cardinality).
+    batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=4096)))
+    if not batches:
+      raise ValueError(f"{builder.name} split {split!r} is empty")
+    images = np.concatenate([b["image"] for b in batches])
+    labels = np.concatenate([b["label"] for b in batches])
+    if images.ndim == 3:
+      images = images[..., None]
+    out[split] = (images.astype(np.uint8), labels.astype(np.int32))
+  return out
+
+
+def _local_builder(name: str, splits_arrays: dict, num_classes: int, data_dir):
+  """Stores in-memory arrays as a TFDS dataset (ad-hoc builder) and returns it."""
+  tfds = _tfds()
+  shape = next(iter(splits_arrays.values()))[0].shape[1:]
+  features = tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=shape),
+      "label": tfds.features.ClassLabel(num_classes=num_classes)})
+  # (key, example) pairs, as TFDS generators yield them.
+  split_datasets = {split: [(i, {"image": img, "label": int(lbl)})
+                            for i, (img, lbl) in enumerate(zip(x, y))]
+                    for split, (x, y) in splits_arrays.items()}
+  builder = tfds.dataset_builders.AdhocBuilder(
+      name=name, version="1.0.0", features=features, split_datasets=split_datasets,
+      data_dir=data_dir, description="local data prepared by aetl_jax", disable_shuffling=True)
+  builder.download_and_prepare()
+  return builder
+
+
+def _fingerprint(path: Path) -> str:
+  h = hashlib.sha256()
+  files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+  for f in files:
+    h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+    h.update(str(f.stat().st_size).encode())
+    h.update(str(int(f.stat().st_mtime)).encode())
+  return h.hexdigest()[:12]
+
+
+def _read_npz(path: Path) -> dict:
+  try:
+    with np.load(path) as z:
+      missing = [k for k in ("images", "labels") if k not in z.files]
+      if missing:
+        raise ValueError(f"{path}: missing array(s) {missing}; it holds {z.files}, needs "
+                         f"'images' (N,H,W[,C]) and 'labels' (N,)")
+      images, labels = z["images"], z["labels"]
+  except (OSError, EOFError) as e:
+    raise ValueError(f"{path}: not a readable .npz file: {e}") from None
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or len(images) != len(labels):
+    raise ValueError(f"{path}: images {images.shape} and labels {labels.shape} do not match "
+                     f"(need (N,H,W[,C]) and (N,))")
+  if images.dtype != np.uint8:
+    if images.min() < 0 or images.max() > 1.0 + 1e-6:
+      raise ValueError(f"{path}: non-uint8 images must be floats in [0, 1], got range "
+                       f"[{images.min()}, {images.max()}]")
+    images = np.round(images * 255).astype(np.uint8)
+  return {"train": (images, labels.astype(np.int32))}
+
+
+def _read_folder(path: Path) -> tuple[dict, list[str]]:
+  from PIL import Image
+  classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+  if not classes:
+    raise ValueError(f"{path}: no class sub-folders (expected {path}/<class>/<image>.png)")
+  images, labels, shape = [], [], None
+  for label, cls in enumerate(classes):
+    for f in sorted((path / cls).iterdir()):
+      if f.suffix.lower() not in IMAGE_SUFFIXES:
+        continue
+      try:
+        img = np.asarray(Image.open(f))
+      except Exception as e:  # noqa: BLE001 - Pillow raises many types
+        raise ValueError(f"{f}: not a readable image: {e}") from None
+      img = img[..., None] if img.ndim == 2 else img[..., :3]
+      if shape is None:
+        shape = img.shape
+      elif img.shape != shape:
+        raise ValueError(f"{f}: image shape {img.shape} differs from {shape} (the first image); "
+                         f"resize the folder's images to one size")
+      images.append(img)
+      labels.append(label)
+  if not images:
+    raise ValueError(f"{path}: no images with suffix {', '.join(IMAGE_SUFFIXES)} in its class folders")
+  return {"train": (np.stack(images).astype(np.uint8), np.asarray(labels, np.int32))}, classes
+
+
+def load_dataset(name: str, *, splits=("train", "test"), data_dir=None, manual_dir=None) -> Dataset:
+  """Loads ``splits`` of the dataset called ``name`` (see the module docstring)."""
+  kind, value = _check_name(name)
+  if kind == "digits":
+    from sklearn.datasets import load_digits
+    bunch = load_digits()
+    images = bunch.images.astype(np.uint8)[..., None]
+    return Dataset(name, {"train": (images, bunch.target.astype(np.int32))}, 16.0, 10,
+                   "sklearn.datasets.load_digits")
+  tfds = _tfds() if kind != "digits" else None
+  if kind == "tfds":
+    builder = tfds.builder(value, data_dir=data_dir)
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+    builder.download_and_prepare(download_config=config)
+    route = f"tfds builder {builder.name} {builder.version}" + (
+        f" prepared from raw files in {manual_dir}" if manual_dir else "")
+    return Dataset(name, _as_arrays(builder, splits), 255.0,
+                   builder.info.features["label"].num_classes, route)
+  path = Path(value).expanduser()
+  if not path.exists():
+    raise ValueError(f"dataset {name!r}: {path} does not exist")
+  classes = None
+  if kind == "idx":
+    arrays = {s: load_idx_split(path, s) for s in splits}
+  elif kind == "npz":
+    arrays = _read_npz(path)
+  else:
+    arrays, classes = _read_folder(path)
+  num_classes = int(max(int(y.max()) for _, y in arrays.values()) + 1)
+  builder_name = f"local_{kind}_{_fingerprint(path)}"
+  builder = _local_builder(builder_name, arrays, num_classes, data_dir)
+  out = _as_arrays(builder, [s for s in splits if s in arrays] or list(arrays))
+  route = f"local {kind} {path} stored as TFDS dataset {builder_name}"
+  if classes:
+    route += f" (classes: {', '.join(classes)})"
+  return Dataset(name, out, 255.0, num_classes, route)
