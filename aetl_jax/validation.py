@@ -6,6 +6,7 @@ Each failure is a ConfigError naming the key and the valid values.
 from __future__ import annotations
 
 from aetl_jax.config import ConfigError, require
+from aetl_jax.data.streaming import DATA_PATHS
 from aetl_jax.models.conv import NORMS, UPSAMPLING
 from aetl_jax.models.registry import MODEL_FAMILIES, VARIANTS, check_model_config
 from aetl_jax.objectives.corruption import CORRUPTIONS
@@ -75,6 +76,8 @@ def validate_pretrain_config(config) -> None:
   _optim(p, "pretrain")
   _positive(p, "pretrain", "eval_every", "checkpoint_every", "keep_checkpoints", integer=True)
   require(p.grad_clip_norm >= 0, "pretrain.grad_clip_norm", "must be >= 0 (0 disables clipping)")
+  _choice(p, "pretrain", "data_path", DATA_PATHS)
+  _positive(p, "pretrain", "memory_limit_mb")
 
 
 def _model_and_objective(config) -> None:

@@ -68,8 +68,10 @@ def main(argv=None) -> int:
     return 2
   print()
   print(out["table"])
-  print(f"\nartifacts in {workdir}: results/results.md, results/results.csv, results/results.json, "
-        f"results/summary.png, metrics/*.jsonl, pretrain/checkpoints/")
+  artifacts = out.get("artifacts", ["results/results.md", "results/results.csv",
+                                    "results/results.json", "results/summary.png",
+                                    "metrics/*.jsonl", "pretrain/checkpoints/"])
+  print(f"\nartifacts in {workdir}: {', '.join(artifacts)}")
   return 0
 
 

@@ -68,7 +68,8 @@ def get_config() -> ml_collections.ConfigDict:
       epochs=200, batch_size=64, learning_rate=3e-3, optimizer="adam", weight_decay=0.0,
       l1_decay=0.0,
       schedule="cosine", warmup_epochs=0, runner="auto", seed=0, eval_every=25,
-      checkpoint_every=25, keep_checkpoints=2, grad_clip_norm=0.0)
+      checkpoint_every=25, keep_checkpoints=2, grad_clip_norm=0.0,
+      data_path="auto", memory_limit_mb=1024.0)
   c.transfer = dict(
       strategies=("scratch", "linear_probe", "finetune", "lp_ft", "ridge_probe", "knn_probe"),
       budgets=(10, 25, 50), seeds=5, val_per_class=5, label_seed=0, seed_offset=0,

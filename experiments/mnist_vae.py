@@ -12,7 +12,14 @@ importance samples per image. For orientation only (not a target tuned to):
 pythae's benchmark lists ≈89.9 nats for its MLP VAE on binarised MNIST;
 IWAE-paper VAEs report ≈86-87 nats with K=5000 after thousands of epochs.
 
-RESULTS_PLACEHOLDER
+Gave (offline route, 2 min 39 s on 2 CPU cores, 10,000 test images)::
+
+    | model | test −ELBO (nats) | test NLL, IS K=200 (nats) |
+    |---|---|---|
+    | dense VAE, 30 epochs | 96.69 | 92.21 |
+
+The importance-sampled bound is 4.5 nats tighter than the ELBO; both sit a
+few nats above the published figures, as expected after 30 epochs.
 """
 
 from __future__ import annotations
@@ -29,24 +36,21 @@ from aetl_jax.data.sources import load_dataset
 from aetl_jax.evaluation.vae import vae_bounds
 from aetl_jax.training.pretrain import pretrain
 from aetl_jax.validation import validate_pretrain_config
+from experiments import digits_transfer
 
 
 def get_config() -> ml_collections.ConfigDict:
+  base = digits_transfer.get_config()
   c = ml_collections.ConfigDict()
   c.data = dict(name="mnist", data_dir="", manual_dir="", binarize_seed=0)
-  c.model = dict(
-      family="mlp", variant="vae", widths=(512, 256), code_dim=32, dropout_rate=0.0,
-      norm="none", channels=(32, 64), upsampling="transpose", blocks_per_stage=1,
-      patch=4, vit_dim=64, vit_depth=4, vit_heads=4, decoder_dim=64, decoder_depth=2,
-      mask_ratio=0.75, norm_pix_loss=False, latent_dim=16)
-  c.objective = dict(loss="bce", corruption="gaussian", corruption_level=0.3, sparsity="l1",
-                     sparsity_weight=1e-3, sparsity_target=0.05, beta=1.0)
-  c.pretrain = dict(
-      epochs=30, batch_size=128, learning_rate=1e-3, optimizer="adam", weight_decay=0.0,
-      l1_decay=0.0, schedule="cosine", warmup_epochs=0, runner="auto", seed=0, eval_every=5,
-      checkpoint_every=5, keep_checkpoints=2, grad_clip_norm=0.0)
+  c.model = base.model.to_dict()
+  c.model.update(family="mlp", variant="vae", widths=(512, 256), latent_dim=16)
+  c.objective = base.objective.to_dict()
+  c.pretrain = base.pretrain.to_dict()
+  c.pretrain.update(epochs=30, batch_size=128, learning_rate=1e-3, eval_every=5,
+                    checkpoint_every=5)
   c.eval = dict(num_samples=200, num_test=10000)
-  c.launch = dict(launcher="jit", num_devices=0, distributed=False)
+  c.launch = base.launch.to_dict()
   c.lock()
   return c
 
@@ -87,4 +91,6 @@ def run(config, workdir, *, progress: bool = True) -> dict:
                k=bounds["num_samples"], e=config.pretrain.epochs, a=bounds["neg_elbo_nats"],
                b=bounds["nll_is_nats"])
   (out / "results.md").write_text(table + "\n")
-  return {"table": table, **record}
+  return {"table": table, **record,
+          "artifacts": ["results/vae.json", "results/results.md", "metrics/pretrain.jsonl",
+                        "pretrain/checkpoints/"]}

@@ -15,6 +15,33 @@ images; ``--config.model.family=conv`` for the convolutional one)::
         --config.data.source=idx:../shared/datasets/mnist \\
         --config.data.target=idx:../shared/datasets/mnist
 
+Gave (2 min 6 s on 2 CPU cores; 5 seeds; test = 5,000 MNIST test images;
+target pool 10,000 train images disjoint from the 20,000 source images):
+
+| strategy | 1 labels/class | 10 labels/class | 100 labels/class |
+|---|---|---|---|
+| scratch | 34.4 ± 8.3% (n=5) | 74.2 ± 2.8% (n=5) | 91.6 ± 0.5% (n=5) |
+| linear_probe | 30.3 ± 3.6% (n=5) | 70.3 ± 2.7% (n=5) | 88.2 ± 0.7% (n=5) |
+| finetune | 38.0 ± 5.4% (n=5) | 77.8 ± 2.9% (n=5) | 91.8 ± 0.1% (n=5) |
+| lp_ft | 40.9 ± 5.0% (n=5) | 78.5 ± 2.3% (n=5) | 91.8 ± 0.4% (n=5) |
+| ridge_probe | 41.8 ± 3.9% (n=5) | 74.9 ± 3.3% (n=5) | 86.4 ± 0.6% (n=5) |
+| knn_probe | 45.6 ± 5.0% (n=5) | 77.7 ± 2.6% (n=5) | 91.5 ± 0.4% (n=5) |
+
+Difference to `scratch` in accuracy points, paired by seed (same labelled subset), mean ± 95% CI; an interval that excludes 0 is a significant difference.
+
+| strategy | 1 labels/class | 10 labels/class | 100 labels/class |
+|---|---|---|---|
+| linear_probe | -4.1 ± 9.6 pt (n=5) | -3.9 ± 3.6 pt (n=5) | -3.4 ± 1.0 pt (n=5) |
+| finetune | +3.7 ± 9.0 pt (n=5) | +3.6 ± 3.4 pt (n=5) | +0.3 ± 0.5 pt (n=5) |
+| lp_ft | +6.6 ± 7.3 pt (n=5) | +4.3 ± 2.4 pt (n=5) | +0.3 ± 0.8 pt (n=5) |
+| ridge_probe | +7.4 ± 7.0 pt (n=5) | +0.8 ± 3.5 pt (n=5) | -5.2 ± 0.8 pt (n=5) |
+| knn_probe | +11.2 ± 4.6 pt (n=5) | +3.5 ± 3.2 pt (n=5) | -0.0 ± 0.8 pt (n=5) |
+
+Here pretraining helps at small budgets: LP-FT gains +4.3 ± 2.4 points at 10
+labels per class, and k-NN on the frozen features +11.2 ± 4.6 at one label per
+class; at 100 labels per class only frozen-feature probes differ from scratch,
+and they are worse.
+
 Cross-domain: pretrain on MNIST, transfer to Fashion-MNIST prepared by the
 real TFDS builder from the official files (offline)::
 

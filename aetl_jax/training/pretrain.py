@@ -16,6 +16,8 @@ import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from aetl_jax import checkpointing
+from aetl_jax.data.streaming import (array_stream, choose_data_path, make_stream_epoch_fn,
+                                     numpy_batches, prefetch_to_device)
 from aetl_jax.evaluation.reconstruction import reconstruction_metrics
 from aetl_jax.models.registry import build_autoencoder
 from aetl_jax.objectives.registry import make_objective
@@ -84,13 +86,27 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
   manager = checkpointing.make_manager(ckpt_dir, max_to_keep=pcfg.keep_checkpoints)
   state = launcher.replicate(state)
 
-  data = {"image": jax.device_put(train_images)}
+  data_path = choose_data_path(pcfg.get("data_path", "memory"), train_images.nbytes,
+                               pcfg.get("memory_limit_mb", 1024.0))
+  if data_path == "stream":
+    if launcher.kind != "jit":
+      raise ValueError("pretrain.data_path='stream' runs with launch.launcher='jit' for now; "
+                       "use data_path='memory' for pmap/shard_map")
+    stream_epoch = make_stream_epoch_fn(step)
+    log.info("pretraining: streaming %d images through tf.data", len(train_images))
+  else:
+    data = {"image": jax.device_put(train_images)}
   eval_images = jax.device_put(eval_images)
   bar = tqdm(range(start_epoch, pcfg.epochs), desc="pretrain", disable=not progress,
              initial=start_epoch, total=pcfg.epochs, leave=False)
   for epoch in bar:
     first_step = epoch * steps_per_epoch
-    state, m = epoch_fn(state, data, jax.random.fold_in(train_key, epoch))
+    if data_path == "stream":
+      batches = prefetch_to_device(numpy_batches(array_stream(
+          {"image": train_images}, batch_size=pcfg.batch_size, seed=pcfg.seed * 100_003 + epoch)))
+      state, m = stream_epoch(state, batches, jax.random.fold_in(train_key, epoch))
+    else:
+      state, m = epoch_fn(state, data, jax.random.fold_in(train_key, epoch))
     m = {k: float(v) for k, v in m.items()}
     check_finite(m, phase="pretrain", epoch=epoch, first_step=first_step)
     m.pop("first_nonfinite_step")
