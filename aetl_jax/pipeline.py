@@ -56,11 +56,13 @@ def run_transfer_experiment(config, workdir, data: TransferData, *, title: str,
   """Runs every stage and writes artifacts into ``workdir``; returns a summary dict."""
   check_against_data(config, data)
   workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "data.json").write_text(json.dumps(data.describe(), indent=2))
   test_images = data.images[data.split.test]
 
   model, params, pretrain_history = pretrain(config, data.source_images, test_images, workdir,
-                                             progress=progress)
+                                             progress=progress, train_stream=data.source_stream,
+                                             num_train=data.num_source)
   recon = reconstruction_metrics(model, params, test_images)
   log.info("pretraining done: held-out reconstruction %s", recon)
 
@@ -76,7 +78,7 @@ def run_transfer_experiment(config, workdir, data: TransferData, *, title: str,
   paired = paired_differences(rows, baseline=baseline) if baseline else None
   caption = (f"{title}. Test accuracy, mean ± 95% CI over {config.transfer.seeds} seeds "
              f"(seeds vary the labelled subset and the initialisation). Pretraining: "
-             f"{config.pretrain.epochs} epochs on {len(data.source_images)} unlabelled source "
+             f"{config.pretrain.epochs} epochs on {data.describe()['source']['size']} unlabelled source "
              f"images, held-out reconstruction MSE {recon['mse']:.4f}, PSNR {recon['psnr']:.1f} dB.")
   table = write_tables(summary, workdir / "results", strategies=strategies, budgets=budgets,
                        caption=caption, paired=paired, baseline=baseline)

@@ -66,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(digits_transfer.get_config().to_dict())
   c.data = dict(source="mnist", target="mnist", data_dir="", manual_dir="", common_shape=(),
                 resize="pad", test_fraction=0.2, source_fraction=0.5, split_seed=0,
-                max_source=20000, max_pool=10000, max_test=5000)
+                max_source=20000, max_pool=10000, max_test=5000, stream_source=False)
   c.model.widths = (512, 256)
   c.model.code_dim = 64
   c.pretrain.epochs = 15
@@ -87,7 +87,7 @@ def _data(config):
   key = str(config.data)
   if key not in _cache:
     try:
-      _cache[key] = build_transfer_data(config.data)
+      _cache[key] = build_transfer_data(config.data, config.pretrain.batch_size)
     except (ValueError, FileNotFoundError) as e:
       from aetl_jax.config import ConfigError
       raise ConfigError(f"config key 'data': {e}") from None

@@ -75,3 +75,25 @@ def test_pretraining_on_the_stream_path_learns_and_resumes(tmp_path, digits):
   assert history[-1]["train_loss"] < history[0]["train_loss"]
   _, _, again = pretrain(config, digits[0][:400], digits[0][400:500], tmp_path, progress=False)
   assert again == history
+
+
+def test_transfer_experiment_streams_its_source_from_tfds(tmp_path, digits):
+  """Source read from disk batch by batch (mock TFDS mnist), target sklearn digits in memory."""
+  import json
+  import tensorflow_datasets as tfds
+  from aetl_jax.config import apply_overrides
+  from experiments import transfer
+  config = apply_overrides(transfer.get_config(), [
+      "data.source='mnist'", "data.target='digits'",
+      f"data.data_dir='{tmp_path / 'tfds'}'", "data.stream_source=True",
+      "data.common_shape=(28, 28, 1)", "pretrain.epochs=2", "pretrain.batch_size=32",
+      "transfer.budgets=(3,)", "transfer.seeds=1", "transfer.epochs=2", "transfer.lp_epochs=1",
+      "transfer.strategies=('scratch','linear_probe')"])
+  with tfds.testing.mock_data(num_examples=96, data_dir=str(tmp_path / "mock")):
+    transfer.validate(config)
+    out = transfer.run(config, tmp_path / "work", progress=False)
+  described = json.loads((tmp_path / "work" / "data.json").read_text())
+  assert described["source"] == {"size": 96, "streamed": True}
+  assert "streamed from disk" in described["source_dataset"]["route"]
+  assert len(out["pretrain_history"]) == 2
+  assert {r["strategy"] for r in out["rows"]} == {"scratch", "linear_probe"}

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from aetl_jax.data import preprocessing
-from aetl_jax.data.sources import load_dataset
+from aetl_jax.data.sources import Dataset, load_dataset, prepare_builder
+from aetl_jax.data.streaming import tfds_stream
 from aetl_jax.data.splits import stratified_split
 from aetl_jax.data.transfer_split import TransferData, TransferSplit
 
@@ -25,11 +26,21 @@ def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
   return idx
 
 
-def build_transfer_data(d) -> TransferData:
-  """``d`` is the ``config.data`` section."""
+def build_transfer_data(d, batch_size: int = 128) -> TransferData:
+  """``d`` is the ``config.data`` section; ``batch_size`` that of a streamed source."""
   kw = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None)
   target = load_dataset(d.target, **kw)
-  source = target if d.source == d.target else load_dataset(d.source, **kw)
+  streamed = d.get("stream_source", False)
+  if streamed and d.source == d.target:
+    raise ValueError("data.stream_source needs a source dataset other than the target (a "
+                     "same-dataset split is carved in memory)")
+  if streamed:
+    builder, route = prepare_builder(d.source, splits=("train",), **kw)
+    sample = next(iter(builder.as_dataset(split="train").take(1)))["image"].shape
+    source = Dataset(d.source, {"train": (np.zeros((1, *sample), np.uint8), None)}, 255.0,
+                     builder.info.features["label"].num_classes, route + " (streamed from disk)")
+  else:
+    source = target if d.source == d.target else load_dataset(d.source, **kw)
   shape = preprocessing.common_shape(
       {f"source {d.source}": next(iter(source.splits.values()))[0].shape[1:],
        f"target {d.target}": next(iter(target.splits.values()))[0].shape[1:]},
@@ -50,9 +61,12 @@ def build_transfer_data(d) -> TransferData:
     pool_rel, source_rel = stratified_split(train_y, d.source_fraction, d.split_seed + 1)
     source_images = train_x[source_rel]
     train_x, train_y = train_x[pool_rel], train_y[pool_rel]
+  elif d.get("stream_source", False):
+    source_images = None
   else:
     source_images = source.splits["train"][0]
-  source_images = source_images[_subsample(len(source_images), d.max_source, d.split_seed + 3)]
+  if source_images is not None:
+    source_images = source_images[_subsample(len(source_images), d.max_source, d.split_seed + 3)]
   pool_sel = _subsample(len(train_y), d.max_pool, d.split_seed + 4)
   train_x, train_y = train_x[pool_sel], train_y[pool_sel]
 
@@ -60,8 +74,21 @@ def build_transfer_data(d) -> TransferData:
   labels = np.concatenate([train_y, test_y]).astype(np.int32)
   split = TransferSplit(source=np.empty(0, np.int64), target_pool=np.arange(len(train_y)),
                         test=np.arange(len(train_y), len(labels)))
+  description = {"source_dataset": {"name": d.source, "route": source.route},
+                 "target_dataset": {"name": d.target, "route": target.route},
+                 "common_shape": list(shape), "resize": d.resize}
+  if streamed:
+    import jax
+    try:
+      total = builder.info.splits["train"].num_examples
+    except KeyError:  # no split metadata (e.g. mocked data): count once
+      total = int(builder.as_dataset(split="train").reduce(0, lambda n, _: n + 1))
+    num = total // jax.process_count()
+
+    def stream(seed, builder=builder):
+      return tfds_stream(builder, "train", batch_size=batch_size, seed=seed, shape=shape,
+                         resize=d.resize)
+    return TransferData(None, images, labels, split, target.num_classes, description,
+                        source_stream=stream, num_source=num)
   return TransferData(prep(source_images, source.max_value), images, labels, split,
-                      target.num_classes,
-                      {"source_dataset": {"name": d.source, "route": source.route},
-                       "target_dataset": {"name": d.target, "route": target.route},
-                       "common_shape": list(shape), "resize": d.resize})
+                      target.num_classes, description)

@@ -161,24 +161,41 @@ def _read_folder(path: Path) -> tuple[dict, list[str]]:
   return {"train": (np.stack(images).astype(np.uint8), np.asarray(labels, np.int32))}, classes
 
 
+def prepare_builder(name: str, *, splits=("train", "test"), data_dir=None, manual_dir=None):
+  """The prepared TFDS builder of a catalogue or local dataset: (builder, route).
+
+  What the streaming path reads from, without loading the data into memory.
+  """
+  kind, value = _check_name(name)
+  if kind == "digits":
+    raise ValueError("'digits' is an in-memory dataset (no TFDS builder); stream a TFDS or local "
+                     "dataset, or keep data_path='memory'")
+  tfds = _tfds()
+  if kind == "tfds":
+    builder = tfds.builder(value, data_dir=data_dir)
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+    builder.download_and_prepare(download_config=config)
+    return builder, f"tfds builder {builder.name} {builder.version}" + (
+        f" prepared from raw files in {manual_dir}" if manual_dir else "")
+  return _prepare_local(kind, value, splits, data_dir)
+
+
 def load_dataset(name: str, *, splits=("train", "test"), data_dir=None, manual_dir=None) -> Dataset:
   """Loads ``splits`` of the dataset called ``name`` (see the module docstring)."""
-  kind, value = _check_name(name)
+  kind, _ = _check_name(name)
   if kind == "digits":
     from sklearn.datasets import load_digits
     bunch = load_digits()
     images = bunch.images.astype(np.uint8)[..., None]
     return Dataset(name, {"train": (images, bunch.target.astype(np.int32))}, 16.0, 10,
                    "sklearn.datasets.load_digits")
-  tfds = _tfds() if kind != "digits" else None
-  if kind == "tfds":
-    builder = tfds.builder(value, data_dir=data_dir)
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-    builder.download_and_prepare(download_config=config)
-    route = f"tfds builder {builder.name} {builder.version}" + (
-        f" prepared from raw files in {manual_dir}" if manual_dir else "")
-    return Dataset(name, _as_arrays(builder, splits), 255.0,
-                   builder.info.features["label"].num_classes, route)
+  builder, route = prepare_builder(name, splits=splits, data_dir=data_dir, manual_dir=manual_dir)
+  available = [s for s in splits if not builder.info.splits or s in builder.info.splits]
+  return Dataset(name, _as_arrays(builder, available or list(builder.info.splits)), 255.0,
+                 builder.info.features["label"].num_classes, route)
+
+
+def _prepare_local(kind: str, value: str, splits, data_dir):
   path = Path(value).expanduser()
   if not path.exists():
     raise ValueError(f"dataset {name!r}: {path} does not exist")
@@ -192,8 +209,7 @@ def load_dataset(name: str, *, splits=("train", "test"), data_dir=None, manual_d
   num_classes = int(max(int(y.max()) for _, y in arrays.values()) + 1)
   builder_name = f"local_{kind}_{_fingerprint(path)}"
   builder = _local_builder(builder_name, arrays, num_classes, data_dir)
-  out = _as_arrays(builder, [s for s in splits if s in arrays] or list(arrays))
   route = f"local {kind} {path} stored as TFDS dataset {builder_name}"
   if classes:
     route += f" (classes: {', '.join(classes)})"
-  return Dataset(name, out, 255.0, num_classes, route)
+  return builder, route

@@ -48,8 +48,11 @@ def array_stream(arrays: dict, *, batch_size: int, seed: int, drop_remainder: bo
 
 
 def tfds_stream(builder, split: str, *, batch_size: int, seed: int, max_value: float = 255.0,
-                drop_remainder: bool = True, shuffle_buffer: int = 10_000):
-  """Images of a prepared TFDS split scaled to [0, 1], sharded per process."""
+                shape=None, resize: str = "pad", drop_remainder: bool = True,
+                shuffle_buffer: int = 10_000):
+  """``{'image'}`` batches of a prepared TFDS split, read from disk, scaled to
+  [0, 1] and brought to ``shape`` (H, W, C) like ``preprocessing.to_shape``;
+  each process reads its own shard of the files."""
   tf = _tf()
   import tensorflow_datasets as tfds
   read_config = tfds.ReadConfig(
@@ -57,8 +60,20 @@ def tfds_stream(builder, split: str, *, batch_size: int, seed: int, max_value: f
       input_context=tf.distribute.InputContext(num_input_pipelines=jax.process_count(),
                                                input_pipeline_id=jax.process_index()))
   ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config)
-  ds = ds.map(lambda ex: {"image": tf.cast(ex["image"], tf.float32) / max_value,
-                          "label": ex["label"]}, num_parallel_calls=tf.data.AUTOTUNE)
+  def prep(ex):
+    img = tf.cast(ex["image"], tf.float32) / max_value
+    if shape is not None:
+      height, width, channels = shape
+      if img.shape[-1] == 1 and channels == 3:
+        img = tf.image.grayscale_to_rgb(img)
+      elif img.shape[-1] == 3 and channels == 1:
+        img = tf.image.rgb_to_grayscale(img)
+      if tuple(img.shape[:2]) != (height, width):
+        img = (tf.image.resize_with_crop_or_pad(img, height, width) if resize == "pad" else
+               tf.clip_by_value(tf.image.resize(img, (height, width)), 0.0, 1.0))
+    return {"image": img}
+
+  ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.shuffle(shuffle_buffer, seed=seed)
   return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 

@@ -73,16 +73,22 @@ class TransferData:
   is touched only for final evaluation.
   """
 
-  source_images: np.ndarray
+  source_images: np.ndarray | None
   images: np.ndarray
   labels: np.ndarray
   split: TransferSplit
   num_classes: int
   description: dict = dataclasses.field(default_factory=dict)
+  # Streamed source (data on disk): seed -> tf.data batches, and its size.
+  source_stream: object = None
+  num_source: int | None = None
 
   def describe(self) -> dict:
-    out = {"source": {"size": int(len(self.source_images)),
-                      "shape": list(self.source_images.shape[1:])}}
+    if self.source_images is None:
+      out = {"source": {"size": self.num_source, "streamed": True}}
+    else:
+      out = {"source": {"size": int(len(self.source_images)),
+                        "shape": list(self.source_images.shape[1:])}}
     for name in ("target_pool", "test"):
       idx = getattr(self.split, name)
       out[name] = {"size": int(len(idx)), "per_class": class_counts(self.labels, idx,

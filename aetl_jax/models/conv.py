@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aetl_jax.models.conv_ops import conv_class
+
 UPSAMPLING = ("transpose", "resize", "subpixel")
 NORMS = ("none", "layer", "group")
 
@@ -45,18 +47,24 @@ def check_downsampling(image_shape: Sequence[int], num_strides: int, what: str) 
 
 
 class ConvEncoder(nn.Module):
-  """Stride-2 3×3 conv blocks, then a dense projection to the code."""
+  """Stride-2 3×3 conv blocks, then a dense projection to the code.
+
+  ``conv_impl``: 'xla' (``nn.Conv``), 'im2col' (:class:`Im2colConv`, same
+  parameters) or 'auto' (im2col on CPU).
+  """
 
   channels: Sequence[int] = (32, 64)
   code_dim: int = 32
   norm: str = "none"
   dropout_rate: float = 0.0
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     check_downsampling(x.shape[1:], len(self.channels), "conv encoder")
+    conv = conv_class(self.conv_impl)
     for i, c in enumerate(self.channels):
-      x = nn.Conv(c, (3, 3), strides=(2, 2), padding="SAME", name=f"block_{i}")(x)
+      x = conv(c, (3, 3), strides=(2, 2), padding="SAME", name=f"block_{i}")(x)
       x = nn.relu(_norm(self.norm)(x))
       if self.dropout_rate:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -78,10 +86,12 @@ class ConvDecoder(nn.Module):
   channels: Sequence[int] = (64, 32)
   upsampling: str = "transpose"
   norm: str = "none"
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, z, *, train: bool = False):
     del train
+    conv = conv_class(self.conv_impl)
     if self.upsampling not in UPSAMPLING:
       raise ValueError(f"unknown upsampling {self.upsampling!r}; valid: {', '.join(UPSAMPLING)}")
     h, w = check_downsampling(self.image_shape, len(self.channels), "conv decoder")
@@ -94,12 +104,12 @@ class ConvDecoder(nn.Module):
       elif self.upsampling == "resize":
         b, hh, ww, cc = x.shape
         x = jax.image.resize(x, (b, 2 * hh, 2 * ww, cc), "nearest")
-        x = nn.Conv(c, (3, 3), padding="SAME", name=name)(x)
+        x = conv(c, (3, 3), padding="SAME", name=name)(x)
       else:
-        x = depth_to_space(nn.Conv(4 * c, (3, 3), padding="SAME", name=name)(x))
+        x = depth_to_space(conv(4 * c, (3, 3), padding="SAME", name=name)(x))
       x = nn.relu(_norm(self.norm)(x))
-    out = nn.Conv(self.image_shape[-1], (3, 3), padding="SAME",
-                  name=f"block_{len(self.channels) + 1}")(x)
+    out = conv(self.image_shape[-1], (3, 3), padding="SAME",
+               name=f"block_{len(self.channels) + 1}")(x)
     return out
 
 

@@ -42,7 +42,7 @@ def build_encoder(m):
     return MLPEncoder(widths=tuple(m.widths), code_dim=_code_dim(m), dropout_rate=m.dropout_rate)
   if m.family == "conv":
     return ConvEncoder(channels=tuple(m.channels), code_dim=_code_dim(m), norm=m.norm,
-                       dropout_rate=m.dropout_rate)
+                       dropout_rate=m.dropout_rate, conv_impl=m.get("conv_impl", "xla"))
   if m.family == "resnet":
     return ResNetEncoder(channels=tuple(m.channels), blocks_per_stage=m.blocks_per_stage,
                          code_dim=_code_dim(m), norm="group" if m.norm == "none" else m.norm)
@@ -79,7 +79,8 @@ def build_autoencoder(m, image_shape: Sequence[int]):
     decoder = MLPDecoder(image_shape=image_shape, widths=tuple(reversed(tuple(m.widths))))
   else:
     decoder = ConvDecoder(image_shape=image_shape, channels=tuple(reversed(tuple(m.channels))),
-                          upsampling=m.upsampling, norm=m.norm)
+                          upsampling=m.upsampling, norm=m.norm,
+                          conv_impl=m.get("conv_impl", "xla"))
   if m.variant == "vae":
     return VariationalAutoencoder(encoder=encoder, decoder=decoder, latent_dim=m.latent_dim)
   return Autoencoder(encoder=encoder, decoder=decoder)

@@ -40,20 +40,24 @@ def checkpoint_dir(workdir) -> Path:
   return Path(workdir) / "pretrain" / "checkpoints"
 
 
-def pretrain(config, train_images, eval_images, workdir, *, progress: bool = True):
+def pretrain(config, train_images, eval_images, workdir, *, progress: bool = True,
+             train_stream=None, num_train: int | None = None):
   """Pretrains ``config.model`` on ``train_images``; resumes from ``workdir``.
 
-  Returns (model, params, history). ``config.pretrain`` holds the schedule.
+  Instead of in-memory ``train_images`` (None), ``train_stream(seed)`` may
+  give an epoch of host batches ``{'image'}`` (e.g. ``tfds_stream`` over
+  data on disk) with ``num_train`` examples. Returns (model, params,
+  history). ``config.pretrain`` holds the schedule.
   """
   pcfg = config.pretrain
-  image_shape = tuple(train_images.shape[1:])
+  image_shape = tuple(eval_images.shape[1:])
   model = build_autoencoder(config.model, image_shape)
   key = jax.random.PRNGKey(pcfg.seed)
   init_key, train_key = jax.random.split(key)
   # 'reconstruct' is deterministic and touches every parameter of every variant.
   params = model.init(init_key, jnp.zeros((1, *image_shape)), method="reconstruct")["params"]
 
-  n = train_images.shape[0]
+  n = num_train if train_images is None else train_images.shape[0]
   steps_per_epoch = max(n // min(pcfg.batch_size, n), 1)
   schedule = learning_rate_schedule(pcfg.learning_rate, steps_per_epoch * pcfg.epochs,
                                     schedule=pcfg.schedule,
@@ -86,14 +90,17 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
   manager = checkpointing.make_manager(ckpt_dir, max_to_keep=pcfg.keep_checkpoints)
   state = launcher.replicate(state)
 
-  data_path = choose_data_path(pcfg.get("data_path", "memory"), train_images.nbytes,
-                               pcfg.get("memory_limit_mb", 1024.0))
+  data_path = "stream" if train_images is None else choose_data_path(
+      pcfg.get("data_path", "memory"), train_images.nbytes, pcfg.get("memory_limit_mb", 1024.0))
+  if train_stream is None:
+    train_stream = lambda seed: array_stream({"image": train_images}, batch_size=pcfg.batch_size,
+                                             seed=seed)
   if data_path == "stream":
     if launcher.kind != "jit":
       raise ValueError("pretrain.data_path='stream' runs with launch.launcher='jit' for now; "
                        "use data_path='memory' for pmap/shard_map")
     stream_epoch = make_stream_epoch_fn(step)
-    log.info("pretraining: streaming %d images through tf.data", len(train_images))
+    log.info("pretraining: streaming %d images through tf.data", n)
   else:
     data = {"image": jax.device_put(train_images)}
   eval_images = jax.device_put(eval_images)
@@ -102,8 +109,7 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
   for epoch in bar:
     first_step = epoch * steps_per_epoch
     if data_path == "stream":
-      batches = prefetch_to_device(numpy_batches(array_stream(
-          {"image": train_images}, batch_size=pcfg.batch_size, seed=pcfg.seed * 100_003 + epoch)))
+      batches = prefetch_to_device(numpy_batches(train_stream(pcfg.seed * 100_003 + epoch)))
       state, m = stream_epoch(state, batches, jax.random.fold_in(train_key, epoch))
     else:
       state, m = epoch_fn(state, data, jax.random.fold_in(train_key, epoch))
