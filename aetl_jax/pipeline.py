@@ -17,7 +17,8 @@ from aetl_jax.data.transfer_split import TransferData, draw_target_labels, make_
 from aetl_jax.evaluation.reconstruction import reconstruct, reconstruction_metrics
 from aetl_jax.models.registry import check_input_shape
 from aetl_jax.reporting.figures import summary_figure
-from aetl_jax.reporting.tables import paired_differences, summarise, write_tables
+from aetl_jax.reporting.tables import markdown_table, paired_differences, summarise, write_tables
+from aetl_jax.training.launchers import is_main_process
 from aetl_jax.training.pretrain import checkpoint_dir, pretrain
 from aetl_jax.transfer.sweep import run_sweep
 from aetl_jax.validation import validate_transfer_config
@@ -80,11 +81,13 @@ def run_transfer_experiment(config, workdir, data: TransferData, *, title: str,
              f"(seeds vary the labelled subset and the initialisation). Pretraining: "
              f"{config.pretrain.epochs} epochs on {data.describe()['source']['size']} unlabelled source "
              f"images, held-out reconstruction MSE {recon['mse']:.4f}, PSNR {recon['psnr']:.1f} dB.")
-  table = write_tables(summary, workdir / "results", strategies=strategies, budgets=budgets,
-                       caption=caption, paired=paired, baseline=baseline)
   shown = test_images[: config.report.num_figure_images]
-  figure = summary_figure(workdir / "results" / "summary.png", originals=shown,
-                          reconstructions=reconstruct(model, params, shown),
-                          summary=summary, strategies=strategies, budgets=budgets, title=title)
+  figure = workdir / "results" / "summary.png"
+  table = markdown_table(summary, strategies, budgets)
+  if is_main_process():  # tables and figures are written once in a multi-host run
+    table = write_tables(summary, workdir / "results", strategies=strategies, budgets=budgets,
+                         caption=caption, paired=paired, baseline=baseline)
+    summary_figure(figure, originals=shown, reconstructions=reconstruct(model, params, shown),
+                   summary=summary, strategies=strategies, budgets=budgets, title=title)
   return {"table": table, "summary": summary, "reconstruction": recon, "figure": str(figure),
           "pretrain_history": pretrain_history, "rows": rows}

@@ -7,6 +7,12 @@ import os
 from pathlib import Path
 
 
+def _writer() -> bool:
+  """Only process 0 writes logs in a multi-host run (every process reads them)."""
+  import jax
+  return jax.process_index() == 0
+
+
 class JsonlLog:
   """Append-only JSON-lines file; a torn last line (killed mid-write) is dropped."""
 
@@ -26,6 +32,8 @@ class JsonlLog:
     return rows
 
   def append(self, row: dict) -> None:
+    if not _writer():
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(row, sort_keys=True) + "\n")
       f.flush()
@@ -41,6 +49,8 @@ class JsonlLog:
 
     Used on resume to drop rows logged after the checkpoint being resumed.
     """
+    if not _writer():
+      return
     rows = [r for r in self.read() if predicate(r)]
     tmp = self.path.with_suffix(self.path.suffix + ".tmp")
     tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))

@@ -1,0 +1,224 @@
+"""The benchmark suite: ``python -m aetl_jax.bench [--quick] [--no-torch] [--json FILE]``.
+
+In one run, after warm-up, medians of repeats, compile time excluded:
+* the machine's float32 matmul peak (a large jitted matmul);
+* pretraining examples/s of the dense and the conv (sub-pixel) autoencoder on
+  28×28 inputs at two batch sizes with both epoch runners, each model's
+  XLA-counted GFLOP per example and achieved GFLOP/s as a fraction of the peak;
+* fine-tuning examples/s of full fine-tuning, linear probing on cached
+  features and partial freezing;
+* the same models, batch sizes and optimiser in plain PyTorch (optional:
+  ``pip install -e .[bench]``), as the ratio aetl_jax / PyTorch;
+* the number of XLA compilations during the timed parts (must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aetl_jax.bench.timing import compiled_stats, time_calls
+
+_compiles = [0]
+
+
+def _count_compiles(event, duration, **kwargs):
+  if event == "/jax/core/compile/backend_compile_duration":
+    _compiles[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+
+
+def matmul_peak(n: int, repeats: int) -> float:
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+  f = jax.jit(lambda a, b: a @ b)
+  t = time_calls(lambda: f(a, a), repeats=repeats)
+  return 2 * n ** 3 / t["median_s"] / 1e9
+
+
+def _timed(fn, repeats):
+  """Median seconds of fn() and the compilations it caused after warm-up."""
+  fn()  # warm-up (compiles)
+  before = _compiles[0]
+  t = time_calls(fn, repeats=repeats, warmup=0)
+  return t["median_s"], _compiles[0] - before
+
+
+def jax_pretrain(family: str, batch: int, runner: str, n: int, repeats: int):
+  from aetl_jax.config import apply_overrides
+  from aetl_jax.models.registry import build_autoencoder
+  from aetl_jax.objectives.registry import make_objective
+  from aetl_jax.training.loop import make_epoch_fn
+  from aetl_jax.training.state import TrainState
+  from aetl_jax.training.step import make_train_step
+  from aetl_jax.transfer.optim import make_optimizer
+  from experiments import digits_transfer
+  config = apply_overrides(digits_transfer.get_config(), [
+      f"model.family='{family}'", "model.widths=(256, 128)", "model.upsampling='subpixel'"])
+  x = jax.random.uniform(jax.random.PRNGKey(0), (n, 28, 28, 1))
+  model = build_autoencoder(config.model, (28, 28, 1))
+  params = model.init(jax.random.PRNGKey(0), x[:1], method="reconstruct")["params"]
+  tx = make_optimizer(learning_rate=1e-3)
+  step = make_train_step(make_objective(model, config.model, config.objective), tx)
+  state = TrainState.create(params, tx)
+  flops = compiled_stats(jax.jit(step), state, {"image": x[:batch]}, jax.random.PRNGKey(0))["flops"]
+  epoch = make_epoch_fn(step, batch_size=batch, runner=runner)
+  holder = {"s": TrainState.create(jax.tree.map(jnp.copy, params), tx)}
+
+  def run():
+    holder["s"], m = epoch(holder["s"], {"image": x}, jax.random.PRNGKey(1))
+    return m
+
+  seconds, compiles = _timed(run, repeats)
+  used = (n // batch) * batch
+  return used / seconds, flops / batch, compiles
+
+
+def torch_pretrain(family: str, batch: int, n: int, repeats: int):
+  import torch
+  from torch import nn
+  torch.manual_seed(0)
+  if family == "mlp":
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128),
+                          nn.ReLU(), nn.Linear(128, 32), nn.Linear(32, 128), nn.ReLU(),
+                          nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 784),
+                          nn.Unflatten(1, (1, 28, 28)))
+  else:
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(64 * 49, 32), nn.Linear(32, 64 * 49), nn.ReLU(), nn.Unflatten(1, (64, 7, 7)),
+        nn.Conv2d(64, 256, 3, 1, 1), nn.PixelShuffle(2), nn.ReLU(),
+        nn.Conv2d(64, 128, 3, 1, 1), nn.PixelShuffle(2), nn.ReLU(), nn.Conv2d(32, 1, 3, 1, 1))
+  opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+  loss_fn = nn.BCEWithLogitsLoss()
+  x = torch.rand(n, 1, 28, 28)
+
+  def epoch():
+    perm = torch.randperm(n)
+    for i in range(n // batch):
+      xb = x[perm[i * batch:(i + 1) * batch]]
+      opt.zero_grad(set_to_none=True)
+      loss = loss_fn(model(xb), xb)
+      loss.backward()
+      opt.step()
+    return None
+
+  epoch()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    epoch()
+    times.append(time.perf_counter() - start)
+  return (n // batch) * batch / float(np.median(times))
+
+
+def jax_finetune(mode: str, batch: int, n: int, repeats: int):
+  from aetl_jax.models.autoencoder import Classifier
+  from aetl_jax.models.mlp import MLPEncoder
+  from aetl_jax.objectives.classification import make_classification_loss
+  from aetl_jax.training.loop import make_epoch_fn
+  from aetl_jax.training.state import TrainState
+  from aetl_jax.training.step import make_train_step
+  from aetl_jax.transfer.optim import make_optimizer
+  from aetl_jax.transfer.rules import trainable_mask
+  model = Classifier(MLPEncoder((256, 128), 32), 10)
+  key = jax.random.PRNGKey(0)
+  x = jax.random.uniform(key, (n, 28, 28, 1))
+  y = jax.random.randint(key, (n,), 0, 10)
+  params = model.init(key, x[:1])["params"]
+  tx = make_optimizer(learning_rate=1e-3)
+  if mode == "linear_probe (cached)":
+    feats = jax.jit(lambda p, v: model.apply({"params": p}, v, method="encode"))(params, x)
+    apply = lambda h, f, r: model.apply({"params": {"head": h}}, f, method="classify_features")
+    step, train_params, data, mask = (make_train_step(make_classification_loss(apply), tx),
+                                      params["head"], {"input": feats, "label": y}, None)
+  else:
+    rules = ((".*", 1.0),) if mode == "finetune" else (("encoder/block_0/.*", "frozen"),
+                                                      (".*", 1.0))
+    mask = trainable_mask(params, rules)
+    apply = lambda p, v, r: model.apply({"params": p}, v)
+    step = make_train_step(make_classification_loss(apply), tx, mask)
+    train_params, data = params, {"input": x, "label": y}
+  epoch = make_epoch_fn(step, batch_size=batch, runner="scan")
+  holder = {"s": TrainState.create(train_params, tx, mask)}
+
+  def run():
+    holder["s"], m = epoch(holder["s"], data, jax.random.PRNGKey(1))
+    return m
+
+  seconds, compiles = _timed(run, repeats)
+  return (n // batch) * batch / seconds, compiles
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="tiny sizes (checks the harness)")
+  parser.add_argument("--no-torch", action="store_true")
+  parser.add_argument("--json", help="write every row to this file")
+  args = parser.parse_args(argv)
+  quick = args.quick
+  repeats = 1 if quick else 3
+  n_dense, n_conv = (256, 64) if quick else (16384, 512)
+  batches = (32, 64) if quick else (64, 256)
+  use_torch = not args.no_torch
+  if use_torch:
+    try:
+      import torch
+      torch.set_num_threads(os.cpu_count() or 1)
+    except ImportError:
+      use_torch = False
+  rows = {"machine": {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+                      "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                      "jax": jax.__version__,
+                      "torch": __import__("torch").__version__ if use_torch else None}}
+  peak = matmul_peak(256 if quick else 2048, repeats)
+  rows["matmul_peak_gflops"] = peak
+  print(f"backend={jax.default_backend()} cpu_count={os.cpu_count()} jax={jax.__version__}")
+  print(f"float32 matmul peak: {peak:.1f} GFLOP/s\n")
+  print(f"{'pretraining':<12} {'batch':>5} {'runner':<10} {'ex/s':>9} {'GFLOP/ex':>9} "
+        f"{'GFLOP/s':>8} {'% peak':>7} {'torch ex/s':>10} {'jax/torch':>9} {'compiles':>8}")
+  rows["pretrain"] = []
+  total_compiles = 0
+  for family, n in (("mlp", n_dense), ("conv", n_conv)):
+    for batch in batches:
+      torch_rate = torch_pretrain(family, batch, n, repeats) if use_torch else None
+      for runner in ("scan", "per_batch"):
+        rate, flops, compiles = jax_pretrain(family, batch, runner, n, repeats)
+        total_compiles += compiles
+        gflops = rate * flops / 1e9
+        row = {"family": family, "batch": batch, "runner": runner, "examples_per_s": rate,
+               "gflop_per_example": flops / 1e9, "gflops": gflops, "fraction_of_peak": gflops / peak,
+               "torch_examples_per_s": torch_rate,
+               "ratio_vs_torch": rate / torch_rate if torch_rate else None, "compiles": compiles}
+        rows["pretrain"].append(row)
+        print(f"{family:<12} {batch:5d} {runner:<10} {rate:9.0f} {flops / 1e9:9.4f} {gflops:8.1f} "
+              f"{100 * gflops / peak:6.1f}% "
+              f"{(f'{torch_rate:10.0f}' if torch_rate else '         —')} "
+              f"{(f'{rate / torch_rate:8.2f}x' if torch_rate else '        —')} {compiles:8d}",
+              flush=True)
+  print(f"\n{'fine-tuning (MLP 784-256-128-32 + head)':<40} {'batch':>5} {'ex/s':>10} {'compiles':>8}")
+  rows["finetune"] = []
+  for mode in ("finetune", "partial", "linear_probe (cached)"):
+    rate, compiles = jax_finetune(mode, batches[0], n_dense, repeats)
+    total_compiles += compiles
+    rows["finetune"].append({"mode": mode, "batch": batches[0], "examples_per_s": rate,
+                             "compiles": compiles})
+    print(f"{mode:<40} {batches[0]:5d} {rate:10.0f} {compiles:8d}", flush=True)
+  rows["compiles_during_timed_parts"] = total_compiles
+  print(f"\ncompilations during the timed parts: {total_compiles}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=2)
+  return rows
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,15 @@
+"""The benchmark harness runs end to end with tiny sizes (it never asserts a time)."""
+
+import pytest
+
+
+def test_bench_harness_runs_and_counts_no_recompiles(tmp_path):
+  from aetl_jax.bench.__main__ import main
+  rows = main(["--quick", "--no-torch", "--json", str(tmp_path / "b.json")])
+  assert rows["matmul_peak_gflops"] > 0
+  assert {(r["family"], r["runner"]) for r in rows["pretrain"]} == {
+      (f, r) for f in ("mlp", "conv") for r in ("scan", "per_batch")}
+  assert all(r["examples_per_s"] > 0 and r["gflop_per_example"] > 0 for r in rows["pretrain"])
+  assert [r["mode"] for r in rows["finetune"]] == ["finetune", "partial", "linear_probe (cached)"]
+  assert rows["compiles_during_timed_parts"] == 0
+  assert (tmp_path / "b.json").stat().st_size > 0
