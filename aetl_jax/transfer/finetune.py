@@ -23,8 +23,7 @@ import optax
 from aetl_jax import checkpointing
 from aetl_jax.evaluation.batched import accuracy, batched_apply
 from aetl_jax.objectives.classification import make_classification_loss
-from aetl_jax.training.guard import check_finite
-from aetl_jax.training.guard import NonFiniteError
+from aetl_jax.training.guard import NonFiniteError, check_finite
 from aetl_jax.training.launchers import make_launcher
 from aetl_jax.training.loop import epoch_body, make_epoch_fn, resolve_runner
 from aetl_jax.training.state import TrainState
@@ -50,11 +49,13 @@ class OptimSettings:
   runner: str = "scan"
   launcher: str = "jit"
   num_devices: int = 0  # 0: every device
+  model_family: str = "mlp"  # picks the 'auto' runner
 
   @classmethod
-  def from_config(cls, cfg, launch=None) -> "OptimSettings":
-    extra = {} if launch is None else {"launcher": launch.launcher,
-                                       "num_devices": int(launch.num_devices)}
+  def from_config(cls, cfg, launch=None, model_family: str = "mlp") -> "OptimSettings":
+    extra = {"model_family": model_family}
+    if launch is not None:
+      extra.update(launcher=launch.launcher, num_devices=int(launch.num_devices))
     return cls(learning_rate=float(cfg.learning_rate), optimizer=cfg.optimizer,
                weight_decay=float(cfg.weight_decay), schedule=cfg.schedule,
                warmup_epochs=int(cfg.warmup_epochs), batch_size=int(cfg.batch_size),
@@ -123,8 +124,7 @@ def _phase_program(model, rules, opt: OptimSettings, num_train: int, epochs: int
   launcher = opt.make_launcher()
   step = make_train_step(make_classification_loss(apply), tx, step_mask,
                          axis_name=launcher.axis_name)
-  family = getattr(getattr(model.encoder, "__class__", None), "__name__", "")
-  runner = resolve_runner(opt.runner, "conv" if family in ("ConvEncoder", "ResNetEncoder") else "")
+  runner = resolve_runner(opt.runner, opt.model_family)
   epoch_fn = make_epoch_fn(step, batch_size=opt.batch_size, runner=runner, launcher=launcher)
   return PhaseProgram(epoch_fn, step, tx, step_mask, cached)
 

@@ -57,7 +57,7 @@ def run_sweep(config, workdir, *, images, labels, split: TransferSplit, num_clas
   model = build_classifier(config.model, num_classes)
   input_shape = tuple(images.shape[1:])
   ckpt_step, pretrained_encoder, reinit = load_encoder(config, model, ckpt_dir, input_shape)
-  opt = OptimSettings.from_config(tcfg, config.get("launch"))
+  opt = OptimSettings.from_config(tcfg, config.get("launch"), config.model.family)
   test = {"input": jax.device_put(images[split.test]), "label": jax.device_put(labels[split.test])}
 
   results = cells_log(workdir)
