@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
+from aetl_jax.data.preprocessing import to_unit
+from aetl_jax.data.sources import load_dataset
 
 
 def load_digits_arrays():
@@ -10,8 +11,6 @@ def load_digits_arrays():
 
   Pixel values in the source are 0..16; they are scaled by 1/16.
   """
-  from sklearn.datasets import load_digits
-
-  bunch = load_digits()
-  images = (bunch.images.astype(np.float32) / 16.0)[..., None]
-  return images, bunch.target.astype(np.int32)
+  digits = load_dataset("digits")
+  images, labels = digits.splits["train"]
+  return to_unit(images, digits.max_value), labels

@@ -30,7 +30,7 @@ from aetl_jax.training.state import TrainState
 from aetl_jax.training.step import make_train_step
 from aetl_jax.transfer import probes
 from aetl_jax.transfer.optim import learning_rate_schedule, make_optimizer
-from aetl_jax.transfer.rules import lr_multipliers, split_by_mask, trainable_mask
+from aetl_jax.transfer.rules import freeze_and_multipliers, split_by_mask, trainable_mask
 from aetl_jax.transfer.strategies import Strategy
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ def _head_only(mask) -> bool:
   return not any(enc) and all(jax.tree.leaves(mask["head"]))
 
 
+@functools.lru_cache(maxsize=None)
 def _param_shapes(model, input_shape):
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                            jnp.zeros((1, *input_shape)))["params"])
@@ -102,9 +103,7 @@ class PhaseProgram(NamedTuple):
 def _phase_program(model, rules, opt: OptimSettings, num_train: int, epochs: int,
                    input_shape: tuple, cached: bool) -> PhaseProgram:
   """The compiled pieces of one phase; memoised so seeds reuse compilations."""
-  shapes = _param_shapes(model, input_shape)
-  mask = trainable_mask(shapes, rules)
-  mults = lr_multipliers(shapes, rules)
+  mask, mults = freeze_and_multipliers(_param_shapes(model, input_shape), rules)
   steps_per_epoch = max(num_train // min(opt.batch_size, num_train), 1)
   schedule = learning_rate_schedule(opt.learning_rate, steps_per_epoch * epochs,
                                     schedule=opt.schedule,

@@ -80,31 +80,36 @@ def match_rules(tree, rules: Sequence[Rule], *, what: str = "rules",
   return values
 
 
-def trainable_mask(tree, rules: Sequence[Rule]):
-  """Bool tree: True where the leaf trains, False where it is ``'frozen'``.
+def freeze_and_multipliers(tree, rules: Sequence[Rule]):
+  """(bool trainable mask, float learning-rate multipliers) from one rule match.
 
   Every non-frozen value must be a positive learning-rate multiplier; 0 or a
   negative number is refused because freezing must be said explicitly.
+  Frozen leaves get multiplier 0.0.
   """
   values = match_rules(tree, rules, what="freeze/lr rules")
 
-  def check(path, v):
+  def multiplier(path, v):
     if v == FROZEN:
-      return False
+      return 0.0
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
       raise ValueError(
           f"freeze/lr rules: leaf {path_str(path)!r} got value {v!r}; valid values are "
           f"{FROZEN!r} or a positive learning-rate multiplier (freeze with {FROZEN!r}, not 0)")
-    return True
+    return float(v)
 
-  return jax.tree_util.tree_map_with_path(check, values)
+  mults = jax.tree_util.tree_map_with_path(multiplier, values)
+  return jax.tree.map(lambda m: m > 0.0, mults), mults
+
+
+def trainable_mask(tree, rules: Sequence[Rule]):
+  """Bool tree: True where the leaf trains, False where it is ``'frozen'``."""
+  return freeze_and_multipliers(tree, rules)[0]
 
 
 def lr_multipliers(tree, rules: Sequence[Rule]):
   """Float tree of learning-rate multipliers (frozen leaves get 0.0)."""
-  mask = trainable_mask(tree, rules)
-  values = match_rules(tree, rules, what="freeze/lr rules")
-  return jax.tree.map(lambda m, v: float(v) if m else 0.0, mask, values)
+  return freeze_and_multipliers(tree, rules)[1]
 
 
 def reinit_paths(tree, patterns: Sequence[str]) -> list[str]:
