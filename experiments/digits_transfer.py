@@ -59,7 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = dict(test_fraction=0.3, source_fraction=0.5, split_seed=0)
   c.model = dict(
       family="mlp", variant="plain", widths=(128, 64), code_dim=32, dropout_rate=0.0,
-      norm="none", channels=(32, 64), upsampling="transpose", conv_impl="xla", blocks_per_stage=1,
+      norm="none", channels=(32, 64), upsampling="transpose", conv_impl="auto", blocks_per_stage=1,
       patch=4, vit_dim=64, vit_depth=4, vit_heads=4, decoder_dim=64, decoder_depth=2,
       mask_ratio=0.75, norm_pix_loss=False, latent_dim=16)
   c.objective = dict(

@@ -13,3 +13,13 @@ def test_bench_harness_runs_and_counts_no_recompiles(tmp_path):
   assert [r["mode"] for r in rows["finetune"]] == ["finetune", "partial", "linear_probe (cached)"]
   assert rows["compiles_during_timed_parts"] == 0
   assert (tmp_path / "b.json").stat().st_size > 0
+
+
+def test_conv_bench_runs_its_grid():
+  from aetl_jax.bench.conv import main
+  rows = main(["--batch", "8", "--examples", "16", "--epochs", "1", "--impls", "xla,matmul",
+               "--upsampling", "transpose", "--runners", "per_batch", "--xla-defaults"])
+  variants = {"library", "xla default"} if rows[0]["compiler_options"] == "library" else set()
+  assert {(r["conv_impl"], r["compiler_options"]) for r in rows} >= {
+      (i, v) for i in ("xla", "matmul") for v in variants}
+  assert all(r["examples_per_s"] > 0 for r in rows)

@@ -1,4 +1,9 @@
-"""Im2colConv computes exactly what nn.Conv computes (outputs and gradients)."""
+"""Every matmul formulation computes exactly what nn.Conv / nn.ConvTranspose compute.
+
+Outputs and gradients (with respect to parameters and inputs) to float
+tolerance, with the same parameter trees, so checkpoints move between
+implementations.
+"""
 
 import flax.linen as nn
 import jax
@@ -6,50 +11,101 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aetl_jax.models.conv_ops import Im2colConv, resolve_conv_impl
+from aetl_jax.models.conv_ops import (MatmulConv, MatmulConvTranspose, choose_formulation,
+                                      conv_class, conv_transpose_class, resolve_conv_impl)
+from aetl_jax.training.compiler import train_compiler_options
 
 
-@pytest.mark.parametrize("hw, k, stride, padding", [
-    ((8, 8), 3, 1, "SAME"), ((8, 8), 3, 2, "SAME"), ((7, 9), 3, 2, "SAME"),
-    ((28, 28), 3, 2, "SAME"), ((6, 6), 4, 2, "SAME"), ((9, 7), 3, 1, "VALID"),
-    ((8, 8), 2, 2, "VALID")])
-def test_outputs_and_gradients_match_nn_conv(hw, k, stride, padding):
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, *hw, 3))
-  ref = nn.Conv(5, (k, k), strides=(stride, stride), padding=padding)
-  ours = Im2colConv(5, (k, k), strides=(stride, stride), padding=padding)
+def _assert_same_function(ref, ours, x):
   params = ref.init(jax.random.PRNGKey(1), x)
-  ours_params = ours.init(jax.random.PRNGKey(1), x)
-  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, ours_params)
-  np.testing.assert_array_equal(params["params"]["kernel"], ours_params["params"]["kernel"])
-  y_ref, y = ref.apply(params, x), ours.apply(params, x)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape,
+                                                         ours.init(jax.random.PRNGKey(1), x))
+  y_ref, y = jax.jit(ref.apply)(params, x), jax.jit(ours.apply)(params, x)
+  assert y.shape == y_ref.shape
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
 
   def loss(module):
     return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
 
-  g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
-  g = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+  g_ref = jax.jit(jax.grad(loss(ref), argnums=(0, 1)))(params, x)
+  g = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, x)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_conv_autoencoder_is_the_same_function_with_either_impl():
+GEOMETRIES = [((8, 8), 3, 1, "SAME"), ((8, 8), 3, 2, "SAME"), ((7, 9), 3, 2, "SAME"),
+              ((28, 28), 3, 2, "SAME"), ((6, 6), 4, 2, "SAME"), ((9, 7), 3, 1, "VALID"),
+              ((8, 8), 2, 2, "VALID"), ((5, 6), 5, 3, "SAME")]
+
+
+@pytest.mark.parametrize("formulation", ["patches", "shift_add"])
+@pytest.mark.parametrize("cout", [1, 9])  # 1: the spatial-minor shift-add layout
+@pytest.mark.parametrize("hw, k, stride, padding", GEOMETRIES)
+def test_conv_formulations_match_nn_conv(hw, k, stride, padding, cout, formulation):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, *hw, 3))
+  _assert_same_function(
+      nn.Conv(cout, (k, k), strides=(stride, stride), padding=padding),
+      MatmulConv(cout, (k, k), strides=(stride, stride), padding=padding,
+                 formulation=formulation), x)
+
+
+@pytest.mark.parametrize("cout", [1, 9])
+@pytest.mark.parametrize("hw, k, stride, padding", GEOMETRIES + [((7, 7), 4, 2, "VALID"),
+                                                                 ((4, 5), 2, 3, "SAME")])
+def test_overlap_add_matches_nn_conv_transpose(hw, k, stride, padding, cout):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, *hw, 3))
+  _assert_same_function(
+      nn.ConvTranspose(cout, (k, k), strides=(stride, stride), padding=padding),
+      MatmulConvTranspose(cout, (k, k), strides=(stride, stride), padding=padding), x)
+
+
+def test_per_layer_choice_takes_the_smaller_intermediate():
+  assert choose_formulation((14, 14), (14, 14), 64, 128) == "patches"
+  assert choose_formulation((28, 28), (28, 28), 32, 1) == "shift_add"
+  assert choose_formulation((28, 28), (14, 14), 1, 32) == "patches"  # stride 2: 4× fewer rows
+
+
+def test_bad_formulation_and_padding_are_named():
+  x = jnp.zeros((1, 4, 4, 2))
+  with pytest.raises(ValueError, match="auto, patches, shift_add"):
+    MatmulConv(3, (3, 3), formulation="fft").init(jax.random.PRNGKey(0), x)
+  with pytest.raises(ValueError, match="'SAME' or 'VALID'"):
+    MatmulConv(3, (3, 3), padding="CIRCULAR").init(jax.random.PRNGKey(0), x)
+
+
+@pytest.mark.parametrize("upsampling", ["transpose", "subpixel", "resize"])
+def test_conv_autoencoder_is_the_same_function_with_every_impl(upsampling):
   from aetl_jax.config import apply_overrides
   from aetl_jax.models.registry import build_autoencoder
   from experiments import digits_transfer
   x = jax.random.uniform(jax.random.PRNGKey(0), (2, 28, 28, 1))
-  outs = []
-  for impl in ("xla", "im2col"):
+  outs = {}
+  for impl in ("xla", "im2col", "shift_add", "matmul", "auto"):
     config = apply_overrides(digits_transfer.get_config(), [
-        "model.family='conv'", "model.upsampling='subpixel'", f"model.conv_impl='{impl}'"])
+        "model.family='conv'", f"model.upsampling='{upsampling}'", f"model.conv_impl='{impl}'"])
     model = build_autoencoder(config.model, x.shape[1:])
     params = model.init(jax.random.PRNGKey(3), x, method="reconstruct")["params"]
-    outs.append((params, model.apply({"params": params}, x, method="reconstruct")))
-  assert jax.tree.map(jnp.shape, outs[0][0]) == jax.tree.map(jnp.shape, outs[1][0])
-  np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-4)
+    outs[impl] = (params, jax.jit(lambda p, x: model.apply({"params": p}, x,
+                                                           method="reconstruct"))(params, x))
+  for impl, (params, y) in outs.items():
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, outs["xla"][0]), impl
+    np.testing.assert_allclose(y, outs["xla"][1], rtol=1e-4, atol=1e-4, err_msg=impl)
 
 
 def test_resolve_conv_impl():
-  assert resolve_conv_impl("auto") == ("im2col" if jax.default_backend() == "cpu" else "xla")
-  with pytest.raises(ValueError, match="auto, xla, im2col"):
+  assert resolve_conv_impl("auto") == "xla"
+  assert conv_class("xla") is nn.Conv and conv_transpose_class("auto") is nn.ConvTranspose
+  assert conv_transpose_class("matmul") is MatmulConvTranspose
+  with pytest.raises(ValueError, match="auto, xla, im2col, shift_add, matmul"):
     resolve_conv_impl("winograd")
+
+
+def test_train_compiler_options_are_accepted_by_this_xla():
+  assert train_compiler_options("mlp") == {}
+  assert train_compiler_options("conv", backend="gpu") == {}
+  options = train_compiler_options("conv")
+  if jax.default_backend() == "cpu":
+    assert options  # the installed jaxlib knows the option (else it is dropped, and this fails)
+  step = jax.jit(lambda x: jnp.sum(nn.Conv(2, (3, 3)).apply(
+      nn.Conv(2, (3, 3)).init(jax.random.PRNGKey(0), x), x)), compiler_options=options or None)
+  assert np.isfinite(float(step(jnp.ones((1, 6, 6, 1)))))

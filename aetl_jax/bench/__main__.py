@@ -4,7 +4,8 @@ In one run, after warm-up, medians of repeats, compile time excluded:
 * the machine's float32 matmul peak (a large jitted matmul);
 * pretraining examples/s of the dense and the conv (sub-pixel) autoencoder on
   28×28 inputs at two batch sizes with both epoch runners, each model's
-  XLA-counted GFLOP per example and achieved GFLOP/s as a fraction of the peak;
+  XLA-counted GFLOP per example and achieved GFLOP/s as a fraction of the peak
+  (conv rows: XLA's convolutions per batch, the matmul formulation in a scan);
 * fine-tuning examples/s of full fine-tuning, linear probing on cached
   features and partial freezing;
 * the same models, batch sizes and optimiser in plain PyTorch (optional:
@@ -52,17 +53,25 @@ def _timed(fn, repeats):
   return t["median_s"], _compiles[0] - before
 
 
+# Each runner with the conv implementation the library recommends for it
+# (models/conv_ops.resolve_conv_impl): XLA's convolutions per batch, the matmul
+# formulation inside a scan (XLA:CPU's convolutions are ~20× slower there).
+CONV_IMPL_FOR_RUNNER = {"scan": "matmul", "per_batch": "auto"}
+
+
 def jax_pretrain(family: str, batch: int, runner: str, n: int, repeats: int):
   from aetl_jax.config import apply_overrides
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.objectives.registry import make_objective
+  from aetl_jax.training.compiler import train_compiler_options
   from aetl_jax.training.loop import make_epoch_fn
   from aetl_jax.training.state import TrainState
   from aetl_jax.training.step import make_train_step
   from aetl_jax.transfer.optim import make_optimizer
   from experiments import digits_transfer
   config = apply_overrides(digits_transfer.get_config(), [
-      f"model.family='{family}'", "model.widths=(256, 128)", "model.upsampling='subpixel'"])
+      f"model.family='{family}'", "model.widths=(256, 128)", "model.upsampling='subpixel'",
+      f"model.conv_impl='{CONV_IMPL_FOR_RUNNER[runner]}'"])
   x = jax.random.uniform(jax.random.PRNGKey(0), (n, 28, 28, 1))
   model = build_autoencoder(config.model, (28, 28, 1))
   params = model.init(jax.random.PRNGKey(0), x[:1], method="reconstruct")["params"]
@@ -70,7 +79,8 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int, repeats: int):
   step = make_train_step(make_objective(model, config.model, config.objective), tx)
   state = TrainState.create(params, tx)
   flops = compiled_stats(jax.jit(step), state, {"image": x[:batch]}, jax.random.PRNGKey(0))["flops"]
-  epoch = make_epoch_fn(step, batch_size=batch, runner=runner)
+  epoch = make_epoch_fn(step, batch_size=batch, runner=runner,
+                        compiler_options=train_compiler_options(family))
   holder = {"s": TrainState.create(jax.tree.map(jnp.copy, params), tx)}
 
   def run():
@@ -183,7 +193,7 @@ def main(argv=None):
   rows["matmul_peak_gflops"] = peak
   print(f"backend={jax.default_backend()} cpu_count={os.cpu_count()} jax={jax.__version__}")
   print(f"float32 matmul peak: {peak:.1f} GFLOP/s\n")
-  print(f"{'pretraining':<12} {'batch':>5} {'runner':<10} {'ex/s':>9} {'GFLOP/ex':>9} "
+  print(f"{'pretraining':<12} {'batch':>5} {'runner':<11} {'ex/s':>9} {'GFLOP/ex':>9} "
         f"{'GFLOP/s':>8} {'% peak':>7} {'torch ex/s':>10} {'jax/torch':>9} {'compiles':>8}")
   rows["pretrain"] = []
   total_compiles = 0
@@ -194,12 +204,15 @@ def main(argv=None):
         rate, flops, compiles = jax_pretrain(family, batch, runner, n, repeats)
         total_compiles += compiles
         gflops = rate * flops / 1e9
-        row = {"family": family, "batch": batch, "runner": runner, "examples_per_s": rate,
+        row = {"family": family, "batch": batch, "runner": runner,
+               "conv_impl": CONV_IMPL_FOR_RUNNER[runner] if family == "conv" else None,
+               "examples_per_s": rate,
                "gflop_per_example": flops / 1e9, "gflops": gflops, "fraction_of_peak": gflops / peak,
                "torch_examples_per_s": torch_rate,
                "ratio_vs_torch": rate / torch_rate if torch_rate else None, "compiles": compiles}
         rows["pretrain"].append(row)
-        print(f"{family:<12} {batch:5d} {runner:<10} {rate:9.0f} {flops / 1e9:9.4f} {gflops:8.1f} "
+        label = "scan/matmul" if family == "conv" and runner == "scan" else runner
+        print(f"{family:<12} {batch:5d} {label:<11} {rate:9.0f} {flops / 1e9:9.4f} {gflops:8.1f} "
               f"{100 * gflops / peak:6.1f}% "
               f"{(f'{torch_rate:10.0f}' if torch_rate else '         —')} "
               f"{(f'{rate / torch_rate:8.2f}x' if torch_rate else '        —')} {compiles:8d}",

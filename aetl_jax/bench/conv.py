@@ -4,15 +4,19 @@
 
 Trains the conv autoencoder (28×28×1, channels 32-64, code 32) with each
 upsampling (transposed conv, sub-pixel) × conv implementation (XLA's native
-convolution 'xla', shifted-slice im2col + matmul 'im2col') × epoch runner
-(whole epoch in one ``lax.scan``, one jitted call per batch), and prints
-examples/s (median of timed epochs after a warm-up epoch). The default
-``model.conv_impl``/``runner`` per backend should follow these numbers.
+convolution 'xla'; the matmul formulations of :mod:`aetl_jax.models.conv_ops`:
+'im2col' patches for every layer, 'shift_add' for every layer, 'matmul' the
+smaller of the two per layer; transposed convolutions are matmul + overlap-add
+in all three) × epoch runner (whole epoch in one ``lax.scan``, one jitted call
+per batch), and prints examples/s (median of timed epochs after a warm-up
+epoch). The default ``model.conv_impl``/``runner`` per backend follow these
+numbers (``conv_ops.resolve_conv_impl``, ``training.loop.resolve_runner``).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 
 
 def main(argv=None):
@@ -20,6 +24,12 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--examples", type=int, default=1024)
   parser.add_argument("--epochs", type=int, default=2)
+  parser.add_argument("--impls", default="xla,im2col,shift_add,matmul")
+  parser.add_argument("--upsampling", default="transpose,subpixel")
+  parser.add_argument("--runners", default="scan,per_batch")
+  parser.add_argument("--xla-defaults", action="store_true",
+                      help="also time each row with XLA's default compiler options (YNNPACK "
+                           "convolutions on), not only with the ones the library picks")
   args = parser.parse_args(argv)
 
   import jax
@@ -29,6 +39,7 @@ def main(argv=None):
   from aetl_jax.config import apply_overrides
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.objectives.registry import make_objective
+  from aetl_jax.training.compiler import train_compiler_options
   from aetl_jax.training.loop import make_epoch_fn
   from aetl_jax.training.state import TrainState
   from aetl_jax.training.step import make_train_step
@@ -39,10 +50,14 @@ def main(argv=None):
   data = {"image": x}
   usable = (args.examples // args.batch) * args.batch
   print(f"backend={jax.default_backend()} batch={args.batch} examples/epoch={usable}")
-  print(f"{'upsampling':<11} {'conv impl':<9} {'runner':<10} {'examples/s':>11}")
-  for upsampling in ("transpose", "subpixel"):
-    for impl in ("xla", "im2col"):
-      for runner in ("scan", "per_batch"):
+  chosen = train_compiler_options("conv")
+  variants = [("library", chosen)] + ([("xla default", {})] if args.xla_defaults and chosen else [])
+  print(f"compiler options picked for conv families here: {chosen or 'none'}")
+  print(f"{'upsampling':<11} {'conv impl':<9} {'runner':<10} {'options':<12} {'examples/s':>11}")
+  rows = []
+  for upsampling in args.upsampling.split(","):
+    for impl in args.impls.split(","):
+      for runner, (label, options) in itertools.product(args.runners.split(","), variants):
         config = apply_overrides(digits_transfer.get_config(), [
             "model.family='conv'", f"model.upsampling='{upsampling}'",
             f"model.conv_impl='{impl}'"])
@@ -50,7 +65,8 @@ def main(argv=None):
         params = model.init(jax.random.PRNGKey(0), x[:1], method="reconstruct")["params"]
         tx = make_optimizer(learning_rate=1e-3)
         step = make_train_step(make_objective(model, config.model, config.objective), tx)
-        epoch = make_epoch_fn(step, batch_size=args.batch, runner=runner)
+        epoch = make_epoch_fn(step, batch_size=args.batch, runner=runner,
+                              compiler_options=options)
         holder = {"state": TrainState.create(jax.tree.map(jnp.copy, params), tx)}
 
         def run():
@@ -58,7 +74,11 @@ def main(argv=None):
           return m
 
         t = time_calls(run, repeats=args.epochs)
-        print(f"{upsampling:<11} {impl:<9} {runner:<10} {usable / t['median_s']:11.0f}", flush=True)
+        rate = usable / t["median_s"]
+        rows.append({"upsampling": upsampling, "conv_impl": impl, "runner": runner,
+                     "compiler_options": label, "examples_per_s": rate})
+        print(f"{upsampling:<11} {impl:<9} {runner:<10} {label:<12} {rate:11.0f}", flush=True)
+  return rows
 
 
 if __name__ == "__main__":

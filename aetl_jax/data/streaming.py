@@ -121,14 +121,14 @@ def numpy_batches(ds):
   return ({k: np.asarray(v) for k, v in b.items()} for b in ds.as_numpy_iterator())
 
 
-def make_stream_epoch_fn(step):
+def make_stream_epoch_fn(step, compiler_options: dict | None = None):
   """``epoch(state, batches, rng) -> (state, metrics)`` over an iterator of device batches.
 
   One jitted step per batch (the state is donated); batch ``i`` uses
   ``fold_in(rng, i)``. Metrics are summarised like the in-memory runners.
   """
   from aetl_jax.training.loop import _summarise
-  step_jit = jax.jit(step, donate_argnums=0)
+  step_jit = jax.jit(step, donate_argnums=0, compiler_options=compiler_options or None)
 
   def epoch(state, batches, rng):
     history = []

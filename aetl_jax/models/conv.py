@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aetl_jax.models.conv_ops import conv_class
+from aetl_jax.models.conv_ops import conv_class, conv_transpose_class
 
 UPSAMPLING = ("transpose", "resize", "subpixel")
 NORMS = ("none", "layer", "group")
@@ -49,8 +49,9 @@ def check_downsampling(image_shape: Sequence[int], num_strides: int, what: str) 
 class ConvEncoder(nn.Module):
   """Stride-2 3×3 conv blocks, then a dense projection to the code.
 
-  ``conv_impl``: 'xla' (``nn.Conv``), 'im2col' (:class:`Im2colConv`, same
-  parameters) or 'auto' (im2col on CPU).
+  ``conv_impl``: 'xla' (``nn.Conv``), a matmul formulation with the same
+  parameters ('im2col', 'shift_add', 'matmul' = per layer) or 'auto' (per
+  backend); see :mod:`aetl_jax.models.conv_ops`.
   """
 
   channels: Sequence[int] = (32, 64)
@@ -100,7 +101,8 @@ class ConvDecoder(nn.Module):
     for i, c in enumerate(self.channels):
       name = f"block_{i + 1}"
       if self.upsampling == "transpose":
-        x = nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME", name=name)(x)
+        x = conv_transpose_class(self.conv_impl)(c, (4, 4), strides=(2, 2), padding="SAME",
+                                                 name=name)(x)
       elif self.upsampling == "resize":
         b, hh, ww, cc = x.shape
         x = jax.image.resize(x, (b, 2 * hh, 2 * ww, cc), "nearest")

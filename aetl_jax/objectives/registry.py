@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from aetl_jax.models.vit import patchify
 from aetl_jax.objectives.corruption import corrupt
 from aetl_jax.objectives.reconstruction import (RECONSTRUCTION_LOSSES, make_reconstruction_loss,
-                                                reconstruction_error)
+                                                mean_squared_error, reconstruction_error,
+                                                reconstruction_sum)
 
 SPARSITY = ("l1", "kl")
 
@@ -28,7 +28,7 @@ def gaussian_kl(mean, logvar):
 
 def bernoulli_nll(logits, x):
   """−log p(x | logits) summed over pixels (nats per image)."""
-  return jnp.sum(optax.sigmoid_binary_cross_entropy(logits, x), axis=tuple(range(1, x.ndim)))
+  return reconstruction_sum(logits, x, "bce")
 
 
 def make_objective(model, model_cfg, ocfg):
@@ -40,9 +40,6 @@ def make_objective(model, model_cfg, ocfg):
   def apply(params, x, rng, **kw):
     return model.apply({"params": params}, x, train=True, rngs={"dropout": rng}, **kw)
 
-  def mse_of(logits, x):
-    return jnp.mean((jax.nn.sigmoid(logits) - x) ** 2)
-
   if variant == "plain":
     return make_reconstruction_loss(model, ocfg.loss)
 
@@ -52,7 +49,7 @@ def make_objective(model, model_cfg, ocfg):
       noise_rng, drop_rng = jax.random.split(rng)
       noisy = corrupt(x, noise_rng, ocfg.corruption, ocfg.corruption_level)
       logits = apply(params, noisy, drop_rng)
-      return jnp.mean(reconstruction_error(logits, x, ocfg.loss)), {"mse": mse_of(logits, x)}
+      return jnp.mean(reconstruction_error(logits, x, ocfg.loss)), {"mse": mean_squared_error(logits, x)}
     return loss_fn
 
   if variant == "sparse":
@@ -71,7 +68,7 @@ def make_objective(model, model_cfg, ocfg):
         penalty = jnp.sum(rho * jnp.log(rho / rho_hat)
                           + (1 - rho) * jnp.log((1 - rho) / (1 - rho_hat)))
       loss = recon + ocfg.sparsity_weight * penalty
-      return loss, {"mse": mse_of(logits, x), "reconstruction": recon, "sparsity": penalty}
+      return loss, {"mse": mean_squared_error(logits, x), "reconstruction": recon, "sparsity": penalty}
     return loss_fn
 
   if variant == "vae":
@@ -80,11 +77,10 @@ def make_objective(model, model_cfg, ocfg):
       z_rng, drop_rng = jax.random.split(rng)
       logits, mean, logvar, _ = model.apply({"params": params}, x, z_rng, train=True,
                                             rngs={"dropout": drop_rng})
-      recon = bernoulli_nll(logits, x) if ocfg.loss == "bce" else \
-          jnp.sum((jax.nn.sigmoid(logits) - x) ** 2, axis=tuple(range(1, x.ndim)))
+      recon = reconstruction_sum(logits, x, ocfg.loss)
       kl = gaussian_kl(mean, logvar)
       loss = jnp.mean(recon + ocfg.beta * kl)
-      return loss, {"mse": mse_of(logits, x), "reconstruction": jnp.mean(recon),
+      return loss, {"mse": mean_squared_error(logits, x), "reconstruction": jnp.mean(recon),
                     "kl": jnp.mean(kl), "neg_elbo": jnp.mean(recon + kl)}
     return loss_fn
 

@@ -19,8 +19,9 @@ from jax.sharding import PartitionSpec as P
 
 from aetl_jax.training.launchers import DATA_AXIS, Launcher, make_launcher
 
+from aetl_jax.training.compiler import CONV_FAMILIES
+
 RUNNERS = ("scan", "per_batch", "auto")
-CONV_FAMILIES = ("conv", "resnet")
 
 
 def resolve_runner(runner: str, family: str) -> str:
@@ -83,7 +84,8 @@ def epoch_body(step, *, batch_size: int):
   return epoch
 
 
-def make_epoch_fn(step, *, batch_size: int, runner: str = "scan", launcher: Launcher | None = None):
+def make_epoch_fn(step, *, batch_size: int, runner: str = "scan", launcher: Launcher | None = None,
+                  compiler_options: dict | None = None):
   """Returns ``epoch(state, data, rng) -> (state, metrics)``.
 
   ``metrics`` holds the epoch mean of each step metric and
@@ -92,7 +94,9 @@ def make_epoch_fn(step, *, batch_size: int, runner: str = "scan", launcher: Laun
   dataset size; the incomplete last batch is dropped, a different one each
   epoch since the order is reshuffled. The state passed in is donated; with a
   pmap or shard_map launcher it must come from ``launcher.replicate``, and the
-  step must be built with ``axis_name=launcher.axis_name``.
+  step must be built with ``axis_name=launcher.axis_name``. ``compiler_options``
+  (see :func:`aetl_jax.training.compiler.train_compiler_options`) reach every
+  ``jax.jit`` that compiles the step (``jax.pmap`` takes none).
   """
   if runner not in RUNNERS[:2]:
     raise ValueError(f"unknown runner {runner!r}; valid: scan, per_batch (resolve 'auto' with "
@@ -101,12 +105,13 @@ def make_epoch_fn(step, *, batch_size: int, runner: str = "scan", launcher: Laun
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   launcher = launcher or make_launcher("jit")
   launcher.check_batch_size(batch_size)
+  jit = functools.partial(jax.jit, compiler_options=compiler_options or None)
   if launcher.kind == "jit":
     if runner == "scan":
-      return jax.jit(epoch_body(step, batch_size=batch_size), donate_argnums=0)
-    return _per_batch(step, batch_size, jax.jit(
+      return jit(epoch_body(step, batch_size=batch_size), donate_argnums=0)
+    return _per_batch(step, batch_size, jit(
         lambda state, data, idx, r: step(state, _gather(data, idx), r), donate_argnums=0))
-  return _multi_device(step, batch_size, runner, launcher)
+  return _multi_device(step, batch_size, runner, launcher, jit)
 
 
 def _per_batch(step, batch_size, step_jit):
@@ -123,7 +128,7 @@ def _per_batch(step, batch_size, step_jit):
   return epoch
 
 
-def _multi_device(step, batch_size, runner, launcher: Launcher):
+def _multi_device(step, batch_size, runner, launcher: Launcher, jit):
   """pmap or shard_map epochs.
 
   shard_map runs with ``check_vma=False``: with it on, JAX differentiates
@@ -201,10 +206,10 @@ def _multi_device(step, batch_size, runner, launcher: Launcher):
       batches = jax.lax.with_sharding_constraint(
           batches, NamedSharding(mesh, P(None, DATA_AXIS)))
       return sharded(state, batches, rngs)
-    epoch_jit = jax.jit(_epoch, donate_argnums=0)
+    epoch_jit = jit(_epoch, donate_argnums=0)
     return lambda state, data, rng: epoch_jit(state, on_mesh(data), rng)
 
-  run_step = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
+  run_step = jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
                                    out_specs=(P(), P()), check_vma=False), donate_argnums=0)
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
 

@@ -23,6 +23,7 @@ from aetl_jax.models.registry import build_autoencoder
 from aetl_jax.objectives.registry import make_objective
 from aetl_jax.training.guard import check_finite
 from aetl_jax.training.launchers import launcher_from_config
+from aetl_jax.training.compiler import train_compiler_options
 from aetl_jax.training.loop import make_epoch_fn, resolve_runner
 from aetl_jax.training.metrics_log import JsonlLog
 from aetl_jax.training.state import TrainState
@@ -69,9 +70,10 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
   launcher = launcher_from_config(config)
   step = make_train_step(make_objective(model, config.model, config.objective), tx,
                          axis_name=launcher.axis_name)
+  compiler_options = train_compiler_options(config.model.family)
   epoch_fn = make_epoch_fn(step, batch_size=pcfg.batch_size,
                            runner=resolve_runner(pcfg.runner, config.model.family),
-                           launcher=launcher)
+                           launcher=launcher, compiler_options=compiler_options)
 
   ckpt_dir = checkpoint_dir(workdir)
   metrics = JsonlLog(Path(workdir) / "metrics" / "pretrain.jsonl")
@@ -99,7 +101,7 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
     if launcher.kind != "jit":
       raise ValueError("pretrain.data_path='stream' runs with launch.launcher='jit' for now; "
                        "use data_path='memory' for pmap/shard_map")
-    stream_epoch = make_stream_epoch_fn(step)
+    stream_epoch = make_stream_epoch_fn(step, compiler_options)
     log.info("pretraining: streaming %d images through tf.data", n)
   else:
     data = {"image": jax.device_put(train_images)}

@@ -25,6 +25,7 @@ from aetl_jax.evaluation.batched import accuracy, batched_apply
 from aetl_jax.objectives.classification import make_classification_loss
 from aetl_jax.training.guard import NonFiniteError, check_finite
 from aetl_jax.training.launchers import make_launcher
+from aetl_jax.training.compiler import train_compiler_options
 from aetl_jax.training.loop import epoch_body, make_epoch_fn, resolve_runner
 from aetl_jax.training.state import TrainState
 from aetl_jax.training.step import make_train_step
@@ -124,7 +125,9 @@ def _phase_program(model, rules, opt: OptimSettings, num_train: int, epochs: int
   step = make_train_step(make_classification_loss(apply), tx, step_mask,
                          axis_name=launcher.axis_name)
   runner = resolve_runner(opt.runner, opt.model_family)
-  epoch_fn = make_epoch_fn(step, batch_size=opt.batch_size, runner=runner, launcher=launcher)
+  epoch_fn = make_epoch_fn(step, batch_size=opt.batch_size, runner=runner, launcher=launcher,
+                           compiler_options=train_compiler_options(
+                               None if cached else opt.model_family))
   return PhaseProgram(epoch_fn, step, tx, step_mask, cached)
 
 
@@ -297,7 +300,9 @@ def _seeds_program(model, strategy: Strategy, opt: OptimSettings, num_train: int
       epoch_index += phase.epochs
     return params, history
 
-  return jax.jit(jax.vmap(cell)), [prog.cached for _, prog in phases]
+  options = train_compiler_options(opt.model_family) or None
+  return (jax.jit(jax.vmap(cell), compiler_options=options),
+          [prog.cached for _, prog in phases])
 
 
 @functools.lru_cache(maxsize=None)
