@@ -20,6 +20,7 @@ from aetl_jax import checkpointing
 from aetl_jax.data.splits import class_counts
 from aetl_jax.data.transfer_split import TransferSplit, draw_target_labels
 from aetl_jax.models.registry import build_classifier
+from aetl_jax.training.loop import resolve_runner
 from aetl_jax.training.metrics_log import JsonlLog
 from aetl_jax.training.pretrain import ENCODER_SUBTREE
 from aetl_jax.transfer.finetune import OptimSettings, run_strategy, run_strategy_seeds
@@ -101,7 +102,11 @@ def run_sweep(config, workdir, *, images, labels, split: TransferSplit, num_clas
   groups = {}
   for budget, name, seed in todo:
     groups.setdefault((budget, name), []).append(seed)
-  together = tcfg.vmap_seeds and not tcfg.checkpoint_every
+  # The vmapped program is one scan; where the runner resolves to per-batch
+  # (conv families on CPU: convolutions inside a scan are ~20x slower there,
+  # BENCHMARKS.md) the seeds run one after another instead.
+  together = (tcfg.vmap_seeds and not tcfg.checkpoint_every
+              and resolve_runner(opt.runner, opt.model_family) == "scan")
   bar = tqdm(total=len(todo), desc="transfer", disable=not progress, leave=False)
   for (budget, name), seeds in groups.items():
     if together and len(seeds) > 1:
