@@ -88,18 +88,24 @@ def _transpose_geometry(size: int, k: int, s: int, padding: str) -> tuple[int, i
   return (size - 1) * s + 1 + pad_len - k + 1, low
 
 
-def _check_channels(x, kernel, axis: int):
-  if x.shape[-1] != kernel.shape[axis]:
-    raise ValueError(f"input has {x.shape[-1]} channels, kernel expects {kernel.shape[axis]}")
+def _check_channels(x, kernel):
+  if x.shape[-1] != kernel.shape[2]:
+    raise ValueError(f"input has {x.shape[-1]} channels, kernel expects {kernel.shape[2]}")
+
+
+def _forward_geometry(x, kernel, strides, padding):
+  """((out height, low, high), (out width, low, high)) of a forward convolution."""
+  _check_channels(x, kernel)
+  padding = _check_padding(padding)
+  return tuple(_conv_geometry(n, k, s, padding)
+               for n, k, s in zip(x.shape[1:3], kernel.shape[:2], strides))
 
 
 def patches_conv(x, kernel, strides: Sequence[int] = (1, 1), padding: str = "SAME"):
   """``lax.conv_general_dilated(x, kernel, strides, padding)`` (NHWC/HWIO) as patches @ kernel."""
-  _check_channels(x, kernel, 2)
   kh, kw, cin, cout = kernel.shape
   sh, sw = strides
-  oh, pt, pb = _conv_geometry(x.shape[1], kh, sh, _check_padding(padding))
-  ow, pl, pr = _conv_geometry(x.shape[2], kw, sw, padding)
+  (oh, pt, pb), (ow, pl, pr) = _forward_geometry(x, kernel, strides, padding)
   x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
   patches = [x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw, :]
              for i in range(kh) for j in range(kw)]
@@ -110,7 +116,8 @@ def patches_conv(x, kernel, strides: Sequence[int] = (1, 1), padding: str = "SAM
 def _planes(x, kernel):
   """``x @ kernel`` for every tap: (taps, B, H, W, cout), or (taps, cout, B, H, W) when narrow.
 
-  Both are the natural output order of one dot (no transpose copy).
+  The narrow layout is the dot's own output order; the wide one moves the tap
+  axis first, which XLA folds into the per-tap slices that read it.
   """
   kh, kw, cin, cout = kernel.shape
   taps = kernel.reshape(kh * kw, cin, cout)
@@ -131,11 +138,9 @@ def _to_nhwc(y, spatial_minor: bool):
 
 def shift_add_conv(x, kernel, strides: Sequence[int] = (1, 1), padding: str = "SAME"):
   """``lax.conv_general_dilated(x, kernel, strides, padding)`` as x @ kernel, then shifted adds."""
-  _check_channels(x, kernel, 2)
   kh, kw, _, _ = kernel.shape
   sh, sw = strides
-  oh, pt, pb = _conv_geometry(x.shape[1], kh, sh, _check_padding(padding))
-  ow, pl, pr = _conv_geometry(x.shape[2], kw, sw, padding)
+  (oh, pt, pb), (ow, pl, pr) = _forward_geometry(x, kernel, strides, padding)
   z, spatial_minor = _planes(x, kernel)
   ah, aw = _plane_spatial(spatial_minor)
   pads = [(0, 0)] * 5
@@ -159,7 +164,7 @@ def overlap_add_conv_transpose(x, kernel, strides: Sequence[int] = (2, 2),
   ``stride``-spaced positions (matmul + overlap-add): no zero-dilated input is
   ever convolved.
   """
-  _check_channels(x, kernel, 2)
+  _check_channels(x, kernel)
   kh, kw, _, _ = kernel.shape
   sh, sw = strides
   h, w = x.shape[1], x.shape[2]
@@ -213,8 +218,7 @@ class MatmulConv(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
     formulation = self.formulation
     if formulation == "auto":
-      out_hw = [_conv_geometry(n, k, s, _check_padding(self.padding))[0]
-                for n, k, s in zip(x.shape[1:3], (kh, kw), strides)]
+      out_hw = [g[0] for g in _forward_geometry(x, kernel, strides, self.padding)]
       formulation = choose_formulation(x.shape[1:3], out_hw, x.shape[-1], self.features)
     if formulation == "patches":
       y = patches_conv(x, kernel, strides, self.padding)
