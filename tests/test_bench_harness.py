@@ -8,7 +8,7 @@ def test_bench_harness_runs_and_counts_no_recompiles(tmp_path):
   rows = main(["--quick", "--no-torch", "--json", str(tmp_path / "b.json")])
   assert rows["matmul_peak_gflops"] > 0
   assert {(r["family"], r["runner"]) for r in rows["pretrain"]} == {
-      (f, r) for f in ("mlp", "conv") for r in ("scan", "per_batch")}
+      (f, r) for f in ("mlp", "conv", "conv_transpose") for r in ("scan", "per_batch")}
   assert all(r["examples_per_s"] > 0 and r["gflop_per_example"] > 0 for r in rows["pretrain"])
   assert [r["mode"] for r in rows["finetune"]] == ["finetune", "partial", "linear_probe (cached)"]
   assert rows["compiles_during_timed_parts"] == 0
@@ -23,3 +23,13 @@ def test_conv_bench_runs_its_grid():
   assert {(r["conv_impl"], r["compiler_options"]) for r in rows} >= {
       (i, v) for i in ("xla", "matmul") for v in variants}
   assert all(r["examples_per_s"] > 0 for r in rows)
+
+
+def test_conv_layer_bench_times_every_layer_and_formulation():
+  from aetl_jax.bench.conv_layers import LAYERS, main
+  rows = main(["--batch", "2", "--repeats", "1", "--no-torch"])
+  assert [r["layer"] for r in rows if r["impl"] == "jax xla"] == [layer[0] for layer in LAYERS]
+  assert {r["layer"] for r in rows if r["impl"] == "jax narrow"} == {"decoder/block_3"}
+  assert {r["layer"] for r in rows if r["impl"] == "jax subpixel"} == {
+      layer[0] for layer in LAYERS if layer[-1] == "transpose"}
+  assert all(r[k][0] > 0 for r in rows for k in ("forward", "input grad", "kernel grad"))

@@ -1,15 +1,19 @@
 """The benchmark suite: ``python -m aetl_jax.bench [--quick] [--no-torch] [--json FILE]``.
 
-In one run, after warm-up, medians of repeats, compile time excluded:
+In one run, after warm-up, medians of 5 repeats, compile time excluded:
 * the machine's float32 matmul peak (a large jitted matmul);
-* pretraining examples/s of the dense and the conv (sub-pixel) autoencoder on
-  28×28 inputs at two batch sizes with both epoch runners, each model's
+* pretraining examples/s of the dense autoencoder and the conv autoencoder
+  with sub-pixel and with transposed-conv upsampling (the latter is
+  ``digits_transfer``'s default) on 28×28 inputs at two batch sizes with both
+  epoch runners, each model's
   XLA-counted GFLOP per example and achieved GFLOP/s as a fraction of the peak
   (conv rows: XLA's convolutions per batch, the matmul formulation in a scan);
 * fine-tuning examples/s of full fine-tuning, linear probing on cached
   features and partial freezing;
 * the same models, batch sizes and optimiser in plain PyTorch (optional:
-  ``pip install -e .[bench]``), as the ratio aetl_jax / PyTorch;
+  ``pip install -e .[bench]``), as the ratio aetl_jax / PyTorch; the conv
+  model is timed in both memory formats (NCHW and channels-last) and the
+  faster one is the baseline;
 * the number of XLA compilations during the timed parts (must be 0).
 """
 
@@ -25,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aetl_jax.bench.timing import compiled_stats, time_calls
+from aetl_jax.bench.timing import block, compiled_stats, time_calls
 
 _compiles = [0]
 
@@ -53,13 +57,37 @@ def _timed(fn, repeats):
   return t["median_s"], _compiles[0] - before
 
 
+def _timed_interleaved(fns: dict, repeats: int) -> dict:
+  """{name: (median seconds, compilations after warm-up)}, timing the fns round-robin.
+
+  On a shared VM the machine's speed drifts over seconds; taking one repeat of
+  every contender per round exposes them to the same drift, so their ratio is
+  steadier than that of back-to-back blocks of repeats.
+  """
+  for fn in fns.values():
+    block(fn())  # warm-up (compiles)
+  times = {name: [] for name in fns}
+  compiles = dict.fromkeys(fns, 0)
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      before = _compiles[0]
+      start = time.perf_counter()
+      block(fn())
+      times[name].append(time.perf_counter() - start)
+      compiles[name] += _compiles[0] - before
+  return {name: (float(np.median(times[name])), compiles[name]) for name in fns}
+
+
 # Each runner with the conv implementation the library recommends for it
-# (models/conv_ops.resolve_conv_impl): XLA's convolutions per batch, the matmul
-# formulation inside a scan (XLA:CPU's convolutions are ~20× slower there).
+# (models/conv_ops.resolve_conv_impl): 'auto' per batch ('hybrid' on CPU: XLA's
+# convolutions for wide layers, the narrow formulation for the output layer),
+# the matmul formulation inside a scan (XLA:CPU's convolutions are ~20× slower
+# there).
 CONV_IMPL_FOR_RUNNER = {"scan": "matmul", "per_batch": "auto"}
 
 
-def jax_pretrain(family: str, batch: int, runner: str, n: int, repeats: int):
+def jax_pretrain(family: str, batch: int, runner: str, n: int):
+  """(one epoch as a thunk, XLA-counted FLOPs per example, examples per epoch)."""
   from aetl_jax.config import apply_overrides
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.objectives.registry import make_objective
@@ -69,9 +97,10 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int, repeats: int):
   from aetl_jax.training.step import make_train_step
   from aetl_jax.transfer.optim import make_optimizer
   from experiments import digits_transfer
+  upsampling = "transpose" if family == "conv_transpose" else "subpixel"
   config = apply_overrides(digits_transfer.get_config(), [
-      f"model.family='{family}'", "model.widths=(256, 128)", "model.upsampling='subpixel'",
-      f"model.conv_impl='{CONV_IMPL_FOR_RUNNER[runner]}'"])
+      f"model.family='{family.split('_')[0]}'", "model.widths=(256, 128)",
+      f"model.upsampling='{upsampling}'", f"model.conv_impl='{CONV_IMPL_FOR_RUNNER[runner]}'"])
   x = jax.random.uniform(jax.random.PRNGKey(0), (n, 28, 28, 1))
   model = build_autoencoder(config.model, (28, 28, 1))
   params = model.init(jax.random.PRNGKey(0), x[:1], method="reconstruct")["params"]
@@ -80,54 +109,54 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int, repeats: int):
   state = TrainState.create(params, tx)
   flops = compiled_stats(jax.jit(step), state, {"image": x[:batch]}, jax.random.PRNGKey(0))["flops"]
   epoch = make_epoch_fn(step, batch_size=batch, runner=runner,
-                        compiler_options=train_compiler_options(family))
+                        compiler_options=train_compiler_options(config.model.family))
   holder = {"s": TrainState.create(jax.tree.map(jnp.copy, params), tx)}
 
   def run():
     holder["s"], m = epoch(holder["s"], {"image": x}, jax.random.PRNGKey(1))
     return m
 
-  seconds, compiles = _timed(run, repeats)
-  used = (n // batch) * batch
-  return used / seconds, flops / batch, compiles
+  return run, flops / batch, (n // batch) * batch
 
 
-def torch_pretrain(family: str, batch: int, n: int, repeats: int):
+def torch_pretrain(family: str, batch: int, n: int, memory_format: str = "contiguous"):
+  """One epoch of the same model in plain PyTorch, in ``memory_format`` (contiguous,
+  channels_last), as a thunk."""
   import torch
   from torch import nn
   torch.manual_seed(0)
+  fmt = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}[memory_format]
   if family == "mlp":
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128),
                           nn.ReLU(), nn.Linear(128, 32), nn.Linear(32, 128), nn.ReLU(),
                           nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 784),
                           nn.Unflatten(1, (1, 28, 28)))
   else:
+    upsample = ([nn.ConvTranspose2d(64, 64, 4, 2, 1), nn.ReLU(),
+                 nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU()]
+                if family == "conv_transpose" else
+                [nn.Conv2d(64, 256, 3, 1, 1), nn.PixelShuffle(2), nn.ReLU(),
+                 nn.Conv2d(64, 128, 3, 1, 1), nn.PixelShuffle(2), nn.ReLU()])
     model = nn.Sequential(
         nn.Conv2d(1, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(), nn.Flatten(),
         nn.Linear(64 * 49, 32), nn.Linear(32, 64 * 49), nn.ReLU(), nn.Unflatten(1, (64, 7, 7)),
-        nn.Conv2d(64, 256, 3, 1, 1), nn.PixelShuffle(2), nn.ReLU(),
-        nn.Conv2d(64, 128, 3, 1, 1), nn.PixelShuffle(2), nn.ReLU(), nn.Conv2d(32, 1, 3, 1, 1))
+        *upsample, nn.Conv2d(32, 1, 3, 1, 1))
+  model = model.to(memory_format=fmt)
   opt = torch.optim.Adam(model.parameters(), lr=1e-3)
   loss_fn = nn.BCEWithLogitsLoss()
-  x = torch.rand(n, 1, 28, 28)
+  x = torch.rand(n, 1, 28, 28).contiguous(memory_format=fmt)
 
   def epoch():
     perm = torch.randperm(n)
     for i in range(n // batch):
-      xb = x[perm[i * batch:(i + 1) * batch]]
+      xb = x[perm[i * batch:(i + 1) * batch]].contiguous(memory_format=fmt)
       opt.zero_grad(set_to_none=True)
       loss = loss_fn(model(xb), xb)
       loss.backward()
       opt.step()
     return None
 
-  epoch()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    epoch()
-    times.append(time.perf_counter() - start)
-  return (n // batch) * batch / float(np.median(times))
+  return epoch
 
 
 def jax_finetune(mode: str, batch: int, n: int, repeats: int):
@@ -173,11 +202,18 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true", help="tiny sizes (checks the harness)")
   parser.add_argument("--no-torch", action="store_true")
   parser.add_argument("--json", help="write every row to this file")
+  parser.add_argument("--batches", help="pretraining batch sizes, comma-separated "
+                      "(default 64,256; the first one is also the fine-tuning batch)")
   args = parser.parse_args(argv)
   quick = args.quick
-  repeats = 1 if quick else 3
-  n_dense, n_conv = (256, 64) if quick else (16384, 512)
+  repeats = 1 if quick else 5
   batches = (32, 64) if quick else (64, 256)
+  if args.batches:
+    batches = tuple(int(b) for b in args.batches.split(","))
+    if not batches or min(batches) < 1:
+      raise SystemExit(f"--batches must be positive integers, got {args.batches!r}")
+  n_dense, n_conv = (256, 64) if quick else (max(16384, 4 * max(batches)),
+                                             max(512, 2 * max(batches)))
   use_torch = not args.no_torch
   if use_torch:
     try:
@@ -193,26 +229,40 @@ def main(argv=None):
   rows["matmul_peak_gflops"] = peak
   print(f"backend={jax.default_backend()} cpu_count={os.cpu_count()} jax={jax.__version__}")
   print(f"float32 matmul peak: {peak:.1f} GFLOP/s\n")
-  print(f"{'pretraining':<12} {'batch':>5} {'runner':<11} {'ex/s':>9} {'GFLOP/ex':>9} "
+  print(f"{'pretraining':<14} {'batch':>5} {'runner':<11} {'ex/s':>9} {'GFLOP/ex':>9} "
         f"{'GFLOP/s':>8} {'% peak':>7} {'torch ex/s':>10} {'jax/torch':>9} {'compiles':>8}")
   rows["pretrain"] = []
   total_compiles = 0
-  for family, n in (("mlp", n_dense), ("conv", n_conv)):
+  for family, n in (("mlp", n_dense), ("conv", n_conv), ("conv_transpose", n_conv)):
+    formats = ("contiguous", "channels_last") if family != "mlp" else ("contiguous",)
     for batch in batches:
-      torch_rate = torch_pretrain(family, batch, n, repeats) if use_torch else None
+      contenders, flops_of = {}, {}
       for runner in ("scan", "per_batch"):
-        rate, flops, compiles = jax_pretrain(family, batch, runner, n, repeats)
+        contenders[runner], flops_of[runner], used = jax_pretrain(family, batch, runner, n)
+      for f in formats if use_torch else ():
+        contenders[f"torch {f}"] = torch_pretrain(family, batch, n, f)
+      timed = _timed_interleaved(contenders, repeats)
+      rate_of = {name: used / seconds for name, (seconds, _) in timed.items()}
+      torch_rates = {f: rate_of[f"torch {f}"] for f in formats if f"torch {f}" in rate_of}
+      torch_format = max(torch_rates, key=torch_rates.get) if torch_rates else None
+      torch_rate = torch_rates.get(torch_format)
+      if len(torch_rates) > 1:
+        print("  torch " + ", ".join(f"{f} {r:.0f} ex/s" for f, r in torch_rates.items())
+              + f" (baseline: {torch_format})")
+      for runner in ("scan", "per_batch"):
+        rate, flops, compiles = rate_of[runner], flops_of[runner], timed[runner][1]
         total_compiles += compiles
         gflops = rate * flops / 1e9
         row = {"family": family, "batch": batch, "runner": runner,
-               "conv_impl": CONV_IMPL_FOR_RUNNER[runner] if family == "conv" else None,
+               "conv_impl": CONV_IMPL_FOR_RUNNER[runner] if family != "mlp" else None,
                "examples_per_s": rate,
                "gflop_per_example": flops / 1e9, "gflops": gflops, "fraction_of_peak": gflops / peak,
-               "torch_examples_per_s": torch_rate,
+               "torch_examples_per_s": torch_rate, "torch_memory_format": torch_format,
+               "torch_examples_per_s_by_format": torch_rates,
                "ratio_vs_torch": rate / torch_rate if torch_rate else None, "compiles": compiles}
         rows["pretrain"].append(row)
-        label = "scan/matmul" if family == "conv" and runner == "scan" else runner
-        print(f"{family:<12} {batch:5d} {label:<11} {rate:9.0f} {flops / 1e9:9.4f} {gflops:8.1f} "
+        label = "scan/matmul" if family != "mlp" and runner == "scan" else runner
+        print(f"{family:<14} {batch:5d} {label:<11} {rate:9.0f} {flops / 1e9:9.4f} {gflops:8.1f} "
               f"{100 * gflops / peak:6.1f}% "
               f"{(f'{torch_rate:10.0f}' if torch_rate else '         —')} "
               f"{(f'{rate / torch_rate:8.2f}x' if torch_rate else '        —')} {compiles:8d}",

@@ -4,10 +4,11 @@
 
 Trains the conv autoencoder (28×28×1, channels 32-64, code 32) with each
 upsampling (transposed conv, sub-pixel) × conv implementation (XLA's native
-convolution 'xla'; the matmul formulations of :mod:`aetl_jax.models.conv_ops`:
-'im2col' patches for every layer, 'shift_add' for every layer, 'matmul' the
-smaller of the two per layer; transposed convolutions are matmul + overlap-add
-in all three) × epoch runner (whole epoch in one ``lax.scan``, one jitted call
+convolution 'xla'; 'hybrid': XLA's for wide layers, the narrow formulation for
+narrow stride-1 layers, bias gradients as matmuls; the matmul formulations of
+:mod:`aetl_jax.models.conv_ops`: 'im2col' patches for every layer,
+'shift_add' for every layer, 'matmul' the smaller of the two per layer;
+transposed convolutions are matmul + overlap-add in these three) × epoch runner (whole epoch in one ``lax.scan``, one jitted call
 per batch), and prints examples/s (median of timed epochs after a warm-up
 epoch). The default ``model.conv_impl``/``runner`` per backend follow these
 numbers (``conv_ops.resolve_conv_impl``, ``training.loop.resolve_runner``).
@@ -24,7 +25,7 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--examples", type=int, default=1024)
   parser.add_argument("--epochs", type=int, default=2)
-  parser.add_argument("--impls", default="xla,im2col,shift_add,matmul")
+  parser.add_argument("--impls", default="xla,hybrid,im2col,shift_add,matmul")
   parser.add_argument("--upsampling", default="transpose,subpixel")
   parser.add_argument("--runners", default="scan,per_batch")
   parser.add_argument("--xla-defaults", action="store_true",

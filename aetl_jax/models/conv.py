@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aetl_jax.models.conv_ops import conv_class, conv_transpose_class
+from aetl_jax.models.conv_ops import conv_class, conv_transpose_class, depth_to_space
 
 UPSAMPLING = ("transpose", "resize", "subpixel")
 NORMS = ("none", "layer", "group")
@@ -49,9 +49,10 @@ def check_downsampling(image_shape: Sequence[int], num_strides: int, what: str) 
 class ConvEncoder(nn.Module):
   """Stride-2 3×3 conv blocks, then a dense projection to the code.
 
-  ``conv_impl``: 'xla' (``nn.Conv``), a matmul formulation with the same
-  parameters ('im2col', 'shift_add', 'matmul' = per layer) or 'auto' (per
-  backend); see :mod:`aetl_jax.models.conv_ops`.
+  ``conv_impl``: 'xla' (``nn.Conv``), 'hybrid' (XLA's convolution for wide
+  layers, the narrow formulation for narrow ones), a matmul formulation with
+  the same parameters ('im2col', 'shift_add', 'matmul' = per layer) or 'auto'
+  ('hybrid' on CPU, 'xla' on GPU/TPU); see :mod:`aetl_jax.models.conv_ops`.
   """
 
   channels: Sequence[int] = (32, 64)
@@ -71,13 +72,6 @@ class ConvEncoder(nn.Module):
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     return nn.Dense(self.code_dim, name=f"block_{len(self.channels)}")(x)
-
-
-def depth_to_space(x, factor: int = 2):
-  """(B, H, W, C·f²) → (B, H·f, W·f, C): sub-pixel upsampling."""
-  b, h, w, c = x.shape
-  x = x.reshape(b, h, w, factor, factor, c // (factor * factor))
-  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * factor, w * factor, c // (factor * factor))
 
 
 class ConvDecoder(nn.Module):

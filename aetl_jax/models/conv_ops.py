@@ -1,10 +1,10 @@
-"""Convolutions written as matmuls, for XLA:CPU.
+"""Convolution formulations for XLA:CPU, with exactly the parameters of nn.Conv/nn.ConvTranspose.
 
 Inside ``scan``/``while`` loops XLA:CPU's backward convolutions lose their fast
 layouts (jax#12868) and run ~10× slower than the same step jitted per batch;
 narrow convolutions (one output channel) and transposed convolutions are slow
 even per batch. Written with only slices, pads, concatenates and one dot, the
-forward and backward passes stay fast inside a loop. Two formulations:
+forward and backward passes stay fast inside a loop. The formulations:
 
 * **patches** (im2col): the kh·kw shifted (strided) slices of the input are
   concatenated on the channel axis and multiplied by the kernel as one
@@ -16,8 +16,25 @@ forward and backward passes stay fast inside a loop. Two formulations:
   narrow outputs (the 32→1 output layer of an image decoder). A transposed
   convolution is the same computation with the planes placed ``stride`` apart
   (matmul + overlap-add), which avoids convolving a zero-dilated input.
+* **narrow** (stride 1, few output channels): shift-add forward with a
+  hand-written backward in which every big operand is a plain row-major matmul
+  operand: the input gradient is ``patches(dy) @ kernelᵀ`` and the kernel
+  gradient ``patches(dy)ᵀ @ x``, where only the *narrow* ``dy`` is gathered or
+  transposed. Autodiff of XLA's convolution (or of shift-add) instead
+  transposes the wide input to a channel-major copy for the kernel gradient.
 
-:class:`MatmulConv` and :class:`MatmulConvTranspose` have exactly the
+* **sub-pixel transposed convolution**: output pixel ``s·a + r`` of a
+  transposed convolution only meets the kernel taps of phase ``r``, so it is
+  s_h·s_w small stride-1 convolutions (2×2 for a 4×4 stride-2 kernel, the same
+  multiply-adds) interleaved by depth-to-space.
+
+``hybrid`` (the CPU default) keeps XLA's convolution for wide layers, uses the
+narrow formulation for narrow stride-1 layers, the sub-pixel formulation (with
+XLA's convolutions) for transposed ones, and computes every bias gradient as
+``ones @ dy`` (XLA:CPU lowers the plain sum over batch×height×width to a slow
+``reduce-window``).
+
+:class:`FormulatedConv` and :class:`FormulatedConvTranspose` have exactly the
 parameters (names, shapes, initialisers) of ``nn.Conv`` and
 ``nn.ConvTranspose``, so checkpoints move between implementations; the tests
 check equal outputs and gradients. ``python -m aetl_jax.bench.conv`` measures
@@ -32,34 +49,41 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-# xla: nn.Conv/nn.ConvTranspose. im2col / shift_add: that formulation for every
-# convolution. matmul: per layer, the formulation with the smaller
-# intermediate. auto: the measured default (see resolve_conv_impl).
-CONV_IMPLS = ("auto", "xla", "im2col", "shift_add", "matmul")
-FORMULATIONS = ("patches", "shift_add")
+# xla: nn.Conv/nn.ConvTranspose. hybrid: XLA's convolution for wide layers, the
+# narrow formulation for narrow ones, bias gradients as matmuls. im2col /
+# shift_add: that formulation for every convolution. matmul: per layer, the
+# formulation with the smaller intermediate. auto: the measured default per
+# backend (see resolve_conv_impl).
+CONV_IMPLS = ("auto", "xla", "hybrid", "im2col", "shift_add", "matmul")
+FORMULATIONS = ("xla", "patches", "shift_add", "narrow", "hybrid")
 
-# Below this many output channels the shift-add planes are laid out
-# (tap, channel, batch, height, width) so the adds vectorise along the width
-# rather than along a channel axis of size 1.
-_SPATIAL_MINOR_BELOW = 8
+# Below this many output channels a layer counts as narrow: the shift-add planes
+# are laid out (tap, channel, batch, height, width) so the adds vectorise along
+# the width rather than along a channel axis of size 1, and 'hybrid' uses the
+# narrow formulation.
+NARROW_BELOW = 8
 
 
-def resolve_conv_impl(impl: str) -> str:
-  """'auto' → XLA's native convolution ('xla') on every backend, from measurements.
+def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
+  """'auto' → 'hybrid' on CPU, XLA's native convolution ('xla') on GPU/TPU.
 
   ``python -m aetl_jax.bench.conv`` on the 2-core CPU (BENCHMARKS.md): with the
   default per-batch runner and YNNPACK convolutions off
-  (:mod:`aetl_jax.training.compiler`), 'xla' trains the conv autoencoder
-  fastest; 'matmul' is ~20× faster than 'xla' *inside* a ``scan`` (jax#12868)
-  but still slower than 'xla' per batch, so choose it explicitly when a conv
-  model must train inside one compiled loop (``runner=scan``, vmapped seeds).
-  GPUs and TPUs have tuned convolution kernels (cuDNN, the TPU compiler).
+  (:mod:`aetl_jax.training.compiler`), 'hybrid' trains the conv autoencoder
+  fastest ('xla' next); 'matmul' is ~20× faster than 'xla' *inside* a ``scan``
+  (jax#12868) but slower than both per batch, so choose it explicitly when a
+  conv model must train inside one compiled loop (``runner=scan``, vmapped
+  seeds). GPUs and TPUs have tuned convolution kernels (cuDNN, the TPU
+  compiler), so 'auto' leaves their convolutions alone.
   """
   if impl not in CONV_IMPLS:
     raise ValueError(f"unknown conv implementation {impl!r}; valid: {', '.join(CONV_IMPLS)}")
-  return "xla" if impl == "auto" else impl
+  if impl != "auto":
+    return impl
+  return "hybrid" if (backend or jax.default_backend()) == "cpu" else "xla"
 
 
 def _check_padding(padding) -> str:
@@ -121,7 +145,7 @@ def _planes(x, kernel):
   """
   kh, kw, cin, cout = kernel.shape
   taps = kernel.reshape(kh * kw, cin, cout)
-  if cout < _SPATIAL_MINOR_BELOW:
+  if cout < NARROW_BELOW:
     return jnp.einsum("tco,bhwc->tobhw", taps, x), True
   z = jnp.einsum("bhwc,tco->bhwto", x, taps)
   return jnp.moveaxis(z, 3, 0), False
@@ -184,6 +208,160 @@ def overlap_add_conv_transpose(x, kernel, strides: Sequence[int] = (2, 2),
   return _to_nhwc(out, spatial_minor)
 
 
+def xla_conv(x, kernel, strides: Sequence[int] = (1, 1), padding: str = "SAME"):
+  """XLA's own convolution (NHWC/HWIO), what ``nn.Conv`` computes."""
+  _check_channels(x, kernel)
+  return lax.conv_general_dilated(x, kernel, tuple(strides), _check_padding(padding),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _shifted_windows(y, kh: int, kw: int, h: int, w: int):
+  """The kh·kw windows ``y[:, a:a+h, b:b+w]`` for (a, b) = (kh-1-i, kw-1-j), tap order (i, j)."""
+  return [y[:, kh - 1 - i:kh - 1 - i + h, kw - 1 - j:kw - 1 - j + w, :]
+          for i in range(kh) for j in range(kw)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def narrow_conv(x, kernel, padding: str = "SAME"):
+  """Stride-1 ``lax.conv_general_dilated(x, kernel, 1, padding)`` for few output channels.
+
+  Forward: ``x @ kernel`` as one (cin, kh·kw·cout) matrix at every input pixel,
+  then the kh·kw shifted planes are added. Backward (hand-written, see
+  :func:`_narrow_conv_bwd`): two row-major matmuls whose gathered or transposed
+  operand is built from the narrow output gradient only.
+  """
+  return _narrow_conv_fwd(x, kernel, padding)[0]
+
+
+def _narrow_conv_fwd(x, kernel, padding):
+  kh, kw, cin, cout = kernel.shape
+  (oh, pt, pb), (ow, pl, pr) = _forward_geometry(x, kernel, (1, 1), padding)
+  b, h, w, _ = x.shape
+  z = x @ kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
+  z = jnp.pad(z.reshape(b, h, w, kh * kw, cout), ((0, 0), (pt, pb), (pl, pr), (0, 0), (0, 0)))
+  # y[p] = sum_t xpad[p + t] @ k_t = sum_t zpad[p + t, t]
+  y = sum(z[:, i:i + oh, j:j + ow, i * kw + j, :] for i in range(kh) for j in range(kw))
+  return y, (x, kernel)
+
+
+def _narrow_conv_bwd(padding, residuals, dy):
+  """dx[q] = sum_t dy[q - t + pad_low] @ k_tᵀ and dk_t = sum_q dy[q - t + pad_low]ᵀ x[q].
+
+  Both read the same kh·kw windows of the zero-padded ``dy`` (cout channels
+  each): stacked on the channel axis they are the patches of dx's matmul,
+  stacked as (tap·cout, pixels) rows they are the left operand of dk's matmul,
+  whose right operand is ``x`` as it lies in memory.
+  """
+  x, kernel = residuals
+  kh, kw, cin, cout = kernel.shape
+  (_, pt, pb), (_, pl, pr) = _forward_geometry(x, kernel, (1, 1), padding)
+  b, h, w, _ = x.shape
+  dy_pad = jnp.pad(dy, ((0, 0), (kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr), (0, 0)))
+  windows = _shifted_windows(dy_pad, kh, kw, h, w)  # each (B, H, W, cout)
+  taps_by_out = kernel.reshape(kh * kw, cin, cout).transpose(0, 2, 1).reshape(kh * kw * cout, cin)
+  patches = jnp.stack(windows, axis=-2).reshape(b * h * w, kh * kw * cout)
+  dx = (patches @ taps_by_out).reshape(x.shape)
+  rows = jnp.stack([v.reshape(b * h * w, cout).T for v in windows]).reshape(kh * kw * cout, -1)
+  dk = (rows @ x.reshape(b * h * w, cin)).reshape(kh, kw, cout, cin).transpose(0, 1, 3, 2)
+  return dx, dk
+
+
+narrow_conv.defvjp(_narrow_conv_fwd, _narrow_conv_bwd)
+
+
+@jax.custom_vjp
+def bias_add(y, bias):
+  """``y + bias`` whose bias gradient is ``ones @ dy`` (a matmul, not a reduce-window on CPU)."""
+  return y + bias
+
+
+def _bias_add_fwd(y, bias):
+  return y + bias, None
+
+
+def _bias_add_bwd(_, dy):
+  rows = dy.reshape(-1, dy.shape[-1])
+  return dy, jnp.ones((rows.shape[0],), dy.dtype) @ rows
+
+
+bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
+
+
+def depth_to_space(x, factor: int | Sequence[int] = 2):
+  """(B, H, W, C·fh·fw) → (B, H·fh, W·fw, C): sub-pixel upsampling, channels ordered (dy, dx, c).
+
+  Written as fh channel slices, each already the output row ``dy`` (its
+  (W, dx, c) memory order *is* (W·fw, c)), concatenated on a new major axis:
+  contiguous block copies, forward and backward. The textbook 6-d transpose
+  computes the same thing, but XLA:CPU's transpose emitter made the conv
+  autoencoder's train step ~3% slower with it (BENCHMARKS.md).
+  """
+  fh, fw = (factor, factor) if isinstance(factor, int) else tuple(factor)
+  b, h, w, c = x.shape
+  if c % (fh * fw):
+    raise ValueError(f"depth_to_space: {c} channels are not divisible by the factors' product "
+                     f"{fh}·{fw} = {fh * fw}")
+  out_c = c // (fh * fw)
+  rows = [x[..., dy * fw * out_c:(dy + 1) * fw * out_c].reshape(b, h, 1, w * fw, out_c)
+          for dy in range(fh)]
+  return jnp.concatenate(rows, axis=2).reshape(b, h * fh, w * fw, out_c)
+
+
+def _phase_taps(k: int, s: int, low: int, r: int) -> tuple[int, list[int]]:
+  """(first input offset d, kernel taps in increasing d) of output phase ``r`` along one axis.
+
+  ``lax.conv_transpose`` output ``s·a + r`` is ``sum_i x[a + d]·k[i]`` over the
+  taps ``i = s·d + low - r`` that lie in ``[0, k)``.
+  """
+  pairs = sorted(((i - low + r) // s, i) for i in range(k) if (i - low + r) % s == 0)
+  return (pairs[0][0] if pairs else 0), [i for _, i in pairs]
+
+
+def subpixel_conv_transpose(x, kernel, strides: Sequence[int] = (2, 2), padding: str = "SAME"):
+  """``lax.conv_transpose(x, kernel, strides, padding)`` as one small convolution per output phase.
+
+  Output pixel ``s·a + r`` only meets the taps of phase ``r``, so each of the
+  s_h·s_w phases is an ordinary stride-1 convolution of ``x`` with its own taps
+  (a 2×2 kernel for the usual 4×4 stride-2 one: exactly the multiply-adds of
+  the transposed convolution), and :func:`depth_to_space` interleaves them.
+  XLA:CPU differentiates its own transposed convolution with respect to the
+  kernel ~20–30× slower than these phases (BENCHMARKS.md). (Computing that
+  kernel gradient instead as the one of the strided convolution being
+  transposed was faster alone but slower inside the train step.)
+  """
+  _check_channels(x, kernel)
+  return _phase_convs(x, kernel, tuple(strides), _check_padding(padding))
+
+
+def _phase_convs(x, kernel, strides, padding):
+  kh, kw, _, cout = kernel.shape
+  sh, sw = strides
+  b, h, w, _ = x.shape
+  oh, low_h = _transpose_geometry(h, kh, sh, padding)
+  ow, low_w = _transpose_geometry(w, kw, sw, padding)
+  ah, aw = -(-oh // sh), -(-ow // sw)  # positions per phase (an overhang is cropped)
+  taps_h = [_phase_taps(kh, sh, low_h, r) for r in range(sh)]
+  taps_w = [_phase_taps(kw, sw, low_w, r) for r in range(sw)]
+
+  def padding_for(taps, n, size):
+    used = [(d, len(i)) for d, i in taps if i] or [(0, 1)]
+    lo = max(0, -min(d for d, _ in used))
+    return lo, max(0, n - 1 + max(d + m - 1 for d, m in used) - (size - 1))
+
+  (pt, pb), (pl, pr) = padding_for(taps_h, ah, h), padding_for(taps_w, aw, w)
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  phases = []
+  for dh, ih in taps_h:
+    for dw, iw in taps_w:
+      if not ih or not iw:  # a stride larger than the kernel leaves this phase without taps
+        phases.append(jnp.zeros((b, ah, aw, cout), x.dtype))
+        continue
+      window = xp[:, pt + dh:pt + dh + ah + len(ih) - 1, pl + dw:pl + dw + aw + len(iw) - 1, :]
+      phases.append(xla_conv(window, kernel[np.array(ih)][:, np.array(iw)], (1, 1), "VALID"))
+  y = jnp.concatenate(phases, axis=-1)  # channels ordered (phase_h, phase_w, cout)
+  return depth_to_space(y, (sh, sw))[:, :oh, :ow, :]
+
+
 def choose_formulation(in_hw: Sequence[int], out_hw: Sequence[int], cin: int, cout: int) -> str:
   """The formulation whose intermediate is smaller (both are kh·kw times this).
 
@@ -195,11 +373,14 @@ def choose_formulation(in_hw: Sequence[int], out_hw: Sequence[int], cin: int, co
   return "patches" if patches <= planes else "shift_add"
 
 
-class MatmulConv(nn.Module):
+class FormulatedConv(nn.Module):
   """Drop-in for ``nn.Conv`` (NHWC, 'SAME'/'VALID' padding, no dilation or groups).
 
-  ``formulation``: 'patches', 'shift_add' or 'auto' (per layer, the smaller
-  intermediate; see :func:`choose_formulation`).
+  ``formulation``: 'xla' (``lax.conv_general_dilated``), 'patches',
+  'shift_add', 'narrow' (stride 1), 'auto' (per layer, the smaller
+  intermediate; see :func:`choose_formulation`) or 'hybrid' ('narrow' for
+  stride-1 layers with fewer than ``NARROW_BELOW`` output channels, 'xla'
+  otherwise, and the bias gradient as a matmul).
   """
 
   features: int
@@ -217,39 +398,72 @@ class MatmulConv(nn.Module):
     strides = tuple(self.strides)
     kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
     formulation = self.formulation
+    add = lambda y, b: y + b
     if formulation == "auto":
       out_hw = [g[0] for g in _forward_geometry(x, kernel, strides, self.padding)]
       formulation = choose_formulation(x.shape[1:3], out_hw, x.shape[-1], self.features)
-    if formulation == "patches":
+    elif formulation == "hybrid":
+      narrow = self.features < NARROW_BELOW and strides == (1, 1)
+      formulation, add = ("narrow" if narrow else "xla"), bias_add
+    if formulation == "xla":
+      y = xla_conv(x, kernel, strides, self.padding)
+    elif formulation == "patches":
       y = patches_conv(x, kernel, strides, self.padding)
     elif formulation == "shift_add":
       y = shift_add_conv(x, kernel, strides, self.padding)
+    elif formulation == "narrow":
+      if strides != (1, 1):
+        raise ValueError(f"the narrow formulation needs stride 1, got strides {strides}")
+      y = narrow_conv(x, kernel, _check_padding(self.padding))
     else:
       raise ValueError(f"unknown conv formulation {formulation!r}; valid: auto, "
                        f"{', '.join(FORMULATIONS)}")
     if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,))
+      y = add(y, self.param("bias", self.bias_init, (self.features,)))
     return y
 
 
-class MatmulConvTranspose(nn.Module):
-  """Drop-in for ``nn.ConvTranspose`` (NHWC, 'SAME'/'VALID', ``transpose_kernel=False``)."""
+TRANSPOSE_FORMULATIONS = ("xla", "overlap_add", "subpixel", "hybrid")
+
+
+class FormulatedConvTranspose(nn.Module):
+  """Drop-in for ``nn.ConvTranspose`` (NHWC, 'SAME'/'VALID', ``transpose_kernel=False``).
+
+  ``formulation``: 'xla' (``lax.conv_transpose``), 'overlap_add' (matmul +
+  overlap-add), 'subpixel' (one stride-1 XLA convolution + depth-to-space) or
+  'hybrid' ('subpixel' with the bias gradient as a matmul).
+  """
 
   features: int
   kernel_size: Sequence[int]
   strides: Sequence[int] = (1, 1)
   padding: str = "SAME"
   use_bias: bool = True
+  formulation: str = "overlap_add"
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
 
   @nn.compact
   def __call__(self, x):
     kh, kw = self.kernel_size
+    strides = tuple(self.strides)
     kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
-    y = overlap_add_conv_transpose(x, kernel, tuple(self.strides), self.padding)
+    formulation, add = self.formulation, (lambda y, b: y + b)
+    if formulation == "hybrid":
+      formulation, add = "subpixel", bias_add
+    if formulation == "xla":
+      _check_channels(x, kernel)
+      y = lax.conv_transpose(x, kernel, strides, _check_padding(self.padding),
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    elif formulation == "overlap_add":
+      y = overlap_add_conv_transpose(x, kernel, strides, self.padding)
+    elif formulation == "subpixel":
+      y = subpixel_conv_transpose(x, kernel, strides, self.padding)
+    else:
+      raise ValueError(f"unknown transposed-conv formulation {formulation!r}; valid: "
+                       f"{', '.join(TRANSPOSE_FORMULATIONS)}")
     if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,))
+      y = add(y, self.param("bias", self.bias_init, (self.features,)))
     return y
 
 
@@ -258,10 +472,19 @@ def conv_class(impl: str):
   impl = resolve_conv_impl(impl)
   if impl == "xla":
     return nn.Conv
-  formulation = {"im2col": "patches", "shift_add": "shift_add", "matmul": "auto"}[impl]
-  return functools.partial(MatmulConv, formulation=formulation)
+  formulation = {"hybrid": "hybrid", "im2col": "patches", "shift_add": "shift_add",
+                 "matmul": "auto"}[impl]
+  return functools.partial(FormulatedConv, formulation=formulation)
 
 
 def conv_transpose_class(impl: str):
-  """A ``nn.ConvTranspose``-compatible module class for ``impl``."""
-  return nn.ConvTranspose if resolve_conv_impl(impl) == "xla" else MatmulConvTranspose
+  """A ``nn.ConvTranspose``-compatible module class for ``impl``.
+
+  'hybrid': one XLA convolution per output phase + depth-to-space; the
+  matmul impls: matmul + overlap-add.
+  """
+  impl = resolve_conv_impl(impl)
+  if impl == "xla":
+    return nn.ConvTranspose
+  formulation = "hybrid" if impl == "hybrid" else "overlap_add"
+  return functools.partial(FormulatedConvTranspose, formulation=formulation)
