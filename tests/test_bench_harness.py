@@ -33,3 +33,10 @@ def test_conv_layer_bench_times_every_layer_and_formulation():
   assert {r["layer"] for r in rows if r["impl"] == "jax subpixel"} == {
       layer[0] for layer in LAYERS if layer[-1] == "transpose"}
   assert all(r[k][0] > 0 for r in rows for k in ("forward", "input grad", "kernel grad"))
+
+
+@pytest.mark.parametrize("batches", ["a,2", "0", ""])
+def test_bad_batches_flag_is_named(batches):
+  from aetl_jax.bench.__main__ import main
+  with pytest.raises(SystemExit, match="positive integers"):
+    main(["--batches", batches, "--no-torch"])

@@ -7,7 +7,7 @@ In one run, after warm-up, medians of 5 repeats, compile time excluded:
   ``digits_transfer``'s default) on 28×28 inputs at two batch sizes with both
   epoch runners, each model's
   XLA-counted GFLOP per example and achieved GFLOP/s as a fraction of the peak
-  (conv rows: XLA's convolutions per batch, the matmul formulation in a scan);
+  (conv rows: ``conv_impl=auto`` per batch, the matmul formulation in a scan);
 * fine-tuning examples/s of full fine-tuning, linear probing on cached
   features and partial freezing;
 * the same models, batch sizes and optimiser in plain PyTorch (optional:
@@ -208,10 +208,14 @@ def main(argv=None):
   quick = args.quick
   repeats = 1 if quick else 5
   batches = (32, 64) if quick else (64, 256)
-  if args.batches:
-    batches = tuple(int(b) for b in args.batches.split(","))
+  if args.batches is not None:
+    try:
+      batches = tuple(int(b) for b in args.batches.split(","))
+    except ValueError:
+      batches = ()
     if not batches or min(batches) < 1:
-      raise SystemExit(f"--batches must be positive integers, got {args.batches!r}")
+      raise SystemExit(f"--batches must be comma-separated positive integers (e.g. 64,256), "
+                       f"got {args.batches!r}")
   n_dense, n_conv = (256, 64) if quick else (max(16384, 4 * max(batches)),
                                              max(512, 2 * max(batches)))
   use_torch = not args.no_torch

@@ -91,11 +91,18 @@ def run_sweep(config, workdir, *, images, labels, split: TransferSplit, num_clas
             "val_size": int(len(val_idx))}
     return strategy, params, data, train_key, info
 
-  def record(budget, name, seed, info, result, history, seconds):
-    histories.append({"budget": budget, "strategy": name, "seed": seed, "history": history})
-    results.append({"budget": budget, "strategy": name, "seed": seed, **info,
-                    "checkpoint_step": ckpt_step, "reinit": reinit,
-                    "seconds": round(seconds, 3), **result})
+  def record(budget, name, cells_done):
+    """Logs ``(seed, info, result, history, seconds)`` cells of one group in one write each.
+
+    A kill never splits a vmapped group, so a resumed run reruns whole groups
+    with the same program and gets bitwise the numbers of an uninterrupted run.
+    """
+    histories.extend([{"budget": budget, "strategy": name, "seed": seed, "history": history}
+                      for seed, _, _, history, _ in cells_done])
+    results.extend([{"budget": budget, "strategy": name, "seed": seed, **info,
+                     "checkpoint_step": ckpt_step, "reinit": reinit,
+                     "seconds": round(seconds, 3), **result}
+                    for seed, info, result, _, seconds in cells_done])
 
   # Cells of one (budget, strategy) that are still to run; with vmap_seeds
   # they train together as one vmapped program.
@@ -120,8 +127,8 @@ def run_sweep(config, workdir, *, images, labels, split: TransferSplit, num_clas
                                         data, opt, jnp.stack([c[3] for c in cells_k]),
                                         probe_cfg=tcfg)
       seconds = (time.perf_counter() - start) / len(seeds)
-      for seed, c, r, h in zip(seeds, cells_k, res, hist):
-        record(budget, name, seed, c[4], r, h, seconds)
+      record(budget, name, [(seed, c[4], r, h, seconds)
+                            for seed, c, r, h in zip(seeds, cells_k, res, hist)])
       bar.update(len(seeds))
       continue
     for seed in seeds:
@@ -137,7 +144,7 @@ def run_sweep(config, workdir, *, images, labels, split: TransferSplit, num_clas
       _, result = run_strategy(strategy, model, params, data, opt, train_key, probe_cfg=tcfg,
                                on_epoch=history.append, checkpoint_dir=cell_ckpt,
                                checkpoint_every=tcfg.checkpoint_every)
-      record(budget, name, seed, info, result, history, time.perf_counter() - start)
+      record(budget, name, [(seed, info, result, history, time.perf_counter() - start)])
       bar.update(1)
   bar.close()
   return results.read()
