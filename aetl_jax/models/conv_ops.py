@@ -325,7 +325,7 @@ def subpixel_conv_transpose(x, kernel, strides: Sequence[int] = (2, 2), padding:
   (a 2×2 kernel for the usual 4×4 stride-2 one: exactly the multiply-adds of
   the transposed convolution), and :func:`depth_to_space` interleaves them.
   XLA:CPU differentiates its own transposed convolution with respect to the
-  kernel ~20–30× slower than these phases (BENCHMARKS.md). (Computing that
+  kernel 10–20× slower than these phases (BENCHMARKS.md). (Computing that
   kernel gradient instead as the one of the strided convolution being
   transposed was faster alone but slower inside the train step.)
   """
