@@ -37,8 +37,8 @@ def _jax_rows(batch: int, repeats: int):
   rows = []
   for name, size, cin, cout, stride, kind in LAYERS:
     x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
-    k = 4 if kind == "transpose" else 3
-    kernel = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout))
+    ksize = 4 if kind == "transpose" else 3
+    kernel = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (ksize, ksize, cin, cout))
     strides = (stride, stride)
     if kind == "transpose":
       formulations = {
@@ -59,7 +59,7 @@ def _jax_rows(batch: int, repeats: int):
           "kernel grad": jax.jit(lambda x, k, conv=conv: jax.vjp(lambda k: conv(x, k), k)[1](dy)[0],
                                  compiler_options=options)}
       pixels = size * size if kind == "transpose" else y.shape[1] * y.shape[2]
-      flop = 2 * batch * pixels * k * k * cin * cout
+      flop = 2 * batch * pixels * ksize * ksize * cin * cout
       row = {"layer": name, "shape": f"{size}x{size} {cin}->{cout} s{stride}",
              "impl": f"jax {formulation}"}
       for label, fn in passes.items():
@@ -70,10 +70,9 @@ def _jax_rows(batch: int, repeats: int):
 
 
 def _torch_rows(batch: int, repeats: int):
-  import statistics
-  import time
-
   import torch
+
+  from aetl_jax.bench.timing import time_calls
 
   rows = []
   for name, size, cin, cout, stride, kind in LAYERS:
@@ -86,18 +85,8 @@ def _torch_rows(batch: int, repeats: int):
       with torch.no_grad():
         y = conv(x)
       dy = torch.randn_like(y)
-
-      def median(fn):
-        fn()
-        times = []
-        for _ in range(repeats):
-          start = time.perf_counter()
-          fn()
-          times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-      forward = median(lambda: conv(x))
-      both = median(lambda: conv(x).backward(dy))
+      forward = time_calls(lambda: conv(x), repeats=repeats)["median_s"]
+      both = time_calls(lambda: conv(x).backward(dy), repeats=repeats)["median_s"]
       pixels = size * size if kind == "transpose" else y.shape[2] * y.shape[3]
       flop = 2 * batch * pixels * (16 if kind == "transpose" else 9) * cin * cout
       backward = max(both - forward, 1e-9)

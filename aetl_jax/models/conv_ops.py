@@ -373,14 +373,12 @@ def choose_formulation(in_hw: Sequence[int], out_hw: Sequence[int], cin: int, co
   return "patches" if patches <= planes else "shift_add"
 
 
-class FormulatedConv(nn.Module):
-  """Drop-in for ``nn.Conv`` (NHWC, 'SAME'/'VALID' padding, no dilation or groups).
+class _KernelAndBias(nn.Module):
+  """The parameters of ``nn.Conv``/``nn.ConvTranspose`` around a formulation's computation.
 
-  ``formulation``: 'xla' (``lax.conv_general_dilated``), 'patches',
-  'shift_add', 'narrow' (stride 1), 'auto' (per layer, the smaller
-  intermediate; see :func:`choose_formulation`) or 'hybrid' ('narrow' for
-  stride-1 layers with fewer than ``NARROW_BELOW`` output channels, 'xla'
-  otherwise, and the bias gradient as a matmul).
+  Subclasses say how ``formulation`` computes the output from ``x`` and the
+  kernel (:meth:`_convolve`), and which bias add to use (``bias_add`` for the
+  'hybrid' ones); names, shapes and initialisers stay those of flax's modules.
   """
 
   features: int
@@ -392,13 +390,36 @@ class FormulatedConv(nn.Module):
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
 
+  def _convolve(self, x, kernel, strides):
+    """(output, bias add) of ``self.formulation``."""
+    raise NotImplementedError
+
   @nn.compact
   def __call__(self, x):
     kh, kw = self.kernel_size
-    strides = tuple(self.strides)
     kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
-    formulation = self.formulation
-    add = lambda y, b: y + b
+    y, add = self._convolve(x, kernel, tuple(self.strides))
+    if self.use_bias:
+      y = add(y, self.param("bias", self.bias_init, (self.features,)))
+    return y
+
+
+def _plain_add(y, bias):
+  return y + bias
+
+
+class FormulatedConv(_KernelAndBias):
+  """Drop-in for ``nn.Conv`` (NHWC, 'SAME'/'VALID' padding, no dilation or groups).
+
+  ``formulation``: 'xla' (``lax.conv_general_dilated``), 'patches',
+  'shift_add', 'narrow' (stride 1), 'auto' (per layer, the smaller
+  intermediate; see :func:`choose_formulation`) or 'hybrid' ('narrow' for
+  stride-1 layers with fewer than ``NARROW_BELOW`` output channels, 'xla'
+  otherwise, and the bias gradient as a matmul).
+  """
+
+  def _convolve(self, x, kernel, strides):
+    formulation, add = self.formulation, _plain_add
     if formulation == "auto":
       out_hw = [g[0] for g in _forward_geometry(x, kernel, strides, self.padding)]
       formulation = choose_formulation(x.shape[1:3], out_hw, x.shape[-1], self.features)
@@ -406,65 +427,46 @@ class FormulatedConv(nn.Module):
       narrow = self.features < NARROW_BELOW and strides == (1, 1)
       formulation, add = ("narrow" if narrow else "xla"), bias_add
     if formulation == "xla":
-      y = xla_conv(x, kernel, strides, self.padding)
-    elif formulation == "patches":
-      y = patches_conv(x, kernel, strides, self.padding)
-    elif formulation == "shift_add":
-      y = shift_add_conv(x, kernel, strides, self.padding)
-    elif formulation == "narrow":
+      return xla_conv(x, kernel, strides, self.padding), add
+    if formulation == "patches":
+      return patches_conv(x, kernel, strides, self.padding), add
+    if formulation == "shift_add":
+      return shift_add_conv(x, kernel, strides, self.padding), add
+    if formulation == "narrow":
       if strides != (1, 1):
         raise ValueError(f"the narrow formulation needs stride 1, got strides {strides}")
-      y = narrow_conv(x, kernel, _check_padding(self.padding))
-    else:
-      raise ValueError(f"unknown conv formulation {formulation!r}; valid: auto, "
-                       f"{', '.join(FORMULATIONS)}")
-    if self.use_bias:
-      y = add(y, self.param("bias", self.bias_init, (self.features,)))
-    return y
+      return narrow_conv(x, kernel, _check_padding(self.padding)), add
+    raise ValueError(f"unknown conv formulation {formulation!r}; valid: auto, "
+                     f"{', '.join(FORMULATIONS)}")
 
 
 TRANSPOSE_FORMULATIONS = ("xla", "overlap_add", "subpixel", "hybrid")
 
 
-class FormulatedConvTranspose(nn.Module):
+class FormulatedConvTranspose(_KernelAndBias):
   """Drop-in for ``nn.ConvTranspose`` (NHWC, 'SAME'/'VALID', ``transpose_kernel=False``).
 
   ``formulation``: 'xla' (``lax.conv_transpose``), 'overlap_add' (matmul +
-  overlap-add), 'subpixel' (one stride-1 XLA convolution + depth-to-space) or
-  'hybrid' ('subpixel' with the bias gradient as a matmul).
+  overlap-add), 'subpixel' (one stride-1 XLA convolution per output phase +
+  depth-to-space) or 'hybrid' ('subpixel' with the bias gradient as a matmul).
   """
 
-  features: int
-  kernel_size: Sequence[int]
-  strides: Sequence[int] = (1, 1)
-  padding: str = "SAME"
-  use_bias: bool = True
   formulation: str = "overlap_add"
-  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
 
-  @nn.compact
-  def __call__(self, x):
-    kh, kw = self.kernel_size
-    strides = tuple(self.strides)
-    kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
-    formulation, add = self.formulation, (lambda y, b: y + b)
+  def _convolve(self, x, kernel, strides):
+    formulation, add = self.formulation, _plain_add
     if formulation == "hybrid":
       formulation, add = "subpixel", bias_add
     if formulation == "xla":
       _check_channels(x, kernel)
-      y = lax.conv_transpose(x, kernel, strides, _check_padding(self.padding),
-                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    elif formulation == "overlap_add":
-      y = overlap_add_conv_transpose(x, kernel, strides, self.padding)
-    elif formulation == "subpixel":
-      y = subpixel_conv_transpose(x, kernel, strides, self.padding)
-    else:
-      raise ValueError(f"unknown transposed-conv formulation {formulation!r}; valid: "
-                       f"{', '.join(TRANSPOSE_FORMULATIONS)}")
-    if self.use_bias:
-      y = add(y, self.param("bias", self.bias_init, (self.features,)))
-    return y
+      return lax.conv_transpose(x, kernel, strides, _check_padding(self.padding),
+                                dimension_numbers=("NHWC", "HWIO", "NHWC")), add
+    if formulation == "overlap_add":
+      return overlap_add_conv_transpose(x, kernel, strides, self.padding), add
+    if formulation == "subpixel":
+      return subpixel_conv_transpose(x, kernel, strides, self.padding), add
+    raise ValueError(f"unknown transposed-conv formulation {formulation!r}; valid: "
+                     f"{', '.join(TRANSPOSE_FORMULATIONS)}")
 
 
 def conv_class(impl: str):
