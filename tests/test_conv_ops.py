@@ -14,7 +14,7 @@ import pytest
 from aetl_jax.models.conv import depth_to_space
 from aetl_jax.models.conv_ops import (FormulatedConv, FormulatedConvTranspose, bias_add,
                                       choose_formulation, conv_class, conv_transpose_class,
-                                      resolve_conv_impl)
+                                      resolve_conv_impl, subpixel_conv_transpose)
 from aetl_jax.training.compiler import train_compiler_options
 
 
@@ -95,7 +95,8 @@ def test_depth_to_space_is_the_textbook_transpose(factor, channels):
     depth_to_space(x[..., :channels - 1], factor)
 
 
-@pytest.mark.parametrize("formulation", ["xla", "overlap_add", "subpixel", "hybrid"])
+@pytest.mark.parametrize("formulation",
+                         ["xla", "overlap_add", "subpixel", "subpixel_patches", "hybrid"])
 @pytest.mark.parametrize("cout", [1, 9])
 @pytest.mark.parametrize("hw, k, stride, padding", GEOMETRIES + [((7, 7), 4, 2, "VALID"),
                                                                  ((4, 5), 2, 3, "SAME"),
@@ -109,11 +110,12 @@ def test_transposed_formulations_match_nn_conv_transpose(hw, k, stride, padding,
                               formulation=formulation), x)
 
 
-def test_subpixel_transposed_conv_handles_unequal_strides_and_kernels():
+@pytest.mark.parametrize("formulation", ["subpixel", "subpixel_patches"])
+def test_subpixel_transposed_conv_handles_unequal_strides_and_kernels(formulation):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 3))
   _assert_same_function(nn.ConvTranspose(4, (4, 3), strides=(2, 3), padding="SAME"),
                         FormulatedConvTranspose(4, (4, 3), strides=(2, 3), padding="SAME",
-                                                formulation="subpixel"), x)
+                                                formulation=formulation), x)
 
 
 def test_per_layer_choice_takes_the_smaller_intermediate():
@@ -128,8 +130,10 @@ def test_bad_formulation_and_padding_are_named():
     FormulatedConv(3, (3, 3), formulation="fft").init(jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match="'SAME' or 'VALID'"):
     FormulatedConv(3, (3, 3), padding="CIRCULAR").init(jax.random.PRNGKey(0), x)
-  with pytest.raises(ValueError, match="xla, overlap_add, subpixel, hybrid"):
+  with pytest.raises(ValueError, match="xla, overlap_add, subpixel, subpixel_patches, hybrid"):
     FormulatedConvTranspose(3, (4, 4), formulation="fft").init(jax.random.PRNGKey(0), x)
+  with pytest.raises(ValueError, match="valid: xla, patches"):
+    subpixel_conv_transpose(x, jnp.zeros((4, 4, 2, 3)), phase_conv="fft")
 
 
 @pytest.mark.parametrize("upsampling", ["transpose", "subpixel", "resize"])
@@ -161,7 +165,9 @@ def test_resolve_conv_impl():
   assert resolve_conv_impl("matmul", backend="gpu") == "matmul"
   assert conv_class("xla") is nn.Conv and conv_transpose_class("xla") is nn.ConvTranspose
   assert conv_transpose_class("hybrid").keywords["formulation"] == "hybrid"
-  assert conv_transpose_class("matmul").keywords["formulation"] == "overlap_add"
+  assert conv_transpose_class("matmul").keywords["formulation"] == "subpixel_patches"
+  assert conv_transpose_class("im2col").keywords["formulation"] == "subpixel_patches"
+  assert conv_transpose_class("shift_add").keywords["formulation"] == "overlap_add"
   with pytest.raises(ValueError, match="auto, xla, hybrid, im2col, shift_add, matmul"):
     resolve_conv_impl("winograd")
 

@@ -317,7 +317,8 @@ def _phase_taps(k: int, s: int, low: int, r: int) -> tuple[int, list[int]]:
   return (pairs[0][0] if pairs else 0), [i for _, i in pairs]
 
 
-def subpixel_conv_transpose(x, kernel, strides: Sequence[int] = (2, 2), padding: str = "SAME"):
+def subpixel_conv_transpose(x, kernel, strides: Sequence[int] = (2, 2), padding: str = "SAME",
+                            phase_conv: str = "xla"):
   """``lax.conv_transpose(x, kernel, strides, padding)`` as one small convolution per output phase.
 
   Output pixel ``s·a + r`` only meets the taps of phase ``r``, so each of the
@@ -328,36 +329,55 @@ def subpixel_conv_transpose(x, kernel, strides: Sequence[int] = (2, 2), padding:
   kernel 10–20× slower than these phases (BENCHMARKS.md). (Computing that
   kernel gradient instead as the one of the strided convolution being
   transposed was faster alone but slower inside the train step.)
+
+  ``phase_conv``: 'xla' (XLA's convolution; every phase pads the same ``x``
+  itself, so XLA lays ``x`` out once for all their kernel gradients: separate
+  padded views cost one layout copy each, 4×4 ms at batch 64) or 'patches'
+  (patches @ kernel, for a whole epoch inside one ``scan`` on XLA:CPU).
   """
   _check_channels(x, kernel)
-  return _phase_convs(x, kernel, tuple(strides), _check_padding(padding))
+  if phase_conv not in ("xla", "patches"):
+    raise ValueError(f"unknown phase_conv {phase_conv!r}; valid: xla, patches")
+  return _phase_convs(x, kernel, tuple(strides), _check_padding(padding), phase_conv)
 
 
-def _phase_convs(x, kernel, strides, padding):
+def _phase_convs(x, kernel, strides, padding, phase_conv):
   kh, kw, _, cout = kernel.shape
   sh, sw = strides
   b, h, w, _ = x.shape
   oh, low_h = _transpose_geometry(h, kh, sh, padding)
   ow, low_w = _transpose_geometry(w, kw, sw, padding)
   ah, aw = -(-oh // sh), -(-ow // sw)  # positions per phase (an overhang is cropped)
+
+  def rows(offset, taps, n, size):  # (low, high) padding of the phase's input rows
+    return -offset, offset + n + len(taps) - 1 - size
+
   taps_h = [_phase_taps(kh, sh, low_h, r) for r in range(sh)]
   taps_w = [_phase_taps(kw, sw, low_w, r) for r in range(sw)]
+  pads = {(r, q): (rows(dh, ih, ah, h), rows(dw, iw, aw, w))
+          for r, (dh, ih) in enumerate(taps_h) for q, (dw, iw) in enumerate(taps_w) if ih and iw}
+  # SAME/VALID phases only ever pad (no crop: XLA:CPU gets negative conv padding wrong).
+  assert all(p >= 0 for pad in pads.values() for pair in pad for p in pair), pads
+  if phase_conv == "xla":  # every phase pads the same x itself: XLA lays x out once for all
+    def convolve(taps, pad):
+      return lax.conv_general_dilated(x, taps, (1, 1), pad,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  else:  # pad once, slice each phase's window
+    (pt, pb), (pl, pr) = ((max([0] + [pad[a][0] for pad in pads.values()]),
+                           max([0] + [pad[a][1] for pad in pads.values()])) for a in (0, 1))
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
 
-  def padding_for(taps, n, size):
-    used = [(d, len(i)) for d, i in taps if i] or [(0, 1)]
-    lo = max(0, -min(d for d, _ in used))
-    return lo, max(0, n - 1 + max(d + m - 1 for d, m in used) - (size - 1))
-
-  (pt, pb), (pl, pr) = padding_for(taps_h, ah, h), padding_for(taps_w, aw, w)
-  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    def convolve(taps, pad):
+      (lo_h, hi_h), (lo_w, hi_w) = pad
+      return patches_conv(xp[:, pt - lo_h:pt + h + hi_h, pl - lo_w:pl + w + hi_w, :], taps,
+                          (1, 1), "VALID")
   phases = []
-  for dh, ih in taps_h:
-    for dw, iw in taps_w:
-      if not ih or not iw:  # a stride larger than the kernel leaves this phase without taps
+  for r, (_, ih) in enumerate(taps_h):
+    for q, (_, iw) in enumerate(taps_w):
+      if (r, q) not in pads:  # a stride larger than the kernel leaves this phase without taps
         phases.append(jnp.zeros((b, ah, aw, cout), x.dtype))
         continue
-      window = xp[:, pt + dh:pt + dh + ah + len(ih) - 1, pl + dw:pl + dw + aw + len(iw) - 1, :]
-      phases.append(xla_conv(window, kernel[np.array(ih)][:, np.array(iw)], (1, 1), "VALID"))
+      phases.append(convolve(kernel[np.array(ih)][:, np.array(iw)], pads[r, q]))
   y = jnp.concatenate(phases, axis=-1)  # channels ordered (phase_h, phase_w, cout)
   return depth_to_space(y, (sh, sw))[:, :oh, :ow, :]
 
@@ -440,7 +460,7 @@ class FormulatedConv(_KernelAndBias):
                      f"{', '.join(FORMULATIONS)}")
 
 
-TRANSPOSE_FORMULATIONS = ("xla", "overlap_add", "subpixel", "hybrid")
+TRANSPOSE_FORMULATIONS = ("xla", "overlap_add", "subpixel", "subpixel_patches", "hybrid")
 
 
 class FormulatedConvTranspose(_KernelAndBias):
@@ -448,7 +468,8 @@ class FormulatedConvTranspose(_KernelAndBias):
 
   ``formulation``: 'xla' (``lax.conv_transpose``), 'overlap_add' (matmul +
   overlap-add), 'subpixel' (one stride-1 XLA convolution per output phase +
-  depth-to-space) or 'hybrid' ('subpixel' with the bias gradient as a matmul).
+  depth-to-space), 'subpixel_patches' (the phases as patches @ kernel) or
+  'hybrid' ('subpixel' with the bias gradient as a matmul).
   """
 
   formulation: str = "overlap_add"
@@ -463,8 +484,9 @@ class FormulatedConvTranspose(_KernelAndBias):
                                 dimension_numbers=("NHWC", "HWIO", "NHWC")), add
     if formulation == "overlap_add":
       return overlap_add_conv_transpose(x, kernel, strides, self.padding), add
-    if formulation == "subpixel":
-      return subpixel_conv_transpose(x, kernel, strides, self.padding), add
+    if formulation in ("subpixel", "subpixel_patches"):
+      phase_conv = "patches" if formulation == "subpixel_patches" else "xla"
+      return subpixel_conv_transpose(x, kernel, strides, self.padding, phase_conv), add
     raise ValueError(f"unknown transposed-conv formulation {formulation!r}; valid: "
                      f"{', '.join(TRANSPOSE_FORMULATIONS)}")
 
@@ -482,11 +504,14 @@ def conv_class(impl: str):
 def conv_transpose_class(impl: str):
   """A ``nn.ConvTranspose``-compatible module class for ``impl``.
 
-  'hybrid': one XLA convolution per output phase + depth-to-space; the
-  matmul impls: matmul + overlap-add.
+  'hybrid': one XLA convolution per output phase + depth-to-space; 'im2col'
+  and 'matmul': the phases as patches @ kernel (in a scan on XLA:CPU 3.2×
+  faster than matmul + overlap-add, BENCHMARKS.md); 'shift_add': matmul +
+  overlap-add.
   """
   impl = resolve_conv_impl(impl)
   if impl == "xla":
     return nn.ConvTranspose
-  formulation = "hybrid" if impl == "hybrid" else "overlap_add"
+  formulation = {"hybrid": "hybrid", "im2col": "subpixel_patches", "matmul": "subpixel_patches",
+                 "shift_add": "overlap_add"}[impl]
   return functools.partial(FormulatedConvTranspose, formulation=formulation)
