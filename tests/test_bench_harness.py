@@ -10,6 +10,7 @@ def test_bench_harness_runs_and_counts_no_recompiles(tmp_path):
   assert {(r["family"], r["runner"]) for r in rows["pretrain"]} == {
       (f, r) for f in ("mlp", "conv", "conv_transpose") for r in ("scan", "per_batch")}
   assert all(r["examples_per_s"] > 0 and r["gflop_per_example"] > 0 for r in rows["pretrain"])
+  assert all(r["kernels_alone_gflops"] > 0 and r["kernel_time_share"] > 0 for r in rows["pretrain"])
   assert [r["mode"] for r in rows["finetune"]] == ["finetune", "partial", "linear_probe (cached)"]
   assert rows["compiles_during_timed_parts"] == 0
   assert (tmp_path / "b.json").stat().st_size > 0
@@ -40,3 +41,27 @@ def test_bad_batches_flag_is_named(batches):
   from aetl_jax.bench.__main__ import main
   with pytest.raises(SystemExit, match="positive integers"):
     main(["--batches", batches, "--no-torch"])
+
+
+def test_kernel_ceiling_replays_exactly_the_steps_matmuls_and_convolutions():
+  import jax
+  import jax.numpy as jnp
+
+  from aetl_jax.bench.ceiling import heavy_equations, kernel_ceiling
+  from aetl_jax.models.conv_ops import narrow_conv
+
+  def loss(params, x):  # two dense layers, then a narrow conv with a hand-written backward
+    h = jnp.tanh(x @ params["w1"]) @ params["w2"]
+    return jnp.sum(narrow_conv(h.reshape(2, 4, 4, 2), params["k"]) ** 2)
+
+  params = {"w1": jnp.ones((8, 16)), "w2": jnp.ones((16, 32)), "k": jnp.ones((3, 3, 2, 1))}
+  x = jnp.ones((2, 8))
+  eqns = heavy_equations(jax.make_jaxpr(jax.grad(loss))(params, x))
+  # forward: 2 dense + the narrow conv's one matmul; backward: dw2, dh, dw1 (x needs no
+  # gradient) + the narrow conv's two matmuls (dx, dk)
+  assert [e.primitive.name for e in eqns].count("dot_general") == 3 + 3 + 2
+  ceiling = kernel_ceiling(jax.grad(loss), (params, x), repeats=1)
+  assert ceiling["count"] == len(eqns) and ceiling["flops"] > 0 and ceiling["gflops"] > 0
+  conv = jax.grad(lambda k, x: jnp.sum(jax.lax.conv_general_dilated(x, k, (1, 1), "SAME")))
+  assert [e.primitive.name for e in heavy_equations(jax.make_jaxpr(conv)(
+      jnp.ones((2, 3, 3, 3)), jnp.ones((1, 3, 5, 5))))] == ["conv_general_dilated"] * 2

@@ -8,6 +8,9 @@ In one run, after warm-up, medians of 5 repeats, compile time excluded:
   epoch runners, each model's
   XLA-counted GFLOP per example and achieved GFLOP/s as a fraction of the peak
   (conv rows: ``conv_impl=auto`` per batch, the matmul formulation in a scan);
+* the ceiling each step's own kernels set: its matmuls and convolutions replayed
+  alone (:mod:`aetl_jax.bench.ceiling`) as a fraction of the peak, and the
+  share of the step's time they would take at that speed;
 * fine-tuning examples/s of full fine-tuning, linear probing on cached
   features and partial freezing;
 * the same models, batch sizes and optimiser in plain PyTorch (optional:
@@ -20,7 +23,6 @@ In one run, after warm-up, medians of 5 repeats, compile time excluded:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -29,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aetl_jax.bench.timing import block, compiled_stats, time_calls
+from aetl_jax.bench.ceiling import kernel_ceiling
+from aetl_jax.bench.timing import block, compiled_stats, time_calls, write_json
 
 _compiles = [0]
 
@@ -86,8 +89,9 @@ def _timed_interleaved(fns: dict, repeats: int) -> dict:
 CONV_IMPL_FOR_RUNNER = {"scan": "matmul", "per_batch": "auto"}
 
 
-def jax_pretrain(family: str, batch: int, runner: str, n: int):
-  """(one epoch as a thunk, XLA-counted FLOPs per example, examples per epoch)."""
+def jax_pretrain(family: str, batch: int, runner: str, n: int, repeats: int = 5):
+  """(one epoch as a thunk, XLA-counted FLOPs per example, examples per epoch,
+  the step's matmuls and convolutions timed alone: :mod:`aetl_jax.bench.ceiling`)."""
   from aetl_jax.config import apply_overrides
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.objectives.registry import make_objective
@@ -107,16 +111,18 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int):
   tx = make_optimizer(learning_rate=1e-3)
   step = make_train_step(make_objective(model, config.model, config.objective), tx)
   state = TrainState.create(params, tx)
-  flops = compiled_stats(jax.jit(step), state, {"image": x[:batch]}, jax.random.PRNGKey(0))["flops"]
-  epoch = make_epoch_fn(step, batch_size=batch, runner=runner,
-                        compiler_options=train_compiler_options(config.model.family))
+  step_args = (state, {"image": x[:batch]}, jax.random.PRNGKey(0))
+  flops = compiled_stats(jax.jit(step), *step_args)["flops"]
+  options = train_compiler_options(config.model.family)
+  ceiling = kernel_ceiling(step, step_args, compiler_options=options, repeats=repeats)
+  epoch = make_epoch_fn(step, batch_size=batch, runner=runner, compiler_options=options)
   holder = {"s": TrainState.create(jax.tree.map(jnp.copy, params), tx)}
 
   def run():
     holder["s"], m = epoch(holder["s"], {"image": x}, jax.random.PRNGKey(1))
     return m
 
-  return run, flops / batch, (n // batch) * batch
+  return run, flops / batch, (n // batch) * batch, ceiling
 
 
 def torch_pretrain(family: str, batch: int, n: int, memory_format: str = "contiguous"):
@@ -234,15 +240,17 @@ def main(argv=None):
   print(f"backend={jax.default_backend()} cpu_count={os.cpu_count()} jax={jax.__version__}")
   print(f"float32 matmul peak: {peak:.1f} GFLOP/s\n")
   print(f"{'pretraining':<14} {'batch':>5} {'runner':<11} {'ex/s':>9} {'GFLOP/ex':>9} "
-        f"{'GFLOP/s':>8} {'% peak':>7} {'torch ex/s':>10} {'jax/torch':>9} {'compiles':>8}")
+        f"{'GFLOP/s':>8} {'% peak':>7} {'torch ex/s':>10} {'jax/torch':>9} {'compiles':>8} "
+        f"{'kern %peak':>10} {'kern share':>10}")
   rows["pretrain"] = []
   total_compiles = 0
   for family, n in (("mlp", n_dense), ("conv", n_conv), ("conv_transpose", n_conv)):
     formats = ("contiguous", "channels_last") if family != "mlp" else ("contiguous",)
     for batch in batches:
-      contenders, flops_of = {}, {}
+      contenders, flops_of, ceiling = {}, {}, {}
       for runner in ("scan", "per_batch"):
-        contenders[runner], flops_of[runner], used = jax_pretrain(family, batch, runner, n)
+        contenders[runner], flops_of[runner], used, ceiling[runner] = jax_pretrain(
+            family, batch, runner, n, repeats)
       for f in formats if use_torch else ():
         contenders[f"torch {f}"] = torch_pretrain(family, batch, n, f)
       timed = _timed_interleaved(contenders, repeats)
@@ -257,20 +265,25 @@ def main(argv=None):
         rate, flops, compiles = rate_of[runner], flops_of[runner], timed[runner][1]
         total_compiles += compiles
         gflops = rate * flops / 1e9
+        kernel_s, kernel_gflops = ceiling[runner]["seconds"], ceiling[runner]["gflops"]
+        step_s = batch / rate
         row = {"family": family, "batch": batch, "runner": runner,
                "conv_impl": CONV_IMPL_FOR_RUNNER[runner] if family != "mlp" else None,
                "examples_per_s": rate,
                "gflop_per_example": flops / 1e9, "gflops": gflops, "fraction_of_peak": gflops / peak,
                "torch_examples_per_s": torch_rate, "torch_memory_format": torch_format,
                "torch_examples_per_s_by_format": torch_rates,
-               "ratio_vs_torch": rate / torch_rate if torch_rate else None, "compiles": compiles}
+               "ratio_vs_torch": rate / torch_rate if torch_rate else None, "compiles": compiles,
+               "kernels_alone_gflops": kernel_gflops,
+               "kernels_alone_fraction_of_peak": kernel_gflops / peak,
+               "kernel_time_share": kernel_s / step_s}
         rows["pretrain"].append(row)
         label = "scan/matmul" if family != "mlp" and runner == "scan" else runner
         print(f"{family:<14} {batch:5d} {label:<11} {rate:9.0f} {flops / 1e9:9.4f} {gflops:8.1f} "
               f"{100 * gflops / peak:6.1f}% "
               f"{(f'{torch_rate:10.0f}' if torch_rate else '         —')} "
-              f"{(f'{rate / torch_rate:8.2f}x' if torch_rate else '        —')} {compiles:8d}",
-              flush=True)
+              f"{(f'{rate / torch_rate:8.2f}x' if torch_rate else '        —')} {compiles:8d} "
+              f"{100 * kernel_gflops / peak:9.1f}% {100 * kernel_s / step_s:9.1f}%", flush=True)
   print(f"\n{'fine-tuning (MLP 784-256-128-32 + head)':<40} {'batch':>5} {'ex/s':>10} {'compiles':>8}")
   rows["finetune"] = []
   for mode in ("finetune", "partial", "linear_probe (cached)"):
@@ -281,9 +294,7 @@ def main(argv=None):
     print(f"{mode:<40} {batches[0]:5d} {rate:10.0f} {compiles:8d}", flush=True)
   rows["compiles_during_timed_parts"] = total_compiles
   print(f"\ncompilations during the timed parts: {total_compiles}")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
+  write_json(args.json, rows)
   return rows
 
 

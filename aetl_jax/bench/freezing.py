@@ -19,13 +19,12 @@ the compiled epoch's temporary buffers.
 from __future__ import annotations
 
 import argparse
-import json
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from aetl_jax.bench.timing import compiled_stats, time_calls
+from aetl_jax.bench.timing import compiled_stats, time_calls, write_json
 from aetl_jax.models.autoencoder import Classifier
 from aetl_jax.models.mlp import MLPEncoder
 from aetl_jax.objectives.classification import make_classification_loss
@@ -118,9 +117,7 @@ def main(argv=None):
   for r in rows:
     if "feature_pass_ms" in r:
       print(f"(one-time feature pass over {n} examples: {r['feature_pass_ms']:.1f} ms)")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
+  write_json(args.json, rows)
   return rows
 
 

@@ -1,7 +1,8 @@
-"""Timing helpers: warm-up, median of repeats, compile time and XLA memory apart."""
+"""Timing helpers: warm-up, median of repeats, compile time and XLA memory apart; JSON rows."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 
@@ -39,3 +40,10 @@ def compiled_stats(jitted, *args) -> dict:
                argument_bytes=int(mem.argument_size_in_bytes),
                output_bytes=int(mem.output_size_in_bytes))
   return out
+
+
+def write_json(path: str | None, rows) -> None:
+  """Writes a benchmark's rows to ``path`` (``--json``); nothing when ``path`` is None."""
+  if path:
+    with open(path, "w") as f:
+      json.dump(rows, f, indent=2)

@@ -1,0 +1,82 @@
+"""The rate a train step's own matmuls and convolutions reach, each run alone.
+
+A step cannot beat the speed of its heaviest kernels. To tell "the step is slow"
+from "its matmuls are slow at these shapes", :func:`kernel_ceiling` collects
+every ``dot_general`` and ``conv_general_dilated`` the step executes (from its
+jaxpr, backward pass included, custom-VJP rules too), runs each alone on random
+operands of the same shapes with the step's compiler options, and adds up their
+times. FLOPs come from XLA's cost analysis, as for the step, so
+``kernel seconds / step seconds`` is the share of the step the kernels would
+take at their own best speed, and the rest is everything else (elementwise
+passes, layout copies, the optimiser, dispatch).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jex_core
+
+from aetl_jax.bench.timing import compiled_stats, time_calls
+
+HEAVY_PRIMITIVES = ("dot_general", "conv_general_dilated")
+LOOP = 8  # a matmul alone is timed as this many back-to-back runs in one compiled loop
+
+
+def heavy_equations(jaxpr) -> list:
+  """The ``dot_general``/``conv_general_dilated`` equations of a (closed) jaxpr,
+  nested jaxprs included, in program order. A loop body counts once."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in HEAVY_PRIMITIVES:
+      found.append(eqn)
+    for sub in jex_core.jaxprs_in_params(eqn.params):
+      found.extend(heavy_equations(sub))
+  return found
+
+
+def random_operands(eqn, key) -> list:
+  ops = []
+  for var in eqn.invars:
+    key, sub = jax.random.split(key)
+    aval = var.aval
+    ops.append(jax.random.normal(sub, aval.shape, aval.dtype)
+               if jnp.issubdtype(aval.dtype, jnp.floating) else jnp.zeros(aval.shape, aval.dtype))
+  return ops
+
+
+def kernel_alone(eqn, *, compiler_options=None, key=None):
+  """(thunk, runs per call of the thunk, XLA-counted FLOPs per run) of one kernel.
+
+  A matmul runs ``LOOP`` times per call, in one ``scan`` over as many copies of
+  its first operand (nothing to hoist), so a short one is not timed as dispatch
+  overhead. A convolution runs once per call: inside a loop XLA:CPU's
+  convolutions lose their fast layouts (jax#12868) and would understate it.
+  """
+  operands = random_operands(eqn, jax.random.PRNGKey(0) if key is None else key)
+  jit = functools.partial(jax.jit, compiler_options=compiler_options or None)
+  bind = lambda *ops: eqn.primitive.bind(*ops, **eqn.params)
+  once = jit(lambda ops: bind(*ops))
+  flops = compiled_stats(once, operands)["flops"]
+  if eqn.primitive.name != "dot_general":
+    return (lambda: once(operands)), 1, flops
+  first, rest = jnp.stack([operands[0]] * LOOP), operands[1:]
+  loop = jit(lambda first, rest: jax.lax.scan(lambda c, a: (c, bind(a, *rest)), 0, first)[1])
+  return (lambda: loop(first, rest)), LOOP, flops
+
+
+def kernel_ceiling(step, args, *, compiler_options=None, repeats: int = 5) -> dict:
+  """``step(*args)``'s matmuls and convolutions, each run alone: how many
+  (``count``), the sum of their median seconds, their FLOPs and GFLOP/s."""
+  eqns = heavy_equations(jax.make_jaxpr(step)(*args))
+  seconds = flops = 0.0
+  for i, eqn in enumerate(eqns):
+    thunk, runs, f = kernel_alone(eqn, compiler_options=compiler_options,
+                                  key=jax.random.PRNGKey(i))
+    seconds += time_calls(thunk, repeats=repeats)["median_s"] / runs
+    flops += f
+  return {"count": len(eqns), "seconds": seconds, "flops": flops,
+          "gflops": flops / seconds / 1e9 if seconds else float("nan")}
