@@ -31,8 +31,9 @@ def test_conv_layer_bench_times_every_layer_and_formulation():
   rows = main(["--batch", "2", "--repeats", "1", "--no-torch"])
   assert [r["layer"] for r in rows if r["impl"] == "jax xla"] == [layer[0] for layer in LAYERS]
   assert {r["layer"] for r in rows if r["impl"] == "jax narrow"} == {"decoder/block_3"}
-  assert {r["layer"] for r in rows if r["impl"] == "jax subpixel"} == {
-      layer[0] for layer in LAYERS if layer[-1] == "transpose"}
+  for formulation in ("subpixel", "hybrid"):
+    assert {r["layer"] for r in rows if r["impl"] == f"jax {formulation}"} == {
+        layer[0] for layer in LAYERS if layer[-1] == "transpose"}
   assert all(r[k][0] > 0 for r in rows for k in ("forward", "input grad", "kernel grad"))
 
 

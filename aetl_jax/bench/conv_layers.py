@@ -7,7 +7,8 @@ sub-pixel upsampling, plus the two 4×4 stride-2 transposed convolutions of the
 transposed-conv decoder) it times, each jitted alone with the compiler options the
 library picks for conv train steps: the forward pass, the input gradient and
 the kernel gradient of XLA's convolution, and of the formulation ``hybrid``
-gives that layer. PyTorch (optional) is timed in both memory formats, forward
+gives that layer (transposed layers: also the plain sub-pixel phases, whose
+input gradient is four phase convolutions instead of one strided one). PyTorch (optional) is timed in both memory formats, forward
 and backward (one call computes both gradients). Rates are GFLOP/s of the
 layer's multiply-adds (2·B·H·W·kh·kw·cin·cout per pass, H·W the output size
 of a convolution and the input size of a transposed one), so a row compares
@@ -44,7 +45,8 @@ def _jax_rows(batch: int, repeats: int):
       formulations = {
           "xla": lambda x, k: jax.lax.conv_transpose(x, k, strides, "SAME",
                                                      dimension_numbers=("NHWC", "HWIO", "NHWC")),
-          "subpixel": lambda x, k: conv_ops.subpixel_conv_transpose(x, k, strides, "SAME")}
+          "subpixel": lambda x, k: conv_ops.subpixel_conv_transpose(x, k, strides, "SAME"),
+          "hybrid": lambda x, k: conv_ops.hybrid_conv_transpose(x, k, strides, "SAME")}
     else:
       formulations = {"xla": lambda x, k: conv_ops.xla_conv(x, k, strides, "SAME")}
       if cout < conv_ops.NARROW_BELOW and stride == 1:

@@ -26,12 +26,14 @@ forward and backward passes stay fast inside a loop. The formulations:
 * **sub-pixel transposed convolution**: output pixel ``s·a + r`` of a
   transposed convolution only meets the kernel taps of phase ``r``, so it is
   s_h·s_w small stride-1 convolutions (2×2 for a 4×4 stride-2 kernel, the same
-  multiply-adds) interleaved by depth-to-space.
+  multiply-adds) interleaved by depth-to-space; the phases are XLA convolutions
+  (per batch) or patches @ kernel (inside a loop).
 
 ``hybrid`` (the CPU default) keeps XLA's convolution for wide layers, uses the
 narrow formulation for narrow stride-1 layers, the sub-pixel formulation (with
-XLA's convolutions) for transposed ones, and computes every bias gradient as
-``ones @ dy`` (XLA:CPU lowers the plain sum over batch×height×width to a slow
+XLA's convolutions) for transposed ones, whose input gradient is XLA's own
+strided convolution, and computes every bias gradient as ``ones @ dy``
+(XLA:CPU lowers the plain sum over batch×height×width to a slow
 ``reduce-window``).
 
 :class:`FormulatedConv` and :class:`FormulatedConvTranspose` have exactly the
@@ -341,6 +343,36 @@ def subpixel_conv_transpose(x, kernel, strides: Sequence[int] = (2, 2), padding:
   return _phase_convs(x, kernel, tuple(strides), _check_padding(padding), phase_conv)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def hybrid_conv_transpose(x, kernel, strides: Sequence[int] = (2, 2), padding: str = "SAME"):
+  """:func:`subpixel_conv_transpose` whose input gradient is XLA's strided convolution.
+
+  The forward pass and the kernel gradient are the sub-pixel phases; the input
+  gradient is what ``lax.conv_transpose``'s own transpose rule computes, one
+  strided convolution of the output gradient, instead of s_h·s_w phase
+  convolutions, the phase split of the gradient and their sum (transposed-conv
+  AE step 54 → 45 ms at batch 64, BENCHMARKS.md).
+  """
+  _check_channels(x, kernel)
+  return _phase_convs(x, kernel, tuple(strides), _check_padding(padding), "xla")
+
+
+def _hybrid_transpose_fwd(x, kernel, strides, padding):
+  return hybrid_conv_transpose(x, kernel, strides, padding), (x, kernel)
+
+
+def _hybrid_transpose_bwd(strides, padding, residuals, dy):
+  x, kernel = residuals
+  strides, padding = tuple(strides), _check_padding(padding)
+  _, input_vjp = jax.vjp(lambda v: lax.conv_transpose(
+      v, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")), x)
+  _, kernel_vjp = jax.vjp(lambda k: _phase_convs(x, k, strides, padding, "xla"), kernel)
+  return input_vjp(dy)[0], kernel_vjp(dy)[0]
+
+
+hybrid_conv_transpose.defvjp(_hybrid_transpose_fwd, _hybrid_transpose_bwd)
+
+
 def _phase_convs(x, kernel, strides, padding, phase_conv):
   kh, kw, _, cout = kernel.shape
   sh, sw = strides
@@ -469,24 +501,25 @@ class FormulatedConvTranspose(_KernelAndBias):
   ``formulation``: 'xla' (``lax.conv_transpose``), 'overlap_add' (matmul +
   overlap-add), 'subpixel' (one stride-1 XLA convolution per output phase +
   depth-to-space), 'subpixel_patches' (the phases as patches @ kernel) or
-  'hybrid' ('subpixel' with the bias gradient as a matmul).
+  'hybrid' ('subpixel' with XLA's strided convolution as input gradient and the
+  bias gradient as a matmul: :func:`hybrid_conv_transpose`, :func:`bias_add`).
   """
 
   formulation: str = "overlap_add"
 
   def _convolve(self, x, kernel, strides):
-    formulation, add = self.formulation, _plain_add
+    formulation = self.formulation
     if formulation == "hybrid":
-      formulation, add = "subpixel", bias_add
+      return hybrid_conv_transpose(x, kernel, strides, self.padding), bias_add
     if formulation == "xla":
       _check_channels(x, kernel)
       return lax.conv_transpose(x, kernel, strides, _check_padding(self.padding),
-                                dimension_numbers=("NHWC", "HWIO", "NHWC")), add
+                                dimension_numbers=("NHWC", "HWIO", "NHWC")), _plain_add
     if formulation == "overlap_add":
-      return overlap_add_conv_transpose(x, kernel, strides, self.padding), add
+      return overlap_add_conv_transpose(x, kernel, strides, self.padding), _plain_add
     if formulation in ("subpixel", "subpixel_patches"):
       phase_conv = "patches" if formulation == "subpixel_patches" else "xla"
-      return subpixel_conv_transpose(x, kernel, strides, self.padding, phase_conv), add
+      return subpixel_conv_transpose(x, kernel, strides, self.padding, phase_conv), _plain_add
     raise ValueError(f"unknown transposed-conv formulation {formulation!r}; valid: "
                      f"{', '.join(TRANSPOSE_FORMULATIONS)}")
 
