@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aetl_jax.bench.ceiling import kernel_ceiling
+from aetl_jax.bench.ceiling import LOOP, kernels_thunk
 from aetl_jax.bench.timing import block, compiled_stats, time_calls, write_json
 
 _compiles = [0]
@@ -89,9 +89,10 @@ def _timed_interleaved(fns: dict, repeats: int) -> dict:
 CONV_IMPL_FOR_RUNNER = {"scan": "matmul", "per_batch": "auto"}
 
 
-def jax_pretrain(family: str, batch: int, runner: str, n: int, repeats: int = 5):
+def jax_pretrain(family: str, batch: int, runner: str, n: int):
   """(one epoch as a thunk, XLA-counted FLOPs per example, examples per epoch,
-  the step's matmuls and convolutions timed alone: :mod:`aetl_jax.bench.ceiling`)."""
+  (the step's matmuls and convolutions alone, ``LOOP`` times each, as a thunk;
+  their FLOPs per step): :mod:`aetl_jax.bench.ceiling`)."""
   from aetl_jax.config import apply_overrides
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.objectives.registry import make_objective
@@ -114,7 +115,7 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int, repeats: int = 5)
   step_args = (state, {"image": x[:batch]}, jax.random.PRNGKey(0))
   flops = compiled_stats(jax.jit(step), *step_args)["flops"]
   options = train_compiler_options(config.model.family)
-  ceiling = kernel_ceiling(step, step_args, compiler_options=options, repeats=repeats)
+  kernels, kernel_flops, _ = kernels_thunk(step, step_args, compiler_options=options)
   epoch = make_epoch_fn(step, batch_size=batch, runner=runner, compiler_options=options)
   holder = {"s": TrainState.create(jax.tree.map(jnp.copy, params), tx)}
 
@@ -122,7 +123,7 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int, repeats: int = 5)
     holder["s"], m = epoch(holder["s"], {"image": x}, jax.random.PRNGKey(1))
     return m
 
-  return run, flops / batch, (n // batch) * batch, ceiling
+  return run, flops / batch, (n // batch) * batch, (kernels, kernel_flops)
 
 
 def torch_pretrain(family: str, batch: int, n: int, memory_format: str = "contiguous"):
@@ -247,10 +248,11 @@ def main(argv=None):
   for family, n in (("mlp", n_dense), ("conv", n_conv), ("conv_transpose", n_conv)):
     formats = ("contiguous", "channels_last") if family != "mlp" else ("contiguous",)
     for batch in batches:
-      contenders, flops_of, ceiling = {}, {}, {}
+      contenders, flops_of, kernel_flops = {}, {}, {}
       for runner in ("scan", "per_batch"):
-        contenders[runner], flops_of[runner], used, ceiling[runner] = jax_pretrain(
-            family, batch, runner, n, repeats)
+        contenders[runner], flops_of[runner], used, (kernels, kernel_flops[runner]) = (
+            jax_pretrain(family, batch, runner, n))
+        contenders[f"{runner} kernels"] = kernels
       for f in formats if use_torch else ():
         contenders[f"torch {f}"] = torch_pretrain(family, batch, n, f)
       timed = _timed_interleaved(contenders, repeats)
@@ -265,8 +267,8 @@ def main(argv=None):
         rate, flops, compiles = rate_of[runner], flops_of[runner], timed[runner][1]
         total_compiles += compiles
         gflops = rate * flops / 1e9
-        kernel_s, kernel_gflops = ceiling[runner]["seconds"], ceiling[runner]["gflops"]
-        step_s = batch / rate
+        kernel_s, step_s = timed[f"{runner} kernels"][0] / LOOP, batch / rate
+        kernel_gflops = kernel_flops[runner] / kernel_s / 1e9
         row = {"family": family, "batch": batch, "runner": runner,
                "conv_impl": CONV_IMPL_FOR_RUNNER[runner] if family != "mlp" else None,
                "examples_per_s": rate,

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
-from aetl_jax.bench.timing import compiled_stats, time_calls
+from aetl_jax.bench.timing import block, compiled_stats, time_calls
 
 HEAVY_PRIMITIVES = ("dot_general", "conv_general_dilated")
 LOOP = 8  # a matmul alone is timed as this many back-to-back runs in one compiled loop
@@ -51,10 +51,12 @@ def random_operands(eqn, key) -> list:
 def kernel_alone(eqn, *, compiler_options=None, key=None):
   """(thunk, runs per call of the thunk, XLA-counted FLOPs per run) of one kernel.
 
-  A matmul runs ``LOOP`` times per call, in one ``scan`` over as many copies of
-  its first operand (nothing to hoist), so a short one is not timed as dispatch
-  overhead. A convolution runs once per call: inside a loop XLA:CPU's
-  convolutions lose their fast layouts (jax#12868) and would understate it.
+  A matmul runs ``LOOP`` times per call in one ``scan``, so a short one is not
+  timed as dispatch overhead; each run adds 0·(an output element) to one
+  element of the carried first operand, so no run can be hoisted out of the
+  loop and the operands stay in cache, as between a step's layers. A
+  convolution runs once per call: inside a loop XLA:CPU's convolutions lose
+  their fast layouts (jax#12868) and would understate it.
   """
   operands = random_operands(eqn, jax.random.PRNGKey(0) if key is None else key)
   jit = functools.partial(jax.jit, compiler_options=compiler_options or None)
@@ -63,20 +65,35 @@ def kernel_alone(eqn, *, compiler_options=None, key=None):
   flops = compiled_stats(once, operands)["flops"]
   if eqn.primitive.name != "dot_general":
     return (lambda: once(operands)), 1, flops
-  first, rest = jnp.stack([operands[0]] * LOOP), operands[1:]
-  loop = jit(lambda first, rest: jax.lax.scan(lambda c, a: (c, bind(a, *rest)), 0, first)[1])
-  return (lambda: loop(first, rest)), LOOP, flops
+
+  def body(first, rest):
+    out = bind(first, *rest)
+    corner = (0,) * first.ndim
+    return first.at[corner].add(out[(0,) * out.ndim] * 0), out
+
+  loop = jit(lambda first, rest: jax.lax.scan(lambda c, _: body(c, rest), first, None,
+                                              length=LOOP)[1])
+  return (lambda: loop(operands[0], operands[1:])), LOOP, flops
+
+
+def kernels_thunk(step, args, *, compiler_options=None):
+  """(thunk running each of ``step(*args)``'s matmuls and convolutions ``LOOP``
+  times alone, their FLOPs per step, how many) — divide its time by ``LOOP``."""
+  kernels = [kernel_alone(eqn, compiler_options=compiler_options, key=jax.random.PRNGKey(i))
+             for i, eqn in enumerate(heavy_equations(jax.make_jaxpr(step)(*args)))]
+
+  def run():
+    for thunk, runs, _ in kernels:
+      for _ in range(LOOP // runs):
+        block(thunk())
+
+  return run, sum(f for _, _, f in kernels), len(kernels)
 
 
 def kernel_ceiling(step, args, *, compiler_options=None, repeats: int = 5) -> dict:
   """``step(*args)``'s matmuls and convolutions, each run alone: how many
-  (``count``), the sum of their median seconds, their FLOPs and GFLOP/s."""
-  eqns = heavy_equations(jax.make_jaxpr(step)(*args))
-  seconds = flops = 0.0
-  for i, eqn in enumerate(eqns):
-    thunk, runs, f = kernel_alone(eqn, compiler_options=compiler_options,
-                                  key=jax.random.PRNGKey(i))
-    seconds += time_calls(thunk, repeats=repeats)["median_s"] / runs
-    flops += f
-  return {"count": len(eqns), "seconds": seconds, "flops": flops,
+  (``count``), their seconds per step, FLOPs and GFLOP/s."""
+  run, flops, count = kernels_thunk(step, args, compiler_options=compiler_options)
+  seconds = time_calls(run, repeats=repeats)["median_s"] / LOOP
+  return {"count": count, "seconds": seconds, "flops": flops,
           "gflops": flops / seconds / 1e9 if seconds else float("nan")}

@@ -8,8 +8,9 @@ convolution 'xla'; 'hybrid': XLA's for wide layers, the narrow formulation for
 narrow stride-1 layers, bias gradients as matmuls; the matmul formulations of
 :mod:`aetl_jax.models.conv_ops`: 'im2col' patches for every layer,
 'shift_add' for every layer, 'matmul' the smaller of the two per layer;
-transposed convolutions are matmul + overlap-add in these three) × epoch runner (whole epoch in one ``lax.scan``, one jitted call
-per batch), and prints examples/s (median of timed epochs after a warm-up
+transposed convolutions are sub-pixel phases as patches @ kernel for 'im2col'
+and 'matmul', matmul + overlap-add for 'shift_add') × epoch runner (whole epoch
+in one ``lax.scan``, one jitted call per batch), and prints examples/s (median of timed epochs after a warm-up
 epoch). The default ``model.conv_impl``/``runner`` per backend follow these
 numbers (``conv_ops.resolve_conv_impl``, ``training.loop.resolve_runner``).
 """

@@ -364,10 +364,11 @@ def _hybrid_transpose_fwd(x, kernel, strides, padding):
 def _hybrid_transpose_bwd(strides, padding, residuals, dy):
   x, kernel = residuals
   strides, padding = tuple(strides), _check_padding(padding)
-  _, input_vjp = jax.vjp(lambda v: lax.conv_transpose(
-      v, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")), x)
-  _, kernel_vjp = jax.vjp(lambda k: _phase_convs(x, k, strides, padding, "xla"), kernel)
-  return input_vjp(dy)[0], kernel_vjp(dy)[0]
+  # Both maps are linear: transpose them without tracing a forward pass to throw away.
+  dx, = jax.linear_transpose(lambda v: lax.conv_transpose(
+      v, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")), x)(dy)
+  dk, = jax.linear_transpose(lambda k: _phase_convs(x, k, strides, padding, "xla"), kernel)(dy)
+  return dx, dk
 
 
 hybrid_conv_transpose.defvjp(_hybrid_transpose_fwd, _hybrid_transpose_bwd)
