@@ -25,14 +25,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from aetl_jax.bench.ceiling import LOOP, kernels_thunk
-from aetl_jax.bench.timing import block, compiled_stats, time_calls, write_json
+from aetl_jax.bench.timing import (block, compiled_stats, time_calls, time_interleaved,
+                                   write_json)
 
 _compiles = [0]
 
@@ -61,24 +61,23 @@ def _timed(fn, repeats):
 
 
 def _timed_interleaved(fns: dict, repeats: int) -> dict:
-  """{name: (median seconds, compilations after warm-up)}, timing the fns round-robin.
-
-  On a shared VM the machine's speed drifts over seconds; taking one repeat of
-  every contender per round exposes them to the same drift, so their ratio is
-  steadier than that of back-to-back blocks of repeats.
-  """
+  """{name: (median seconds, compilations after warm-up)}, timed round-robin
+  (:func:`aetl_jax.bench.timing.time_interleaved`)."""
   for fn in fns.values():
     block(fn())  # warm-up (compiles)
-  times = {name: [] for name in fns}
   compiles = dict.fromkeys(fns, 0)
-  for _ in range(repeats):
-    for name, fn in fns.items():
+
+  def counted(name, fn):
+    def run():
       before = _compiles[0]
-      start = time.perf_counter()
-      block(fn())
-      times[name].append(time.perf_counter() - start)
+      out = block(fn())
       compiles[name] += _compiles[0] - before
-  return {name: (float(np.median(times[name])), compiles[name]) for name in fns}
+      return out
+    return run
+
+  medians = time_interleaved({name: counted(name, fn) for name, fn in fns.items()},
+                             repeats=repeats, warmup=False)
+  return {name: (medians[name], compiles[name]) for name in fns}
 
 
 # Each runner with the conv implementation the library recommends for it

@@ -4,15 +4,18 @@
 
 For every convolution of the conv autoencoder (28×28×1 input, channels 32-64;
 sub-pixel upsampling, plus the two 4×4 stride-2 transposed convolutions of the
-transposed-conv decoder) it times, each jitted alone with the compiler options the
-library picks for conv train steps: the forward pass, the input gradient and
-the kernel gradient of XLA's convolution, and of the formulation ``hybrid``
-gives that layer (transposed layers: also the plain sub-pixel phases, whose
-input gradient is four phase convolutions instead of one strided one). PyTorch (optional) is timed in both memory formats, forward
-and backward (one call computes both gradients). Rates are GFLOP/s of the
-layer's multiply-adds (2·B·H·W·kh·kw·cin·cout per pass, H·W the output size
-of a convolution and the input size of a transposed one), so a row compares
-the kernels, not the model.
+transposed-conv decoder) it times, each jitted alone with the compiler options
+the library picks for conv train steps: the forward pass, the input gradient
+and the kernel gradient of XLA's convolution, and of the formulation
+``hybrid`` gives that layer (transposed layers: also the plain sub-pixel
+phases, whose input gradient is four phase convolutions instead of one strided
+one). PyTorch (optional) is timed in both memory formats, forward and backward
+(one call computes both gradients). The passes of one layer are timed
+round-robin (JAX's, then PyTorch's), so they see the same drift of the
+machine's speed. Rates are
+GFLOP/s of the layer's multiply-adds (2·B·H·W·kh·kw·cin·cout per pass, H·W the
+output size of a convolution and the input size of a transposed one), so a row
+compares the kernels, not the model.
 """
 
 from __future__ import annotations
@@ -27,74 +30,93 @@ LAYERS = (("encoder/block_0", 28, 1, 32, 2, "conv"), ("encoder/block_1", 14, 32,
           ("transposed/block_2", 14, 64, 32, 2, "transpose"))
 
 
-def _jax_rows(batch: int, repeats: int):
+def _jax_contenders(layer, batch: int):
+  """[(impl, flop of one pass, {pass: thunk})] of one layer: forward, input and kernel grad."""
   import jax
 
-  from aetl_jax.bench.timing import time_calls
   from aetl_jax.models import conv_ops
   from aetl_jax.training.compiler import train_compiler_options
 
+  name, size, cin, cout, stride, kind = layer
   options = train_compiler_options("conv") or None
-  rows = []
-  for name, size, cin, cout, stride, kind in LAYERS:
-    x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
-    ksize = 4 if kind == "transpose" else 3
-    kernel = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (ksize, ksize, cin, cout))
-    strides = (stride, stride)
-    if kind == "transpose":
-      formulations = {
-          "xla": lambda x, k: jax.lax.conv_transpose(x, k, strides, "SAME",
-                                                     dimension_numbers=("NHWC", "HWIO", "NHWC")),
-          "subpixel": lambda x, k: conv_ops.subpixel_conv_transpose(x, k, strides, "SAME"),
-          "hybrid": lambda x, k: conv_ops.hybrid_conv_transpose(x, k, strides, "SAME")}
-    else:
-      formulations = {"xla": lambda x, k: conv_ops.xla_conv(x, k, strides, "SAME")}
-      if cout < conv_ops.NARROW_BELOW and stride == 1:
-        formulations["narrow"] = lambda x, k: conv_ops.narrow_conv(x, k, "SAME")
-    for formulation, conv in formulations.items():
-      y = conv(x, kernel)
-      dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
-      passes = {
-          "forward": jax.jit(conv, compiler_options=options),
-          "input grad": jax.jit(lambda x, k, conv=conv: jax.vjp(lambda x: conv(x, k), x)[1](dy)[0],
-                                compiler_options=options),
-          "kernel grad": jax.jit(lambda x, k, conv=conv: jax.vjp(lambda k: conv(x, k), k)[1](dy)[0],
-                                 compiler_options=options)}
-      pixels = size * size if kind == "transpose" else y.shape[1] * y.shape[2]
-      flop = 2 * batch * pixels * ksize * ksize * cin * cout
-      row = {"layer": name, "shape": f"{size}x{size} {cin}->{cout} s{stride}",
-             "impl": f"jax {formulation}"}
-      for label, fn in passes.items():
-        seconds = time_calls(lambda fn=fn: fn(x, kernel), repeats=repeats)["median_s"]
-        row[label] = (seconds, flop / seconds / 1e9)
-      rows.append(row)
-  return rows
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
+  ksize = 4 if kind == "transpose" else 3
+  kernel = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (ksize, ksize, cin, cout))
+  strides = (stride, stride)
+  if kind == "transpose":
+    formulations = {
+        "xla": lambda x, k: jax.lax.conv_transpose(x, k, strides, "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC")),
+        "subpixel": lambda x, k: conv_ops.subpixel_conv_transpose(x, k, strides, "SAME"),
+        "hybrid": lambda x, k: conv_ops.hybrid_conv_transpose(x, k, strides, "SAME")}
+  else:
+    formulations = {"xla": lambda x, k: conv_ops.xla_conv(x, k, strides, "SAME")}
+    if cout < conv_ops.NARROW_BELOW and stride == 1:
+      formulations["narrow"] = lambda x, k: conv_ops.narrow_conv(x, k, "SAME")
+  out = []
+  for formulation, conv in formulations.items():
+    y = conv(x, kernel)
+    dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+    passes = {
+        "forward": jax.jit(conv, compiler_options=options),
+        "input grad": jax.jit(lambda x, k, conv=conv: jax.vjp(lambda x: conv(x, k), x)[1](dy)[0],
+                              compiler_options=options),
+        "kernel grad": jax.jit(lambda x, k, conv=conv: jax.vjp(lambda k: conv(x, k), k)[1](dy)[0],
+                               compiler_options=options)}
+    pixels = size * size if kind == "transpose" else y.shape[1] * y.shape[2]
+    flop = 2 * batch * pixels * ksize * ksize * cin * cout
+    out.append((f"jax {formulation}", flop,
+                {label: (lambda fn=fn: fn(x, kernel)) for label, fn in passes.items()}))
+  return out
 
 
-def _torch_rows(batch: int, repeats: int):
+def _torch_contenders(layer, batch: int):
+  """[(impl, flop of one pass, {'forward', 'forward+backward': thunk})] in both memory formats."""
   import torch
 
-  from aetl_jax.bench.timing import time_calls
+  name, size, cin, cout, stride, kind = layer
+  out = []
+  for fmt_name, fmt in (("contiguous", torch.contiguous_format),
+                        ("channels_last", torch.channels_last)):
+    module = (torch.nn.ConvTranspose2d(cin, cout, 4, stride, 1) if kind == "transpose"
+              else torch.nn.Conv2d(cin, cout, 3, stride, 1))
+    conv = module.to(memory_format=fmt)
+    x = torch.randn(batch, cin, size, size).contiguous(memory_format=fmt).requires_grad_()
+    with torch.no_grad():
+      y = conv(x)
+    dy = torch.randn_like(y)
+    pixels = size * size if kind == "transpose" else y.shape[2] * y.shape[3]
+    flop = 2 * batch * pixels * (16 if kind == "transpose" else 9) * cin * cout
+    out.append((f"torch {fmt_name}", flop, {
+        "forward": lambda conv=conv, x=x: conv(x),
+        "forward+backward": lambda conv=conv, x=x, dy=dy: conv(x).backward(dy)}))
+  return out
 
+
+def layer_rows(layer, batch: int, repeats: int, use_torch: bool) -> list:
+  """One row per implementation of ``layer``: the JAX passes timed round-robin, then the
+  PyTorch ones (alternating the two runtimes would time each one's worker threads
+  waking up or still spinning from the other's call)."""
+  from aetl_jax.bench.timing import time_interleaved
+
+  groups = [_jax_contenders(layer, batch)] + ([_torch_contenders(layer, batch)]
+                                              if use_torch else [])
+  medians = {}
+  for group in groups:
+    medians.update(time_interleaved({(impl, p): fn for impl, _, passes in group
+                                     for p, fn in passes.items()}, repeats=repeats))
+  contenders = [c for group in groups for c in group]
+  name, size, cin, cout, stride, _ = layer
   rows = []
-  for name, size, cin, cout, stride, kind in LAYERS:
-    for fmt_name, fmt in (("contiguous", torch.contiguous_format),
-                          ("channels_last", torch.channels_last)):
-      module = (torch.nn.ConvTranspose2d(cin, cout, 4, stride, 1) if kind == "transpose"
-                else torch.nn.Conv2d(cin, cout, 3, stride, 1))
-      conv = module.to(memory_format=fmt)
-      x = torch.randn(batch, cin, size, size).contiguous(memory_format=fmt).requires_grad_()
-      with torch.no_grad():
-        y = conv(x)
-      dy = torch.randn_like(y)
-      forward = time_calls(lambda: conv(x), repeats=repeats)["median_s"]
-      both = time_calls(lambda: conv(x).backward(dy), repeats=repeats)["median_s"]
-      pixels = size * size if kind == "transpose" else y.shape[2] * y.shape[3]
-      flop = 2 * batch * pixels * (16 if kind == "transpose" else 9) * cin * cout
-      backward = max(both - forward, 1e-9)
-      rows.append({"layer": name, "shape": f"{size}x{size} {cin}->{cout} s{stride}",
-                   "impl": f"torch {fmt_name}", "forward": (forward, flop / forward / 1e9),
-                   "input+kernel grad": (backward, 2 * flop / backward / 1e9)})
+  for impl, flop, passes in contenders:
+    row = {"layer": name, "shape": f"{size}x{size} {cin}->{cout} s{stride}", "impl": impl}
+    for p in passes:
+      if p == "forward+backward":  # torch computes both gradients in one backward call
+        seconds = max(medians[impl, p] - medians[impl, "forward"], 1e-9)
+        row["input+kernel grad"] = (seconds, 2 * flop / seconds / 1e9)
+      else:
+        row[p] = (medians[impl, p], flop / medians[impl, p] / 1e9)
+    rows.append(row)
   return rows
 
 
@@ -104,15 +126,15 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--no-torch", action="store_true")
   args = parser.parse_args(argv)
-  rows = _jax_rows(args.batch, args.repeats)
-  if not args.no_torch:
+  use_torch = not args.no_torch
+  if use_torch:
     try:
       import torch
       torch.set_num_threads(__import__("os").cpu_count() or 1)
-      rows += _torch_rows(args.batch, args.repeats)
     except ImportError:
       print("PyTorch not installed: JAX rows only (pip install -e .[bench])")
-  rows.sort(key=lambda r: [layer[0] for layer in LAYERS].index(r["layer"]))
+      use_torch = False
+  rows = [row for layer in LAYERS for row in layer_rows(layer, args.batch, args.repeats, use_torch)]
   print(f"batch {args.batch}; ms (GFLOP/s); torch's backward computes both gradients in one call")
   print(f"{'layer':<16} {'shape':<17} {'impl':<20} {'forward':>14} {'input grad':>14} "
         f"{'kernel grad':>14} {'both grads':>14}")

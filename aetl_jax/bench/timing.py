@@ -26,6 +26,25 @@ def time_calls(fn, *, repeats: int = 5, warmup: int = 1) -> dict:
   return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
 
 
+def time_interleaved(fns: dict, *, repeats: int = 5, warmup: bool = True) -> dict:
+  """{name: median seconds of fn()}, timing the fns round-robin.
+
+  On a shared VM the machine's speed drifts over seconds; taking one repeat of
+  every contender per round exposes them to the same drift, so their ratio is
+  steadier than that of back-to-back blocks of repeats.
+  """
+  if warmup:
+    for fn in fns.values():
+      block(fn())
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      block(fn())
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def compiled_stats(jitted, *args) -> dict:
   """Compile time, XLA-counted FLOPs and XLA's memory estimate of one call."""
   start = time.perf_counter()
