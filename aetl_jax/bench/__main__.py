@@ -28,7 +28,6 @@ import platform
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from aetl_jax.bench.ceiling import LOOP, kernels_thunk
 from aetl_jax.bench.timing import (block, compiled_stats, time_calls, time_interleaved,
@@ -267,7 +266,7 @@ def main(argv=None):
         total_compiles += compiles
         gflops = rate * flops / 1e9
         kernel_s, step_s = timed[f"{runner} kernels"][0] / LOOP, batch / rate
-        kernel_gflops = kernel_flops[runner] / kernel_s / 1e9
+        kernel_gflops = kernel_flops[runner] / kernel_s / 1e9 if kernel_s else float("nan")
         row = {"family": family, "batch": batch, "runner": runner,
                "conv_impl": CONV_IMPL_FOR_RUNNER[runner] if family != "mlp" else None,
                "examples_per_s": rate,

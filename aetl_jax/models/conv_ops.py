@@ -538,7 +538,8 @@ def conv_class(impl: str):
 def conv_transpose_class(impl: str):
   """A ``nn.ConvTranspose``-compatible module class for ``impl``.
 
-  'hybrid': one XLA convolution per output phase + depth-to-space; 'im2col'
+  'hybrid': one XLA convolution per output phase + depth-to-space, XLA's
+  strided convolution as input gradient (:func:`hybrid_conv_transpose`); 'im2col'
   and 'matmul': the phases as patches @ kernel (in a scan on XLA:CPU 3.2×
   faster than matmul + overlap-add, BENCHMARKS.md); 'shift_add': matmul +
   overlap-add.
