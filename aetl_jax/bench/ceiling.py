@@ -27,7 +27,9 @@ LOOP = 8  # a matmul alone is timed as this many back-to-back runs in one compil
 
 def heavy_equations(jaxpr) -> list:
   """The ``dot_general``/``conv_general_dilated`` equations of a (closed) jaxpr,
-  nested jaxprs included, in program order. A loop body counts once."""
+  nested jaxprs included, in program order. A loop body counts once; an equation
+  XLA would drop as dead code counts too (a train step has none: its forward pass
+  feeds the loss it returns)."""
   jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
   found = []
   for eqn in jaxpr.eqns:
@@ -51,10 +53,11 @@ def random_operands(eqn, key) -> list:
 def kernel_alone(eqn, *, compiler_options=None, key=None):
   """(thunk, runs per call of the thunk, XLA-counted FLOPs per run) of one kernel.
 
-  A matmul runs ``LOOP`` times per call in one ``scan``, so a short one is not
-  timed as dispatch overhead; each run adds 0·(an output element) to one
+  A matmul runs ``LOOP`` times per call in one compiled loop, so a short one is
+  not timed as dispatch overhead; each run adds 0·(an output element) to one
   element of the carried first operand, so no run can be hoisted out of the
-  loop and the operands stay in cache, as between a step's layers. A
+  loop, and writes its output over the previous one's (a carry, not a stacked
+  output), so operands and output stay in cache as between a step's layers. A
   convolution runs once per call: inside a loop XLA:CPU's convolutions lose
   their fast layouts (jax#12868) and would understate it.
   """
@@ -66,13 +69,18 @@ def kernel_alone(eqn, *, compiler_options=None, key=None):
   if eqn.primitive.name != "dot_general":
     return (lambda: once(operands)), 1, flops
 
-  def body(first, rest):
+  def body(carry, rest):
+    first, _ = carry
     out = bind(first, *rest)
     corner = (0,) * first.ndim
     return first.at[corner].add(out[(0,) * out.ndim] * 0), out
 
-  loop = jit(lambda first, rest: jax.lax.scan(lambda c, _: body(c, rest), first, None,
-                                              length=LOOP)[1])
+  def loop(first, rest):
+    out = jax.eval_shape(bind, first, *rest)
+    carry = (first, jnp.zeros(out.shape, out.dtype))
+    return jax.lax.fori_loop(0, LOOP, lambda _, c: body(c, rest), carry)[1]
+
+  loop = jit(loop)
   return (lambda: loop(operands[0], operands[1:])), LOOP, flops
 
 
