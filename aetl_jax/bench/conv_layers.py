@@ -30,8 +30,17 @@ LAYERS = (("encoder/block_0", 28, 1, 32, 2, "conv"), ("encoder/block_1", 14, 32,
           ("transposed/block_2", 14, 64, 32, 2, "transpose"))
 
 
+def _flop(layer, batch: int) -> int:
+  """Multiply-adds ×2 of one pass: output pixels of a convolution ('SAME'), input pixels
+  of a transposed one, times the kernel's taps and channels."""
+  _, size, cin, cout, stride, kind = layer
+  out_size = size if kind == "transpose" else -(-size // stride)
+  ksize = 4 if kind == "transpose" else 3
+  return 2 * batch * out_size * out_size * ksize * ksize * cin * cout
+
+
 def _jax_contenders(layer, batch: int):
-  """[(impl, flop of one pass, {pass: thunk})] of one layer: forward, input and kernel grad."""
+  """[(impl, {pass: thunk})] of one layer: forward, input and kernel grad."""
   import jax
 
   from aetl_jax.models import conv_ops
@@ -63,15 +72,13 @@ def _jax_contenders(layer, batch: int):
                               compiler_options=options),
         "kernel grad": jax.jit(lambda x, k, conv=conv: jax.vjp(lambda k: conv(x, k), k)[1](dy)[0],
                                compiler_options=options)}
-    pixels = size * size if kind == "transpose" else y.shape[1] * y.shape[2]
-    flop = 2 * batch * pixels * ksize * ksize * cin * cout
-    out.append((f"jax {formulation}", flop,
+    out.append((f"jax {formulation}",
                 {label: (lambda fn=fn: fn(x, kernel)) for label, fn in passes.items()}))
   return out
 
 
 def _torch_contenders(layer, batch: int):
-  """[(impl, flop of one pass, {'forward', 'forward+backward': thunk})] in both memory formats."""
+  """[(impl, {'forward', 'forward+backward': thunk})] in both memory formats."""
   import torch
 
   name, size, cin, cout, stride, kind = layer
@@ -85,9 +92,7 @@ def _torch_contenders(layer, batch: int):
     with torch.no_grad():
       y = conv(x)
     dy = torch.randn_like(y)
-    pixels = size * size if kind == "transpose" else y.shape[2] * y.shape[3]
-    flop = 2 * batch * pixels * (16 if kind == "transpose" else 9) * cin * cout
-    out.append((f"torch {fmt_name}", flop, {
+    out.append((f"torch {fmt_name}", {
         "forward": lambda conv=conv, x=x: conv(x),
         "forward+backward": lambda conv=conv, x=x, dy=dy: conv(x).backward(dy)}))
   return out
@@ -103,12 +108,13 @@ def layer_rows(layer, batch: int, repeats: int, use_torch: bool) -> list:
                                               if use_torch else [])
   medians = {}
   for group in groups:
-    medians.update(time_interleaved({(impl, p): fn for impl, _, passes in group
+    medians.update(time_interleaved({(impl, p): fn for impl, passes in group
                                      for p, fn in passes.items()}, repeats=repeats))
   contenders = [c for group in groups for c in group]
   name, size, cin, cout, stride, _ = layer
+  flop = _flop(layer, batch)
   rows = []
-  for impl, flop, passes in contenders:
+  for impl, passes in contenders:
     row = {"layer": name, "shape": f"{size}x{size} {cin}->{cout} s{stride}", "impl": impl}
     for p in passes:
       if p == "forward+backward":  # torch computes both gradients in one backward call

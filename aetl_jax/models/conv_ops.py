@@ -353,12 +353,11 @@ def hybrid_conv_transpose(x, kernel, strides: Sequence[int] = (2, 2), padding: s
   convolutions, the phase split of the gradient and their sum (transposed-conv
   AE step 54 → 45 ms at batch 64, BENCHMARKS.md).
   """
-  _check_channels(x, kernel)
-  return _phase_convs(x, kernel, tuple(strides), _check_padding(padding), "xla")
+  return subpixel_conv_transpose(x, kernel, strides, padding)
 
 
 def _hybrid_transpose_fwd(x, kernel, strides, padding):
-  return hybrid_conv_transpose(x, kernel, strides, padding), (x, kernel)
+  return subpixel_conv_transpose(x, kernel, strides, padding), (x, kernel)
 
 
 def _hybrid_transpose_bwd(strides, padding, residuals, dy):
@@ -525,14 +524,23 @@ class FormulatedConvTranspose(_KernelAndBias):
                      f"{', '.join(TRANSPOSE_FORMULATIONS)}")
 
 
-def conv_class(impl: str):
-  """A ``nn.Conv``-compatible module class for ``impl`` ('auto' resolved per backend)."""
+# The formulation each conv_impl (other than 'xla') gives plain and transposed convolutions.
+CONV_FORMULATION_OF = {"hybrid": "hybrid", "im2col": "patches", "shift_add": "shift_add",
+                       "matmul": "auto"}
+TRANSPOSE_FORMULATION_OF = {"hybrid": "hybrid", "im2col": "subpixel_patches",
+                            "matmul": "subpixel_patches", "shift_add": "overlap_add"}
+
+
+def _module_class(impl: str, native, formulated, formulation_of: dict):
   impl = resolve_conv_impl(impl)
   if impl == "xla":
-    return nn.Conv
-  formulation = {"hybrid": "hybrid", "im2col": "patches", "shift_add": "shift_add",
-                 "matmul": "auto"}[impl]
-  return functools.partial(FormulatedConv, formulation=formulation)
+    return native
+  return functools.partial(formulated, formulation=formulation_of[impl])
+
+
+def conv_class(impl: str):
+  """A ``nn.Conv``-compatible module class for ``impl`` ('auto' resolved per backend)."""
+  return _module_class(impl, nn.Conv, FormulatedConv, CONV_FORMULATION_OF)
 
 
 def conv_transpose_class(impl: str):
@@ -544,9 +552,5 @@ def conv_transpose_class(impl: str):
   faster than matmul + overlap-add, BENCHMARKS.md); 'shift_add': matmul +
   overlap-add.
   """
-  impl = resolve_conv_impl(impl)
-  if impl == "xla":
-    return nn.ConvTranspose
-  formulation = {"hybrid": "hybrid", "im2col": "subpixel_patches", "matmul": "subpixel_patches",
-                 "shift_add": "overlap_add"}[impl]
-  return functools.partial(FormulatedConvTranspose, formulation=formulation)
+  return _module_class(impl, nn.ConvTranspose, FormulatedConvTranspose,
+                       TRANSPOSE_FORMULATION_OF)
