@@ -1,10 +1,14 @@
 """aetl_jax: autoencoder pretraining and transfer learning in JAX.
 
-Folders follow the pipeline: ``data`` (loading, splits, label budgets) →
-``models`` (pure Flax linen modules) → ``objectives`` (pure loss functions) →
-``training`` (jitted steps and epoch runners) → ``checkpointing`` (Orbax) →
-``transfer`` (path rules, Optax masks, strategies) → ``evaluation`` →
-``reporting`` (tables and figures).
+Layers, bottom to top (each imports only from the ones below it; checked by
+import-linter, see BUILD.md): ``core`` (config, registries, path rules,
+Optax pieces) → ``engine`` (train step, launchers, epoch runners, phases, the
+one driver, checkpoints) and ``data`` → ``models`` → ``objectives`` →
+``evaluation``, ``reporting`` → ``strategies`` → ``transfer`` (the sweep) →
+``tasks`` → ``api`` / ``cli``.
+
+    import aetl_jax.api as api
+    api.run(api.load_config("experiments/digits_transfer.py"), "runs/digits")
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

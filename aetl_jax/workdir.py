@@ -15,7 +15,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from aetl_jax.config import ConfigError, diff, flatten
+from aetl_jax.core.config import ConfigError, diff, flatten
 
 CONFIG_FILE = "config.json"
 

@@ -11,7 +11,7 @@ Same-dataset few-label transfer on MNIST, from the IDX files in ../shared
 (offline; a dense autoencoder 784-512-256-64 pretrained on 20,000 unlabelled
 images; ``--config.model.family=conv`` for the convolutional one)::
 
-    python -m experiments transfer --workdir runs/mnist \\
+    aetl run --config experiments/transfer.py --workdir runs/mnist \\
         --config.data.source=idx:../shared/datasets/mnist \\
         --config.data.target=idx:../shared/datasets/mnist
 
@@ -45,7 +45,7 @@ and they are worse.
 Cross-domain: pretrain on MNIST, transfer to Fashion-MNIST prepared by the
 real TFDS builder from the official files (offline)::
 
-    python -m experiments transfer --workdir runs/mnist2fashion \\
+    aetl run --config experiments/transfer.py --workdir runs/mnist2fashion \\
         --config.data.source=idx:../shared/datasets/mnist \\
         --config.data.target=fashion_mnist \\
         --config.data.manual_dir=../shared/datasets/fashion_mnist
@@ -53,53 +53,15 @@ real TFDS builder from the official files (offline)::
 On your own machine, ``--config.data.source=mnist`` downloads through TFDS.
 """
 
-from __future__ import annotations
-
-import ml_collections
-
-from aetl_jax.data.domains import build_transfer_data
-from aetl_jax.pipeline import check_against_data, run_transfer_experiment
-from experiments import digits_transfer
+from aetl_jax.tasks.transfer import default_config
 
 
-def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict(digits_transfer.get_config().to_dict())
-  c.data = dict(source="mnist", target="mnist", data_dir="", manual_dir="", common_shape=(),
-                resize="pad", test_fraction=0.2, source_fraction=0.5, split_seed=0,
-                max_source=20000, max_pool=10000, max_test=5000, stream_source=False)
-  c.model.widths = (512, 256)
-  c.model.code_dim = 64
-  c.pretrain.epochs = 15
-  c.pretrain.batch_size = 128
-  c.pretrain.eval_every = 5
-  c.pretrain.checkpoint_every = 5
-  c.transfer.budgets = (1, 10, 100)
-  c.transfer.epochs = 50
-  c.transfer.lp_epochs = 25
-  c.lock()
+def get_config():
+  """MNIST → MNIST by default (TFDS); dense AE 784-512-256-64; budgets 1/10/100 per class."""
+  c = default_config()
+  c.data.update(source="mnist", target="mnist", test_fraction=0.2, source_fraction=0.5,
+                max_source=20000, max_pool=10000, max_test=5000)
+  c.model.update(family="mlp", widths=(512, 256), code_dim=64)
+  c.pretrain.update(epochs=15, batch_size=128, eval_every=5, checkpoint_every=5)
+  c.transfer.update(budgets=(1, 10, 100), epochs=50, lp_epochs=25)
   return c
-
-
-_cache = {}
-
-
-def _data(config):
-  key = str(config.data)
-  if key not in _cache:
-    try:
-      _cache[key] = build_transfer_data(config.data, config.pretrain.batch_size)
-    except (ValueError, FileNotFoundError) as e:
-      from aetl_jax.config import ConfigError
-      raise ConfigError(f"config key 'data': {e}") from None
-  return _cache[key]
-
-
-def validate(config) -> None:
-  check_against_data(config, _data(config))
-
-
-def run(config, workdir, *, progress: bool = True) -> dict:
-  d = config.data
-  title = (f"{d.source} → {d.target}: {config.model.family}/{config.model.variant} autoencoder "
-           f"→ few-label classification")
-  return run_transfer_experiment(config, workdir, _data(config), title=title, progress=progress)

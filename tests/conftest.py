@@ -2,24 +2,41 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from pathlib import Path  # noqa: E402
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from aetl_jax.config import apply_overrides  # noqa: E402
+from aetl_jax.api import load_config  # noqa: E402
 from aetl_jax.data.digits import load_digits_arrays  # noqa: E402
-from experiments import digits_transfer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS_CONFIG = ROOT / "experiments" / "digits_transfer.py"
 
 TINY = [
     "pretrain.epochs=6", "pretrain.eval_every=3", "pretrain.checkpoint_every=3",
     "transfer.budgets=(3,)", "transfer.seeds=2", "transfer.epochs=4", "transfer.lp_epochs=2",
-    "transfer.unfreeze_epochs=1", "transfer.val_per_class=2",
+    "transfer.val_per_class=2",
 ]
+# Every built-in strategy, so their keys are in a tiny config.
+ALL_STRATEGIES = ("transfer.strategies=('scratch','linear_probe','finetune','partial',"
+                  "'discriminative','layerwise','lp_ft','gradual_unfreeze','ridge_probe',"
+                  "'knn_probe','bitfit','joint_finetune')")
+
+
+def digits_config(*overrides):
+  """The digits experiment's config file, completed, with ``overrides``."""
+  return load_config(DIGITS_CONFIG, list(overrides))
 
 
 def tiny_config(*extra):
-  return apply_overrides(digits_transfer.get_config(), TINY + list(extra))
+  """Tiny sizes; the keys of every built-in strategy present, the strategy list the default's."""
+  config = digits_config(*TINY, ALL_STRATEGIES, "transfer.unfreeze_epochs=1", *extra)
+  if not any(e.startswith("transfer.strategies") for e in extra):
+    config.transfer.strategies = digits_config().transfer.strategies
+  return config
 
 
 @pytest.fixture(scope="session")

@@ -21,23 +21,23 @@ from aetl_jax.evaluation.batched import batched_apply  # noqa: E402
 from aetl_jax.models.autoencoder import Classifier  # noqa: E402
 from aetl_jax.models.mlp import MLPEncoder  # noqa: E402
 from aetl_jax.objectives.classification import make_classification_loss  # noqa: E402
-from aetl_jax.training.launchers import make_launcher  # noqa: E402
-from aetl_jax.training.loop import make_epoch_fn  # noqa: E402
-from aetl_jax.training.state import TrainState  # noqa: E402
-from aetl_jax.training.step import make_train_step  # noqa: E402
-from aetl_jax.transfer.optim import make_optimizer  # noqa: E402
-from aetl_jax.transfer.rules import trainable_mask  # noqa: E402
-from aetl_jax.transfer.strategies import HEAD_ONLY  # noqa: E402
+from aetl_jax.engine.launchers import make_launcher  # noqa: E402
+from aetl_jax.engine.loop import make_epoch_fn  # noqa: E402
+from aetl_jax.engine.state import TrainState  # noqa: E402
+from aetl_jax.engine.step import make_train_step  # noqa: E402
+from aetl_jax.core.optim import make_optimizer  # noqa: E402
+from aetl_jax.core.rules import trainable_mask  # noqa: E402
+from aetl_jax.strategies.base import HEAD_ONLY  # noqa: E402
 
 
 def main():
   assert jax.device_count() == 4, jax.devices()
   images, labels = load_digits_arrays()
-  data = {"input": jnp.asarray(images[:520]), "label": jnp.asarray(labels[:520])}
+  data = {"image": jnp.asarray(images[:520]), "label": jnp.asarray(labels[:520])}
   model = Classifier(encoder=MLPEncoder((32, 16), 8), num_classes=10)
-  params = model.init(jax.random.PRNGKey(0), data["input"][:1])["params"]
+  params = model.init(jax.random.PRNGKey(0), data["image"][:1])["params"]
   apply = lambda p, x, rng: model.apply({"params": p}, x)
-  loss = make_classification_loss(apply)
+  loss = make_classification_loss(apply, role=None)
   out = {}
   for rules_name, rules in (("all", ((".*", 1.0),)), ("head", HEAD_ONLY)):
     mask = trainable_mask(params, rules)
@@ -67,7 +67,7 @@ def main():
       errors[name] = str(e)
   # Padded, sharded evaluation equals one unbatched pass.
   predict = jax.jit(lambda p, x: model.apply({"params": p}, x))
-  x = data["input"][:131]
+  x = data["image"][:131]
   full = np.asarray(predict(params, x))
   sharded = np.asarray(batched_apply(predict, params, x, batch_size=24,
                                      launcher=make_launcher("shard_map", 4)))

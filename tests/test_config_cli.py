@@ -6,23 +6,38 @@ import sys
 
 import pytest
 
-from aetl_jax.config import ConfigError, apply_overrides
+from aetl_jax.core.config import ConfigError, apply_overrides
 from aetl_jax.validation import validate_transfer_config
 from aetl_jax.workdir import WorkdirError, prepare_workdir
-from experiments import digits_transfer
-from experiments.__main__ import main
+from aetl_jax.cli import main
+from tests.conftest import DIGITS_CONFIG, ROOT, digits_config
 
 
 def _err(capsys, argv):
+  argv = ["run", "--config", str(DIGITS_CONFIG), *argv] if argv[:1] != ["run"] else argv
   assert main(argv) == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1, err
   return err
 
 
-def test_unknown_experiment(capsys, tmp_path):
-  err = _err(capsys, ["digit_transfer", "--workdir", str(tmp_path)])
-  assert "unknown experiment 'digit_transfer'" in err and "digits_transfer" in err
+def test_missing_config_file_names_the_path(capsys, tmp_path):
+  err = _err(capsys, ["run", "--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path)])
+  assert "config file" in err and "nope.py" in err and "does not exist" in err
+
+
+def test_config_file_without_get_config(capsys, tmp_path):
+  (tmp_path / "empty.py").write_text("x = 1\n")
+  err = _err(capsys, ["run", "--config", str(tmp_path / "empty.py"), "--workdir", str(tmp_path / "w")])
+  assert "defines no get_config()" in err and "empty.py" in err
+
+
+def test_users_own_config_file_anywhere(capsys, tmp_path):
+  (tmp_path / "mine.py").write_text(
+      "from aetl_jax.tasks.transfer import default_config\n"
+      "def get_config():\n  c = default_config()\n  c.pretrain.epochs = 7\n  return c\n")
+  assert main(["run", "--config", str(tmp_path / "mine.py"), "--print-config"]) == 0
+  assert "epochs: 7" in capsys.readouterr().out
 
 
 def test_unknown_config_key_suggests(capsys, tmp_path):
@@ -51,17 +66,16 @@ def test_unknown_flag(capsys, tmp_path):
     ("transfer.budgets=(0,)", "transfer.budgets"),
     ("pretrain.learning_rate=-1.0", "pretrain.learning_rate"),
     ("objective.loss='l1'", "objective.loss"),
-    ("model.variant='mae'", "model.variant"),
-    ("model.variant='contrastive'", "model.variant"),
+    ("objective.name='mae'", "objective.name"),
+    ("objective.name='contrastive'", "objective.name"),
     ("objective.corruption='blur'", "objective.corruption"),
     ("model.family='transformer'", "model.family"),
     ("transfer.runner='loop'", "transfer.runner"),
     ("data.test_fraction=1.0", "data.test_fraction"),
 ])
 def test_validation_names_the_key(override, key):
-  config = apply_overrides(digits_transfer.get_config(), [override])
   with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-    validate_transfer_config(config)
+    validate_transfer_config(digits_config(override))
 
 
 def test_budget_larger_than_target_pool_fails_before_training(capsys, tmp_path):
@@ -71,7 +85,7 @@ def test_budget_larger_than_target_pool_fails_before_training(capsys, tmp_path):
 
 
 def test_workdir_with_other_config_refuses_then_overwrite(tmp_path):
-  config = digits_transfer.get_config()
+  config = digits_config()
   prepare_workdir(tmp_path, config, experiment="digits_transfer")
   (tmp_path / "results").mkdir()
   _, resuming = prepare_workdir(tmp_path, config, experiment="digits_transfer")
@@ -90,11 +104,21 @@ def test_workdir_with_other_config_refuses_then_overwrite(tmp_path):
 def test_foreign_nonempty_workdir_refuses(tmp_path):
   (tmp_path / "precious.txt").write_text("do not delete")
   with pytest.raises(WorkdirError, match="not empty"):
-    prepare_workdir(tmp_path, digits_transfer.get_config(), experiment="digits_transfer")
+    prepare_workdir(tmp_path, digits_config(), experiment="digits_transfer")
   assert (tmp_path / "precious.txt").exists()
 
 
 def test_cli_is_a_module_entry_point(tmp_path):
-  out = subprocess.run([sys.executable, "-m", "experiments", "nope", "--workdir", str(tmp_path)],
-                       capture_output=True, text=True)
-  assert out.returncode == 2 and "unknown experiment 'nope'" in out.stderr
+  out = subprocess.run([sys.executable, "-m", "aetl_jax", "run", "--config", str(DIGITS_CONFIG),
+                        "--workdir", str(tmp_path), "--config.transfer.strategies=('nope',)"],
+                       capture_output=True, text=True, cwd=tmp_path)
+  assert out.returncode == 2 and "unknown strategy 'nope'" in out.stderr
+
+
+def test_experiments_folder_is_not_an_installed_package(tmp_path):
+  """A user's own experiments/ package in the working directory shadows nothing of ours."""
+  (tmp_path / "experiments").mkdir()
+  (tmp_path / "experiments" / "__init__.py").write_text("raise ImportError('user package')\n")
+  out = subprocess.run([sys.executable, "-m", "aetl_jax", "run", "--config", str(DIGITS_CONFIG),
+                        "--print-config"], capture_output=True, text=True, cwd=tmp_path)
+  assert out.returncode == 0, out.stderr[-2000:]

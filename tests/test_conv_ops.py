@@ -15,7 +15,7 @@ from aetl_jax.models.conv import depth_to_space
 from aetl_jax.models.conv_ops import (FormulatedConv, FormulatedConvTranspose, bias_add,
                                       choose_formulation, conv_class, conv_transpose_class,
                                       resolve_conv_impl, subpixel_conv_transpose)
-from aetl_jax.training.compiler import train_compiler_options
+from aetl_jax.engine.compiler import train_compiler_options
 
 
 def _assert_same_function(ref, ours, x):
@@ -138,13 +138,14 @@ def test_bad_formulation_and_padding_are_named():
 
 @pytest.mark.parametrize("upsampling", ["transpose", "subpixel", "resize"])
 def test_conv_autoencoder_is_the_same_function_with_every_impl(upsampling):
-  from aetl_jax.config import apply_overrides
+  from aetl_jax.core.config import apply_overrides
   from aetl_jax.models.registry import build_autoencoder
-  from experiments import digits_transfer
+  from aetl_jax.api import load_config
+  from aetl_jax.tasks.transfer import default_config
   x = jax.random.uniform(jax.random.PRNGKey(0), (2, 28, 28, 1))
   outs = {}
   for impl in ("xla", "hybrid", "im2col", "shift_add", "matmul", "auto"):
-    config = apply_overrides(digits_transfer.get_config(), [
+    config = load_config(default_config(), [
         "model.family='conv'", f"model.upsampling='{upsampling}'", f"model.conv_impl='{impl}'"])
     model = build_autoencoder(config.model, x.shape[1:])
     params = model.init(jax.random.PRNGKey(3), x, method="reconstruct")["params"]

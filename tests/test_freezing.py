@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from aetl_jax.objectives.classification import make_classification_loss
-from aetl_jax.training.loop import make_epoch_fn
-from aetl_jax.training.state import TrainState
-from aetl_jax.training.step import make_train_step
-from aetl_jax.transfer.optim import make_optimizer
-from aetl_jax.transfer.rules import trainable_mask
-from aetl_jax.transfer.strategies import HEAD_ONLY
+from aetl_jax.engine.loop import make_epoch_fn
+from aetl_jax.engine.state import TrainState
+from aetl_jax.engine.step import make_train_step
+from aetl_jax.core.optim import make_optimizer
+from aetl_jax.core.rules import trainable_mask
+from aetl_jax.strategies.base import HEAD_ONLY
 from tests.conftest import classifier_and_params, tiny_config, tree_equal
 
 
@@ -21,9 +21,9 @@ def _setup(rules, digits, runner="scan"):
   apply = lambda p, x, rng: model.apply({"params": p}, x)
   mask = trainable_mask(params, rules)
   tx = make_optimizer(learning_rate=1e-2)
-  step = make_train_step(make_classification_loss(apply), tx, mask)
+  step = make_train_step(make_classification_loss(apply, role=None), tx, mask)
   images, labels = digits
-  data = {"input": jnp.asarray(images[:256]), "label": jnp.asarray(labels[:256])}
+  data = {"image": jnp.asarray(images[:256]), "label": jnp.asarray(labels[:256])}
   return model, params, mask, tx, step, data
 
 

@@ -11,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aetl_jax.training.launchers import make_launcher
-from aetl_jax.transfer.finetune import OptimSettings, run_strategy, run_strategy_seeds
-from aetl_jax.transfer.strategies import build_strategy
-from tests.conftest import classifier_and_params, tiny_config
+from aetl_jax.engine.launchers import make_launcher
+from aetl_jax.engine.phase import Optim
+from aetl_jax.engine.runtime import make_runtime
+from aetl_jax.strategies import StrategyContext, build_strategy
+from aetl_jax.transfer.cell import run_cell, run_cells_vmapped
+from tests.conftest import DIGITS_CONFIG, classifier_and_params, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,42 +69,45 @@ def test_single_device_pmap_degenerates_gracefully(caplog):
 @pytest.mark.parametrize("name", ["scratch", "lp_ft", "gradual_unfreeze"])
 def test_vmapped_seeds_equal_sequential_runs(digits, name):
   images, labels = digits
-  config = tiny_config("transfer.epochs=3", "transfer.lp_epochs=2", "transfer.unfreeze_epochs=1")
-  model, _ = classifier_and_params(config)
-  opt = OptimSettings(learning_rate=1e-2, batch_size=32)
+  config = tiny_config("transfer.epochs=3", "transfer.lp_epochs=2", "transfer.unfreeze_epochs=1",
+                       "transfer.learning_rate=1e-2", "transfer.batch_size=32")
+  model, template = classifier_and_params(config)
+  strategy = build_strategy(name, StrategyContext(name, config.transfer, model, template,
+                                                  Optim.from_config(config.transfer)))
+  runtime = make_runtime(runner="scan")
   seeds = [0, 1, 2]
   cells = []
   for seed in seeds:
     _, params = classifier_and_params(config, seed=seed)
     lo = 100 * seed
-    split = lambda a, b: {"input": jnp.asarray(images[a:b]), "label": jnp.asarray(labels[a:b])}
-    data = {"train": split(lo, lo + 96), "val": split(1000, 1050), "test": split(1100, 1300)}
-    cells.append((params, data, jax.random.PRNGKey(10 + seed)))
-  strategy = build_strategy(name, config.transfer, cells[0][0]["encoder"])
-  sequential = [run_strategy(strategy, model, p, d, opt, r) for p, d, r in cells]
+    split = lambda a, b: (jnp.asarray(images[a:b]), jnp.asarray(labels[a:b]))
+    splits = {"train": split(lo, lo + 96), "val": split(1000, 1050), "test": split(1100, 1300)}
+    data = {"target_labelled": {"image": splits["train"][0], "label": splits["train"][1]}}
+    cells.append((params, data, splits, jax.random.PRNGKey(10 + seed)))
+  sequential = [run_cell(strategy, model, p, d, sp, r, runtime=runtime) for p, d, sp, r in cells]
   stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-  params_k, results_k, hist_k = run_strategy_seeds(
-      strategy, model, stack([c[0] for c in cells]), stack([c[1] for c in cells]), opt,
-      jnp.stack([c[2] for c in cells]))
-  for k, (p_seq, r_seq) in enumerate(sequential):
+  params_k, results_k, hist_k = run_cells_vmapped(
+      strategy, model, stack([c[0] for c in cells]), stack([c[1] for c in cells]),
+      stack([c[2] for c in cells]), jnp.stack([c[3] for c in cells]), runtime=runtime)
+  for k, (p_seq, r_seq, h_seq) in enumerate(sequential):
     for a, b in zip(jax.tree.leaves(p_seq), jax.tree.leaves(jax.tree.map(lambda x: x[k], params_k))):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert abs(results_k[k]["test_accuracy"] - r_seq["test_accuracy"]) <= 2 / 200
-    assert len(hist_k[k]) == sum(p.epochs for p in strategy.phases)
+    assert len(hist_k[k]) == sum(p.epochs for p in strategy.phases) == len(h_seq)
 
 
 @pytest.mark.parametrize("launcher", ["pmap", "shard_map"])
 def test_experiment_on_four_devices_matches_single_device(tmp_path, launcher):
   """The whole pipeline (pretraining, cached-feature probe, fine-tune) on 4 devices."""
-  from experiments.__main__ import main
-  common = ["--no-progress", "--config.pretrain.epochs=4", "--config.transfer.budgets=(4,)",
+  from aetl_jax.cli import main
+  common = ["--config", str(DIGITS_CONFIG), "--no-progress", "--config.pretrain.epochs=4", "--config.transfer.budgets=(4,)",
             "--config.transfer.seeds=1", "--config.transfer.epochs=3",
             "--config.transfer.strategies=('linear_probe','finetune')",
             "--config.pretrain.optimizer='sgd'", "--config.transfer.optimizer='sgd'"]
-  assert main(["--workdir", str(tmp_path / "jit"), *common]) == 0
+  assert main(["run", "--workdir", str(tmp_path / "jit"), *common]) == 0
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
          "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-  out = subprocess.run([sys.executable, "-m", "experiments", "--workdir", str(tmp_path / "multi"),
+  out = subprocess.run([sys.executable, "-m", "aetl_jax", "run", "--workdir", str(tmp_path / "multi"),
                         *common, f"--config.launch.launcher={launcher}"],
                        env=env, capture_output=True, text=True, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-3000:]

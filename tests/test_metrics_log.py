@@ -1,6 +1,6 @@
 """The JSON-lines logs that make sweeps and pretraining resumable."""
 
-from aetl_jax.training.metrics_log import JsonlLog
+from aetl_jax.engine.metrics_log import JsonlLog
 
 
 def test_extend_appends_rows_in_order_after_existing_ones(tmp_path):

@@ -7,39 +7,58 @@ import optax
 import pytest
 from scipy import integrate, stats
 
-from aetl_jax.config import apply_overrides
-from aetl_jax.models.registry import build_autoencoder, build_classifier
+from aetl_jax.core.config import apply_overrides, flatten
+from aetl_jax.models import registry
+from aetl_jax.models.registry import build_classifier
 from aetl_jax.models.vit import patchify, random_masking, unpatchify
-from aetl_jax.objectives.registry import gaussian_kl, make_objective
-from experiments import digits_transfer
+from aetl_jax.objectives.autoencoders import gaussian_kl
+from aetl_jax.objectives.registry import make_objective as _make_objective, model_kind
+from tests.conftest import digits_config
+
+
+def build_autoencoder(m, shape, kind=None):
+  return registry.build_autoencoder(m, shape, kind or _KIND[0])
+
+
+_KIND = ["autoencoder"]
+
+
+def make_objective(model, m, o):
+  """The objective as the tests knew it: a loss over one batch ``{'image'}``."""
+  loss = _make_objective(model, o)
+  return lambda params, batch, rng: loss(params, {"images": batch}, rng)
 
 SMALL = ["model.widths=(64, 32)", "model.channels=(16, 32)", "model.vit_dim=32",
          "model.vit_depth=2", "model.vit_heads=2", "model.decoder_dim=32", "model.decoder_depth=1"]
 
 VARIANTS = {
-    "mlp/plain": ["model.family='mlp'", "model.variant='plain'"],
-    "mlp/plain-mse": ["model.family='mlp'", "model.variant='plain'", "objective.loss='mse'"],
-    "mlp/denoising-gaussian": ["model.variant='denoising'", "objective.corruption='gaussian'"],
-    "mlp/denoising-masking": ["model.variant='denoising'", "objective.corruption='masking'"],
-    "mlp/denoising-salt": ["model.variant='denoising'", "objective.corruption='salt_and_pepper'",
+    "mlp/plain": ["model.family='mlp'", "objective.name='reconstruction'"],
+    "mlp/plain-mse": ["model.family='mlp'", "objective.name='reconstruction'", "objective.loss='mse'"],
+    "mlp/denoising-gaussian": ["objective.name='denoising'", "objective.corruption='gaussian'"],
+    "mlp/denoising-masking": ["objective.name='denoising'", "objective.corruption='masking'"],
+    "mlp/denoising-salt": ["objective.name='denoising'", "objective.corruption='salt_and_pepper'",
                            "objective.corruption_level=0.1"],
-    "mlp/sparse-l1": ["model.variant='sparse'", "objective.sparsity='l1'"],
-    "mlp/sparse-kl": ["model.variant='sparse'", "objective.sparsity='kl'",
+    "mlp/sparse-l1": ["objective.name='sparse'", "objective.sparsity='l1'"],
+    "mlp/sparse-kl": ["objective.name='sparse'", "objective.sparsity='kl'",
                       "objective.sparsity_weight=0.1"],
-    "mlp/vae": ["model.variant='vae'", "model.latent_dim=8"],
+    "mlp/vae": ["objective.name='vae'", "model.latent_dim=8"],
     "conv/transpose": ["model.family='conv'", "model.upsampling='transpose'"],
     "conv/resize": ["model.family='conv'", "model.upsampling='resize'"],
     "conv/subpixel": ["model.family='conv'", "model.upsampling='subpixel'", "model.norm='layer'"],
-    "conv/vae": ["model.family='conv'", "model.variant='vae'", "model.latent_dim=8"],
+    "conv/vae": ["model.family='conv'", "objective.name='vae'", "model.latent_dim=8"],
     "resnet/plain": ["model.family='resnet'"],
-    "vit/mae": ["model.family='vit'", "model.variant='mae'", "model.patch=2"],
-    "vit/mae-normpix": ["model.family='vit'", "model.variant='mae'", "model.patch=2",
+    "vit/mae": ["model.family='vit'", "objective.name='mae'", "model.patch=2"],
+    "vit/mae-normpix": ["model.family='vit'", "objective.name='mae'", "model.patch=2",
                         "model.norm_pix_loss=True"],
 }
 
 
 def config_for(name, *extra):
-  return apply_overrides(digits_transfer.get_config(), SMALL + VARIANTS[name] + list(extra))
+  config = digits_config(*VARIANTS[name])
+  known = flatten(config)
+  config = apply_overrides(config, [o for o in SMALL + list(extra) if o.split("=")[0] in known])
+  _KIND[0] = model_kind(config.objective.name)
+  return config
 
 
 def _overfit(name, images, steps=300):
@@ -95,7 +114,7 @@ def test_output_shapes_and_transplantable_encoder(shape, name):
   params = ae.init(jax.random.PRNGKey(0), x, method="reconstruct")["params"]
   assert ae.apply({"params": params}, x, method="reconstruct").shape == x.shape
   features = ae.apply({"params": params}, x, method="encode")
-  clf = build_classifier(config.model, 10)
+  clf = build_classifier(config.model, 10, model_kind(config.objective.name))
   clf_params = clf.init(jax.random.PRNGKey(1), x)["params"]
   assert clf.apply({"params": clf_params}, x).shape == (3, 10)
   assert clf.apply({"params": clf_params}, x, method="encode").shape == features.shape
@@ -147,14 +166,14 @@ def test_same_rng_same_loss_other_rng_other_loss(digits, name):
 @pytest.mark.parametrize("overrides, shape, message", [
     (["model.family='conv'", "model.channels=(8, 16, 32, 64)"], (28, 28, 1),
      r"image height 28 is not divisible by 2\^4=16.*at most 2 strided blocks.*pad/resize the image to 32"),
-    (["model.family='vit'", "model.variant='mae'", "model.patch=5"], (28, 28, 1),
+    (["model.family='vit'", "objective.name='mae'", "model.patch=5"], (28, 28, 1),
      r"patch size 5 does not divide image height 28; patch sizes that fit: 1, 2, 4, 7, 14"),
-    (["model.family='vit'", "model.variant='plain'"], (8, 8, 1), r"use variant 'mae'"),
+    (["model.family='vit'", "objective.name='reconstruction'"], (8, 8, 1), r"family 'vit' is pretrained as one"),
 ])
 def test_encoder_that_does_not_fit_says_what_would(overrides, shape, message):
-  config = apply_overrides(digits_transfer.get_config(), overrides)
+  config = digits_config(*overrides)
   with pytest.raises(ValueError, match=message):
-    build_autoencoder(config.model, shape)
+    build_autoencoder(config.model, shape, model_kind(config.objective.name))
 
 
 def test_vae_importance_sampled_nll_is_a_tighter_bound(digits):

@@ -8,7 +8,7 @@ import pytest
 
 from aetl_jax.objectives.reconstruction import (bce_with_logits, mean_squared_error,
                                                 reconstruction_error, reconstruction_sum)
-from aetl_jax.objectives.registry import bernoulli_nll
+from aetl_jax.objectives.autoencoders import bernoulli_nll
 
 
 def _images():

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from aetl_jax.transfer.optim import make_optimizer
+from aetl_jax.core.optim import make_optimizer
 
 
 def _one_update(mult, wd=0.0, wd_mult=None):

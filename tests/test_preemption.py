@@ -12,10 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from aetl_jax import checkpointing
+from aetl_jax.engine import checkpoint as checkpointing
 from aetl_jax.data.digits import load_digits_arrays
-from aetl_jax.training.guard import NonFiniteError
-from aetl_jax.training.pretrain import checkpoint_dir, pretrain
+from aetl_jax.engine.guard import NonFiniteError
+from aetl_jax.engine.store import CheckpointStore
+from aetl_jax.tasks.pretrain import checkpoint_dir, pretrain
 from tests.conftest import tiny_config, tree_equal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,8 @@ ARGS = ["--no-progress", "--config.pretrain.epochs=60", "--config.pretrain.check
 
 
 def _cmd(workdir):
-  return [sys.executable, "-m", "experiments", "digits_transfer", "--workdir", str(workdir), *ARGS]
+  return [sys.executable, "-m", "aetl_jax", "run", "--config",
+          str(ROOT / "experiments" / "digits_transfer.py"), "--workdir", str(workdir), *ARGS]
 
 
 def _env():
@@ -105,9 +107,11 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
   victim = next(p for p in (ckpt / "8" / "default").rglob("0*") if p.is_file())
   victim.write_bytes(victim.read_bytes()[: max(1, victim.stat().st_size // 2)])
   _, good_6 = _restore_step(ckpt, 6)
-  step, tree = checkpointing.restore_latest(ckpt, {"state": good_6["state"]})
+  step, tree = CheckpointStore(ckpt).restore(lambda s: good_6)
   assert step == 6
-  assert tree_equal(tree["state"]["params"], good_6["state"]["params"])
+  assert tree_equal(tree["params"], good_6["params"])
+  assert checkpointing.finished_steps(ckpt) == [4, 6]  # 8 moved aside, not deleted
+  assert len(list((ckpt.parent / "quarantine").iterdir())) == 1
   assert "checkpoint" in caplog.text and "damaged" in caplog.text
 
 
@@ -121,7 +125,7 @@ def test_silently_corrupted_array_is_caught_by_checksum(tmp_path, caplog):
   key = next(k for k in manifest["custom_metadata"]["aetl_jax_manifest"] if "encoder" in k)
   manifest["custom_metadata"]["aetl_jax_manifest"][key]["crc32"] ^= 1
   meta.write_text(json.dumps(manifest))
-  step, _ = checkpointing.restore_latest(ckpt, target)
+  step, _ = CheckpointStore(ckpt).restore(lambda s: target)
   assert step == 6 and "checksum mismatch" in caplog.text
 
 
@@ -154,19 +158,18 @@ class _Kill(Exception):
 def test_sweep_cell_resumes_inside_a_phase(tmp_path):
   """A cell killed mid-phase resumes from its checkpoint, bitwise identical."""
   import jax.numpy as jnp
-  from aetl_jax.transfer.finetune import OptimSettings, run_strategy
-  from aetl_jax.transfer.strategies import build_strategy
+  from aetl_jax.transfer.cell import train_strategy
   from tests.conftest import classifier_and_params
 
   images, labels = load_digits_arrays()
-  config = tiny_config("transfer.lp_epochs=4", "transfer.epochs=5")
+  config = tiny_config("transfer.lp_epochs=4", "transfer.epochs=5", "transfer.learning_rate=1e-2",
+                       "transfer.batch_size=32")
   model, params = classifier_and_params(config)
-  split = lambda a, b: {"input": jnp.asarray(images[a:b]), "label": jnp.asarray(labels[a:b])}
+  split = lambda a, b: (jnp.asarray(images[a:b]), jnp.asarray(labels[a:b]))
   data = {"train": split(0, 150), "val": split(150, 200), "test": split(200, 400)}
-  strategy = build_strategy("lp_ft", config.transfer, params["encoder"])
-  opt = OptimSettings(learning_rate=1e-2, batch_size=32)
   rng = jax.random.PRNGKey(3)
-  ref_params, ref = run_strategy(strategy, model, params, data, opt, rng)
+  run = lambda **kw: train_strategy("lp_ft", config.transfer, model, params, data, rng, **kw)
+  ref_params, ref, ref_history = run()
 
   for kill_at in (2, 6):  # inside the probe phase, inside the fine-tune phase
     ckpt = tmp_path / f"cell{kill_at}"
@@ -178,12 +181,13 @@ def test_sweep_cell_resumes_inside_a_phase(tmp_path):
         raise _Kill
 
     with pytest.raises(_Kill):
-      run_strategy(strategy, model, params, data, opt, rng, checkpoint_dir=ckpt,
-                   checkpoint_every=1, on_epoch=on_epoch)
+      run(cell_dir=ckpt, checkpoint_every=1, on_epoch=on_epoch)
     resumed_epochs = []
-    out_params, out = run_strategy(strategy, model, params, data, opt, rng, checkpoint_dir=ckpt,
-                                   checkpoint_every=1,
+    out_params, out, history = run(cell_dir=ckpt, checkpoint_every=1,
                                    on_epoch=lambda r: resumed_epochs.append(r["epoch"]))
     assert resumed_epochs[0] == kill_at  # epochs before the kill were not recomputed
     assert tree_equal(out_params, ref_params)
     assert out["test_accuracy"] == ref["test_accuracy"]
+    # The cell's whole history survives the kill (epochs before it come from its log).
+    assert [r["epoch"] for r in history] == [r["epoch"] for r in ref_history]
+    assert history == ref_history

@@ -7,11 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from aetl_jax import checkpointing
+from aetl_jax.engine import checkpoint as checkpointing
 from aetl_jax.data.transfer_split import make_transfer_split
 from aetl_jax.evaluation.reconstruction import reconstruction_metrics
-from aetl_jax.training.metrics_log import JsonlLog
-from aetl_jax.training.pretrain import ENCODER_SUBTREE, checkpoint_dir, pretrain
+from aetl_jax.engine.metrics_log import JsonlLog
+from aetl_jax.tasks.pretrain import ENCODER_SUBTREE, checkpoint_dir, pretrain
 from aetl_jax.transfer.sweep import load_encoder
 from tests.conftest import classifier_and_params, tiny_config, tree_equal
 
@@ -70,7 +70,7 @@ def test_partial_restore_reads_only_the_encoder(pretrained, tmp_path):
   # Reading the damaged decoder does fail: the damage is real.
   with pytest.raises(Exception):
     checkpointing.restore_subtree(ckpt, pretrained["params"]["decoder"],
-                                  subtree=("state", "params", "decoder"))
+                                  subtree=("params", "decoder"))
 
 
 def test_shape_mismatch_lists_every_path_with_both_shapes(pretrained):

@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from experiments.__main__ import main
-from tests.conftest import TINY
+from aetl_jax.cli import main
+from tests.conftest import DIGITS_CONFIG, TINY
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("quickstart")
-  argv = ["digits_transfer", "--workdir", str(workdir), "--no-progress"] + [
+  argv = ["run", "--config", str(DIGITS_CONFIG), "--workdir", str(workdir), "--no-progress"] + [
       f"--config.{o}" for o in TINY]
   assert main(argv) == 0
   return workdir, argv

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aetl_jax.transfer import rules
+from aetl_jax.core import rules
 
 PARAMS = {
     "encoder": {"block_0": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)},

@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aetl_jax.data.streaming import (array_stream, choose_data_path, make_stream_epoch_fn,
+from aetl_jax.engine.loop import make_stream_epoch_fn
+from aetl_jax.data.streaming import (array_stream, choose_data_path,
                                      numpy_batches, prefetch_to_device)
 
 
@@ -34,25 +35,24 @@ def test_stream_is_reproducible_per_seed_and_sharded(digits):
 
 
 def test_streaming_training_lowers_the_loss(digits):
-  from aetl_jax.config import apply_overrides
+  from aetl_jax.core.config import apply_overrides
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.objectives.registry import make_objective
-  from aetl_jax.training.state import TrainState
-  from aetl_jax.training.step import make_train_step
-  from aetl_jax.transfer.optim import make_optimizer
-  from experiments import digits_transfer
-  config = apply_overrides(digits_transfer.get_config(), [])
+  from aetl_jax.engine.state import TrainState
+  from aetl_jax.engine.step import make_train_step
+  from aetl_jax.core.optim import make_optimizer
+  from tests.conftest import digits_config
+  config = digits_config()
   images = digits[0][:512]
   model = build_autoencoder(config.model, images.shape[1:])
   params = model.init(jax.random.PRNGKey(0), images[:1], method="reconstruct")["params"]
   tx = make_optimizer(learning_rate=3e-3)
-  epoch = make_stream_epoch_fn(make_train_step(make_objective(model, config.model,
-                                                              config.objective), tx))
+  epoch = make_stream_epoch_fn(make_train_step(make_objective(model, config.objective), tx))
   state = TrainState.create(params, tx)
   losses = []
   for e in range(5):
-    batches = prefetch_to_device(numpy_batches(array_stream({"image": images}, batch_size=64,
-                                                            seed=e)))
+    batches = ({"images": b} for b in prefetch_to_device(numpy_batches(
+        array_stream({"image": images}, batch_size=64, seed=e))))
     state, m = epoch(state, batches, jax.random.PRNGKey(e))
     losses.append(float(m["loss"]))
   assert losses[-1] < 0.8 * losses[0]
@@ -67,7 +67,7 @@ def test_choose_data_path():
 
 
 def test_pretraining_on_the_stream_path_learns_and_resumes(tmp_path, digits):
-  from aetl_jax.training.pretrain import pretrain
+  from aetl_jax.tasks.pretrain import pretrain
   from tests.conftest import tiny_config
   config = tiny_config("pretrain.data_path='stream'", "pretrain.epochs=6")
   _, _, history = pretrain(config, digits[0][:400], digits[0][400:500], tmp_path, progress=False)
@@ -81,17 +81,16 @@ def test_transfer_experiment_streams_its_source_from_tfds(tmp_path, digits):
   """Source read from disk batch by batch (mock TFDS mnist), target sklearn digits in memory."""
   import json
   import tensorflow_datasets as tfds
-  from aetl_jax.config import apply_overrides
-  from experiments import transfer
-  config = apply_overrides(transfer.get_config(), [
+  from aetl_jax import api
+  from tests.conftest import ROOT
+  config = api.load_config(ROOT / "experiments" / "transfer.py", [
       "data.source='mnist'", "data.target='digits'",
       f"data.data_dir='{tmp_path / 'tfds'}'", "data.stream_source=True",
       "data.common_shape=(28, 28, 1)", "pretrain.epochs=2", "pretrain.batch_size=32",
       "transfer.budgets=(3,)", "transfer.seeds=1", "transfer.epochs=2", "transfer.lp_epochs=1",
       "transfer.strategies=('scratch','linear_probe')"])
   with tfds.testing.mock_data(num_examples=96, data_dir=str(tmp_path / "mock")):
-    transfer.validate(config)
-    out = transfer.run(config, tmp_path / "work", progress=False)
+    out = api.run(config, tmp_path / "work", progress=False)
   described = json.loads((tmp_path / "work" / "data.json").read_text())
   assert described["source"] == {"size": 96, "streamed": True}
   assert "streamed from disk" in described["source_dataset"]["route"]

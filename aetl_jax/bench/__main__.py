@@ -91,26 +91,28 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int):
   """(one epoch as a thunk, XLA-counted FLOPs per example, examples per epoch,
   (the step's matmuls and convolutions alone, ``LOOP`` times each, as a thunk;
   their FLOPs per step): :mod:`aetl_jax.bench.ceiling`)."""
-  from aetl_jax.config import apply_overrides
+  from aetl_jax.core.config import apply_overrides
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.objectives.registry import make_objective
-  from aetl_jax.training.compiler import train_compiler_options
-  from aetl_jax.training.loop import make_epoch_fn
-  from aetl_jax.training.state import TrainState
-  from aetl_jax.training.step import make_train_step
-  from aetl_jax.transfer.optim import make_optimizer
-  from experiments import digits_transfer
+  from aetl_jax.engine.compiler import train_compiler_options
+  from aetl_jax.engine.loop import make_epoch_fn
+  from aetl_jax.engine.state import TrainState
+  from aetl_jax.engine.step import make_train_step
+  from aetl_jax.core.optim import make_optimizer
+  from aetl_jax.api import load_config
+  from aetl_jax.tasks.transfer import default_config
   upsampling = "transpose" if family == "conv_transpose" else "subpixel"
-  config = apply_overrides(digits_transfer.get_config(), [
-      f"model.family='{family.split('_')[0]}'", "model.widths=(256, 128)",
-      f"model.upsampling='{upsampling}'", f"model.conv_impl='{CONV_IMPL_FOR_RUNNER[runner]}'"])
+  base = family.split("_")[0]
+  config = load_config(default_config(), [f"model.family='{base}'"] + (
+      ["model.widths=(256, 128)"] if base == "mlp" else
+      [f"model.upsampling='{upsampling}'", f"model.conv_impl='{CONV_IMPL_FOR_RUNNER[runner]}'"]))
   x = jax.random.uniform(jax.random.PRNGKey(0), (n, 28, 28, 1))
   model = build_autoencoder(config.model, (28, 28, 1))
   params = model.init(jax.random.PRNGKey(0), x[:1], method="reconstruct")["params"]
   tx = make_optimizer(learning_rate=1e-3)
-  step = make_train_step(make_objective(model, config.model, config.objective), tx)
+  step = make_train_step(make_objective(model, config.objective), tx)
   state = TrainState.create(params, tx)
-  step_args = (state, {"image": x[:batch]}, jax.random.PRNGKey(0))
+  step_args = (state, {"images": {"image": x[:batch]}}, jax.random.PRNGKey(0))
   flops = compiled_stats(jax.jit(step), *step_args)["flops"]
   options = train_compiler_options(config.model.family)
   kernels, kernel_flops, _ = kernels_thunk(step, step_args, compiler_options=options)
@@ -118,7 +120,7 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int):
   holder = {"s": TrainState.create(jax.tree.map(jnp.copy, params), tx)}
 
   def run():
-    holder["s"], m = epoch(holder["s"], {"image": x}, jax.random.PRNGKey(1))
+    holder["s"], m = epoch(holder["s"], {"images": {"image": x}}, jax.random.PRNGKey(1))
     return m
 
   return run, flops / batch, (n // batch) * batch, (kernels, kernel_flops)
@@ -168,11 +170,11 @@ def jax_finetune(mode: str, batch: int, n: int, repeats: int):
   from aetl_jax.models.autoencoder import Classifier
   from aetl_jax.models.mlp import MLPEncoder
   from aetl_jax.objectives.classification import make_classification_loss
-  from aetl_jax.training.loop import make_epoch_fn
-  from aetl_jax.training.state import TrainState
-  from aetl_jax.training.step import make_train_step
-  from aetl_jax.transfer.optim import make_optimizer
-  from aetl_jax.transfer.rules import trainable_mask
+  from aetl_jax.engine.loop import make_epoch_fn
+  from aetl_jax.engine.state import TrainState
+  from aetl_jax.engine.step import make_train_step
+  from aetl_jax.core.optim import make_optimizer
+  from aetl_jax.core.rules import trainable_mask
   model = Classifier(MLPEncoder((256, 128), 32), 10)
   key = jax.random.PRNGKey(0)
   x = jax.random.uniform(key, (n, 28, 28, 1))
@@ -182,15 +184,15 @@ def jax_finetune(mode: str, batch: int, n: int, repeats: int):
   if mode == "linear_probe (cached)":
     feats = jax.jit(lambda p, v: model.apply({"params": p}, v, method="encode"))(params, x)
     apply = lambda h, f, r: model.apply({"params": {"head": h}}, f, method="classify_features")
-    step, train_params, data, mask = (make_train_step(make_classification_loss(apply), tx),
-                                      params["head"], {"input": feats, "label": y}, None)
+    step, train_params, data, mask = (make_train_step(make_classification_loss(apply, role=None), tx),
+                                      params["head"], {"image": feats, "label": y}, None)
   else:
     rules = ((".*", 1.0),) if mode == "finetune" else (("encoder/block_0/.*", "frozen"),
                                                       (".*", 1.0))
     mask = trainable_mask(params, rules)
     apply = lambda p, v, r: model.apply({"params": p}, v)
-    step = make_train_step(make_classification_loss(apply), tx, mask)
-    train_params, data = params, {"input": x, "label": y}
+    step = make_train_step(make_classification_loss(apply, role=None), tx, mask)
+    train_params, data = params, {"image": x, "label": y}
   epoch = make_epoch_fn(step, batch_size=batch, runner="scan")
   holder = {"s": TrainState.create(train_params, tx, mask)}
 

@@ -38,18 +38,19 @@ def main(argv=None):
   import jax.numpy as jnp
 
   from aetl_jax.bench.timing import time_calls
-  from aetl_jax.config import apply_overrides
+  from aetl_jax.core.config import apply_overrides
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.objectives.registry import make_objective
-  from aetl_jax.training.compiler import train_compiler_options
-  from aetl_jax.training.loop import make_epoch_fn
-  from aetl_jax.training.state import TrainState
-  from aetl_jax.training.step import make_train_step
-  from aetl_jax.transfer.optim import make_optimizer
-  from experiments import digits_transfer
+  from aetl_jax.engine.compiler import train_compiler_options
+  from aetl_jax.engine.loop import make_epoch_fn
+  from aetl_jax.engine.state import TrainState
+  from aetl_jax.engine.step import make_train_step
+  from aetl_jax.core.optim import make_optimizer
+  from aetl_jax.api import load_config
+  from aetl_jax.tasks.transfer import default_config
 
   x = jax.random.uniform(jax.random.PRNGKey(0), (args.examples, 28, 28, 1))
-  data = {"image": x}
+  data = {"images": {"image": x}}
   usable = (args.examples // args.batch) * args.batch
   print(f"backend={jax.default_backend()} batch={args.batch} examples/epoch={usable}")
   chosen = train_compiler_options("conv")
@@ -60,13 +61,13 @@ def main(argv=None):
   for upsampling in args.upsampling.split(","):
     for impl in args.impls.split(","):
       for runner, (label, options) in itertools.product(args.runners.split(","), variants):
-        config = apply_overrides(digits_transfer.get_config(), [
+        config = load_config(default_config(), [
             "model.family='conv'", f"model.upsampling='{upsampling}'",
             f"model.conv_impl='{impl}'"])
         model = build_autoencoder(config.model, (28, 28, 1))
         params = model.init(jax.random.PRNGKey(0), x[:1], method="reconstruct")["params"]
         tx = make_optimizer(learning_rate=1e-3)
-        step = make_train_step(make_objective(model, config.model, config.objective), tx)
+        step = make_train_step(make_objective(model, config.objective), tx)
         epoch = make_epoch_fn(step, batch_size=args.batch, runner=runner,
                               compiler_options=options)
         holder = {"state": TrainState.create(jax.tree.map(jnp.copy, params), tx)}

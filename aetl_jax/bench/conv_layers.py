@@ -44,7 +44,7 @@ def _jax_contenders(layer, batch: int):
   import jax
 
   from aetl_jax.models import conv_ops
-  from aetl_jax.training.compiler import train_compiler_options
+  from aetl_jax.engine.compiler import train_compiler_options
 
   name, size, cin, cout, stride, kind = layer
   options = train_compiler_options("conv") or None

@@ -33,10 +33,10 @@ def main(argv=None):
   from aetl_jax.models.autoencoder import Autoencoder
   from aetl_jax.models.mlp import MLPDecoder, MLPEncoder
   from aetl_jax.objectives.reconstruction import make_reconstruction_loss
-  from aetl_jax.training.loop import _gather, _plan, make_epoch_fn
-  from aetl_jax.training.state import TrainState
-  from aetl_jax.training.step import make_train_step
-  from aetl_jax.transfer.optim import make_optimizer
+  from aetl_jax.engine.loop import _gather, _plan, make_epoch_fn
+  from aetl_jax.engine.state import TrainState
+  from aetl_jax.engine.step import make_train_step
+  from aetl_jax.core.optim import make_optimizer
 
   if args.idx:
     from aetl_jax.data.idx import load_idx_split

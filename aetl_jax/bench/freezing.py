@@ -28,11 +28,11 @@ from aetl_jax.bench.timing import compiled_stats, time_calls, write_json
 from aetl_jax.models.autoencoder import Classifier
 from aetl_jax.models.mlp import MLPEncoder
 from aetl_jax.objectives.classification import make_classification_loss
-from aetl_jax.training.loop import make_epoch_fn
-from aetl_jax.training.state import TrainState
-from aetl_jax.training.step import make_train_step
-from aetl_jax.transfer.rules import trainable_mask
-from aetl_jax.transfer.strategies import HEAD_ONLY
+from aetl_jax.engine.loop import make_epoch_fn
+from aetl_jax.engine.state import TrainState
+from aetl_jax.engine.step import make_train_step
+from aetl_jax.core.rules import trainable_mask
+from aetl_jax.strategies.base import HEAD_ONLY
 
 PARTIAL = (("encoder/(block_0|block_1)/.*", "frozen"), (".*", 1.0))
 
@@ -75,9 +75,9 @@ def main(argv=None):
   x = jax.random.uniform(key, (n, 28, 28, 1))
   y = jax.random.randint(key, (n,), 0, 10)
   params = model.init(key, x[:1])["params"]
-  data = {"input": x, "label": y}
+  data = {"image": x, "label": y}
   full_apply = lambda p, inp, rng: model.apply({"params": p}, inp)
-  loss_full = make_classification_loss(full_apply)
+  loss_full = make_classification_loss(full_apply, role=None)
   adam = optax.adam(1e-3)
 
   rows = []
@@ -95,8 +95,8 @@ def main(argv=None):
       feat_time = time_calls(lambda: features(params, x), repeats=args.repeats)["median_s"]
       head_apply = lambda h, f, rng: model.apply({"params": {"head": h}}, f,
                                                  method="classify_features")
-      row = measure("cached features", make_classification_loss(head_apply), adam, None,
-                    params["head"], {"input": feats, "label": y}, args.batch, args.steps,
+      row = measure("cached features", make_classification_loss(head_apply, role=None), adam, None,
+                    params["head"], {"image": feats, "label": y}, args.batch, args.steps,
                     args.repeats)
       row["feature_pass_ms"] = 1e3 * feat_time
       rows.append({"strategy": label, **row})

@@ -42,19 +42,22 @@ def main(argv=None):
   from aetl_jax.models.autoencoder import Autoencoder, Classifier
   from aetl_jax.models.mlp import MLPDecoder, MLPEncoder
   from aetl_jax.objectives.reconstruction import make_reconstruction_loss
-  from aetl_jax.training.launchers import make_launcher
-  from aetl_jax.training.loop import make_epoch_fn
-  from aetl_jax.training.state import TrainState
-  from aetl_jax.training.step import make_train_step
-  from aetl_jax.transfer.finetune import OptimSettings, run_strategy, run_strategy_seeds
-  from aetl_jax.transfer.optim import make_optimizer
-  from aetl_jax.transfer.strategies import Phase, Strategy
+  from aetl_jax.engine.launchers import make_launcher
+  from aetl_jax.engine.loop import make_epoch_fn
+  from aetl_jax.engine.state import TrainState
+  from aetl_jax.engine.step import make_train_step
+  from aetl_jax.core.optim import make_optimizer
+  from aetl_jax.engine.runtime import make_runtime
+  from aetl_jax.strategies import StrategyContext, build_strategy
+  from aetl_jax.tasks.transfer import default_config
+  from aetl_jax.engine.phase import Optim
+  from aetl_jax.transfer.cell import run_cell, run_cells_vmapped
 
   print(f"backend={jax.default_backend()} devices={jax.device_count()} "
         f"cpu_count={os.cpu_count()} jax={jax.__version__}")
   key = jax.random.PRNGKey(0)
   x = jax.random.uniform(key, (args.examples, 28, 28, 1))
-  data = {"image": x}
+  data = {"images": {"image": x}}
   model = Autoencoder(MLPEncoder((256, 128), 32), MLPDecoder((28, 28, 1), (128, 256)))
   params = model.init(key, x[:1])["params"]
   loss = make_reconstruction_loss(model, "bce")
@@ -87,24 +90,31 @@ def main(argv=None):
             jax.random.randint(key, (2000,), 0, 10), (256, 128), 32, 1000, 30)]
   for name, images, labels, widths, code, n_train, epochs in cases:
     clf = Classifier(MLPEncoder(widths, code), 10)
-    strategy = Strategy("finetune", "pretrained", (Phase("finetune", ((".*", 1.0),), epochs),))
-    opt = OptimSettings(learning_rate=1e-3, batch_size=32)
+    tcfg = default_config().transfer
+    tcfg.update(epochs=epochs, learning_rate=1e-3, batch_size=32)
+    template = clf.init(key, jnp.asarray(images[:1]))["params"]
+    strategy = build_strategy("finetune", StrategyContext("finetune", tcfg, clf, template,
+                                                          Optim.from_config(tcfg)))
+    runtime = make_runtime(runner="scan")
     cells = []
     for s in range(args.seeds):
       p = clf.init(jax.random.PRNGKey(s), jnp.asarray(images[:1]))["params"]
       lo = (s * 97) % max(1, len(images) - n_train - 400)
-      split = lambda a, b: {"input": jnp.asarray(images[a:b]), "label": jnp.asarray(labels[a:b])}
+      split = lambda a, b: (jnp.asarray(images[a:b]), jnp.asarray(labels[a:b]))
       cells.append((p, {"train": split(lo, lo + n_train), "val": split(0, 0),
                         "test": split(len(images) - 300, len(images))}, jax.random.PRNGKey(s)))
     stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-    stacked = (stack([c[0] for c in cells]), stack([c[1] for c in cells]),
+    streams = lambda d: {"target_labelled": {"image": d["train"][0], "label": d["train"][1]}}
+    stacked = (stack([c[0] for c in cells]), stack([streams(c[1]) for c in cells]),
                jnp.stack([c[2] for c in cells]))
+    splits_k = {k: stack([c[1][k] for c in cells]) for k in ("train", "val", "test")}
 
     def sequential():
-      return [run_strategy(strategy, clf, p, d, opt, r)[0] for p, d, r in cells]
+      return [run_cell(strategy, clf, p, streams(d), d, r, runtime=runtime)[0] for p, d, r in cells]
 
     def vmapped():
-      return run_strategy_seeds(strategy, clf, *stacked[:2], opt, stacked[2])[0]
+      return run_cells_vmapped(strategy, clf, stacked[0], stacked[1], splits_k, stacked[2],
+                               runtime=runtime)[0]
 
     t_seq = time_calls(sequential, repeats=2)["median_s"]
     t_vmap = time_calls(vmapped, repeats=2)["median_s"]

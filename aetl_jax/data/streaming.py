@@ -12,7 +12,6 @@ whole epoch in one compiled call) stays the fast path for small data;
 from __future__ import annotations
 
 import collections
-import itertools
 import threading
 
 import jax
@@ -119,25 +118,3 @@ def prefetch_to_device(iterator, size: int = 2, sharding=None):
 def numpy_batches(ds):
   """tf.data → iterator of dicts of numpy arrays."""
   return ({k: np.asarray(v) for k, v in b.items()} for b in ds.as_numpy_iterator())
-
-
-def make_stream_epoch_fn(step, compiler_options: dict | None = None):
-  """``epoch(state, batches, rng) -> (state, metrics)`` over an iterator of device batches.
-
-  One jitted step per batch (the state is donated); batch ``i`` uses
-  ``fold_in(rng, i)``. Metrics are summarised like the in-memory runners.
-  """
-  from aetl_jax.training.loop import _summarise
-  step_jit = jax.jit(step, donate_argnums=0, compiler_options=compiler_options or None)
-
-  def epoch(state, batches, rng):
-    history = []
-    for i, batch in zip(itertools.count(), batches):
-      state, metrics = step_jit(state, batch, jax.random.fold_in(rng, i))
-      history.append(metrics)
-    if not history:
-      raise ValueError("the stream yielded no batch (dataset smaller than one batch?)")
-    import jax.numpy as jnp
-    return state, _summarise(jax.tree.map(lambda *xs: jnp.stack(xs), *history))
-
-  return epoch

@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from aetl_jax.training.launchers import DATA_AXIS
+from aetl_jax.engine.launchers import DATA_AXIS
 
 
 def batched_apply(fn, params, x, *, batch_size: int = 1024, launcher=None):

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aetl_jax.objectives.registry import bernoulli_nll, gaussian_kl
+from aetl_jax.objectives.autoencoders import bernoulli_nll, gaussian_kl
 
 
 def _normal_logpdf(z, mean, logvar):

@@ -9,4 +9,5 @@ the Orbax transplant a subtree copy. Encoder layers are named ``block_<i>``
 """
 
 from aetl_jax.models.autoencoder import Autoencoder, Classifier, encode  # noqa: F401
-from aetl_jax.models.registry import build_autoencoder, build_classifier, MODEL_FAMILIES  # noqa: F401
+from aetl_jax.models.family import FAMILIES  # noqa: F401
+from aetl_jax.models.registry import build_autoencoder, build_classifier  # noqa: F401

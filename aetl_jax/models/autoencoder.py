@@ -129,6 +129,39 @@ class Classifier(nn.Module):
     return self.head(features)
 
 
+class AutoencoderClassifier(nn.Module):
+  """Encoder + decoder + linear head: one tree ``{'encoder', 'decoder', 'head'}`` for
+  objectives that reconstruct and classify at once (joint and semi-supervised)."""
+
+  encoder: nn.Module
+  decoder: nn.Module
+  num_classes: int
+
+  def setup(self):
+    self.head = nn.Dense(self.num_classes)
+
+  def __call__(self, x, *, train: bool = False):
+    return self.head(self.encoder(x, train=train))
+
+  def encode(self, x, *, train: bool = False):
+    return self.encoder(x, train=train)
+
+  def with_code(self, x, *, train: bool = False):
+    code = self.encoder(x, train=train)
+    return self.decoder(code, train=train), code
+
+  def reconstruct(self, x):
+    return self.decoder(self.encoder(x))
+
+  def classify_features(self, features):
+    return self.head(features)
+
+  def init_all(self, x):
+    """Touches every submodule (for ``init``)."""
+    code = self.encoder(x)
+    return self.head(code), self.decoder(code)
+
+
 def encode(model: nn.Module, params, x):
   """The one encoder interface: features of ``x`` (deterministic, no dropout)."""
   return model.apply({"params": params}, x, method="encode")

@@ -15,7 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aetl_jax.models.conv_ops import conv_class, conv_transpose_class, depth_to_space
+from aetl_jax.models.conv_ops import (CONV_IMPLS, conv_class, conv_transpose_class,
+                                      depth_to_space)
+from aetl_jax.models.family import FAMILIES
 
 UPSAMPLING = ("transpose", "resize", "subpixel")
 NORMS = ("none", "layer", "group")
@@ -146,3 +148,48 @@ class ResNetEncoder(nn.Module):
         i += 1
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.code_dim, name=f"block_{i}")(x)
+
+
+def _conv_decoder(m, image_shape):
+  return ConvDecoder(image_shape=tuple(image_shape), channels=tuple(reversed(tuple(m.channels))),
+                     upsampling=m.upsampling, norm=m.norm, conv_impl=m.conv_impl)
+
+
+def _check_conv(m, image_shape) -> None:
+  check_downsampling(image_shape, len(m.channels), "conv encoder")
+
+
+def _check_resnet(m, image_shape) -> None:
+  check_downsampling(image_shape, len(m.channels) - 1, "resnet encoder")
+  check_downsampling(image_shape, len(m.channels), "conv decoder")
+
+
+def _validate(m) -> None:
+  from aetl_jax.core.config import require
+  require(len(m.channels) > 0 and all(isinstance(c, int) and c > 0 for c in m.channels),
+          "model.channels", f"must be positive integers, got {m.channels!r}")
+  require(m.norm in NORMS, "model.norm", f"unknown value {m.norm!r}; valid: {', '.join(NORMS)}")
+  require(m.upsampling in UPSAMPLING, "model.upsampling",
+          f"unknown value {m.upsampling!r}; valid: {', '.join(UPSAMPLING)}")
+  require(m.conv_impl in CONV_IMPLS, "model.conv_impl",
+          f"unknown value {m.conv_impl!r}; valid: {', '.join(CONV_IMPLS)}")
+
+
+_CONV = dict(channels=(32, 64), code_dim=32, norm="none", dropout_rate=0.0,
+             upsampling="transpose", conv_impl="auto")
+
+
+@FAMILIES.register("conv", defaults=_CONV, validate=_validate, decoder=_conv_decoder,
+                   check=_check_conv)
+def conv(m, code_dim: int):
+  """Stride-2 conv blocks ``model.channels`` → dense code; a mirrored decoder."""
+  return ConvEncoder(channels=tuple(m.channels), code_dim=code_dim, norm=m.norm,
+                     dropout_rate=m.dropout_rate, conv_impl=m.conv_impl)
+
+
+@FAMILIES.register("resnet", defaults={**_CONV, "blocks_per_stage": 1}, validate=_validate,
+                   decoder=_conv_decoder, check=_check_resnet)
+def resnet(m, code_dim: int):
+  """Residual conv stages ``model.channels`` (``blocks_per_stage`` each) → dense code."""
+  return ResNetEncoder(channels=tuple(m.channels), blocks_per_stage=m.blocks_per_stage,
+                       code_dim=code_dim, norm="group" if m.norm == "none" else m.norm)

@@ -74,7 +74,7 @@ def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
 
   ``python -m aetl_jax.bench.conv`` on the 2-core CPU (BENCHMARKS.md): with the
   default per-batch runner and YNNPACK convolutions off
-  (:mod:`aetl_jax.training.compiler`), 'hybrid' trains the conv autoencoder
+  (:mod:`aetl_jax.engine.compiler`), 'hybrid' trains the conv autoencoder
   fastest ('xla' next); 'matmul' is ~20× faster than 'xla' *inside* a ``scan``
   (jax#12868) but slower than both per batch, so choose it explicitly when a
   conv model must train inside one compiled loop (``runner=scan``, vmapped

@@ -6,7 +6,8 @@ import math
 from typing import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
+
+from aetl_jax.models.family import FAMILIES
 
 
 class MLPEncoder(nn.Module):
@@ -39,3 +40,16 @@ class MLPDecoder(nn.Module):
       z = nn.relu(nn.Dense(width, name=f"block_{i}")(z))
     z = nn.Dense(math.prod(self.image_shape), name=f"block_{len(self.widths)}")(z)
     return z.reshape((z.shape[0], *self.image_shape))
+
+
+def _check(m, image_shape) -> None:
+  del m, image_shape  # a dense encoder takes any image shape
+
+
+@FAMILIES.register("mlp", defaults=dict(widths=(128, 64), code_dim=32, dropout_rate=0.0),
+                   decoder=lambda m, shape: MLPDecoder(image_shape=tuple(shape),
+                                                       widths=tuple(reversed(tuple(m.widths)))),
+                   check=_check)
+def mlp(m, code_dim: int):
+  """Dense layers ``model.widths`` → code (``block_<i>`` per layer)."""
+  return MLPEncoder(widths=tuple(m.widths), code_dim=code_dim, dropout_rate=m.dropout_rate)

@@ -1,91 +1,76 @@
-"""Builds models from config: the one place that knows every family and variant.
+"""Builds models from config: the encoder by ``model.family`` (a registry), the
+wrapper by what the objective trains.
 
-``model.family`` picks the encoder (mlp, conv, resnet, vit) and
-``model.variant`` the autoencoder (plain, denoising, sparse, vae, mae). The
-classifier built for transfer uses the same encoder so the Orbax transplant is
-a subtree copy.
+``kind`` is the model an objective declares: ``autoencoder`` (plain,
+denoising, sparse, contractive), ``vae``, ``mae``; the classifier built for
+transfer uses the same encoder, so the Orbax transplant is a subtree copy.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from aetl_jax.models.autoencoder import (Autoencoder, Classifier, MaskedAutoencoder,
-                                         VariationalAutoencoder)
-from aetl_jax.models.conv import ConvDecoder, ConvEncoder, ResNetEncoder, check_downsampling
-from aetl_jax.models.mlp import MLPDecoder, MLPEncoder
-from aetl_jax.models.vit import MAEDecoder, ViTEncoder, check_patches
+from aetl_jax.models import conv, mlp, vit  # noqa: F401 - built-in families register
+from aetl_jax.models.autoencoder import (Autoencoder, AutoencoderClassifier, Classifier,
+                                         MaskedAutoencoder, VariationalAutoencoder)
+from aetl_jax.models.family import FAMILIES
+from aetl_jax.models.vit import MAEDecoder, check_patches
 
-MODEL_FAMILIES = ("mlp", "conv", "resnet", "vit")
-VARIANTS = ("plain", "denoising", "sparse", "vae", "mae")
-
-
-def check_model_config(m) -> None:
-  if m.family not in MODEL_FAMILIES:
-    raise ValueError(f"unknown model family {m.family!r}; valid: {', '.join(MODEL_FAMILIES)}")
-  if m.variant not in VARIANTS:
-    raise ValueError(f"unknown model variant {m.variant!r}; valid: {', '.join(VARIANTS)}")
-  if m.variant == "mae" and m.family != "vit":
-    raise ValueError(f"variant 'mae' needs family 'vit' (patch tokens), got {m.family!r}")
-  if m.family == "vit" and m.variant not in ("mae",):
-    raise ValueError(f"family 'vit' is pretrained as a masked autoencoder: use variant 'mae', "
-                     f"got {m.variant!r}")
+KINDS = ("autoencoder", "vae", "mae")
 
 
-def _code_dim(m) -> int:
-  return 2 * m.latent_dim if m.variant == "vae" else m.code_dim
+def _check_kind(m, kind: str) -> None:
+  if kind not in KINDS:
+    raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(KINDS)}")
+  if (kind == "mae") != (m.family == "vit"):
+    raise ValueError("a masked autoencoder (objective 'mae') needs model.family 'vit' (patch "
+                     f"tokens), and family 'vit' is pretrained as one; got family {m.family!r} "
+                     f"with a '{kind}' objective")
 
 
-def build_encoder(m):
-  check_model_config(m)
-  if m.family == "mlp":
-    return MLPEncoder(widths=tuple(m.widths), code_dim=_code_dim(m), dropout_rate=m.dropout_rate)
-  if m.family == "conv":
-    return ConvEncoder(channels=tuple(m.channels), code_dim=_code_dim(m), norm=m.norm,
-                       dropout_rate=m.dropout_rate, conv_impl=m.get("conv_impl", "xla"))
-  if m.family == "resnet":
-    return ResNetEncoder(channels=tuple(m.channels), blocks_per_stage=m.blocks_per_stage,
-                         code_dim=_code_dim(m), norm="group" if m.norm == "none" else m.norm)
-  return ViTEncoder(patch=m.patch, dim=m.vit_dim, depth=m.vit_depth, heads=m.vit_heads,
-                    dropout_rate=m.dropout_rate)
+def build_encoder(m, kind: str = "autoencoder"):
+  code_dim = 2 * m.latent_dim if kind == "vae" else m.get("code_dim", 0)
+  return FAMILIES.get(m.family).fn(m, code_dim)
 
 
-def check_input_shape(m, image_shape: Sequence[int]) -> None:
+def check_input_shape(m, image_shape: Sequence[int], kind: str = "autoencoder") -> None:
   """Raises ValueError naming the dimension when the encoder cannot take this image."""
-  check_model_config(m)
+  _check_kind(m, kind)
   if len(image_shape) != 3:
     raise ValueError(f"images must be (height, width, channels), got shape {tuple(image_shape)}")
-  if m.family == "conv":
-    check_downsampling(image_shape, len(m.channels), "conv encoder")
-  elif m.family == "resnet":
-    check_downsampling(image_shape, len(m.channels) - 1, "resnet encoder")
-    check_downsampling(image_shape, len(m.channels), "conv decoder")
-  elif m.family == "vit":
-    check_patches(image_shape, m.patch)
+  FAMILIES.get(m.family).info["check"](m, tuple(image_shape))
 
 
-def build_autoencoder(m, image_shape: Sequence[int]):
-  check_input_shape(m, image_shape)
+def build_decoder(m, image_shape):
+  return FAMILIES.get(m.family).info["decoder"](m, tuple(image_shape))
+
+
+def build_autoencoder(m, image_shape: Sequence[int], kind: str = "autoencoder"):
+  check_input_shape(m, image_shape, kind)
   image_shape = tuple(image_shape)
-  encoder = build_encoder(m)
-  if m.family == "vit":
+  encoder = build_encoder(m, kind)
+  if kind == "mae":
     gh, gw = check_patches(image_shape, m.patch)
     decoder = MAEDecoder(num_patches=gh * gw, patch_pixels=m.patch * m.patch * image_shape[-1],
                          dim=m.decoder_dim, depth=m.decoder_depth, heads=m.vit_heads)
     return MaskedAutoencoder(encoder=encoder, decoder=decoder, patch=m.patch,
                              image_shape=image_shape, mask_ratio=m.mask_ratio,
                              norm_pix_loss=m.norm_pix_loss)
-  if m.family == "mlp":
-    decoder = MLPDecoder(image_shape=image_shape, widths=tuple(reversed(tuple(m.widths))))
-  else:
-    decoder = ConvDecoder(image_shape=image_shape, channels=tuple(reversed(tuple(m.channels))),
-                          upsampling=m.upsampling, norm=m.norm,
-                          conv_impl=m.get("conv_impl", "xla"))
-  if m.variant == "vae":
+  decoder = build_decoder(m, image_shape)
+  if kind == "vae":
     return VariationalAutoencoder(encoder=encoder, decoder=decoder, latent_dim=m.latent_dim)
   return Autoencoder(encoder=encoder, decoder=decoder)
 
 
-def build_classifier(m, num_classes: int) -> Classifier:
-  return Classifier(encoder=build_encoder(m), num_classes=num_classes,
-                    feature_dim=m.latent_dim if m.variant == "vae" else None)
+def build_classifier(m, num_classes: int, kind: str = "autoencoder", *,
+                     decoder_shape: Sequence[int] | None = None):
+  """Encoder + linear head; with ``decoder_shape`` also the decoder (joint objectives)."""
+  feature_dim = m.latent_dim if kind == "vae" else None
+  encoder = build_encoder(m, kind)
+  if decoder_shape is not None:
+    if kind != "autoencoder":
+      raise ValueError(f"joint reconstruction + classification needs a plain autoencoder's "
+                       f"decoder; the pretraining objective trains a '{kind}'")
+    return AutoencoderClassifier(encoder=encoder, decoder=build_decoder(m, decoder_shape),
+                                 num_classes=num_classes)
+  return Classifier(encoder=encoder, num_classes=num_classes, feature_dim=feature_dim)

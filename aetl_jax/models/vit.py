@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+
+from aetl_jax.models.family import FAMILIES
 import jax
 import jax.numpy as jnp
 
@@ -136,3 +138,23 @@ def random_masking(rng, batch: int, num_patches: int, mask_ratio: float):
   mask = jnp.ones((batch, num_patches)).at[:, : num_patches - num_masked].set(0.0)
   mask = jnp.take_along_axis(mask, ids_restore, axis=1)
   return ids_keep, ids_restore, mask
+
+
+def _validate(m) -> None:
+  from aetl_jax.core.config import require
+  for key in ("patch", "vit_dim", "vit_depth", "vit_heads"):
+    require(isinstance(m[key], int) and m[key] > 0, f"model.{key}",
+            f"must be a positive integer, got {m[key]!r}")
+  require(m.vit_dim % m.vit_heads == 0, "model.vit_heads",
+          f"must divide model.vit_dim={m.vit_dim}, got {m.vit_heads}")
+
+
+@FAMILIES.register("vit", defaults=dict(patch=4, vit_dim=64, vit_depth=4, vit_heads=4,
+                                        dropout_rate=0.0),
+                   validate=_validate, decoder=None,
+                   check=lambda m, shape: check_patches(shape, m.patch))
+def vit(m, code_dim: int):
+  """ViT encoder over ``model.patch`` patches (pretrained as a masked autoencoder)."""
+  del code_dim  # the class token is the code
+  return ViTEncoder(patch=m.patch, dim=m.vit_dim, depth=m.vit_depth, heads=m.vit_heads,
+                    dropout_rate=m.dropout_rate)

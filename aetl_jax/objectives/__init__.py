@@ -1,1 +1,8 @@
-"""Pure objectives ``(params, batch, rng) -> (loss, aux)``."""
+"""Pure objectives ``(params, batches, rng) -> (loss, aux)``, registered by name.
+
+Importing this package registers the built-in ones; a new objective is a
+function decorated with ``@OBJECTIVES.register(...)`` in any module.
+"""
+
+from aetl_jax.objectives import autoencoders, classification, contractive  # noqa: F401
+from aetl_jax.objectives.registry import OBJECTIVES, make_objective  # noqa: F401

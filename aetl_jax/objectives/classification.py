@@ -1,22 +1,73 @@
-"""Supervised objective for the target task."""
+"""Supervised objectives: cross-entropy on labelled batches, alone or beside reconstruction."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
 
+from aetl_jax.core.config import require
+from aetl_jax.objectives.reconstruction import (RECONSTRUCTION_LOSSES, mean_squared_error,
+                                                reconstruction_error)
+from aetl_jax.objectives.registry import OBJECTIVES
 
-def make_classification_loss(apply_fn):
-  """Softmax cross-entropy on ``batch['label']``.
+
+def cross_entropy(logits, labels):
+  """(mean softmax cross-entropy, accuracy) for integer labels."""
+  loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+  return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def make_classification_loss(apply_fn, role: str | None = "labelled"):
+  """Softmax cross-entropy on ``batches[role]['label']`` (``role=None``: the batch itself).
 
   ``apply_fn(params, inputs, rng) -> logits`` lets the same objective train a
   full classifier on images or a head on cached features.
   """
 
-  def loss_fn(params, batch, rng):
-    logits = apply_fn(params, batch["input"], rng)
-    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]))
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+  def loss_fn(params, batches, rng):
+    batch = batches if role is None else batches[role]
+    loss, accuracy = cross_entropy(apply_fn(params, batch["image"], rng), batch["label"])
     return loss, {"accuracy": accuracy}
+
+  return loss_fn
+
+
+@OBJECTIVES.register("classification", model="classifier", roles=("labelled",), defaults={})
+def classification(model, o):
+  """Softmax cross-entropy of the classifier on labelled images."""
+  del o
+  return make_classification_loss(
+      lambda params, x, rng: model.apply({"params": params}, x, train=True,
+                                         rngs={"dropout": rng}))
+
+
+def _check_joint(o) -> None:
+  require(o.loss in RECONSTRUCTION_LOSSES, "objective.loss",
+          f"unknown value {o.loss!r}; valid: {', '.join(RECONSTRUCTION_LOSSES)}")
+  require(o.reconstruction_weight >= 0, "objective.reconstruction_weight",
+          f"must be >= 0, got {o.reconstruction_weight}")
+
+
+@OBJECTIVES.register("joint", model="autoencoder_classifier", roles=("labelled", "images"),
+                     validate=_check_joint, defaults=dict(loss="bce", reconstruction_weight=1.0))
+def joint(model, o):
+  """Cross-entropy on ``labelled`` + ``reconstruction_weight`` × reconstruction of ``images``.
+
+  One step reads both batches; both terms are logged.
+  """
+
+  def loss_fn(params, batches, rng):
+    r_cls, r_rec = jax.random.split(rng)
+    labelled, images = batches["labelled"], batches["images"]["image"]
+    logits = model.apply({"params": params}, labelled["image"], train=True,
+                         rngs={"dropout": r_cls})
+    ce, accuracy = cross_entropy(logits, labelled["label"])
+    recon_logits, _ = model.apply({"params": params}, images, train=True, rngs={"dropout": r_rec},
+                                  method="with_code")
+    recon = jnp.mean(reconstruction_error(recon_logits, images, o.loss))
+    return ce + o.reconstruction_weight * recon, {
+        "accuracy": accuracy, "classification": ce, "reconstruction": recon,
+        "mse": mean_squared_error(recon_logits, images)}
 
   return loss_fn

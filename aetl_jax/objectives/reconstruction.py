@@ -65,14 +65,23 @@ def mean_squared_error(logits, target):
   return jnp.mean(pixel_errors(logits, target, "mse"))
 
 
-def make_reconstruction_loss(model, kind: str = "bce"):
-  """Plain autoencoder objective on ``batch['image']`` in [0, 1]."""
+def make_reconstruction_loss(model, kind: str = "bce", corrupt_fn=None):
+  """Autoencoder objective on ``batches['images']['image']`` in [0, 1].
+
+  With ``corrupt_fn(x, rng)`` the model sees a corrupted input and is scored
+  against the clean image (denoising).
+  """
   if kind not in RECONSTRUCTION_LOSSES:
     raise ValueError(f"unknown reconstruction loss {kind!r}; valid: {', '.join(RECONSTRUCTION_LOSSES)}")
 
-  def loss_fn(params, batch, rng):
-    x = batch["image"]
-    logits = model.apply({"params": params}, x, train=True, rngs={"dropout": rng})
+  def loss_fn(params, batches, rng):
+    x = batches["images"]["image"]
+    if corrupt_fn is not None:
+      noise_rng, rng = jax.random.split(rng)
+      inputs = corrupt_fn(x, noise_rng)
+    else:
+      inputs = x
+    logits = model.apply({"params": params}, inputs, train=True, rngs={"dropout": rng})
     loss = jnp.mean(reconstruction_error(logits, x, kind))
     return loss, {"mse": mean_squared_error(logits, x)}
 

@@ -7,25 +7,23 @@ checkpoint (encoder subtree only) and transplanted into every classifier.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm.auto import tqdm
 
-from aetl_jax import checkpointing
 from aetl_jax.data.splits import class_counts
 from aetl_jax.data.transfer_split import TransferSplit, draw_target_labels
-from aetl_jax.models.registry import build_classifier
-from aetl_jax.training.loop import resolve_runner
-from aetl_jax.training.metrics_log import JsonlLog
-from aetl_jax.training.pretrain import ENCODER_SUBTREE
-from aetl_jax.transfer.finetune import OptimSettings, run_strategy, run_strategy_seeds
-from aetl_jax.transfer.rules import reinit_paths
-from aetl_jax.transfer.strategies import build_strategy
+from aetl_jax.engine.metrics_log import JsonlLog
+from aetl_jax.engine.phase import Optim
+from aetl_jax.engine.runtime import Runtime
+from aetl_jax.strategies.registry import StrategyContext, build_strategy, target_model_kind
+from aetl_jax.transfer.cell import run_cell, run_cells_vmapped, run_probe
+from aetl_jax.transfer.encoder import load_encoder, target_model
 
 log = logging.getLogger(__name__)
 
@@ -34,117 +32,160 @@ def cells_log(workdir) -> JsonlLog:
   return JsonlLog(Path(workdir) / "results" / "cells.jsonl")
 
 
-def load_encoder(config, model, ckpt_dir, input_shape):
-  """Initial classifier params and the encoder restored from ``ckpt_dir``."""
-  sidecar = checkpointing.read_sidecar(ckpt_dir)
-  if sidecar is not None and sidecar.get("family") != config.model.family:
-    raise checkpointing.CheckpointError(
-        f"checkpoint in {ckpt_dir} holds a '{sidecar.get('family')}' encoder but the target model "
-        f"is '{config.model.family}'; use the same model.family for pretraining and transfer")
-  template = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *input_shape)))["params"]
-  # Re-init patterns are full classifier paths ('encoder/block_2/.*') like every other rule.
-  reinit = [p.removeprefix("encoder/") for p in
-            reinit_paths({"encoder": template["encoder"]}, tuple(config.transfer.reinit))]
-  if reinit:
-    log.warning("transfer: re-initialising instead of loading: %s", ", ".join(reinit))
-  step, encoder = checkpointing.restore_subtree(ckpt_dir, template["encoder"], reinit=tuple(reinit),
-                                                subtree=ENCODER_SUBTREE)
-  return step, encoder, reinit
+@dataclasses.dataclass
+class SweepData:
+  """The target task: images in [0, 1], labels, and where the pool and test are."""
+
+  images: object
+  labels: object
+  split: TransferSplit
+  num_classes: int
 
 
-def run_sweep(config, workdir, *, images, labels, split: TransferSplit, num_classes: int,
-              ckpt_dir, progress: bool = True) -> list[dict]:
+@dataclasses.dataclass
+class _Cell:
+  seed: int
+  strategy: object
+  model: object
+  params: dict
+  data: dict  # streams
+  splits: dict  # name -> (images, labels)
+  rng: object
+  info: dict
+
+
+class Sweep:
+  """Runs the cells of ``config.transfer`` that ``workdir`` does not hold yet."""
+
+  def __init__(self, config, workdir, data: SweepData, ckpt_dir, runtime: Runtime):
+    self.config, self.tcfg, self.workdir, self.d = config, config.transfer, Path(workdir), data
+    self.runtime = runtime
+    self.input_shape = tuple(data.images.shape[1:])
+    self.ckpt_dir = ckpt_dir
+    self.encoder = {}  # model kind -> (step, encoder, reinit)
+    self.test = (jax.device_put(data.images[data.split.test]), data.labels[data.split.test])
+    self.unlabelled = jax.device_put(data.images[data.split.target_pool])
+
+  def model_for(self, name: str):
+    kind = target_model_kind(name)
+    return target_model(self.config, self.d.num_classes, kind, self.input_shape)
+
+  def pretrained(self, name: str, model, template):
+    kind = target_model_kind(name)
+    if kind not in self.encoder:
+      self.encoder[kind] = load_encoder(self.config, self.ckpt_dir, template)
+    return self.encoder[kind]
+
+  def prepare(self, budget: int, name: str, seed: int) -> _Cell:
+    """Labelled data, initial params and rng of one cell."""
+    t, d = self.tcfg, self.d
+    train_idx, val_idx = draw_target_labels(d.labels, d.split, per_class=budget,
+                                            val_per_class=t.val_per_class,
+                                            seed=t.label_seed + 1000 * seed + budget,
+                                            num_classes=d.num_classes)
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(t.seed_offset + seed))
+    model = self.model_for(name)
+    params = model.init(init_key, jnp.zeros((1, *self.input_shape)), method=_init_method(model))["params"]
+    ctx = StrategyContext(name, t, model, params, Optim.from_config(t))
+    strategy = build_strategy(name, ctx)
+    step, encoder, reinit = self.pretrained(name, model, params)
+    if strategy.init == "pretrained":
+      params = {**params, "encoder": encoder}
+    splits = {"train": (d.images[train_idx], d.labels[train_idx]),
+              "val": (d.images[val_idx], d.labels[val_idx]), "test": self.test}
+    data = {"target_labelled": {"image": d.images[train_idx], "label": d.labels[train_idx]},
+            "target_unlabelled": {"image": self.unlabelled}}
+    info = {"train_per_class": class_counts(d.labels, train_idx, d.num_classes),
+            "val_size": int(len(val_idx)), "checkpoint_step": step, "reinit": reinit}
+    return _Cell(seed, strategy, model, params, data, splits, train_key, info)
+
+  def run_one(self, budget, name, seed):
+    c = self.prepare(budget, name, seed)
+    start = time.perf_counter()
+    if c.strategy.probe is not None:
+      result = run_probe(c.strategy, c.model, c.params, c.splits, num_classes=self.d.num_classes,
+                         cfg=self.tcfg)
+      return [(c, result, [], time.perf_counter() - start)]
+    cell_dir = None
+    if self.tcfg.checkpoint_every:
+      cell_dir = self.workdir / "transfer" / f"budget{budget}_{name}_seed{seed}"
+    data = {k: jax.device_put(v) for k, v in c.data.items() if k in _streams(c.strategy)}
+    _, result, history = run_cell(c.strategy, c.model, c.params, data, c.splits, c.rng,
+                                  runtime=self.runtime, cell_dir=cell_dir,
+                                  checkpoint_every=self.tcfg.checkpoint_every)
+    return [(c, result, history, time.perf_counter() - start)]
+
+  def run_group(self, budget, name, seeds):
+    """The seeds of one (budget, strategy) as one vmapped program."""
+    cells = [self.prepare(budget, name, seed) for seed in seeds]
+    strategy = cells[0].strategy
+    if strategy.probe is not None:
+      return [r for seed in seeds for r in self.run_one(budget, name, seed)]
+    stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    streams = _streams(strategy)
+    shared = tuple(s for s in ("target_unlabelled",) if s in streams)
+    data = {k: (cells[0].data[k] if k in shared else stack([c.data[k] for c in cells]))
+            for k in streams}
+    splits = {k: stack([c.splits[k] for c in cells]) for k in ("train", "val")}
+    splits["test"] = self.test
+    start = time.perf_counter()
+    _, results, rows = run_cells_vmapped(strategy, cells[0].model, stack([c.params for c in cells]),
+                                         data, splits, jnp.stack([c.rng for c in cells]),
+                                         runtime=self.runtime, shared=shared)
+    seconds = (time.perf_counter() - start) / len(seeds)
+    return [(c, r, h, seconds) for c, r, h in zip(cells, results, rows)]
+
+
+def _init_method(model):
+  return "init_all" if hasattr(model, "init_all") else None
+
+
+def _streams(strategy) -> set:
+  return {s for p in strategy.phases for s in p.streams}
+
+
+def run_sweep(config, workdir, data: SweepData, *, ckpt_dir, runtime: Runtime,
+              progress: bool = True) -> list[dict]:
   tcfg = config.transfer
-  model = build_classifier(config.model, num_classes)
-  input_shape = tuple(images.shape[1:])
-  ckpt_step, pretrained_encoder, reinit = load_encoder(config, model, ckpt_dir, input_shape)
-  opt = OptimSettings.from_config(tcfg, config.get("launch"), config.model.family)
-  test = {"input": jax.device_put(images[split.test]), "label": jax.device_put(labels[split.test])}
-
+  sweep = Sweep(config, workdir, data, ckpt_dir, runtime)
   results = cells_log(workdir)
   histories = JsonlLog(Path(workdir) / "metrics" / "finetune.jsonl")
   results.repair()
-  done_keys = {(r["budget"], r["strategy"], r["seed"]) for r in results.read()}
+  done = {(r["budget"], r["strategy"], r["seed"]) for r in results.read()}
   # A history written just before a kill whose cell result was not: drop it.
-  histories.keep(lambda r: (r["budget"], r["strategy"], r["seed"]) in done_keys)
-  done = done_keys
-  cells = [(b, s, seed) for b in tcfg.budgets for s in tcfg.strategies
-           for seed in range(tcfg.seeds)]
+  histories.keep(lambda r: (r["budget"], r["strategy"], r["seed"]) in done)
+  cells = [(b, s, seed) for b in tcfg.budgets for s in tcfg.strategies for seed in range(tcfg.seeds)]
   todo = [c for c in cells if c not in done]
   if done:
     log.info("sweep: %d of %d cells already finished, running %d", len(cells) - len(todo),
              len(cells), len(todo))
-  def prepare(budget, name, seed):
-    """Labelled data, initial params and rng of one cell."""
-    train_idx, val_idx = draw_target_labels(labels, split, per_class=budget,
-                                            val_per_class=tcfg.val_per_class,
-                                            seed=tcfg.label_seed + 1000 * seed + budget,
-                                            num_classes=num_classes)
-    data = {name_: {"input": images[idx], "label": labels[idx]}
-            for name_, idx in (("train", train_idx), ("val", val_idx))}
-    init_key, train_key = jax.random.split(jax.random.PRNGKey(tcfg.seed_offset + seed))
-    params = model.init(init_key, jnp.zeros((1, *input_shape)))["params"]
-    strategy = build_strategy(name, tcfg, params["encoder"])
-    if strategy.init == "pretrained":
-      params = {**params, "encoder": pretrained_encoder}
-    info = {"train_per_class": class_counts(labels, train_idx, num_classes),
-            "val_size": int(len(val_idx))}
-    return strategy, params, data, train_key, info
-
-  def record(budget, name, cells_done):
-    """Logs ``(seed, info, result, history, seconds)`` cells of one group in one write each.
-
-    A kill never splits a vmapped group, so a resumed run reruns whole groups
-    with the same program and gets bitwise the numbers of an uninterrupted run.
-    """
-    histories.extend([{"budget": budget, "strategy": name, "seed": seed, "history": history}
-                      for seed, _, _, history, _ in cells_done])
-    results.extend([{"budget": budget, "strategy": name, "seed": seed, **info,
-                     "checkpoint_step": ckpt_step, "reinit": reinit,
-                     "seconds": round(seconds, 3), **result}
-                    for seed, info, result, _, seconds in cells_done])
-
-  # Cells of one (budget, strategy) that are still to run; with vmap_seeds
-  # they train together as one vmapped program.
   groups = {}
   for budget, name, seed in todo:
     groups.setdefault((budget, name), []).append(seed)
   # The vmapped program is one scan; where the runner resolves to per-batch
   # (conv families on CPU: convolutions inside a scan are ~20x slower there,
   # BENCHMARKS.md) the seeds run one after another instead.
-  together = (tcfg.vmap_seeds and not tcfg.checkpoint_every
-              and resolve_runner(opt.runner, opt.model_family) == "scan")
+  together = tcfg.vmap_seeds and not tcfg.checkpoint_every and runtime.runner == "scan"
   bar = tqdm(total=len(todo), desc="transfer", disable=not progress, leave=False)
   for (budget, name), seeds in groups.items():
+    bar.set_postfix_str(f"{name} k={budget} seeds={seeds}", refresh=False)
     if together and len(seeds) > 1:
-      bar.set_postfix_str(f"{name} k={budget} seeds={seeds}", refresh=False)
-      cells_k = [prepare(budget, name, seed) for seed in seeds]
-      stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-      data = stack([c[2] for c in cells_k])
-      data["test"] = jax.tree.map(lambda a: jnp.broadcast_to(a, (len(seeds), *a.shape)), test)
-      start = time.perf_counter()
-      _, res, hist = run_strategy_seeds(cells_k[0][0], model, stack([c[1] for c in cells_k]),
-                                        data, opt, jnp.stack([c[3] for c in cells_k]),
-                                        probe_cfg=tcfg)
-      seconds = (time.perf_counter() - start) / len(seeds)
-      record(budget, name, [(seed, c[4], r, h, seconds)
-                            for seed, c, r, h in zip(seeds, cells_k, res, hist)])
-      bar.update(len(seeds))
-      continue
-    for seed in seeds:
-      bar.set_postfix_str(f"{name} k={budget} seed={seed}", refresh=False)
-      strategy, params, data, train_key, info = prepare(budget, name, seed)
-      data = {k: jax.device_put(v) for k, v in data.items()}
-      data["test"] = test
-      history = []
-      start = time.perf_counter()
-      cell_ckpt = None
-      if tcfg.checkpoint_every:
-        cell_ckpt = Path(workdir) / "transfer" / f"budget{budget}_{name}_seed{seed}"
-      _, result = run_strategy(strategy, model, params, data, opt, train_key, probe_cfg=tcfg,
-                               on_epoch=history.append, checkpoint_dir=cell_ckpt,
-                               checkpoint_every=tcfg.checkpoint_every)
-      record(budget, name, [(seed, info, result, history, time.perf_counter() - start)])
-      bar.update(1)
+      _record(results, histories, budget, name, sweep.run_group(budget, name, seeds))
+    else:
+      for seed in seeds:
+        _record(results, histories, budget, name, sweep.run_one(budget, name, seed))
+    bar.update(len(seeds))
   bar.close()
   return results.read()
+
+
+def _record(results: JsonlLog, histories: JsonlLog, budget, name, done) -> None:
+  """Logs the cells of one group in one write each.
+
+  A kill never splits a vmapped group, so a resumed run reruns whole groups
+  with the same program and gets bitwise the numbers of an uninterrupted run.
+  """
+  histories.extend([{"budget": budget, "strategy": name, "seed": c.seed, "history": h}
+                    for c, _, h, _ in done])
+  results.extend([{"budget": budget, "strategy": name, "seed": c.seed, **c.info,
+                   "seconds": round(seconds, 3), **r} for c, r, _, seconds in done])

@@ -67,30 +67,52 @@ def _coerce(key: str, default, value):
                     f"got {value!r}")
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
-  """Returns a copy of ``config`` with ``key=value`` overrides applied."""
+def _split(item: str) -> tuple[str, str]:
+  if "=" not in item or not item.split("=", 1)[0].strip():
+    raise ConfigError(f"malformed override {item!r}; expected KEY=VALUE, e.g. pretrain.epochs=5")
+  key, text = item.split("=", 1)
+  key = key.strip()
+  return key[len("--config."):] if key.startswith("--config.") else key, text
+
+
+def _set(config, key: str, value) -> None:
+  node = config
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  with node.ignore_type():
+    node[leaf] = value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides, *,
+                    complete=None) -> ml_collections.ConfigDict:
+  """Returns a copy of ``config`` with ``key=value`` overrides applied.
+
+  ``complete(config)``, when given, runs after the overrides of keys the
+  config already has (so a new ``model.family`` or strategy brings its own
+  keys), then the remaining overrides apply to the completed config.
+  """
   config = ml_collections.ConfigDict(config.to_dict())
-  known = flatten(config)
-  for item in overrides:
-    if "=" not in item or not item.split("=", 1)[0].strip():
-      raise ConfigError(f"malformed override {item!r}; expected KEY=VALUE, e.g. pretrain.epochs=5")
-    key, text = item.split("=", 1)
-    key = key.strip()
-    if key.startswith("--config."):
-      key = key[len("--config."):]
-    if key not in known:
-      close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
-      hint = f"did you mean {', '.join(close)}?" if close else \
-          f"valid keys: {', '.join(sorted(known))}"
-      raise ConfigError(f"unknown config key '{key}'; {hint}")
-    value = _coerce(key, known[key], _parse_value(text))
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    with node.ignore_type():
-      node[leaf] = value
-    known[key] = value
+  pending = [_split(item) for item in overrides]
+  for final in (complete is None, True):
+    known = flatten(config)
+    later = []
+    for key, text in pending:
+      if key not in known:
+        if not final:
+          later.append((key, text))
+          continue
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else \
+            f"valid keys: {', '.join(sorted(known))}"
+        raise ConfigError(f"unknown config key '{key}'; {hint}")
+      value = _coerce(key, known[key], _parse_value(text))
+      _set(config, key, value)
+      known[key] = value
+    if final:
+      break
+    complete(config)
+    pending = later
   return config
 
 

@@ -112,6 +112,19 @@ def lr_multipliers(tree, rules: Sequence[Rule]):
   return freeze_and_multipliers(tree, rules)[1]
 
 
+def weight_decay_multipliers(tree, rules: Sequence[Rule]):
+  """Float tree of weight-decay multipliers; leaves no rule names keep 1.0."""
+  values = match_rules(tree, rules, what="weight-decay rules", allow_uncovered=True, default=1.0)
+
+  def check(path, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+      raise ValueError(f"weight-decay rules: leaf {path_str(path)!r} got value {v!r}; valid "
+                       f"values are numbers >= 0 (0: no decay)")
+    return float(v)
+
+  return jax.tree_util.tree_map_with_path(check, values)
+
+
 def reinit_paths(tree, patterns: Sequence[str]) -> list[str]:
   """Paths named by re-initialisation patterns (they keep their fresh init)."""
   if not patterns:

@@ -27,3 +27,13 @@ def check_finite(metrics: dict, *, phase: str, epoch: int, first_step: int | Non
   raise NonFiniteError(
       f"non-finite loss or gradient in phase '{phase}' at {where}; nothing after the last good "
       f"checkpoint is saved. Lower the learning rate or enable gradient clipping.")
+
+
+def first_nonfinite(per_epoch_index) -> tuple[int, int] | None:
+  """(epoch, step within it) of the first non-finite step, from per-epoch
+  ``first_nonfinite_step`` values (-1 where the epoch was finite)."""
+  import numpy as np
+  bad = np.flatnonzero(np.asarray(per_epoch_index) >= 0)
+  if not len(bad):
+    return None
+  return int(bad[0]), int(np.asarray(per_epoch_index)[bad[0]])

@@ -12,6 +12,13 @@ from typing import Sequence
 import numpy as np
 from sklearn.neighbors import KNeighborsClassifier
 
+from aetl_jax.core.config import require
+from aetl_jax.core.registry import Registry
+from aetl_jax.strategies.registry import STRATEGIES, Strategy
+
+# A probe: fn(train, val, test, *, num_classes, cfg) -> result dict, each split (features, labels).
+PROBES = Registry("probe", "transfer.strategies")
+
 
 def _standardise(train, *others):
   mean = train.mean(0)
@@ -77,3 +84,37 @@ def knn_probe(train, val, test, *, k_grid: Sequence[int]) -> dict:
 
   k, val_accuracy = _select(ks, val_acc, has_val)
   return {"test_accuracy": float(fit(k).score(fte, yte)), "val_accuracy": val_accuracy, "k": k}
+
+
+@PROBES.register("ridge")
+def _ridge(train, val, test, *, num_classes: int, cfg) -> dict:
+  return ridge_probe(train, val, test, num_classes=num_classes, l2_grid=tuple(cfg.ridge_l2_grid))
+
+
+@PROBES.register("knn")
+def _knn(train, val, test, *, num_classes: int, cfg) -> dict:
+  del num_classes
+  return knn_probe(train, val, test, k_grid=tuple(cfg.knn_k_grid))
+
+
+def _check_ridge(t) -> None:
+  require(len(t.ridge_l2_grid) > 0 and all(v > 0 for v in t.ridge_l2_grid),
+          "transfer.ridge_l2_grid", "must be a non-empty list of positive numbers")
+
+
+def _check_knn(t) -> None:
+  require(len(t.knn_k_grid) > 0 and all(isinstance(k, int) and k > 0 for k in t.knn_k_grid),
+          "transfer.knn_k_grid", "must be a non-empty list of positive integers")
+
+
+@STRATEGIES.register("ridge_probe", defaults=dict(ridge_l2_grid=(0.01, 0.1, 1.0, 10.0, 100.0)),
+                     validate=_check_ridge)
+def ridge_probe_strategy(ctx):
+  """Closed-form ridge on frozen features, L2 picked on validation."""
+  return Strategy(ctx.name, "pretrained", probe="ridge")
+
+
+@STRATEGIES.register("knn_probe", defaults=dict(knn_k_grid=(1, 3, 5, 10)), validate=_check_knn)
+def knn_probe_strategy(ctx):
+  """Cosine k-NN on frozen features, k picked on validation."""
+  return Strategy(ctx.name, "pretrained", probe="knn")

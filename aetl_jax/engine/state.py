@@ -8,6 +8,8 @@ import flax.struct
 import jax.numpy as jnp
 import optax
 
+from aetl_jax.core.rules import split_by_mask
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -18,6 +20,5 @@ class TrainState:
   @classmethod
   def create(cls, params, tx: optax.GradientTransformation, trainable_mask=None):
     """Optimizer state covers only the trainable leaves (None = all)."""
-    from aetl_jax.transfer.rules import split_by_mask
     trainable = params if trainable_mask is None else split_by_mask(params, trainable_mask)[0]
     return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable))

@@ -26,7 +26,6 @@ DATA_AXIS = "data"
 LAUNCHERS = ("jit", "pmap", "shard_map")
 
 log = logging.getLogger(__name__)
-_said_degenerate = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,36 +93,21 @@ def make_launcher(kind: str = "jit", num_devices: int | None = None) -> Launcher
     raise ValueError(f"launcher '{kind}' asked for {num_devices} devices but "
                      f"{len(available)} are present: "
                      + ", ".join(str(d) for d in available))
-  if num_devices == 1 and kind not in _said_degenerate:
-    _said_degenerate.add(kind)
-    log.info("launcher '%s' on a single device: runs as a one-device %s (same results as jit)",
+  if num_devices == 1:
+    log.debug("launcher '%s' on a single device: runs as a one-device %s (same results as jit)",
              kind, kind)
   return Launcher(kind, tuple(available[:num_devices]))
 
 
-def launcher_from_config(config) -> Launcher:
-  """The launcher named by ``config.launch`` (jit on one device when absent)."""
-  launch = config.get("launch") if hasattr(config, "get") else None
-  if launch is None:
-    return make_launcher("jit")
-  initialize_distributed(bool(launch.get("distributed", False)))
-  return make_launcher(launch.launcher, launch.num_devices or None)
-
-
-_distributed_done = False
-
-
-def initialize_distributed(enabled: bool) -> None:
-  """``jax.distributed.initialize()`` once per process when asked (multi-host).
+def initialize_distributed() -> None:
+  """``jax.distributed.initialize()`` once per process (multi-host).
 
   On Cloud TPU and under SLURM/Open MPI the coordinator address, process count
   and id are discovered from the environment; elsewhere set
   JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
   """
-  global _distributed_done
-  if enabled and not _distributed_done:
+  if not jax.distributed.is_initialized():
     jax.distributed.initialize()
-    _distributed_done = True
 
 
 def is_main_process() -> bool:

@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from aetl_jax.transfer.rules import path_str
+from aetl_jax.core.rules import path_str
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 log = logging.getLogger(__name__)
@@ -67,14 +67,19 @@ def _read_manifest(directory, step) -> dict | None:
   meta_file = Path(directory) / str(step) / "_CHECKPOINT_METADATA"
   if not meta_file.exists():
     return None
-  custom = json.loads(meta_file.read_text()).get("custom_metadata") or {}
+  try:
+    custom = json.loads(meta_file.read_text()).get("custom_metadata") or {}
+  except (json.JSONDecodeError, AttributeError):
+    return None
   return custom.get(MANIFEST_KEY)
 
 
 def _verify(tree, manifest: dict | None, prefix: str, where: str) -> None:
-  """Raises CheckpointError when a restored leaf's CRC32 differs from the saved one."""
+  """Raises CheckpointError when a restored leaf's CRC32 differs from the saved one,
+  or when the step's manifest is gone (every step this project writes has one)."""
   if manifest is None:
-    return
+    raise CheckpointError(f"checkpoint {where} is damaged: its manifest (_CHECKPOINT_METADATA) "
+                          f"is missing, so its contents cannot be verified")
   bad = []
   for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
     entry = manifest.get(prefix + path_str(p))
@@ -109,32 +114,20 @@ def abstract_like(tree):
   return jax.tree.map(lambda x: _abstract(np.shape(x), np.result_type(x)), tree)
 
 
-def restore_latest(directory, target):
-  """Restores the newest finished, intact step into ``target``'s structure.
+def restore_step(directory, step: int, target):
+  """Restores step ``step`` into ``target``'s structure and verifies every leaf.
 
-  A step that fails to read or whose checksums do not match is reported and
-  the previous one is tried. Returns ``(step, tree)``, or ``None`` when there
-  is no finished checkpoint; raises CheckpointError when every step is damaged.
+  Raises CheckpointError when it cannot be read or does not verify.
   """
-  steps = finished_steps(directory)
-  if not steps:
-    return None
-  manager = make_manager(directory)
   item = abstract_like(target)
-  problems = []
-  for step in reversed(steps):
-    try:
-      tree = manager.restore(step, args=ocp.args.PyTreeRestore(
-          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item)))
-      _verify(tree, _read_manifest(directory, step), "", f"{directory}/{step}")
-    except Exception as e:  # noqa: BLE001 - any read failure means "damaged"
-      problems.append(f"step {step}: {str(e).splitlines()[0][:300]}")
-      log.warning("checkpoint %s/%d is damaged or unreadable (%s); trying an older one",
-                  directory, step, problems[-1])
-      continue
-    return step, tree
-  raise CheckpointError(f"every checkpoint in {directory} is damaged: " + "; ".join(problems)
-                        + ". Delete the directory (or use --overwrite) to start over.")
+  try:
+    tree = make_manager(directory).restore(step, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item)))
+  except Exception as e:  # noqa: BLE001 - any read failure means "damaged"
+    raise CheckpointError(f"checkpoint {directory}/{step} is unreadable: "
+                          f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
+  _verify(tree, _read_manifest(directory, step), "", f"{directory}/{step}")
+  return tree
 
 
 def _leaf_shapes(tree) -> dict[str, tuple]:
@@ -145,16 +138,12 @@ def _leaf_shapes(tree) -> dict[str, tuple]:
 def _saved_subtree_shapes(manager, step, subtree, directory) -> dict[str, tuple]:
   """Leaf shapes under ``subtree`` as saved, from the manifest (no array I/O)."""
   manifest = _read_manifest(directory, step)
+  if manifest is None:
+    raise CheckpointError(f"checkpoint {directory}/{step} is damaged: its manifest "
+                          f"(_CHECKPOINT_METADATA) is missing or unreadable")
   prefix = "/".join(subtree) + "/"
-  if manifest is not None:
-    shapes = {p[len(prefix):]: tuple(e["shape"]) for p, e in manifest.items()
-              if p.startswith(prefix)}
-  else:  # a checkpoint written elsewhere: ask Orbax (opens each array's metadata)
-    meta = manager.item_metadata(step)
-    saved = meta.tree if hasattr(meta, "tree") else meta
-    for key in subtree:
-      saved = saved.get(key, {}) if isinstance(saved, dict) else {}
-    shapes = _leaf_shapes(saved)
+  shapes = {p[len(prefix):]: tuple(e["shape"]) for p, e in manifest.items()
+            if p.startswith(prefix)}
   if not shapes:
     raise CheckpointError(f"checkpoint {directory}/{step} has no '{'/'.join(subtree)}' subtree")
   return shapes

@@ -15,8 +15,8 @@ import jax
 import optax
 from jax import lax
 
-from aetl_jax.transfer.rules import merge_split, split_by_mask
-from aetl_jax.training.state import TrainState
+from aetl_jax.core.rules import merge_split, split_by_mask
+from aetl_jax.engine.state import TrainState
 
 # (params, batch, rng) -> (scalar loss, dict of scalar metrics)
 LossFn = Callable[..., tuple[jax.Array, dict]]

@@ -1,0 +1,103 @@
+"""The Python API: load a config file, complete it from the registries, run it.
+
+    import aetl_jax
+    config = aetl_jax.load_config("experiments/digits_transfer.py", ["transfer.seeds=2"])
+    out = aetl_jax.run(config, "runs/digits")
+
+:func:`run` applies the same checks, workdir guard and resume as the command
+line (``aetl run --config ... --workdir ...``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+import ml_collections
+
+from aetl_jax import objectives, strategies, tasks  # noqa: F401 - built-ins register
+from aetl_jax.core.config import ConfigError, apply_overrides
+from aetl_jax.models.family import FAMILIES
+from aetl_jax.objectives.registry import OBJECTIVES
+from aetl_jax.strategies.registry import STRATEGIES
+from aetl_jax.tasks.registry import TASKS
+from aetl_jax.validation import validate_pretrain_config, validate_transfer_config
+from aetl_jax.workdir import prepare_workdir
+
+log = logging.getLogger(__name__)
+
+
+def load_config_file(path) -> ml_collections.ConfigDict:
+  """``get_config()`` of the Python file at ``path`` (a config file anywhere)."""
+  path = Path(path)
+  if not path.is_file():
+    raise ConfigError(f"config file {path} does not exist (give a path to a .py file that "
+                      f"defines get_config(), e.g. experiments/digits_transfer.py)")
+  name = f"aetl_config_{abs(hash(str(path.resolve())))}"
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, str(path.resolve().parent))  # a config may import its neighbours
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.pop(0)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path} defines no get_config()")
+  return module.get_config()
+
+
+def _add(section, defaults) -> None:
+  with section.unlocked():
+    for key, value in defaults.items():
+      if key not in section:
+        section[key] = value
+
+
+def complete(config) -> None:
+  """Adds the default keys of every registered part the config names (in place)."""
+  if "model" in config and "family" in config.model:
+    _add(config.model, FAMILIES.get(config.model.family).defaults)
+  if "objective" in config and "name" in config.objective:
+    entry = OBJECTIVES.get(config.objective.name)
+    _add(config.objective, entry.defaults)
+    _add(config.model, entry.info.get("model_defaults", {}))
+  if "transfer" in config and "strategies" in config.transfer:
+    _add(config.transfer, STRATEGIES.defaults(config.transfer.strategies))
+
+
+def load_config(path_or_config, overrides=()) -> ml_collections.ConfigDict:
+  """A completed config from a file path (or a ConfigDict) and ``key=value`` overrides."""
+  config = (path_or_config if isinstance(path_or_config, ml_collections.ConfigDict)
+            else load_config_file(path_or_config))
+  config = apply_overrides(config, (), complete=complete)
+  return apply_overrides(config, overrides, complete=complete)
+
+
+def validate(config) -> None:
+  """Every check that needs no data."""
+  TASKS.get(config.get("task", "transfer"))
+  if "transfer" in config:
+    validate_transfer_config(config)
+  else:
+    validate_pretrain_config(config)
+
+
+def prepare(config):
+  """(task entry, data): validation and the task's data checks, before any workdir is touched."""
+  validate(config)
+  task = TASKS.get(config.task)
+  data = task.info["load"](config)
+  task.info["check"](config, data)
+  return task, data
+
+
+def run(config, workdir, *, overwrite: bool = False, progress: bool = True) -> dict:
+  """Runs ``config`` into ``workdir``: checks, workdir guard (resume or refuse), the task."""
+  config = load_config(config)
+  task, data = prepare(config)
+  workdir, resuming = prepare_workdir(workdir, config, experiment=config.task, overwrite=overwrite)
+  if resuming:
+    log.info("resuming the run in %s", workdir)
+  return task.fn(config, workdir, data, progress=progress)

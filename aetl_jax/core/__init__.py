@@ -1,0 +1,1 @@
+"""Bottom layer: config overrides, open registries, path rules, Optax pieces."""

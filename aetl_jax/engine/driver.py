@@ -1,0 +1,235 @@
+"""The one driver: runs a list of phases over named data streams.
+
+Pretraining is one phase; a transfer strategy is a function that returns
+phases; both run here. :func:`run_phases` goes epoch by epoch (NaN guard,
+evaluation hook, JSON-lines log, Orbax checkpoints and resume);
+:func:`run_phases_vmapped` runs the same programs as one pure function of
+``(params, data, rng)``, ``jax.vmap``-ed over seeds. Epoch ``e`` (counted
+over all phases) uses ``fold_in(rng, e)`` in both, so they agree.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aetl_jax.engine.guard import check_finite, first_nonfinite
+from aetl_jax.engine.metrics_log import JsonlLog
+from aetl_jax.engine.phase import Phase, Program, build_program, steps_per_epoch, tree_spec
+from aetl_jax.engine.runtime import Runtime
+from aetl_jax.engine.store import CheckpointStore
+from aetl_jax.engine.loop import num_examples
+
+
+class HostStream:
+  """A stream read from disk: ``epoch(e)`` yields device batches; ``size`` examples."""
+
+  def __init__(self, epoch: Callable[[int], object], size: int):
+    self.epoch = epoch
+    self.size = size
+
+
+def _size(stream) -> int:
+  return stream.size if isinstance(stream, HostStream) else num_examples(stream)
+
+
+def check_streams(phases: Sequence[Phase], data: dict) -> None:
+  """Every stream a phase reads is provided (before anything compiles)."""
+  for phase in phases:
+    missing = [s for s in phase.streams if s not in data]
+    if missing:
+      raise ValueError(f"phase '{phase.name}' reads stream(s) {', '.join(missing)} but the "
+                       f"experiment provides: {', '.join(data) or 'none'}")
+
+
+def programs(phases, params, data, runtime: Runtime) -> list[Program]:
+  spec = tree_spec(params)
+  return [build_program(p, spec, _size(data[p.streams[0]]), runtime) for p in phases]
+
+
+def _spans(phases):
+  start = 0
+  for phase in phases:
+    yield phase, start, start + phase.epochs
+    start += phase.epochs
+
+
+def _row(phase, epoch, metrics: dict, prefix: str) -> dict:
+  return {"phase": phase.name, "epoch": epoch, **{prefix + k: v for k, v in metrics.items()}}
+
+
+def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Runtime,
+               store: CheckpointStore | None = None, log: JsonlLog | None = None,
+               evaluate: Callable[[dict], dict] | None = None, eval_every: int = 0,
+               metric_prefix: str = "", label: str = "",
+               on_phase_end: Callable | None = None, on_epoch: Callable | None = None):
+  """Trains ``params`` through ``phases``; returns (params, per-epoch rows).
+
+  ``data`` maps stream names to pytrees of arrays (or :class:`HostStream`).
+  With ``store``, a rerun resumes from its latest intact checkpoint; ``log``
+  is truncated to the epochs before that point and receives every new row.
+  ``evaluate(params)`` adds keys to the row every ``eval_every`` epochs and
+  after the last one. ``on_phase_end(name, params_at_start, params_at_end)``
+  sees every phase boundary this run trains through; ``on_epoch(row)`` every epoch.
+  """
+  check_streams(phases, data)
+  progs = programs(phases, params, data, runtime)
+  total = sum(p.epochs for p in phases)
+  start, params, state = _resume(store, progs, params) if store else (0, params, None)
+  if log is not None:
+    log.repair()
+    log.keep(lambda r: r.get("epoch", -1) < start)
+  rows = []
+  for prog, (phase, first, last) in zip(progs, _spans(phases)):
+    if last <= start:
+      continue
+    pdata = phase.prepare(params, data) if phase.prepare else data
+    start_params = params
+    # The epoch runner donates its state: train on a copy so the caller's trees survive.
+    state = runtime.launcher.replicate(
+        state if state is not None else prog.init_state(jax.tree.map(jnp.copy, params)))
+    for epoch in range(max(first, start), last):
+      state, metrics = _epoch(prog, state, pdata, jax.random.fold_in(rng, epoch), epoch, runtime,
+                              f"{label}/{phase.name}" if label else phase.name)
+      done = epoch + 1
+      rows.append(_row(phase, epoch, metrics, metric_prefix))
+      if evaluate and (done == total or (eval_every and done % eval_every == 0)):
+        rows[-1].update({f"eval_{k}": v for k, v in
+                         evaluate(_merged(prog, params, state, runtime)).items()})
+      if log is not None:
+        log.append(rows[-1])
+      if on_epoch is not None:
+        on_epoch(rows[-1])
+      if store is not None and store.due(done, done == last):
+        store.save(done, _snapshot(prog, params, state, runtime))
+    params, state = _merged(prog, params, state, runtime), None
+    if on_phase_end is not None:
+      on_phase_end(phase.name, start_params, params)
+  if store is not None:
+    store.close()
+  return params, rows
+
+
+def _epoch(prog: Program, state, data, rng, epoch, runtime, label):
+  first_step = int(runtime.launcher.unreplicate(state).step)
+  stream = data[prog.phase.streams[0]]
+  if isinstance(stream, HostStream):
+    role = prog.phase.feed[0][0]
+    batches = ({role: b} for b in stream.epoch(epoch))
+    state, metrics = prog.stream_epoch_fn(state, batches, rng)
+  else:
+    state, metrics = prog.epoch_fn(state, data, rng)
+  metrics = {k: float(v) for k, v in metrics.items()}
+  check_finite(metrics, phase=label, epoch=epoch, first_step=first_step)
+  metrics.pop("first_nonfinite_step")
+  return state, metrics
+
+
+def _merged(prog: Program, params, state, runtime):
+  return prog.merge(params, runtime.launcher.unreplicate(state).params)
+
+
+def _snapshot(prog: Program, params, state, runtime) -> dict:
+  state = runtime.launcher.unreplicate(state)
+  return {"params": prog.merge(params, state.params), "opt_state": state.opt_state,
+          "step": state.step}
+
+
+def _resume(store: CheckpointStore, progs, params):
+  """(first epoch to run, params, state of the phase to continue or None)."""
+  spans = list(zip(progs, _spans([p.phase for p in progs])))
+
+  def locate(epoch):
+    for prog, (_, first, last) in spans:
+      if first < epoch <= last:
+        return prog, last
+    raise ValueError(f"checkpoint at epoch {epoch} in {store.directory} is past the "
+                     f"{spans[-1][1][2] if spans else 0} epochs of these phases")
+
+  def template(epoch):
+    fresh = locate(epoch)[0].init_state(params)
+    return {"params": params, "opt_state": fresh.opt_state, "step": fresh.step}
+
+  found = store.restore(template)
+  if found is None:
+    return 0, params, None
+  epoch, tree = found
+  prog, last = locate(epoch)
+  if epoch == last:
+    return epoch, tree["params"], None
+  state = prog.init_state(tree["params"]).replace(opt_state=tree["opt_state"], step=tree["step"])
+  return epoch, tree["params"], state
+
+
+# ---------------------------------------------------------------------------
+# Seeds as one program: the same phases, as a pure function, vmapped.
+
+
+@functools.lru_cache(maxsize=32)
+def _vmapped_cell(phases: tuple, spec: tuple, sizes: tuple, runtime: Runtime, data_axes: tuple):
+  progs = [build_program(p, spec, n, runtime) for p, n in zip(phases, sizes)]
+
+  def cell(params, data, rng):
+    history = []
+    epoch = 0
+    for prog in progs:
+      phase = prog.phase
+      pdata = phase.prepare(params, data) if phase.prepare else data
+
+      def one_epoch(state, e, prog=prog, pdata=pdata):
+        return prog.body(state, pdata, jax.random.fold_in(rng, e))
+
+      state, metrics = jax.lax.scan(one_epoch, prog.init_state(params),
+                                    jnp.arange(epoch, epoch + phase.epochs))
+      params = prog.merge(params, state.params)
+      history.append(metrics)
+      epoch += phase.epochs
+    return params, history
+
+  return jax.jit(jax.vmap(cell, in_axes=(0, dict(data_axes), 0)), compiler_options=runtime.options)
+
+
+def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, runtime: Runtime,
+                       metric_prefix: str = "", label: str = "", shared: Sequence[str] = ()):
+  """K seeds at once: every leaf of ``params``, ``rngs`` and of the streams of
+  ``data`` (except those named in ``shared``) has a leading seed axis.
+
+  Returns (stacked params, K lists of per-epoch rows). Raises NonFiniteError
+  naming the seed, phase, epoch and step of the first non-finite loss.
+  """
+  check_streams(phases, data)
+  one = jax.tree.map(lambda a: a[0], params)
+  one_data = {k: v if k in shared else jax.tree.map(lambda a: a[0], v) for k, v in data.items()}
+  runtime = runtime.single_device()
+  progs = programs(phases, one, one_data, runtime)
+  sizes = tuple(_size(one_data[p.streams[0]]) for p in phases)
+  axes = tuple(sorted((k, None if k in shared else 0) for k in data))
+  cell = _vmapped_cell(tuple(phases), tree_spec(one), sizes, runtime, axes)
+  params, history = cell(params, data, rngs)
+  rows = [[] for _ in range(int(rngs.shape[0]))]
+  for prog, metrics, (phase, first, _) in zip(progs, history, _spans(phases)):
+    metrics = jax.tree.map(np.asarray, metrics)  # (K, epochs)
+    for k, seed_rows in enumerate(rows):
+      where = first_nonfinite(metrics["first_nonfinite_step"][k])
+      if where is not None:
+        e, index = where
+        check_finite({"first_nonfinite_step": index}, phase=(f"{label}/{phase.name}" if label else phase.name) + f" (seed {k})",
+                     epoch=first + e, first_step=e * _epoch_steps(prog, one_data))
+      seed_rows.extend(_row(phase, first + e, {n: float(v[k, e]) for n, v in metrics.items()
+                                               if n != "first_nonfinite_step"}, metric_prefix)
+                       for e in range(phase.epochs))
+  return params, rows
+
+
+def _epoch_steps(prog: Program, data) -> int:
+  return steps_per_epoch(num_examples(data[prog.phase.streams[0]]), prog.phase.feed[0][2])
+
+
+def final_loss(rows, phase_name: str) -> float:
+  mine = [r for r in rows if r["phase"] == phase_name]
+  return mine[-1].get("loss", math.nan) if mine else math.nan

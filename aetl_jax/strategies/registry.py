@@ -1,0 +1,159 @@
+"""The registry of transfer strategies (``transfer.strategies``) and what a strategy gets.
+
+A strategy is a function ``(ctx: StrategyContext) -> Strategy`` registered by
+name with the ``transfer`` keys it owns. It says how the classifier starts
+(``init``: the pretrained encoder or random) and returns the phases that
+train it, built with ``ctx.phase(...)`` from path rules, or names a probe::
+
+    @STRATEGIES.register("bitfit")
+    def bitfit(ctx):
+      rules = (("head/.*", 1.0), (".*/bias", 1.0), (".*", FROZEN))
+      return Strategy("bitfit", "pretrained", (ctx.phase("bitfit", rules, ctx.cfg.epochs),))
+
+``ctx.phase`` attaches the objective (classification by default), the data
+streams it reads, the optimiser settings of the ``transfer`` section and,
+for phases that train the head alone on a frozen encoder, the feature cache
+(the encoder runs once per phase instead of every step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from typing import Any
+
+import jax
+
+from aetl_jax.core.config import require
+from aetl_jax.core.registry import Registry
+from aetl_jax.core.rules import FROZEN, Rule, trainable_mask
+from aetl_jax.engine.phase import Optim, Phase
+from aetl_jax.objectives.classification import make_classification_loss
+from aetl_jax.objectives.registry import OBJECTIVES, roles
+
+STRATEGIES = Registry("strategy", "transfer.strategies")
+
+HEAD_ONLY: tuple[Rule, ...] = (("encoder/.*", FROZEN), ("head/.*", 1.0))
+EVERYTHING: tuple[Rule, ...] = ((".*", 1.0),)
+# Which data stream plays which role of an objective in a target task.
+TARGET_STREAMS = {"labelled": "target_labelled", "images": "target_unlabelled"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  """``init`` is 'pretrained' (encoder from the checkpoint) or 'random'.
+
+  A strategy either trains through ``phases`` or fits a closed-form ``probe``
+  (a name in :data:`aetl_jax.strategies.probes.PROBES`) on frozen features.
+  """
+
+  name: str
+  init: str
+  phases: tuple[Phase, ...] = ()
+  probe: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyContext:
+  """What a strategy builds its phases from."""
+
+  name: str
+  cfg: Any  # the transfer config section
+  model: Any  # the target model (Classifier, or AutoencoderClassifier for joint objectives)
+  params: Any  # a parameter tree of ``model`` (names and shapes; values unused)
+  optim: Optim
+  cache_features: bool = True
+
+  def blocks(self) -> list[str]:
+    return encoder_blocks(self.params["encoder"])
+
+  def phase(self, name: str, rules, epochs: int, *, objective: str = "classification",
+            lr_mult: float = 1.0, objective_cfg=None, batch_sizes: dict | None = None,
+            wd_rules=()) -> Phase:
+    """A phase of ``objective`` over the target streams its roles name."""
+    rules = tuple(tuple(r) for r in rules)
+    optim = self.optim.scaled(lr_mult) if lr_mult != 1.0 else self.optim
+    bs = self.cfg.batch_size
+    feed = tuple((role, TARGET_STREAMS[role], (batch_sizes or {}).get(role, bs))
+                 for role in roles(objective))
+    if objective == "classification" and self.cache_features and self._head_only(rules):
+      return Phase(name, _head_loss(self.model), feed, epochs, optim, rules, tuple(wd_rules),
+                   subtree="head", prepare=_features(self.model))
+    loss = _objective_loss(objective, self.model, _frozen(objective_cfg))
+    return Phase(name, loss, feed, epochs, optim, rules, tuple(wd_rules))
+
+  def _head_only(self, rules) -> bool:
+    mask = trainable_mask(self.params, rules)
+    others = [k for k in mask if k != "head"]
+    return (all(jax.tree.leaves(mask["head"]))
+            and not any(l for k in others for l in jax.tree.leaves(mask[k])))
+
+
+class _Section(dict):
+  """A read-only attribute view of an objective's keys."""
+
+  __getattr__ = dict.__getitem__
+
+
+def _frozen(cfg) -> tuple:
+  if cfg is None:
+    return ()
+  items = cfg.items() if hasattr(cfg, "items") else vars(cfg).items()
+  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items))
+
+
+@functools.lru_cache(maxsize=64)
+def _objective_loss(objective: str, model, cfg: tuple):
+  """One loss function per (objective, model, keys): equal phases share compilations."""
+  return OBJECTIVES.get(objective).fn(model, _Section(cfg))
+
+
+@functools.lru_cache(maxsize=32)
+def _head_loss(model):
+  return make_classification_loss(
+      lambda head, f, rng: model.apply({"params": {"head": head}}, f, method="classify_features"))
+
+
+@functools.lru_cache(maxsize=32)
+def _features(model):
+  """``prepare``: the labelled stream's images replaced by encoder features (computed once)."""
+  encode = jax.jit(lambda params, x: model.apply({"params": params}, x, method="encode"))
+
+  def prepare(params, data):
+    labelled = data["target_labelled"]
+    return {**data, "target_labelled": {**labelled, "image": encode(params, labelled["image"])}}
+
+  return prepare
+
+
+def encoder_blocks(encoder_params) -> list[str]:
+  """Block names of an encoder subtree, input to output (natural sort)."""
+  def key(name):
+    m = re.fullmatch(r"block_(\d+)", name)
+    if not m:
+      raise ValueError(f"encoder child {name!r} is not named block_<i>; "
+                       "block-wise strategies need block_<i> names")
+    return int(m.group(1))
+  return sorted(encoder_params, key=key)
+
+
+def block_rule(blocks, value) -> Rule:
+  return ("encoder/(" + "|".join(re.escape(b) for b in blocks) + ")/.*", value)
+
+
+def build_strategy(name: str, ctx: StrategyContext) -> Strategy:
+  return STRATEGIES.get(name).fn(dataclasses.replace(ctx, name=name))
+
+
+def target_model_kind(name: str) -> str:
+  """'classifier' or 'autoencoder_classifier' (strategies whose objective reconstructs)."""
+  return STRATEGIES.get(name).info.get("model", "classifier")
+
+
+def positive(cfg, key: str, integer: bool = False) -> None:
+  v = cfg[key]
+  ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+  if integer:
+    ok = ok and isinstance(v, int)
+  require(ok, f"transfer.{key}", f"must be a positive {'integer' if integer else 'number'}, got {v!r}")

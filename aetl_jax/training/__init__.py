@@ -1,1 +1,0 @@
-"""Pure train steps and the epoch runners that compile them."""

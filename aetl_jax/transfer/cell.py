@@ -1,0 +1,145 @@
+"""One sweep cell: a strategy trained on one labelled subset, then scored.
+
+:func:`run_cell` trains one seed through the engine's driver (with Orbax
+checkpoints when asked); :func:`run_cells_vmapped` trains K seeds of the same
+(budget, strategy) as one vmapped program of the same phases. Both score
+with :func:`score`, and probes fit on frozen features with
+:func:`run_probe`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aetl_jax.engine.driver import run_phases, run_phases_vmapped
+from aetl_jax.engine.metrics_log import JsonlLog
+from aetl_jax.engine.store import CheckpointStore
+from aetl_jax.evaluation.batched import batched_apply
+from aetl_jax.strategies.probes import PROBES
+from aetl_jax.strategies.registry import Strategy
+
+
+@functools.lru_cache(maxsize=32)
+def _predict(model):
+  return jax.jit(jax.vmap(lambda params, x: model.apply({"params": params}, x)))
+
+
+@functools.lru_cache(maxsize=32)
+def _encode(model):
+  return jax.jit(lambda params, x: model.apply({"params": params}, x, method="encode"))
+
+
+def score(model, params, splits: dict) -> list[dict]:
+  """Accuracy on each split for K stacked parameter trees: K dicts ``{split}_accuracy``.
+
+  ``splits[name] = (images, labels)`` shared by every seed, or stacked with a
+  leading seed axis (``labels.ndim == 2``); an empty split scores None.
+  """
+  k = jax.tree.leaves(params)[0].shape[0]
+  out = [{} for _ in range(k)]
+  for name, (x, y) in splits.items():
+    if y.shape[-1] == 0:
+      for o in out:
+        o[f"{name}_accuracy"] = None
+      continue
+    if y.ndim == 1:
+      x, y = jnp.broadcast_to(x, (k, *x.shape)), np.broadcast_to(y, (k, *y.shape))
+    logits = np.asarray(_predict(model)(params, x))
+    acc = np.mean(np.argmax(logits, -1) == np.asarray(y), axis=1)
+    for o, a in zip(out, acc):
+      o[f"{name}_accuracy"] = float(a)
+  return out
+
+
+def _stack1(tree):
+  return jax.tree.map(lambda a: jnp.asarray(a)[None], tree)
+
+
+def _phase_log(strategy: Strategy, rows, resumed_from: int = 0) -> list[dict]:
+  out, first = [], 0
+  for phase in strategy.phases:
+    mine = [r for r in rows if r["phase"] == phase.name]
+    entry = {"phase": phase.name, "cached_features": phase.subtree is not None}
+    if mine:
+      entry["final_train_loss"] = mine[-1]["loss"]
+    if first + phase.epochs <= resumed_from:
+      entry["resumed"] = True
+    out.append(entry)
+    first += phase.epochs
+  return out
+
+
+def run_cell(strategy: Strategy, model, params, data: dict, splits: dict, rng, *, runtime,
+             cell_dir=None, checkpoint_every: int = 0, on_phase_end=None, on_epoch=None):
+  """Trains one seed; returns (params, result, per-epoch history).
+
+  With ``cell_dir`` the cell checkpoints at every phase end and every
+  ``checkpoint_every`` epochs, its history goes to ``cell_dir/history.jsonl``
+  and a rerun resumes from both.
+  """
+  store = log = None
+  if cell_dir is not None:
+    store = CheckpointStore(cell_dir / "checkpoints", every=checkpoint_every, keep=2)
+    log = JsonlLog(cell_dir / "history.jsonl")
+  params, rows = run_phases(strategy.phases, params, data, rng, runtime=runtime, store=store,
+                            log=log, label=strategy.name, on_phase_end=on_phase_end,
+                            on_epoch=on_epoch)
+  history = log.read() if log is not None else rows
+  result = {**score(model, _stack1(params), splits)[0], "phases": _phase_log(strategy, history)}
+  return params, result, history
+
+
+def run_cells_vmapped(strategy: Strategy, model, params, data: dict, splits: dict, rngs, *,
+                      runtime, shared=()):
+  """K seeds as one program; every leaf of ``params``/``rngs`` has a seed axis, and so
+  does every stream of ``data`` except those named in ``shared``."""
+  params, rows = run_phases_vmapped(strategy.phases, params, data, rngs, runtime=runtime,
+                                    label=strategy.name, shared=shared)
+  results = score(model, params, splits)
+  for result, seed_rows in zip(results, rows):
+    result.update(phases=_phase_log(strategy, seed_rows), vmapped_seeds=len(rows))
+  return params, results, rows
+
+
+def run_probe(strategy: Strategy, model, params, splits: dict, *, num_classes: int, cfg) -> dict:
+  """Fits ``strategy.probe`` on frozen encoder features of each split."""
+  def features(x):
+    if len(x) == 0:
+      return None
+    return np.asarray(batched_apply(_encode(model), params, jnp.asarray(x)))
+
+  feats = {name: (features(x), np.asarray(y)) for name, (x, y) in splits.items()}
+  dim = feats["train"][0].shape[1]
+  feats = {n: (np.zeros((0, dim), np.float32) if f is None else f, y) for n, (f, y) in feats.items()}
+  return PROBES.get(strategy.probe).fn(feats["train"], feats["val"], feats["test"],
+                                       num_classes=num_classes, cfg=cfg)
+
+
+def train_strategy(name: str, tcfg, model, params, splits: dict, rng, *, runtime=None,
+                   cache_features: bool = True, cell_dir=None, checkpoint_every: int = 0,
+                   num_classes: int | None = None, on_phase_end=None, on_epoch=None):
+  """Builds strategy ``name`` from the transfer section ``tcfg`` and trains one seed.
+
+  ``params`` already hold the encoder the strategy starts from; ``splits`` maps
+  'train', 'val', 'test' to (images, labels). Returns (params, result, history).
+  The sweep does the same for every cell; this is the entry point for one.
+  """
+  from aetl_jax.engine.phase import Optim
+  from aetl_jax.engine.runtime import make_runtime
+  from aetl_jax.strategies.registry import StrategyContext, build_strategy
+  runtime = runtime or make_runtime(runner="scan")
+  ctx = StrategyContext(name, tcfg, model, params, Optim.from_config(tcfg), cache_features)
+  strategy = build_strategy(name, ctx)
+  if strategy.probe is not None:
+    return params, run_probe(strategy, model, params, splits, cfg=tcfg,
+                             num_classes=num_classes or model.num_classes), []
+  x, y = splits["train"]
+  data = {"target_labelled": {"image": jnp.asarray(x), "label": jnp.asarray(y)},
+          "target_unlabelled": {"image": jnp.asarray(x)}}
+  data = {k: v for k, v in data.items() if k in {s for p in strategy.phases for s in p.streams}}
+  return run_cell(strategy, model, params, data, splits, rng, runtime=runtime, cell_dir=cell_dir,
+                  checkpoint_every=checkpoint_every, on_phase_end=on_phase_end, on_epoch=on_epoch)

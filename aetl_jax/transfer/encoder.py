@@ -1,0 +1,47 @@
+"""The target model, and the pretrained encoder moved into it from the Orbax checkpoint."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from aetl_jax.core.rules import reinit_paths
+from aetl_jax.engine import checkpoint
+from aetl_jax.models.registry import build_classifier
+from aetl_jax.objectives.registry import model_kind
+
+log = logging.getLogger(__name__)
+
+# Where the encoder lives inside a saved checkpoint (the driver saves {'params', 'opt_state', 'step'}).
+ENCODER_SUBTREE = ("params", "encoder")
+
+
+def target_model(config, num_classes: int, kind: str, input_shape):
+  """The classifier a strategy trains: encoder + head (+ decoder for joint objectives)."""
+  return _target_model(config.model.to_json(), config.objective.name, num_classes, kind,
+                       tuple(input_shape))
+
+
+@functools.lru_cache(maxsize=16)
+def _target_model(model_json: str, objective: str, num_classes: int, kind: str, input_shape):
+  import ml_collections
+  m = ml_collections.ConfigDict(__import__("json").loads(model_json))
+  return build_classifier(m, num_classes, model_kind(objective),
+                          decoder_shape=input_shape if kind == "autoencoder_classifier" else None)
+
+
+def load_encoder(config, ckpt_dir, template):
+  """(step, encoder restored from ``ckpt_dir``, re-initialised paths) for ``template``'s encoder."""
+  sidecar = checkpoint.read_sidecar(ckpt_dir)
+  if sidecar is not None and sidecar.get("family") != config.model.family:
+    raise checkpoint.CheckpointError(
+        f"checkpoint in {ckpt_dir} holds a '{sidecar.get('family')}' encoder but the target model "
+        f"is '{config.model.family}'; use the same model.family for pretraining and transfer")
+  # Re-init patterns are full classifier paths ('encoder/block_2/.*') like every other rule.
+  reinit = [p.removeprefix("encoder/") for p in
+            reinit_paths({"encoder": template["encoder"]}, tuple(config.transfer.reinit))]
+  if reinit:
+    log.warning("transfer: re-initialising instead of loading: %s", ", ".join(reinit))
+  step, encoder = checkpoint.restore_subtree(ckpt_dir, template["encoder"], reinit=tuple(reinit),
+                                             subtree=ENCODER_SUBTREE)
+  return step, encoder, reinit

@@ -1,0 +1,143 @@
+"""The one engine: phases over named streams, open registries, the layer contract."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aetl_jax.core.config import ConfigError
+from aetl_jax.engine.driver import run_phases
+from aetl_jax.engine.phase import Optim, Phase
+from aetl_jax.engine.runtime import make_runtime
+from aetl_jax.models.registry import build_autoencoder, build_classifier
+from aetl_jax.objectives.contractive import jacobian_penalty
+from aetl_jax.objectives.registry import OBJECTIVES, make_objective
+from aetl_jax.strategies import STRATEGIES, StrategyContext, build_strategy
+from aetl_jax.transfer.cell import train_strategy
+from tests.conftest import ROOT, classifier_and_params, tiny_config, tree_equal
+
+
+def test_layers_have_no_upward_imports():
+  from pathlib import Path
+  tool = Path(sys.executable).parent / "lint-imports"
+  out = subprocess.run([str(tool), "--config", str(ROOT / "pyproject.toml")],
+                       capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+  assert "1 kept, 0 broken" in out.stdout
+
+
+def test_joint_objective_reads_two_streams_and_logs_each_term(digits):
+  """One step: cross-entropy on a few labels + λ·reconstruction of many unlabelled images."""
+  images, labels = digits
+  config = tiny_config("transfer.epochs=3", "transfer.batch_size=16")
+  model = build_classifier(config.model, 10, decoder_shape=(8, 8, 1))
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), method="init_all")["params"]
+  assert set(params) == {"encoder", "decoder", "head"}
+
+  class O(dict):
+    __getattr__ = dict.__getitem__
+
+  loss = OBJECTIVES.get("joint").fn(model, O(loss="bce", reconstruction_weight=0.5))
+  phase = Phase("joint", loss, (("labelled", "target_labelled", 16), ("images", "target_unlabelled", 64)),
+                3, Optim(1e-2))
+  data = {"target_labelled": {"image": jnp.asarray(images[:40]), "label": jnp.asarray(labels[:40])},
+          "target_unlabelled": {"image": jnp.asarray(images[40:600])}}
+  out, rows = run_phases([phase], params, data, jax.random.PRNGKey(1), runtime=make_runtime())
+  assert len(rows) == 3
+  for r in rows:  # each term logged, and the loss is their weighted sum (epoch means)
+    assert {"classification", "reconstruction", "accuracy", "loss"} <= set(r)
+    assert r["loss"] == pytest.approx(r["classification"] + 0.5 * r["reconstruction"], rel=1e-5)
+  assert rows[-1]["loss"] < rows[0]["loss"]
+  # Every subtree trained (the decoder through the unlabelled term only).
+  for k in ("encoder", "decoder", "head"):
+    assert not tree_equal(out[k], params[k]), k
+
+
+def test_a_phase_reading_a_missing_stream_fails_before_compiling(digits):
+  config = tiny_config()
+  model, params = classifier_and_params(config)
+  phase = Phase("x", lambda p, b, r: (0.0, {}), (("labelled", "target_labelled", 8),), 1, Optim(1e-3))
+  with pytest.raises(ValueError, match=r"phase 'x' reads stream\(s\) target_labelled.*provides: source"):
+    run_phases([phase], params, {"source": {"image": jnp.zeros((4, 8, 8, 1))}},
+               jax.random.PRNGKey(0), runtime=make_runtime())
+
+
+def test_joint_finetune_strategy_trains_through_the_sweep(digits):
+  images, labels = digits
+  config = tiny_config("transfer.epochs=2", "transfer.batch_size=16")
+  model = build_classifier(config.model, 10, decoder_shape=(8, 8, 1))
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), method="init_all")["params"]
+  split = lambda a, b: (jnp.asarray(images[a:b]), jnp.asarray(labels[a:b]))
+  splits = {"train": split(0, 50), "val": split(50, 60), "test": split(100, 300)}
+  out, result, history = train_strategy("joint_finetune", config.transfer, model, params, splits,
+                                        jax.random.PRNGKey(2))
+  assert [r["phase"] for r in history] == ["joint", "joint"]
+  assert "reconstruction" in history[0] and result["test_accuracy"] > 0.1
+  assert not tree_equal(out["decoder"], params["decoder"])
+
+
+def test_bitfit_trains_only_biases_and_the_head(digits):
+  images, labels = digits
+  config = tiny_config("transfer.epochs=3", "transfer.learning_rate=1e-2")
+  model, params = classifier_and_params(config)
+  split = lambda a, b: (jnp.asarray(images[a:b]), jnp.asarray(labels[a:b]))
+  splits = {"train": split(0, 100), "val": split(100, 120), "test": split(200, 400)}
+  out, _, _ = train_strategy("bitfit", config.transfer, model, params, splits, jax.random.PRNGKey(0))
+  for block in params["encoder"]:
+    assert tree_equal(out["encoder"][block]["kernel"], params["encoder"][block]["kernel"]), block
+    assert not tree_equal(out["encoder"][block]["bias"], params["encoder"][block]["bias"]), block
+  assert not tree_equal(out["head"], params["head"])
+
+
+def test_contractive_penalty_equals_the_jacobian_norm_by_hand():
+  w = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 5))
+  encode = lambda v: jnp.tanh(v @ w)
+  # d tanh(xW)/dx = diag(1 - tanh²) Wᵀ; its squared Frobenius norm by hand:
+  h = np.tanh(np.asarray(x) @ np.asarray(w))
+  expected = np.mean([np.sum(((1 - hi ** 2)[:, None] * np.asarray(w).T) ** 2) for hi in h])
+  assert float(jacobian_penalty(encode, x)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_contractive_objective_trains_and_is_its_own_config_key(digits):
+  from tests.conftest import digits_config
+  config = digits_config("objective.name='contractive'", "objective.contractive_weight=0.5")
+  assert config.objective.contractive_weight == 0.5 and "corruption" not in config.objective
+  model = build_autoencoder(config.model, (8, 8, 1))
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), method="reconstruct")["params"]
+  loss = make_objective(model, config.objective)
+  value, aux = loss(params, {"images": {"image": jnp.asarray(digits[0][:16])}}, jax.random.PRNGKey(0))
+  assert float(value) == pytest.approx(float(aux["reconstruction"] + 0.5 * aux["contractive"]), rel=1e-5)
+  assert float(aux["contractive"]) > 0
+
+
+def test_registries_name_close_matches():
+  with pytest.raises(ConfigError, match=r"unknown strategy 'bitfitt' \(did you mean bitfit"):
+    STRATEGIES.get("bitfitt")
+  with pytest.raises(ConfigError, match=r"objective\.name.*unknown objective 'contractve'.*contractive"):
+    OBJECTIVES.get("contractve")
+
+
+def test_a_strategy_registered_in_a_users_module_runs_unchanged(digits):
+  """Adding a strategy edits nothing central: register a function, name it in the config."""
+  from aetl_jax.core.rules import FROZEN
+  from aetl_jax.strategies.registry import Strategy
+
+  @STRATEGIES.register("test_head_and_last_block")
+  def mine(ctx):
+    last = ctx.blocks()[-1]
+    rules = ((f"encoder/{last}/.*", 1.0), ("head/.*", 1.0), (".*", FROZEN))
+    return Strategy(ctx.name, "pretrained", (ctx.phase("mine", rules, ctx.cfg.epochs),))
+
+  images, labels = digits
+  config = tiny_config("transfer.epochs=2")
+  model, params = classifier_and_params(config)
+  split = lambda a, b: (jnp.asarray(images[a:b]), jnp.asarray(labels[a:b]))
+  splits = {"train": split(0, 60), "val": split(60, 70), "test": split(100, 200)}
+  out, _, _ = train_strategy("test_head_and_last_block", config.transfer, model, params, splits,
+                             jax.random.PRNGKey(0))
+  assert tree_equal(out["encoder"]["block_0"], params["encoder"]["block_0"])
+  assert not tree_equal(out["encoder"]["block_2"], params["encoder"]["block_2"])
