@@ -12,7 +12,7 @@ from aetl_jax.data.transfer_split import make_transfer_split
 from aetl_jax.evaluation.reconstruction import reconstruction_metrics
 from aetl_jax.engine.metrics_log import JsonlLog
 from aetl_jax.tasks.pretrain import ENCODER_SUBTREE, checkpoint_dir, pretrain
-from aetl_jax.transfer.sweep import load_encoder
+from aetl_jax.transfer.encoder import load_encoder
 from tests.conftest import classifier_and_params, tiny_config, tree_equal
 
 
@@ -47,8 +47,8 @@ def test_checkpoints_are_kept_and_finished(pretrained):
 
 def test_restored_encoder_equals_saved_leaf_by_leaf(pretrained):
   config = pretrained["config"]
-  model, _ = classifier_and_params(config)
-  step, encoder, reinit = load_encoder(config, model, checkpoint_dir(pretrained["workdir"]), (8, 8, 1))
+  _, template = classifier_and_params(config)
+  step, encoder, reinit = load_encoder(config, checkpoint_dir(pretrained["workdir"]), template)
   assert step == 30 and reinit == []
   assert tree_equal(encoder, pretrained["params"]["encoder"])
 
@@ -59,7 +59,7 @@ def test_partial_restore_reads_only_the_encoder(pretrained, tmp_path):
   shutil.copytree(checkpoint_dir(pretrained["workdir"]), ckpt)
   damaged = 0
   for array_dir in (ckpt / "30" / "default").iterdir():
-    if array_dir.name.startswith(("state.params.decoder", "state.opt_state")):
+    if array_dir.name.startswith(("params.decoder", "opt_state")):
       for f in array_dir.iterdir():
         f.write_bytes(b"garbage")
       damaged += 1
@@ -96,7 +96,7 @@ def test_missing_and_extra_leaves_are_listed(pretrained):
 def test_reinit_rules_keep_fresh_values_and_are_logged(pretrained, caplog):
   config = tiny_config("transfer.reinit=('encoder/block_2/.*',)")
   model, fresh = classifier_and_params(config)
-  _, encoder, reinit = load_encoder(config, model, checkpoint_dir(pretrained["workdir"]), (8, 8, 1))
+  _, encoder, reinit = load_encoder(config, checkpoint_dir(pretrained["workdir"]), fresh)
   assert sorted(reinit) == ["block_2/bias", "block_2/kernel"]
   assert tree_equal(encoder["block_2"], fresh["encoder"]["block_2"])
   assert tree_equal(encoder["block_0"], pretrained["params"]["encoder"]["block_0"])
@@ -107,9 +107,9 @@ def test_other_family_checkpoint_fails_clearly(pretrained, tmp_path):
   ckpt = tmp_path / "ckpt"
   shutil.copytree(checkpoint_dir(pretrained["workdir"]), ckpt)
   checkpointing.write_sidecar(ckpt, {"family": "conv"})
-  model, _ = classifier_and_params(pretrained["config"])
+  _, template = classifier_and_params(pretrained["config"])
   with pytest.raises(checkpointing.CheckpointError, match="'conv' encoder"):
-    load_encoder(pretrained["config"], model, ckpt, (8, 8, 1))
+    load_encoder(pretrained["config"], ckpt, template)
 
 
 def test_directory_without_finished_checkpoint(tmp_path):
