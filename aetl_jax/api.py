@@ -24,7 +24,7 @@ from aetl_jax.objectives.registry import OBJECTIVES
 from aetl_jax.strategies.registry import STRATEGIES
 from aetl_jax.tasks.registry import TASKS
 from aetl_jax.validation import validate_pretrain_config, validate_transfer_config
-from aetl_jax.workdir import prepare_workdir
+from aetl_jax.workdir import WorkdirLock, prepare_workdir
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ def run(config, workdir, *, overwrite: bool = False, progress: bool = True) -> d
   """Runs ``config`` into ``workdir``: checks, workdir guard (resume or refuse), the task."""
   config = load_config(config)
   task, data = prepare(config)
-  workdir, resuming = prepare_workdir(workdir, config, experiment=config.task, overwrite=overwrite)
-  if resuming:
-    log.info("resuming the run in %s", workdir)
-  return task.fn(config, workdir, data, progress=progress)
+  with WorkdirLock(workdir):
+    workdir, resuming = prepare_workdir(workdir, config, experiment=config.task, overwrite=overwrite)
+    if resuming:
+      log.info("resuming the run in %s", workdir)
+    return task.fn(config, workdir, data, progress=progress)

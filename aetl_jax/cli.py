@@ -39,8 +39,9 @@ def main(argv=None) -> int:
   overrides = [a for a in argv if a.startswith("--config.")]
   args, unknown = _parser().parse_known_args([a for a in argv if not a.startswith("--config.")])
   from aetl_jax import api
-  from aetl_jax.engine.guard import NonFiniteError
-  from aetl_jax.workdir import prepare_workdir
+  from aetl_jax.engine.checkpoint import CheckpointError
+  from aetl_jax.workdir import WorkdirLock, prepare_workdir
+  lock = None
   try:
     if unknown:
       raise ConfigError(f"unrecognised argument(s) {' '.join(unknown)}; overrides are written "
@@ -53,21 +54,52 @@ def main(argv=None) -> int:
     if not args.workdir:
       raise ConfigError("--workdir is required (where checkpoints, metrics and results go)")
     task, data = api.prepare(config)
+    lock = WorkdirLock(args.workdir).acquire()
     workdir, resuming = prepare_workdir(args.workdir, config, experiment=config.task,
                                         overwrite=args.overwrite)
-  except ConfigError as e:
+    return _run(task, config, workdir, data, resuming, progress=not args.no_progress)
+  except (ConfigError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
-  if resuming:
-    logging.getLogger("aetl").info("resuming the run in %s", workdir)
+  except KeyboardInterrupt:
+    print("interrupted before anything ran", file=sys.stderr)
+    return EXIT_INTERRUPTED
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(task, config, workdir, data, resuming, *, progress: bool) -> int:
+  handler = logging.StreamHandler(sys.stderr)  # this run's log lines, removed when it ends
+  handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+  root = logging.getLogger()
+  level = root.level
+  root.addHandler(handler)
+  root.setLevel(logging.INFO)
   try:
-    out = task.fn(config, workdir, data, progress=not args.no_progress)
-  except ConfigError as e:
+    if resuming:
+      logging.getLogger("aetl").info("resuming the run in %s", workdir)
+    return _report(task.fn, config, workdir, data, progress)
+  finally:
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def _report(fn, config, workdir, data, progress) -> int:
+  from aetl_jax.engine.checkpoint import CheckpointError, CheckpointSaveError
+  from aetl_jax.engine.guard import NonFiniteError
+  try:
+    out = fn(config, workdir, data, progress=progress)
+  except (ConfigError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
-  except NonFiniteError as e:
+  except (NonFiniteError, CheckpointSaveError) as e:
     print(f"error: {e}", file=sys.stderr)
+    return EXIT_TRAINING
+  except OSError as e:
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    print(f"error: {e.strerror or e}{where}; rerun the same command to resume from {workdir}",
+          file=sys.stderr)
     return EXIT_TRAINING
   except KeyboardInterrupt:
     print(f"interrupted; rerun the same command to resume from {workdir}", file=sys.stderr)

@@ -1,12 +1,21 @@
-"""Workdir safety: a workdir belongs to one config; reruns resume.
+"""Workdir safety: a workdir belongs to one config and one process; reruns resume.
 
 The first run writes ``config.json`` (and ``environment.json`` with library
-versions). A rerun with the same config resumes; a rerun with a different
-config refuses and lists the differing keys, unless ``overwrite`` is given.
+versions) and a marker file that says the folder is an aetl_jax workdir. A
+rerun with the same config resumes; a rerun with a different config refuses
+and lists the differing keys, unless ``overwrite`` is given, or unless the
+run never produced anything (a config fixed after an early error). Only a
+folder with the marker is ever cleared, and only of what the project writes.
+
+A running process holds an exclusive lock on ``<workdir>/.lock`` (``flock``,
+released by the kernel when the process ends, so a killed run leaves no stale
+lock); a second process on the same workdir is refused with the holder's PID.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import platform
@@ -18,6 +27,11 @@ from pathlib import Path
 from aetl_jax.core.config import ConfigError, diff, flatten
 
 CONFIG_FILE = "config.json"
+MARKER = ".aetl_workdir"
+LOCK = ".lock"
+# Everything a run writes into its workdir (what --overwrite may remove).
+OWNED = (CONFIG_FILE, "environment.json", "data.json", "pretrain", "metrics", "results",
+         "transfer", MARKER)
 
 
 class WorkdirError(ConfigError):
@@ -41,30 +55,134 @@ def _versions() -> dict:
   return out
 
 
+def produced_anything(workdir: Path) -> bool:
+  """Whether a run in ``workdir`` finished any epoch, checkpoint or result."""
+  for sub in ("pretrain", "metrics", "results", "transfer"):
+    d = workdir / sub
+    if d.is_dir() and any(p.is_file() and p.stat().st_size > 0 for p in d.rglob("*")
+                          if p.name != "model.json"):
+      return True
+  return False
+
+
+def _read_record(config_path: Path) -> dict:
+  try:
+    return json.loads(config_path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise WorkdirError(f"{config_path} is damaged ({e.msg if hasattr(e, 'msg') else e}); it records "
+                       f"which config this workdir belongs to. Restore it, or pass --overwrite to "
+                       f"start the workdir over") from None
+
+
+def is_own(workdir: Path) -> bool:
+  """Whether ``workdir`` was written by aetl_jax (its marker, or a config.json of ours)."""
+  if (workdir / MARKER).exists():
+    return True
+  try:
+    return "experiment" in json.loads((workdir / CONFIG_FILE).read_text())
+  except (OSError, ValueError, TypeError):
+    return False
+
+
+def _clear(workdir: Path) -> None:
+  """Removes what a run wrote; anything else in the folder is left and named."""
+  if not is_own(workdir):
+    theirs = sorted(p.name for p in workdir.iterdir() if p.name != LOCK)
+    raise WorkdirError(f"refusing --overwrite: {workdir} is not an aetl_jax workdir (no {MARKER}); "
+                       f"it holds {', '.join(theirs[:8])}{' ...' if len(theirs) > 8 else ''}, which "
+                       f"would be lost. Choose a new --workdir")
+  others = sorted(p.name for p in workdir.iterdir() if p.name not in OWNED + (LOCK,))
+  if others:
+    raise WorkdirError(f"refusing --overwrite: {workdir} also holds {', '.join(others[:8])}, which "
+                       f"aetl_jax did not write and would be lost. Move them out, or choose a new "
+                       f"--workdir")
+  for name in OWNED:
+    path = workdir / name
+    if path.is_dir():
+      shutil.rmtree(path)
+    elif path.exists():
+      path.unlink()
+
+
 def prepare_workdir(workdir, config, *, experiment: str, overwrite: bool = False) -> tuple[Path, bool]:
   """Creates or validates ``workdir``. Returns (path, resuming)."""
   workdir = Path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise WorkdirError(f"--workdir {workdir} is a file, not a folder")
   record = {"experiment": experiment, "config": config.to_dict()}
   config_path = workdir / CONFIG_FILE
   resuming = False
-  if workdir.exists() and any(workdir.iterdir()):
+  entries = [p for p in workdir.iterdir() if p.name != LOCK] if workdir.exists() else []
+  if entries:
     if overwrite:
-      shutil.rmtree(workdir)
+      _clear(workdir)
     elif not config_path.exists():
       raise WorkdirError(f"workdir {workdir} is not empty and holds no {CONFIG_FILE}; choose a new "
-                         f"--workdir or pass --overwrite to delete its contents")
+                         f"--workdir (an aetl_jax run only writes into an empty or its own folder)")
     else:
-      old = json.loads(config_path.read_text())
+      old = _read_record(config_path)
       changes = diff(flatten({"experiment": old.get("experiment"), **old.get("config", {})}),
                      flatten({"experiment": experiment, **record["config"]}))
-      if changes:
+      if changes and produced_anything(workdir):
         raise WorkdirError(f"workdir {workdir} holds a run with a different config ("
                            + "; ".join(changes)
                            + "); rerun with the same config to resume, pass --overwrite to "
                              "discard it, or choose a new --workdir")
-      resuming = True
-  workdir.mkdir(parents=True, exist_ok=True)
-  if not resuming:
-    _atomic_write(config_path, json.dumps(record, indent=2, sort_keys=True))
-  _atomic_write(workdir / "environment.json", json.dumps(_versions(), indent=2, sort_keys=True))
+      resuming = not changes
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("aetl_jax workdir\n")
+    if not resuming:
+      _atomic_write(config_path, json.dumps(record, indent=2, sort_keys=True))
+    _atomic_write(workdir / "environment.json", json.dumps(_versions(), indent=2, sort_keys=True))
+  except OSError as e:
+    raise WorkdirError(f"cannot write to workdir {workdir}: {e.strerror or e}") from None
   return workdir, resuming
+
+
+class WorkdirLock:
+  """An exclusive lock on ``<workdir>/.lock`` for the life of this object (or process)."""
+
+  def __init__(self, workdir):
+    self.path = Path(workdir) / LOCK
+    self._fd = None
+
+  def acquire(self) -> "WorkdirLock":
+    """Takes the lock; refuses a folder that holds files and is not an aetl_jax workdir
+    (nothing is written into it)."""
+    workdir = self.path.parent
+    if workdir.exists() and not workdir.is_dir():
+      raise WorkdirError(f"--workdir {workdir} is a file, not a folder")
+    if workdir.is_dir() and any(p.name != LOCK for p in workdir.iterdir()) and not is_own(workdir):
+      raise WorkdirError(f"workdir {workdir} is not empty and is not an aetl_jax workdir (no "
+                         f"{CONFIG_FILE}); choose a new --workdir")
+    try:
+      workdir.mkdir(parents=True, exist_ok=True)
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise WorkdirError(f"cannot write to workdir {workdir}: {e.strerror or e}") from None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+      os.close(fd)
+      if e.errno in (errno.EAGAIN, errno.EACCES):
+        raise WorkdirError(f"workdir {self.path.parent} is in use by another run (PID {holder}); "
+                           f"wait for it to finish or choose another --workdir") from None
+      raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()

@@ -33,10 +33,9 @@ def digits_config(*overrides):
 
 def tiny_config(*extra):
   """Tiny sizes; the keys of every built-in strategy present, the strategy list the default's."""
-  config = digits_config(*TINY, ALL_STRATEGIES, "transfer.unfreeze_epochs=1", *extra)
-  if not any(e.startswith("transfer.strategies") for e in extra):
-    config.transfer.strategies = digits_config().transfer.strategies
-  return config
+  config = digits_config(*TINY, ALL_STRATEGIES, "transfer.unfreeze_epochs=1")
+  config.transfer.strategies = digits_config().transfer.strategies
+  return load_config(config, list(extra))
 
 
 @pytest.fixture(scope="session")

@@ -88,6 +88,7 @@ def test_workdir_with_other_config_refuses_then_overwrite(tmp_path):
   config = digits_config()
   prepare_workdir(tmp_path, config, experiment="digits_transfer")
   (tmp_path / "results").mkdir()
+  (tmp_path / "results" / "cells.jsonl").write_text('{"budget": 10}\n')  # it produced a result
   _, resuming = prepare_workdir(tmp_path, config, experiment="digits_transfer")
   assert resuming
   other = apply_overrides(config, ["pretrain.epochs=3"])

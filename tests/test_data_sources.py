@@ -17,7 +17,7 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/dataset
 def test_unknown_name_lists_close_matches():
   with pytest.raises(ValueError, match="close matches: fashion_mnist"):
     load_dataset("fashion_mnst")
-  with pytest.raises(ValueError, match="idx:DIR, npz:FILE, folder:DIR"):
+  with pytest.raises(ValueError, match="idx:PATH, npz:PATH, folder:PATH"):
     load_dataset("zip:/tmp/x")
 
 
@@ -107,3 +107,40 @@ def test_preprocessing_shapes():
     preprocessing.to_shape(rgb32, (28, 28, 3), "pad")
   with pytest.raises(ValueError, match=r"different shapes.*set data.common_shape"):
     preprocessing.common_shape({"a": (28, 28, 1), "b": (32, 32, 3)}, None)
+
+
+def test_missing_local_path_is_named(tmp_path):
+  with pytest.raises(ValueError, match=r"dataset 'idx:.*nothing': .*nothing does not exist"):
+    load_dataset(f"idx:{tmp_path / 'nothing'}")
+
+
+def _npz(path, images, labels):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  np.savez(path, images=images, labels=labels)
+  return path
+
+
+def test_local_cache_is_keyed_on_content_not_name_size_or_time(tmp_path):
+  """Two different data.npz files of equal size and mtime never share a cache entry."""
+  rng = np.random.default_rng(0)
+  a = _npz(tmp_path / "a" / "data.npz", rng.integers(0, 255, (20, 4, 4), np.uint8),
+           np.arange(20) % 2)
+  b = _npz(tmp_path / "b" / "data.npz", rng.integers(0, 255, (20, 4, 4), np.uint8),
+           np.arange(20) % 2)
+  assert a.stat().st_size == b.stat().st_size
+  os.utime(b, (a.stat().st_atime, a.stat().st_mtime))
+  da = load_dataset(f"npz:{a}", data_dir=tmp_path / "tfds")
+  db = load_dataset(f"npz:{b}", data_dir=tmp_path / "tfds")
+  assert not np.array_equal(da.splits["train"][0], db.splits["train"][0])
+  with np.load(b) as z:
+    np.testing.assert_array_equal(db.splits["train"][0][..., 0], z["images"])
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.linspace(0.7, 9.7, 20), r"non-integer values such as 0\.7"),
+    (np.full(20, -1), r"-1 \(negative\)"),
+])
+def test_npz_labels_must_be_class_ids(tmp_path, labels, message):
+  path = _npz(tmp_path / "bad.npz", np.zeros((20, 4, 4), np.uint8), labels)
+  with pytest.raises(ValueError, match=rf"bad\.npz: labels must be integers 0\.\.C-1.*{message}"):
+    load_dataset(f"npz:{path}", data_dir=tmp_path / "tfds")

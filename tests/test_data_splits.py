@@ -10,8 +10,12 @@ def test_transfer_split_is_disjoint_and_stratified(digits):
   split = make_transfer_split(labels, test_fraction=0.3, source_fraction=0.5, seed=0)
   all_idx = np.concatenate([split.source, split.target_pool, split.test])
   assert len(np.unique(all_idx)) == len(labels) == len(all_idx)
-  counts = np.bincount(labels[split.test], minlength=10)
-  assert counts.min() >= 0.3 * np.bincount(labels).min() - 1
+  # Every class: round(30%) of its examples in test, then round(50%) of the rest in source.
+  for c in range(10):
+    n_c = int(np.sum(labels == c))
+    test_c = int(np.sum(labels[split.test] == c))
+    assert test_c == round(0.3 * n_c), c
+    assert int(np.sum(labels[split.source] == c)) == round(0.5 * (n_c - test_c)), c
 
 
 def test_label_budget_exact_reproducible_and_seed_dependent(digits):

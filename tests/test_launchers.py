@@ -57,11 +57,13 @@ def test_padded_sharded_evaluation_counts_every_example_once(four_devices):
   assert four_devices["runs"]["eval_max_abs_diff"] < 1e-5
 
 
-def test_single_device_pmap_degenerates_gracefully(caplog):
+@pytest.mark.parametrize("kind", ["pmap", "shard_map"])
+def test_single_device_launchers_degenerate_gracefully(caplog, kind):
   import logging
-  with caplog.at_level(logging.INFO):
-    launcher = make_launcher("shard_map", 1)
-  assert launcher.num_devices == 1
+  with caplog.at_level(logging.DEBUG, logger="aetl_jax.engine.launchers"):
+    launcher = make_launcher(kind, 1)
+  assert launcher.num_devices == 1 and launcher.kind == kind
+  assert f"launcher '{kind}' on a single device" in caplog.text
   with pytest.raises(ValueError, match="unknown launcher"):
     make_launcher("tpu_pod")
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -60,13 +61,26 @@ def reference(tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize("kill_when", ["pretraining", "sweep"])
+def _kill_point(kill_when):
+  """(log to watch, lines to wait for): fixed points, or seeded random ones (a new
+  seed is a new point; the seeds are fixed so a failure reproduces)."""
+  if kill_when == "pretraining":
+    return "metrics/pretrain.jsonl", 9
+  if kill_when == "sweep":
+    return "results/cells.jsonl", 3
+  rng = np.random.default_rng(int(kill_when.split("-")[1]))
+  if rng.random() < 0.5:
+    return "metrics/pretrain.jsonl", int(rng.integers(1, 59))
+  return "results/cells.jsonl", int(rng.integers(1, 11))
+
+
+@pytest.mark.parametrize("kill_when", ["pretraining", "sweep", "random-7", "random-11"])
 def test_sigkill_then_resume_is_bitwise_identical(reference, tmp_path, kill_when):
   workdir = tmp_path / "run"
   proc = subprocess.Popen(_cmd(workdir), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-  watch, need = ((workdir / "metrics/pretrain.jsonl", 9) if kill_when == "pretraining"
-                 else (workdir / "results/cells.jsonl", 3))
+  log, need = _kill_point(kill_when)
+  watch = workdir / log
   deadline = time.time() + 120
   while _lines(watch) < need:
     assert proc.poll() is None, "run finished before it could be killed"
@@ -74,7 +88,7 @@ def test_sigkill_then_resume_is_bitwise_identical(reference, tmp_path, kill_when
     time.sleep(0.01)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
-  if kill_when == "pretraining":
+  if log.startswith("metrics"):
     assert _lines(workdir / "metrics/pretrain.jsonl") < 60
     assert not (workdir / "results/cells.jsonl").exists()
   else:
@@ -134,15 +148,36 @@ def _restore_step(ckpt, step):
   return step, manager.restore(step)
 
 
-def test_nan_guard_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
-  with pytest.raises(NonFiniteError, match=r"phase 'pretrain' at step \d+ \(epoch \d+\)"):
-    _pretrain(tmp_path, "pretrain.learning_rate=1e12", "objective.loss='mse'",
-              "pretrain.checkpoint_every=1")
-  # Every checkpoint that was written holds finite parameters.
+def _register_ramp():
+  """An objective whose loss turns NaN at a step known by hand: −mean(decoder biases) until
+  that mean exceeds 9.5. Adam (lr 1, constant) moves every bias by +1 per step and nothing
+  else (zero gradient), so the mean after s steps is s and the first NaN is at step 10."""
+  from aetl_jax.objectives.registry import OBJECTIVES
+  if "test_ramp" in OBJECTIVES:
+    return
+
+  @OBJECTIVES.register("test_ramp")
+  def ramp(model, o):
+    def loss(params, batches, rng):
+      biases = jnp.concatenate([b["bias"] for b in params["decoder"].values()])
+      m = jnp.mean(biases)
+      return jnp.where(m > 9.5, jnp.nan, -m), {}
+    return loss
+
+
+def test_nan_guard_names_the_exact_step_and_keeps_the_good_checkpoints(tmp_path):
+  _register_ramp()
+  # 300 images, batch 64: 4 steps per epoch; step 10 is epoch 2, after checkpoints at epochs 1, 2.
+  with pytest.raises(NonFiniteError, match=r"phase 'pretrain' at step 10 \(epoch 2\)"):
+    _pretrain(tmp_path, "objective.name='test_ramp'", "pretrain.learning_rate=1.0",
+              "pretrain.schedule='constant'", "pretrain.checkpoint_every=1")
   ckpt = checkpoint_dir(tmp_path)
-  for step in checkpointing.finished_steps(ckpt):
+  assert checkpointing.finished_steps(ckpt) == [1, 2]
+  for step in (1, 2):
     tree = _restore_step(ckpt, step)[1]
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree))
+    biases = np.concatenate([np.asarray(b["bias"]) for b in tree["params"]["decoder"].values()])
+    np.testing.assert_allclose(biases, 4.0 * step, rtol=1e-4)  # 4 steps of +1 (Adam, eps 1e-8)
 
 
 def test_same_config_and_seed_is_deterministic(tmp_path):

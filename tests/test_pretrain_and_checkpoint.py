@@ -128,3 +128,35 @@ def test_rerun_of_finished_pretraining_does_no_work(pretrained, digits):
                                 p["images"][p["split"].test], p["workdir"], progress=False)
   assert history == rows
   assert tree_equal(params, p["params"])
+
+
+def test_restore_refuses_leaves_the_target_lacks(pretrained):
+  """A smaller target (2 dense blocks) than the checkpoint (3): the extra leaves are refused."""
+  config = tiny_config("model.widths=(128,)", "model.code_dim=64")
+  _, params = classifier_and_params(config)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"block_2/kernel: in checkpoint \(shape \(64, 32\)\) but not in target"):
+    checkpointing.restore_subtree(checkpoint_dir(pretrained["workdir"]), params["encoder"],
+                                  subtree=ENCODER_SUBTREE)
+
+
+def test_restore_verifies_the_manifest_checksum(pretrained, tmp_path):
+  import json
+  ckpt = tmp_path / "ckpt"
+  shutil.copytree(checkpoint_dir(pretrained["workdir"]), ckpt)
+  meta = ckpt / "30" / "_CHECKPOINT_METADATA"
+  record = json.loads(meta.read_text())
+  record["custom_metadata"]["aetl_jax_manifest"]["params/encoder/block_1/bias"]["crc32"] ^= 1
+  meta.write_text(json.dumps(record))
+  _, params = classifier_and_params(pretrained["config"])
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"checksum mismatch in params/encoder/block_1/bias"):
+    checkpointing.restore_subtree(ckpt, params["encoder"], subtree=ENCODER_SUBTREE)
+
+
+def test_restore_of_an_unknown_step_lists_the_finished_ones(pretrained):
+  _, params = classifier_and_params(pretrained["config"])
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"step 25 not found .*finished steps: \[10, 20, 30\]"):
+    checkpointing.restore_subtree(checkpoint_dir(pretrained["workdir"]), params["encoder"],
+                                  subtree=ENCODER_SUBTREE, step=25)

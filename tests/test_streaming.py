@@ -71,7 +71,9 @@ def test_pretraining_on_the_stream_path_learns_and_resumes(tmp_path, digits):
   from tests.conftest import tiny_config
   config = tiny_config("pretrain.data_path='stream'", "pretrain.epochs=6")
   _, _, history = pretrain(config, digits[0][:400], digits[0][400:500], tmp_path, progress=False)
-  assert history[-1]["eval_mse"] < history[0]["eval_mse"] if "eval_mse" in history[0] else True
+  evaluated = [r for r in history if "eval_mse" in r]
+  assert [r["epoch"] for r in evaluated] == [2, 5]  # eval_every=3: after epochs 3 and 6
+  assert evaluated[-1]["eval_mse"] < evaluated[0]["eval_mse"]
   assert history[-1]["train_loss"] < history[0]["train_loss"]
   _, _, again = pretrain(config, digits[0][:400], digits[0][400:500], tmp_path, progress=False)
   assert again == history

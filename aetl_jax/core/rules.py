@@ -80,6 +80,14 @@ def match_rules(tree, rules: Sequence[Rule], *, what: str = "rules",
   return values
 
 
+def _valid(pattern) -> bool:
+  try:
+    re.compile(pattern)
+    return True
+  except (re.error, TypeError):
+    return False
+
+
 def freeze_and_multipliers(tree, rules: Sequence[Rule]):
   """(bool trainable mask, float learning-rate multipliers) from one rule match.
 
@@ -87,6 +95,13 @@ def freeze_and_multipliers(tree, rules: Sequence[Rule]):
   negative number is refused because freezing must be said explicitly.
   Frozen leaves get multiplier 0.0.
   """
+  paths = tree_paths(tree)
+  for rule in rules:
+    pattern, value = rule if isinstance(rule, (tuple, list)) and len(rule) == 2 else (None, None)
+    if value == FROZEN and _valid(pattern) and not any(re.fullmatch(pattern, p) for p in paths):
+      # The leaves it was meant to freeze would silently train.
+      raise ValueError(f"freeze rule {pattern!r} matches no parameter, so nothing it names would "
+                       f"be frozen; parameters are named like {', '.join(paths[:3])} ...")
   values = match_rules(tree, rules, what="freeze/lr rules")
 
   def multiplier(path, v):

@@ -25,11 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from aetl_jax.core.registry import Registry
 from aetl_jax.data.idx import load_idx_split
 
 CATALOGUE = ("mnist", "fashion_mnist", "kmnist", "emnist/digits", "svhn_cropped", "cifar10",
              "stl10")
-LOCAL_KINDS = ("idx", "npz", "folder")
+# Local data named KIND:PATH. A kind registers ``read(path, splits) -> ({split: (images uint8
+# NHWC, labels int)}, class names or None)``; the result is stored as a TFDS dataset.
+DATASET_KINDS = Registry("local dataset kind", "data.source")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 log = logging.getLogger(__name__)
@@ -47,16 +50,17 @@ class Dataset:
 def _check_name(name: str) -> tuple[str, str]:
   if ":" in name:
     kind, value = name.split(":", 1)
-    if kind not in LOCAL_KINDS or not value:
-      raise ValueError(f"unknown local dataset {name!r}; local data is named idx:DIR, "
-                       f"npz:FILE, folder:DIR")
+    if kind not in DATASET_KINDS or not value:
+      raise ValueError(f"unknown local dataset {name!r}; local data is named "
+                       + ", ".join(f"{k}:PATH" for k in DATASET_KINDS.names()))
     return kind, value
   if name == "digits" or name in CATALOGUE:
     return ("digits" if name == "digits" else "tfds"), name
   close = difflib.get_close_matches(name, CATALOGUE + ("digits",), n=3, cutoff=0.4)
   raise ValueError(f"unknown dataset {name!r}" + (f"; close matches: {', '.join(close)}" if close
                                                    else "")
-                   + f"; valid: digits, {', '.join(CATALOGUE)}, or idx:DIR, npz:FILE, folder:DIR")
+                   + f"; valid: digits, {', '.join(CATALOGUE)}, or "
+                   + ", ".join(f"{k}:PATH" for k in DATASET_KINDS.names()))
 
 
 def _tfds():
@@ -102,13 +106,32 @@ def _local_builder(name: str, splits_arrays: dict, num_classes: int, data_dir):
 
 
 def _fingerprint(path: Path) -> str:
+  """A key of the data's *content* (file names and bytes), so two different files with
+  equal names, sizes and times never share a cache entry."""
   h = hashlib.sha256()
   files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
   for f in files:
-    h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-    h.update(str(f.stat().st_size).encode())
-    h.update(str(int(f.stat().st_mtime)).encode())
-  return h.hexdigest()[:12]
+    h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0")
+    with open(f, "rb") as fh:
+      for chunk in iter(lambda: fh.read(1 << 20), b""):
+        h.update(chunk)
+  return h.hexdigest()[:16]
+
+
+def _labels(path: Path, labels) -> np.ndarray:
+  """Integer class ids >= 0, or a ValueError naming the file and what is wrong."""
+  labels = np.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError(f"{path}: labels must be one integer per image, got shape {labels.shape}")
+  if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+    raise ValueError(f"{path}: labels must be integers 0..C-1, got dtype {labels.dtype}")
+  if np.issubdtype(labels.dtype, np.floating) and not np.all(np.mod(labels, 1) == 0):
+    bad = labels[np.mod(labels, 1) != 0][:3]
+    raise ValueError(f"{path}: labels must be integers 0..C-1, got non-integer values such as "
+                     f"{', '.join(str(v) for v in bad)}")
+  if len(labels) and labels.min() < 0:
+    raise ValueError(f"{path}: labels must be integers 0..C-1, got {labels.min()} (negative)")
+  return labels.astype(np.int32)
 
 
 def _read_npz(path: Path) -> dict:
@@ -131,7 +154,7 @@ def _read_npz(path: Path) -> dict:
       raise ValueError(f"{path}: non-uint8 images must be floats in [0, 1], got range "
                        f"[{images.min()}, {images.max()}]")
     images = np.round(images * 255).astype(np.uint8)
-  return {"train": (images, labels.astype(np.int32))}
+  return {"train": (images, _labels(path, labels))}
 
 
 def _read_folder(path: Path) -> tuple[dict, list[str]]:
@@ -195,17 +218,31 @@ def load_dataset(name: str, *, splits=("train", "test"), data_dir=None, manual_d
                  builder.info.features["label"].num_classes, route)
 
 
+@DATASET_KINDS.register("idx")
+def _idx(path: Path, splits):
+  """A folder of IDX files (train-/t10k-images/labels, optionally .gz)."""
+  return {s: load_idx_split(path, s) for s in splits}, None
+
+
+@DATASET_KINDS.register("npz")
+def _npz(path: Path, splits):
+  """An .npz with 'images' (N,H,W[,C]) and integer 'labels' (N,); one 'train' split."""
+  del splits
+  return _read_npz(path), None
+
+
+@DATASET_KINDS.register("folder")
+def _folder(path: Path, splits):
+  """One sub-folder of images per class; one 'train' split."""
+  del splits
+  return _read_folder(path)
+
+
 def _prepare_local(kind: str, value: str, splits, data_dir):
   path = Path(value).expanduser()
   if not path.exists():
-    raise ValueError(f"dataset {name!r}: {path} does not exist")
-  classes = None
-  if kind == "idx":
-    arrays = {s: load_idx_split(path, s) for s in splits}
-  elif kind == "npz":
-    arrays = _read_npz(path)
-  else:
-    arrays, classes = _read_folder(path)
+    raise ValueError(f"dataset '{kind}:{value}': {path} does not exist")
+  arrays, classes = DATASET_KINDS.get(kind).fn(path, splits)
   num_classes = int(max(int(y.max()) for _, y in arrays.values()) + 1)
   builder_name = f"local_{kind}_{_fingerprint(path)}"
   builder = _local_builder(builder_name, arrays, num_classes, data_dir)

@@ -32,6 +32,10 @@ class CheckpointError(ValueError):
   """A checkpoint is missing, unfinished, or does not fit the target tree."""
 
 
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (disk full, permissions ...); earlier steps are intact."""
+
+
 def make_manager(directory, *, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
   directory = Path(directory).absolute()
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
@@ -47,9 +51,14 @@ def save(manager: ocp.CheckpointManager, step: int, tree) -> None:
   every restore can verify what it read.
   """
   manifest = _manifest(tree)
-  manager.save(int(step), args=ocp.args.PyTreeSave(tree), force=True,
-               custom_metadata={MANIFEST_KEY: manifest})
-  manager.wait_until_finished()
+  try:
+    manager.save(int(step), args=ocp.args.PyTreeSave(tree), force=True,
+                 custom_metadata={MANIFEST_KEY: manifest})
+    manager.wait_until_finished()
+  except Exception as e:  # noqa: BLE001 - Orbax raises many types; the cause is in the text
+    cause = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    raise CheckpointSaveError(f"cannot save checkpoint step {step} in {manager.directory}: {cause}; "
+                              f"the previous steps are intact and a rerun resumes from them") from None
 
 
 def _crc(x) -> int:
@@ -187,8 +196,8 @@ def restore_subtree(directory, target, *, subtree: tuple[str, ...] = ("params", 
     problems.append(f"{path}: in checkpoint (shape {saved_shapes[path]}) but not in target")
   if problems:
     raise CheckpointError(
-        f"encoder in {directory}/{step} does not fit the target model ({len(problems)} problem(s)):\n  "
-        + "\n  ".join(problems))
+        f"encoder in {directory}/{step} does not fit the target model ({len(problems)} problem(s)): "
+        + "; ".join(problems))
 
   target_flat = traverse_util.flatten_dict(target, sep="/")
   item = traverse_util.unflatten_dict(
@@ -196,9 +205,13 @@ def restore_subtree(directory, target, *, subtree: tuple[str, ...] = ("params", 
        if k not in reinit}, sep="/")
   for key in reversed(subtree):
     item = {key: item}
-  restored = manager.restore(step, args=ocp.args.PyTreeRestore(
-      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-      partial_restore=True))
+  try:
+    restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True))
+  except Exception as e:  # noqa: BLE001 - any read failure means "damaged"
+    raise CheckpointError(f"checkpoint {directory}/{step} is unreadable: "
+                          f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
   for key in subtree:
     restored = restored[key]
   _verify(restored, _read_manifest(directory, step), "/".join(subtree) + "/", f"{directory}/{step}")

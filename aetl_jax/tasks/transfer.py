@@ -73,6 +73,7 @@ def check(config, data: TransferData) -> None:
     check_input_shape(config.model, data.images.shape[1:], model_kind(config.objective.name))
   except ValueError as e:
     raise ConfigError(f"config key 'model': {e}") from None
+  _check_strategies(config, data)
   for budget in config.transfer.budgets:
     try:
       draw_target_labels(data.labels, data.split, per_class=budget,
@@ -81,6 +82,33 @@ def check(config, data: TransferData) -> None:
     except ValueError as e:
       raise ConfigError(f"config key 'transfer.budgets': {e} (the target pool after "
                         f"{config.transfer.val_per_class} validation labels per class)") from None
+
+
+def _check_strategies(config, data: TransferData) -> None:
+  """Builds every strategy's phases on the target model's shapes (nothing trains), so a rule
+  that does not fit the model fails now, not after pretraining."""
+  import jax
+  import jax.numpy as jnp
+  from aetl_jax.core.rules import reinit_paths
+  from aetl_jax.engine.phase import Optim
+  from aetl_jax.strategies.registry import StrategyContext, build_strategy, target_model_kind
+  from aetl_jax.transfer.encoder import target_model
+  shape = tuple(data.images.shape[1:])
+  for name in config.transfer.strategies:
+    model = target_model(config, data.num_classes, target_model_kind(name), shape)
+    method = "init_all" if hasattr(model, "init_all") else None
+    params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)),
+                                                   method=method)["params"])
+    try:
+      build_strategy(name, StrategyContext(name, config.transfer, model, params,
+                                           Optim.from_config(config.transfer)))
+    except ValueError as e:
+      raise ConfigError(f"config key 'transfer.strategies': strategy {name!r} does not fit the "
+                        f"model: {e}") from None
+    try:
+      reinit_paths({"encoder": params["encoder"]}, tuple(config.transfer.reinit))
+    except ValueError as e:
+      raise ConfigError(f"config key 'transfer.reinit': {e}") from None
 
 
 @TASKS.register("transfer", load=load, check=check)

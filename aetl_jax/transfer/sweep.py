@@ -151,7 +151,7 @@ def run_sweep(config, workdir, data: SweepData, *, ckpt_dir, runtime: Runtime,
   results = cells_log(workdir)
   histories = JsonlLog(Path(workdir) / "metrics" / "finetune.jsonl")
   results.repair()
-  done = {(r["budget"], r["strategy"], r["seed"]) for r in results.read()}
+  done = {(r["budget"], r["strategy"], r["seed"]) for r in unique_cells(results.read())}
   # A history written just before a kill whose cell result was not: drop it.
   histories.keep(lambda r: (r["budget"], r["strategy"], r["seed"]) in done)
   cells = [(b, s, seed) for b in tcfg.budgets for s in tcfg.strategies for seed in range(tcfg.seeds)]
@@ -176,7 +176,21 @@ def run_sweep(config, workdir, data: SweepData, *, ckpt_dir, runtime: Runtime,
         _record(results, histories, budget, name, sweep.run_one(budget, name, seed))
     bar.update(len(seeds))
   bar.close()
-  return results.read()
+  return unique_cells(results.read())
+
+
+def unique_cells(rows: list[dict]) -> list[dict]:
+  """One row per (budget, strategy, seed): a duplicate (a second writer, a replayed log) is
+  dropped with a warning instead of being counted as another seed."""
+  seen, out = set(), []
+  for r in rows:
+    key = (r["budget"], r["strategy"], r["seed"])
+    if key in seen:
+      log.warning("sweep: cell %s appears twice in results/cells.jsonl; counting it once", key)
+      continue
+    seen.add(key)
+    out.append(r)
+  return out
 
 
 def _record(results: JsonlLog, histories: JsonlLog, budget, name, done) -> None:

@@ -1,0 +1,86 @@
+"""Fault injection: every kind of checkpoint file truncated, corrupted or deleted.
+
+Whatever is damaged, a resume gets either the damaged step bitwise as saved
+or an older intact step (the damaged one moved aside), and an encoder
+transplant gets the saved encoder or a one-line CheckpointError: never other
+numbers, never a raw traceback.
+"""
+
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from aetl_jax.engine import checkpoint as checkpointing
+from aetl_jax.engine.store import CheckpointStore
+from aetl_jax.tasks.pretrain import checkpoint_dir, pretrain
+from aetl_jax.transfer.encoder import ENCODER_SUBTREE
+from tests.conftest import tiny_config, tree_equal
+
+# One file of each kind Orbax writes for a step (paths inside the step folder).
+KINDS = {
+    "step metadata + manifest": "_CHECKPOINT_METADATA",
+    "commit marker": "commit_success.txt",
+    "tree metadata": "default/_METADATA",
+    "sharding": "default/_sharding",
+    "array metadata": "default/array_metadatas/process_0",
+    "encoder array header": "default/params.encoder.block_0.kernel/.zarray",
+    "encoder array chunk": "default/params.encoder.block_0.kernel/0.0",
+    "decoder array chunk": "default/params.decoder.block_1.kernel/0.0",
+    "optimiser state chunk": "default/opt_state.0.mu.encoder.block_1.kernel/0.0",
+    "step counter chunk": "default/step/0",
+}
+
+
+def _damage(path, mode):
+  data = path.read_bytes()
+  if mode == "delete":
+    path.unlink()
+  elif mode == "truncate":
+    path.write_bytes(data[: len(data) // 2])
+  else:  # flip one byte in the middle
+    i = len(data) // 2
+    path.write_bytes(data[:i] + bytes([data[i] ^ 0x5A]) + data[i + 1:])
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, digits):
+  root = tmp_path_factory.mktemp("faults")
+  config = tiny_config("pretrain.epochs=4", "pretrain.checkpoint_every=2", "pretrain.keep_checkpoints=3")
+  _, params, _ = pretrain(config, digits[0][:200], digits[0][200:300], root, progress=False)
+  ckpt = checkpoint_dir(root)
+  trees = {s: checkpointing.make_manager(ckpt).restore(s) for s in (2, 4)}
+  return ckpt, trees
+
+
+@pytest.mark.parametrize("mode", ["truncate", "corrupt", "delete"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_resume_never_reads_damaged_numbers(saved, tmp_path, kind, mode):
+  src, trees = saved
+  ckpt = tmp_path / "checkpoints"
+  shutil.copytree(src, ckpt)
+  _damage(ckpt / "4" / KINDS[kind], mode)
+  found = CheckpointStore(ckpt).restore(lambda s: trees[4])
+  assert found is not None
+  step, tree = found
+  assert tree_equal(tree, trees[step]), (kind, mode, step)
+  if step == 2:  # the damaged step is out of the way, so a rerun can save step 4 again
+    assert checkpointing.finished_steps(ckpt) == [2]
+    assert len(list((tmp_path / "quarantine").iterdir())) == 1
+
+
+@pytest.mark.parametrize("mode", ["truncate", "corrupt", "delete"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_encoder_transplant_reads_the_saved_encoder_or_says_why_not(saved, tmp_path, kind, mode):
+  src, trees = saved
+  ckpt = tmp_path / "checkpoints"
+  shutil.copytree(src, ckpt)
+  _damage(ckpt / "4" / KINDS[kind], mode)
+  template = jax.tree.map(np.zeros_like, trees[4]["params"]["encoder"])
+  try:
+    step, encoder = checkpointing.restore_subtree(ckpt, template, subtree=ENCODER_SUBTREE, step=4)
+  except checkpointing.CheckpointError as e:
+    assert "\n" not in str(e)
+    return
+  assert step == 4 and tree_equal(encoder, trees[4]["params"]["encoder"]), (kind, mode)

@@ -1,0 +1,167 @@
+"""Nothing of the user's is deleted, a workdir has one writer, failures are one line."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from aetl_jax.cli import main
+from aetl_jax.core.config import ConfigError
+from aetl_jax.engine import checkpoint as checkpointing
+from aetl_jax.engine.store import CheckpointStore
+from aetl_jax.tasks.pretrain import checkpoint_dir, pretrain
+from aetl_jax.validation import validate_transfer_config
+from aetl_jax.workdir import MARKER, WorkdirError, WorkdirLock, prepare_workdir
+from tests.conftest import DIGITS_CONFIG, ROOT, TINY, digits_config, tiny_config
+
+TINY_ARGS = ["--no-progress"] + [f"--config.{o}" for o in TINY] + [
+    "--config.transfer.strategies=('scratch',)", "--config.transfer.seeds=1",
+    "--config.pretrain.epochs=3", "--config.transfer.epochs=2"]
+
+
+def _main(capsys, workdir, *extra):
+  code = main(["run", "--config", str(DIGITS_CONFIG), "--workdir", str(workdir), *TINY_ARGS, *extra])
+  return code, capsys.readouterr().err.strip()
+
+
+def test_overwrite_refuses_a_folder_it_did_not_write(capsys, tmp_path):
+  """--overwrite on a folder of the user's own files (e.g. the IDX data being read) deletes nothing."""
+  data = tmp_path / "mnist"
+  data.mkdir()
+  (data / "train-images-idx3-ubyte.gz").write_bytes(b"precious")
+  code, err = _main(capsys, data, "--overwrite")
+  assert code == 2 and len(err.splitlines()) == 1
+  assert "not an aetl_jax workdir" in err and "choose a new --workdir" in err
+  assert (data / "train-images-idx3-ubyte.gz").read_bytes() == b"precious"
+  assert sorted(p.name for p in data.iterdir()) == ["train-images-idx3-ubyte.gz"]
+
+
+def test_overwrite_clears_only_what_the_run_wrote(tmp_path):
+  config = digits_config()
+  prepare_workdir(tmp_path, config, experiment="transfer")
+  (tmp_path / "results").mkdir()
+  (tmp_path / "results" / "cells.jsonl").write_text("{}\n")
+  (tmp_path / "notes.txt").write_text("mine")
+  other = digits_config("pretrain.epochs=3")
+  with pytest.raises(WorkdirError, match=r"also holds notes\.txt, which aetl_jax did not write"):
+    prepare_workdir(tmp_path, other, experiment="transfer", overwrite=True)
+  assert (tmp_path / "results" / "cells.jsonl").exists() and (tmp_path / "notes.txt").exists()
+  (tmp_path / "notes.txt").unlink()
+  _, resuming = prepare_workdir(tmp_path, other, experiment="transfer", overwrite=True)
+  assert not resuming and not (tmp_path / "results").exists() and (tmp_path / MARKER).exists()
+
+
+def test_a_fixed_config_that_never_produced_anything_proceeds(tmp_path):
+  prepare_workdir(tmp_path, digits_config(), experiment="transfer")
+  fixed = digits_config("transfer.partial_freeze_regex='encoder/block_0/.*'",
+                        "transfer.strategies=('partial',)")
+  _, resuming = prepare_workdir(tmp_path, fixed, experiment="transfer")
+  assert not resuming
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["config"]["transfer"]["strategies"] == ["partial"]
+
+
+def test_truncated_config_json_is_one_line(tmp_path):
+  prepare_workdir(tmp_path, digits_config(), experiment="transfer")
+  (tmp_path / "results").mkdir()
+  (tmp_path / "results" / "cells.jsonl").write_text("{}\n")
+  (tmp_path / "config.json").write_text('{"experiment": "tra')
+  with pytest.raises(WorkdirError, match=r"config\.json is damaged .*--overwrite"):
+    prepare_workdir(tmp_path, digits_config(), experiment="transfer")
+
+
+def test_workdir_that_is_a_file_or_unwritable(tmp_path, monkeypatch):
+  (tmp_path / "f").write_text("x")
+  with pytest.raises(WorkdirError, match="is a file, not a folder"):
+    WorkdirLock(tmp_path / "f").acquire()
+  import aetl_jax.workdir as wd
+
+  def read_only(path, text):
+    raise OSError(errno.EROFS, "Read-only file system")
+  monkeypatch.setattr(wd, "_atomic_write", read_only)
+  with pytest.raises(WorkdirError, match="cannot write to workdir .*Read-only file system"):
+    prepare_workdir(tmp_path / "ro", digits_config(), experiment="transfer")
+
+
+def test_a_second_process_on_a_live_workdir_is_refused_with_the_holders_pid(capsys, tmp_path):
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from aetl_jax.workdir import WorkdirLock; "
+       f"WorkdirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+      stdout=subprocess.PIPE, text=True, cwd=ROOT)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    code, err = _main(capsys, tmp_path)
+    assert code == 2 and f"in use by another run (PID {holder.pid})" in err
+  finally:
+    holder.kill()
+    holder.wait()
+  # The kernel released the dead holder's lock: no stale lock blocks the next run.
+  with WorkdirLock(tmp_path):
+    pass
+
+
+def test_duplicate_budgets_are_refused():
+  with pytest.raises(ConfigError, match=r"transfer\.budgets.*lists a budget twice"):
+    validate_transfer_config(digits_config("transfer.budgets=(10,10)"))
+
+
+@pytest.mark.parametrize("override, key", [
+    ("pretrain.learning_rate=1e999", "pretrain.learning_rate"),
+    ("transfer.label_seed=-1", "transfer.label_seed"),
+    ("data.split_seed=-2", "data.split_seed"),
+    ("report.num_figure_images=0", "report.num_figure_images"),
+    ("model.widths=()", "model.widths"),
+])
+def test_values_that_failed_only_after_pretraining_are_checked_first(override, key):
+  with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+    validate_transfer_config(digits_config(override))
+
+
+def test_invalid_partial_regex_fails_before_anything_trains(capsys, tmp_path):
+  code, err = _main(capsys, tmp_path / "w", "--config.transfer.strategies=('partial',)",
+                    "--config.transfer.partial_freeze_regex='encoder/(block_0'")
+  assert code == 2 and "transfer.partial_freeze_regex" in err and "invalid regex" in err
+  assert not (tmp_path / "w").exists()
+
+
+def test_nan_guard_is_one_line_with_exit_code_3(capsys, tmp_path):
+  code, err = _main(capsys, tmp_path, "--config.pretrain.learning_rate=1e12",
+                    "--config.objective.loss='mse'")
+  assert code == 3 and len(err.splitlines()) == 1
+  assert "non-finite loss or gradient in phase 'pretrain' at step" in err
+
+
+def test_missing_manifest_is_damage_not_a_reason_to_skip_the_checksum(tmp_path, digits, caplog):
+  images = digits[0]
+  config = tiny_config("pretrain.epochs=6", "pretrain.checkpoint_every=2",
+                       "pretrain.keep_checkpoints=3")
+  pretrain(config, images[:200], images[200:300], tmp_path, progress=False)
+  ckpt = checkpoint_dir(tmp_path)
+  assert checkpointing.finished_steps(ckpt) == [2, 4, 6]
+  (ckpt / "6" / "_CHECKPOINT_METADATA").unlink()
+  template = checkpointing.make_manager(ckpt).restore(4)
+  step, _ = CheckpointStore(ckpt).restore(lambda s: template)
+  assert step == 4 and "manifest" in caplog.text
+  # The damaged step was moved aside, not deleted, and a rerun finishes and re-saves step 6.
+  assert [p.name for p in (ckpt.parent / "quarantine").iterdir()][0].startswith("checkpoints-6-")
+  pretrain(config, images[:200], images[200:300], tmp_path, progress=False)
+  assert checkpointing.finished_steps(ckpt) == [2, 4, 6]
+
+
+def test_a_freeze_rule_that_matches_nothing_is_an_error_before_training(capsys, tmp_path):
+  code, err = _main(capsys, tmp_path / "w", "--config.transfer.strategies=('partial',)",
+                    "--config.transfer.partial_freeze_regex='encoder/blok_0/.*'")
+  assert code == 2 and len(err.splitlines()) == 1
+  assert "'encoder/blok_0/.*' matches no parameter" in err and "encoder/block_0" in err
+  assert not (tmp_path / "w").exists()
+
+
+def test_partial_freeze_blocks_beyond_the_encoder_fails_before_training(capsys, tmp_path):
+  code, err = _main(capsys, tmp_path / "w", "--config.transfer.strategies=('partial',)",
+                    "--config.transfer.partial_freeze_blocks=7")
+  assert code == 2 and "partial_freeze_blocks=7 must be in [1, 2]" in err
+  assert not (tmp_path / "w").exists()
