@@ -29,8 +29,8 @@ from aetl_jax.workdir import WorkdirLock, prepare_workdir
 log = logging.getLogger(__name__)
 
 
-def load_config_file(path) -> ml_collections.ConfigDict:
-  """``get_config()`` of the Python file at ``path`` (a config file anywhere)."""
+def load_config_module(path):
+  """The Python config file at ``path`` as a module (a config file anywhere)."""
   path = Path(path)
   if not path.is_file():
     raise ConfigError(f"config file {path} does not exist (give a path to a .py file that "
@@ -43,6 +43,12 @@ def load_config_file(path) -> ml_collections.ConfigDict:
     spec.loader.exec_module(module)
   finally:
     sys.path.pop(0)
+  return module
+
+
+def load_config_file(path) -> ml_collections.ConfigDict:
+  """``get_config()`` of the Python file at ``path``."""
+  module = load_config_module(path)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {path} defines no get_config()")
   return module.get_config()

@@ -31,11 +31,28 @@ def _parser() -> argparse.ArgumentParser:
                    help="delete what a previous run wrote into the workdir instead of resuming")
   run.add_argument("--no-progress", action="store_true", help="hide progress bars")
   run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+  run.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="run every value (several --sweep: their product), each point in "
+                        "WORKDIR/<key=value>; a config file's get_sweep() does the same")
+  compare = sub.add_parser("compare", help="one table and figure over finished workdirs")
+  compare.add_argument("workdirs", nargs="+", help="finished runs (or a sweep's folder)")
+  compare.add_argument("--out", help="folder for compare.md and compare.png (default: print only)")
+  predict = sub.add_parser("predict", help="class probabilities from a saved classifier")
+  predict.add_argument("--workdir", required=True, help="a finished run's workdir")
+  predict.add_argument("--cell", help="budget<k>_<strategy>_seed<s> (default: the saved cell with "
+                                      "the best validation accuracy)")
+  predict.add_argument("--images", required=True,
+                       help="a folder of image files, an .npz with 'images', or an IDX file/folder")
+  predict.add_argument("--out", help="CSV file to write (default: standard output)")
   return parser
 
 
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] == ["predict"]:
+    return _predict(_parser().parse_args(argv))
+  if argv[:1] == ["compare"]:
+    return _compare(_parser().parse_args(argv))
   overrides = [a for a in argv if a.startswith("--config.")]
   args, unknown = _parser().parse_known_args([a for a in argv if not a.startswith("--config.")])
   from aetl_jax import api
@@ -53,6 +70,10 @@ def main(argv=None) -> int:
       return 0
     if not args.workdir:
       raise ConfigError("--workdir is required (where checkpoints, metrics and results go)")
+    from aetl_jax import hyper
+    points = hyper.parse_sweep_flags(args.sweep) or hyper.sweep_from_file(args.config)
+    if points:
+      return _sweep(hyper, config, args, points)
     task, data = api.prepare(config)
     lock = WorkdirLock(args.workdir).acquire()
     workdir, resuming = prepare_workdir(args.workdir, config, experiment=config.task,
@@ -88,12 +109,13 @@ def _run(task, config, workdir, data, resuming, *, progress: bool) -> int:
 def _report(fn, config, workdir, data, progress) -> int:
   from aetl_jax.engine.checkpoint import CheckpointError, CheckpointSaveError
   from aetl_jax.engine.guard import NonFiniteError
+  from aetl_jax.engine.launchers import DistributedError
   try:
     out = fn(config, workdir, data, progress=progress)
   except (ConfigError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
-  except (NonFiniteError, CheckpointSaveError) as e:
+  except (NonFiniteError, CheckpointSaveError, DistributedError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_TRAINING
   except OSError as e:
@@ -110,6 +132,84 @@ def _report(fn, config, workdir, data, progress) -> int:
                                     "results/results.json", "results/summary.png",
                                     "metrics/*.jsonl", "pretrain/checkpoints/"])
   print(f"\nartifacts in {workdir}: {', '.join(artifacts)}")
+  return 0
+
+
+def _sweep(hyper, config, args, points) -> int:
+  """``aetl run --sweep ...``: every point into its own sub-workdir, then one comparison."""
+  from aetl_jax.reporting.compare import compare
+  hyper.point_configs(config, points)  # every point checked before any runs
+  results = hyper.run_sweep(config, args.workdir, points, overwrite=args.overwrite,
+                            progress=not args.no_progress)
+  for r in results:
+    print(f"\n## {r['name']}\n\n{r['table']}")
+  table, _ = compare([r["workdir"] for r in results]) if len(results) > 1 else (None, None)
+  if table:
+    from pathlib import Path
+    (Path(args.workdir) / "compare.md").write_text(table + "\n")
+    print(f"\n## comparison ({len(results)} points)\n\n{table}")
+  return 0
+
+
+def _compare(args) -> int:
+  """``aetl compare DIR...``: a sweep folder expands to its points."""
+  from pathlib import Path
+  from aetl_jax.reporting.compare import compare, compare_figure
+  dirs = []
+  for d in args.workdirs:
+    sweep = Path(d) / "sweep.json"
+    if sweep.exists():
+      import json
+      dirs += [str(Path(d) / p["name"]) for p in json.loads(sweep.read_text())]
+    else:
+      dirs.append(d)
+  try:
+    table, rows = compare(dirs)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  print(table)
+  if args.out:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text(table + "\n")
+    compare_figure(out / "compare.png", rows)
+    print(f"\nwritten: {out / 'compare.md'}, {out / 'compare.png'}", file=sys.stderr)
+  return 0
+
+
+def _predict(args) -> int:
+  """``aetl predict``: one CSV row per image: index, predicted class, its name, probabilities."""
+  import csv
+  import io
+  import json
+  from pathlib import Path
+  from aetl_jax.transfer.classifiers import list_cells, load_classifier, read_images
+  try:
+    cell = args.cell
+    if cell is None:
+      scored = [(json.loads((Path(args.workdir) / "classifiers" / c / "description.json").read_text())
+                 .get("val_accuracy") or 0.0, c) for c in list_cells(args.workdir)]
+      if not scored:
+        raise ValueError(f"no saved classifier in {args.workdir}")
+      cell = max(scored)[1]
+    clf = load_classifier(args.workdir, cell)
+    probs = clf.predict(read_images(args.images))
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  names = clf.description["label_names"]
+  buffer = io.StringIO()
+  writer = csv.writer(buffer)
+  writer.writerow(["index", "predicted", "label_name", *[f"p_{n}" for n in names]])
+  for i, p in enumerate(probs):
+    k = int(p.argmax())
+    writer.writerow([i, k, names[k], *[f"{v:.6f}" for v in p]])
+  if args.out:
+    Path(args.out).write_text(buffer.getvalue())
+    print(f"{len(probs)} predictions of {cell} written to {args.out}", file=sys.stderr)
+  else:
+    sys.stdout.write(buffer.getvalue())
   return 0
 
 

@@ -143,6 +143,9 @@ def validate_transfer_config(config) -> None:
   require(t.checkpoint_every >= 0, "transfer.checkpoint_every",
           "must be >= 0 epochs (0: cells are not checkpointed and a killed cell reruns)")
   require(t.val_per_class >= 0, "transfer.val_per_class", f"must be >= 0, got {t.val_per_class}")
+  if "wd_rules" in t:
+    from aetl_jax.strategies.custom import check_rule_list
+    check_rule_list(t.wd_rules, "transfer.wd_rules", frozen_ok=False)
   r = config.get("report")
   if r is not None:
     _positive(r, "report", "num_figure_images", integer=True)

@@ -98,7 +98,9 @@ def _clear(workdir: Path) -> None:
                        f"--workdir")
   for name in OWNED:
     path = workdir / name
-    if path.is_dir():
+    if path.is_symlink():  # a pretraining shared with another sweep point: only the link goes
+      path.unlink()
+    elif path.is_dir():
       shutil.rmtree(path)
     elif path.exists():
       path.unlink()
@@ -116,6 +118,8 @@ def prepare_workdir(workdir, config, *, experiment: str, overwrite: bool = False
   if entries:
     if overwrite:
       _clear(workdir)
+    elif not config_path.exists() and is_own(workdir):
+      pass  # prepared by aetl_jax (a sweep point sharing a pretraining), no run yet
     elif not config_path.exists():
       raise WorkdirError(f"workdir {workdir} is not empty and holds no {CONFIG_FILE}; choose a new "
                          f"--workdir (an aetl_jax run only writes into an empty or its own folder)")
@@ -129,6 +133,11 @@ def prepare_workdir(workdir, config, *, experiment: str, overwrite: bool = False
                            + "); rerun with the same config to resume, pass --overwrite to "
                              "discard it, or choose a new --workdir")
       resuming = not changes
+  for name in OWNED:
+    if name not in (CONFIG_FILE, "environment.json", "data.json", MARKER) and \
+        (workdir / name).exists() and not (workdir / name).is_dir():
+      raise WorkdirError(f"{workdir / name} is a file, but a run writes a folder there; move it "
+                         f"out of the workdir, or choose a new --workdir")
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MARKER).write_text("aetl_jax workdir\n")

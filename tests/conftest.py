@@ -23,7 +23,7 @@ TINY = [
 # Every built-in strategy, so their keys are in a tiny config.
 ALL_STRATEGIES = ("transfer.strategies=('scratch','linear_probe','finetune','partial',"
                   "'discriminative','layerwise','lp_ft','gradual_unfreeze','ridge_probe',"
-                  "'knn_probe','bitfit','joint_finetune')")
+                  "'knn_probe','bitfit','joint_finetune','rules')")
 
 
 def digits_config(*overrides):

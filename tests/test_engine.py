@@ -141,3 +141,55 @@ def test_a_strategy_registered_in_a_users_module_runs_unchanged(digits):
                              jax.random.PRNGKey(0))
   assert tree_equal(out["encoder"]["block_0"], params["encoder"]["block_0"])
   assert not tree_equal(out["encoder"]["block_2"], params["encoder"]["block_2"])
+
+
+def test_rules_strategy_from_the_command_line_and_weight_decay_rules(digits):
+  """transfer.rules is a strategy of its own; transfer.wd_rules re-weights decay per leaf."""
+  images, labels = digits
+  config = tiny_config("transfer.strategies=('rules',)", "transfer.epochs=2",
+                       "transfer.rules=(('encoder/block_0/.*','frozen'),('encoder/.*',0.1),('.*',1.0))",
+                       "transfer.weight_decay=0.5", "transfer.wd_rules=(('head/.*', 0.0),)")
+  model, params = classifier_and_params(config)
+  strategy = build_strategy("rules", StrategyContext("rules", config.transfer, model, params,
+                                                     Optim.from_config(config.transfer)))
+  (phase,) = strategy.phases
+  assert phase.rules[0] == ("encoder/block_0/.*", "frozen") and phase.wd_rules == (("head/.*", 0.0),)
+  split = lambda a, b: (jnp.asarray(images[a:b]), jnp.asarray(labels[a:b]))
+  splits = {"train": split(0, 60), "val": split(60, 70), "test": split(100, 200)}
+  out, _, _ = train_strategy("rules", config.transfer, model, params, splits, jax.random.PRNGKey(0))
+  assert tree_equal(out["encoder"]["block_0"], params["encoder"]["block_0"])
+  assert not tree_equal(out["encoder"]["block_1"], params["encoder"]["block_1"])
+
+
+def test_weight_decay_multipliers_reach_the_update():
+  """Zero loss: the only update is decay, lr × wd × multiplier × param, per leaf (by hand)."""
+  params = {"a": jnp.ones(3), "b": jnp.ones(3)}
+  phase = Phase("decay", lambda p, b, r: (0.0 * jnp.sum(p["a"]) + 0.0 * jnp.sum(p["b"]), {}),
+                (("x", "data", 1),), 1,
+                Optim(0.1, optimizer="sgd", weight_decay=0.5, schedule="constant"),
+                wd_rules=(("b", 0.0),))
+  out, _ = run_phases([phase], params, {"data": {"x": jnp.zeros((1, 1))}}, jax.random.PRNGKey(0),
+                      runtime=make_runtime())
+  np.testing.assert_allclose(out["a"], 1 - 0.1 * 0.5, rtol=1e-6)  # decayed
+  np.testing.assert_allclose(out["b"], 1.0)  # multiplier 0: not decayed
+
+
+def test_tensorboard_events_hold_every_term_and_the_learning_rate(tmp_path, digits):
+  from tensorboardX.event_file_writer import EventFileWriter  # noqa: F401 - the writer used
+  from aetl_jax.tasks.pretrain import pretrain
+  config = tiny_config("pretrain.epochs=3", "pretrain.eval_every=3", "objective.name='sparse'")
+  pretrain(config, digits[0][:128], digits[0][128:192], tmp_path, progress=False)
+  events = list((tmp_path / "tensorboard" / "pretrain").glob("events.out.tfevents.*"))
+  assert len(events) == 1
+  tags = set()
+  from tensorboardX.proto import event_pb2
+  import struct
+  data = events[0].read_bytes()
+  i = 0
+  while i < len(data):
+    (n,) = struct.unpack("<Q", data[i:i + 8])
+    ev = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+    tags |= {v.tag for v in ev.summary.value}
+    i += 12 + n + 4
+  assert {"train_loss", "train_reconstruction", "train_sparsity", "train_learning_rate",
+          "eval_psnr", "reconstructions"} <= tags, tags

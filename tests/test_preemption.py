@@ -21,7 +21,7 @@ from aetl_jax.tasks.pretrain import checkpoint_dir, pretrain
 from tests.conftest import tiny_config, tree_equal
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--no-progress", "--config.pretrain.epochs=60", "--config.pretrain.checkpoint_every=4",
+ARGS = ["--no-progress", "--config.pretrain.epochs=32", "--config.pretrain.checkpoint_every=4",
         "--config.pretrain.eval_every=10", "--config.transfer.budgets=(3,5)",
         "--config.transfer.seeds=2", "--config.transfer.epochs=15", "--config.transfer.lp_epochs=5",
         "--config.transfer.strategies=('scratch','linear_probe','lp_ft')"]
@@ -70,7 +70,7 @@ def _kill_point(kill_when):
     return "results/cells.jsonl", 3
   rng = np.random.default_rng(int(kill_when.split("-")[1]))
   if rng.random() < 0.5:
-    return "metrics/pretrain.jsonl", int(rng.integers(1, 59))
+    return "metrics/pretrain.jsonl", int(rng.integers(1, 31))
   return "results/cells.jsonl", int(rng.integers(1, 11))
 
 
@@ -89,7 +89,7 @@ def test_sigkill_then_resume_is_bitwise_identical(reference, tmp_path, kill_when
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   if log.startswith("metrics"):
-    assert _lines(workdir / "metrics/pretrain.jsonl") < 60
+    assert _lines(workdir / "metrics/pretrain.jsonl") < 32
     assert not (workdir / "results/cells.jsonl").exists()
   else:
     assert _lines(workdir / "results/cells.jsonl") < len(_cells(reference))
@@ -99,7 +99,7 @@ def test_sigkill_then_resume_is_bitwise_identical(reference, tmp_path, kill_when
   assert "resum" in resumed.stderr.lower()
   ref_step, ref_tree = _final_params(reference)
   step, tree = _final_params(workdir)
-  assert step == ref_step == 60
+  assert step == ref_step == 32
   assert tree_equal(tree, ref_tree)
   assert (workdir / "metrics/pretrain.jsonl").read_text() == \
       (reference / "metrics/pretrain.jsonl").read_text()

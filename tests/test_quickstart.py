@@ -51,3 +51,39 @@ def test_more_seeds_on_rerun_is_a_different_config(run, capsys):
   workdir, argv = run
   assert main(argv + ["--config.transfer.seeds=3"]) == 2
   assert "transfer.seeds: 2 -> 3" in capsys.readouterr().err
+
+
+def test_every_trained_cell_saved_a_classifier_that_predicts_its_recorded_accuracy(run, tmp_path, capsys):
+  import numpy as np
+  from aetl_jax.data.domains import build_transfer_data
+  from aetl_jax.transfer.classifiers import list_cells, load_classifier
+  from tests.conftest import digits_config
+  workdir, _ = run
+  cells = list_cells(workdir)
+  trained = {"scratch", "linear_probe", "finetune", "lp_ft"}  # probes are closed-form, not saved
+  assert {c.split("_seed")[0].split("_", 1)[1] for c in cells} == trained
+  assert len(cells) == len(trained) * 2
+  data = build_transfer_data(digits_config().data)
+  test_x, test_y = data.images[data.split.test], data.labels[data.split.test]
+  rows = {(r["strategy"], r["seed"]): r for r in
+          (json.loads(l) for l in (workdir / "results/cells.jsonl").read_text().splitlines())}
+  for cell in cells:
+    clf = load_classifier(workdir, cell)
+    accuracy = float(np.mean(clf.predict(test_x).argmax(1) == test_y))
+    d = clf.description
+    assert abs(accuracy - rows[(d["strategy"], d["seed"])]["test_accuracy"]) <= 1 / len(test_y), cell
+  # Raw pixels (digits are 0..16 integers) are scaled with the recorded maximum.
+  raw = np.round(test_x[:20] * 16).astype(np.uint8)
+  np.testing.assert_allclose(clf.predict(raw), clf.predict(test_x[:20]), atol=1e-5)
+  # The command line writes one CSV row per image.
+  np.savez(tmp_path / "few.npz", images=raw[:5])
+  assert main(["predict", "--workdir", str(workdir), "--cell", cells[0],
+               "--images", str(tmp_path / "few.npz"), "--out", str(tmp_path / "p.csv")]) == 0
+  lines = (tmp_path / "p.csv").read_text().splitlines()
+  assert lines[0].startswith("index,predicted,label_name,p_0") and len(lines) == 6
+  # Images that cannot be brought to the classifier's shape: one line with both shapes.
+  np.savez(tmp_path / "big.npz", images=np.zeros((2, 28, 28), np.uint8))
+  capsys.readouterr()
+  assert main(["predict", "--workdir", str(workdir), "--images", str(tmp_path / "big.npz")]) == 2
+  err = capsys.readouterr().err
+  assert "(28, 28, 1) do not fit the classifier's input (8, 8, 1)" in err and "resize='pad'" in err

@@ -165,3 +165,55 @@ def test_partial_freeze_blocks_beyond_the_encoder_fails_before_training(capsys, 
                     "--config.transfer.partial_freeze_blocks=7")
   assert code == 2 and "partial_freeze_blocks=7 must be in [1, 2]" in err
   assert not (tmp_path / "w").exists()
+
+
+def test_results_being_a_file_is_refused_before_training(tmp_path):
+  prepare_workdir(tmp_path, digits_config(), experiment="transfer")
+  (tmp_path / "results").write_text("not a folder")
+  with pytest.raises(WorkdirError, match=r"results is a file, but a run writes a folder there"):
+    prepare_workdir(tmp_path, digits_config(), experiment="transfer")
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_finishes(capsys, tmp_path, monkeypatch):
+  """The checkpoint writer fails with ENOSPC on its second save: exit 3, one line, and the
+  same command afterwards resumes from the saved step and finishes."""
+  import orbax.checkpoint as ocp
+  real = ocp.CheckpointManager.save
+  calls = []
+
+  def full(self, step, *a, **kw):
+    calls.append(step)
+    if len(calls) == 2:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real(self, step, *a, **kw)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+  code, err = _main(capsys, tmp_path, "--config.pretrain.epochs=6", "--config.pretrain.checkpoint_every=2")
+  assert code == 3 and len(err.splitlines()) == 1
+  assert "cannot save checkpoint step 4" in err and "No space left on device" in err
+  monkeypatch.setattr(ocp.CheckpointManager, "save", real)
+  code, err = _main(capsys, tmp_path, "--config.pretrain.epochs=6", "--config.pretrain.checkpoint_every=2")
+  assert code == 0, err
+  assert "resumed" in err or "resuming" in err
+  rows = [json.loads(l) for l in (tmp_path / "metrics" / "pretrain.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in rows] == list(range(6))
+
+
+def test_a_kill_before_the_first_checkpoint_leaves_no_duplicated_epochs(tmp_path, digits):
+  config = tiny_config("pretrain.epochs=5", "pretrain.checkpoint_every=4")
+  log = tmp_path / "metrics" / "pretrain.jsonl"
+  log.parent.mkdir(parents=True)
+  log.write_text('{"epoch": 0, "phase": "pretrain", "train_loss": 9.0}\n{"epoch": 1, "phase": "pretrain", "tr')
+  pretrain(config, digits[0][:200], digits[0][200:300], tmp_path, progress=False)
+  rows = [json.loads(l) for l in log.read_text().splitlines()]
+  assert [r["epoch"] for r in rows] == [0, 1, 2, 3, 4]
+  assert rows[0]["train_loss"] != 9.0  # the stale row of the killed run is gone
+
+
+def test_ridge_probe_without_validation_labels_uses_the_middle_of_the_grid(capsys, tmp_path):
+  code, err = _main(capsys, tmp_path, "--config.transfer.strategies=('ridge_probe',)",
+                    "--config.transfer.val_per_class=0", "--config.pretrain.epochs=2")
+  assert code == 0, err
+  row = json.loads((tmp_path / "results" / "cells.jsonl").read_text().splitlines()[0])
+  grid = digits_config("transfer.strategies=('ridge_probe',)").transfer.ridge_l2_grid
+  assert row["l2"] == grid[len(grid) // 2] and row["val_accuracy"] is None

@@ -214,7 +214,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   quick = args.quick
   repeats = 1 if quick else 5
-  batches = (32, 64) if quick else (64, 256)
+  batches = (32,) if quick else (64, 256)
   if args.batches is not None:
     try:
       batches = tuple(int(b) for b in args.batches.split(","))

@@ -76,7 +76,8 @@ def build_transfer_data(d, batch_size: int = 128) -> TransferData:
                         test=np.arange(len(train_y), len(labels)))
   description = {"source_dataset": {"name": d.source, "route": source.route},
                  "target_dataset": {"name": d.target, "route": target.route},
-                 "common_shape": list(shape), "resize": d.resize}
+                 "common_shape": list(shape), "resize": d.resize,
+                 "target_max_value": float(target.max_value)}
   if streamed:
     import jax
     try:

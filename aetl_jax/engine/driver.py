@@ -73,8 +73,8 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
   ``data`` maps stream names to pytrees of arrays (or :class:`HostStream`).
   With ``store``, a rerun resumes from its latest intact checkpoint; ``log``
   is truncated to the epochs before that point and receives every new row.
-  ``evaluate(params)`` adds keys to the row every ``eval_every`` epochs and
-  after the last one. ``on_phase_end(name, params_at_start, params_at_end)``
+  ``evaluate(params, epoch)`` adds keys to the row every ``eval_every``
+  epochs and after the last one. ``on_phase_end(name, params_at_start, params_at_end)``
   sees every phase boundary this run trains through; ``on_epoch(row)`` every epoch.
   """
   check_streams(phases, data)
@@ -100,7 +100,7 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
       rows.append(_row(phase, epoch, metrics, metric_prefix))
       if evaluate and (done == total or (eval_every and done % eval_every == 0)):
         rows[-1].update({f"eval_{k}": v for k, v in
-                         evaluate(_merged(prog, params, state, runtime)).items()})
+                         evaluate(_merged(prog, params, state, runtime), epoch).items()})
       if log is not None:
         log.append(rows[-1])
       if on_epoch is not None:
@@ -127,6 +127,7 @@ def _epoch(prog: Program, state, data, rng, epoch, runtime, label):
   metrics = {k: float(v) for k, v in metrics.items()}
   check_finite(metrics, phase=label, epoch=epoch, first_step=first_step)
   metrics.pop("first_nonfinite_step")
+  metrics["learning_rate"] = float(prog.schedule(int(runtime.launcher.unreplicate(state).step)))
   return state, metrics
 
 
@@ -135,7 +136,13 @@ def _merged(prog: Program, params, state, runtime):
 
 
 def _snapshot(prog: Program, params, state, runtime) -> dict:
-  state = runtime.launcher.unreplicate(state)
+  """What a checkpoint holds. Several processes save the global (replicated) arrays together;
+  one process saves its single-device copy."""
+  launcher = runtime.launcher
+  if jax.process_count() > 1 and launcher.kind == "shard_map":
+    return {"params": prog.merge(launcher.replicate(params), state.params),
+            "opt_state": state.opt_state, "step": state.step}
+  state = launcher.unreplicate(state)
   return {"params": prog.merge(params, state.params), "opt_state": state.opt_state,
           "step": state.step}
 
@@ -218,11 +225,14 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
       where = first_nonfinite(metrics["first_nonfinite_step"][k])
       if where is not None:
         e, index = where
-        check_finite({"first_nonfinite_step": index}, phase=(f"{label}/{phase.name}" if label else phase.name) + f" (seed {k})",
+        check_finite({"first_nonfinite_step": index},
+                     phase=(f"{label}/{phase.name}" if label else phase.name) + f" (seed {k})",
                      epoch=first + e, first_step=e * _epoch_steps(prog, one_data))
-      seed_rows.extend(_row(phase, first + e, {n: float(v[k, e]) for n, v in metrics.items()
-                                               if n != "first_nonfinite_step"}, metric_prefix)
-                       for e in range(phase.epochs))
+      steps = _epoch_steps(prog, one_data)
+      seed_rows.extend(_row(phase, first + e, {
+          **{n: float(v[k, e]) for n, v in metrics.items() if n != "first_nonfinite_step"},
+          "learning_rate": float(prog.schedule((e + 1) * steps))}, metric_prefix)
+          for e in range(phase.epochs))
   return params, rows
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,10 @@ DATA_AXIS = "data"
 LAUNCHERS = ("jit", "pmap", "shard_map")
 
 log = logging.getLogger(__name__)
+
+
+class DistributedError(RuntimeError):
+  """A multi-process run could not be formed (a process missing, the coordinator unreachable)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +67,11 @@ class Launcher:
     state loses its device axis), ready for evaluation and checkpoints."""
     if self.kind == "pmap":
       return jax.device_put(jax.tree.map(lambda x: x[0], tree), self.devices[0])
-    if self.kind == "shard_map":
-      return jax.device_put(tree, self.devices[0])
+    if self.kind == "shard_map":  # replicated: this process's first copy (multi-host safe)
+      local = jax.local_devices()[0]
+      return jax.tree.map(
+          lambda x: (x.addressable_data(0) if isinstance(x, jax.Array) and not x.is_fully_addressable
+                     else jax.device_put(x, local)), tree)
     return tree
 
   def check_batch_size(self, batch_size: int) -> None:
@@ -104,10 +112,27 @@ def initialize_distributed() -> None:
 
   On Cloud TPU and under SLURM/Open MPI the coordinator address, process count
   and id are discovered from the environment; elsewhere set
-  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (JAX itself
+  reads only the first; the other two are passed on here).
   """
-  if not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+  if jax.distributed.is_initialized():
+    return
+  kw = {}
+  for env, key, cast in (("JAX_COORDINATOR_ADDRESS", "coordinator_address", str),
+                         ("JAX_NUM_PROCESSES", "num_processes", int),
+                         ("JAX_PROCESS_ID", "process_id", int),
+                         ("AETL_DISTRIBUTED_TIMEOUT", "initialization_timeout", int),
+                         ("AETL_DISTRIBUTED_TIMEOUT", "heartbeat_timeout_seconds", int)):
+    if os.environ.get(env):
+      kw[key] = cast(os.environ[env])
+  try:
+    jax.distributed.initialize(**kw)
+  except Exception as e:  # noqa: BLE001 - XLA raises its own runtime errors here
+    where = kw.get("coordinator_address", "the discovered coordinator")
+    raise DistributedError(
+        f"could not join the multi-process run at {where} (process {kw.get('process_id', '?')} "
+        f"of {kw.get('num_processes', '?')}): {str(e).splitlines()[0][:200] if str(e) else e!r}; "
+        f"check that every process started and can reach the coordinator") from None
 
 
 def is_main_process() -> bool:

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 
 def _writer() -> bool:
   """Only process 0 writes logs in a multi-host run (every process reads them)."""
@@ -69,3 +71,63 @@ class JsonlLog:
     tmp = self.path.with_suffix(self.path.suffix + ".tmp")
     tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     os.replace(tmp, self.path)
+
+
+class TensorBoard:
+  """TensorBoard event files, written with tensorboardX (no TensorFlow import on the
+  training path), one folder per run part; only process 0 writes.
+  View with ``pip install tensorboard && tensorboard --logdir WORKDIR/tensorboard``."""
+
+  def __init__(self, directory):
+    self.directory = Path(directory)
+    self._writer = None
+
+  def writer(self):
+    if self._writer is None:
+      from tensorboardX import SummaryWriter  # lazily: only when something is written
+      self._writer = SummaryWriter(str(self.directory))
+    return self._writer
+
+  def scalars(self, row: dict, step: int) -> None:
+    """Every finite number of ``row`` under its key (``train_loss``, ``eval_psnr`` ...)."""
+    if not _writer():
+      return
+    for key, value in row.items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+        self.writer().add_scalar(key, float(value), step)
+    self.writer().flush()
+
+  def images(self, name: str, images, step: int) -> None:
+    """A batch of images in [0, 1], (N, H, W, C)."""
+    if not _writer():
+      return
+    self.writer().add_images(name, np.clip(np.asarray(images), 0, 1), step, dataformats="NHWC")
+    self.writer().flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+
+class Logs:
+  """The JSON-lines log of a run part and, optionally, its TensorBoard events."""
+
+  def __init__(self, jsonl: JsonlLog, tensorboard: TensorBoard | None = None, on_append=None):
+    self.jsonl, self.tensorboard, self.on_append = jsonl, tensorboard, on_append
+
+  def repair(self) -> None:
+    self.jsonl.repair()
+
+  def keep(self, predicate) -> None:
+    self.jsonl.keep(predicate)
+
+  def read(self) -> list[dict]:
+    return self.jsonl.read()
+
+  def append(self, row: dict) -> None:
+    self.jsonl.append(row)
+    if self.tensorboard is not None:
+      self.tensorboard.scalars(row, int(row.get("epoch", 0)))
+    if self.on_append is not None:
+      self.on_append(row)

@@ -82,6 +82,7 @@ class Program(NamedTuple):
   body: Callable  # pure (state, data, rng) -> (state, metrics), one device
   epoch_fn: Callable  # the runtime's runner and launcher
   stream_epoch_fn: Callable  # (state, iterator of device batches, rng), one device
+  schedule: Callable  # optimiser step -> learning rate (before per-leaf multipliers)
 
   def trained(self, params):
     return params if self.phase.subtree is None else params[self.phase.subtree]
@@ -134,4 +135,4 @@ def build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -
   epoch_fn = make_epoch_fn(step, feed=phase.feed, runner=runtime.runner,
                            launcher=runtime.launcher, compiler_options=runtime.options)
   return Program(phase, tx, step_mask, step, epoch_body(single, feed=phase.feed), epoch_fn,
-                 make_stream_epoch_fn(single, runtime.options))
+                 make_stream_epoch_fn(single, runtime.options), schedule)

@@ -38,13 +38,17 @@ def summary_figure(path, *, originals, reconstructions, summary, strategies, bud
         xs.append(b)
         ys.append(100 * s["mean"])
         es.append(0.0 if math.isnan(s["ci95"]) else 100 * s["ci95"])
-    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=strategy)
+    # A t-interval at small n can run past 0 or 100%; accuracy cannot.
+    lower = [min(e, y) for e, y in zip(es, ys)]
+    upper = [min(e, 100.0 - y) for e, y in zip(es, ys)]
+    ax.errorbar(xs, ys, yerr=[lower, upper], marker="o", capsize=3, label=strategy)
   ax.set_xscale("log")
   ax.set_xticks(list(budgets))
   ax.set_xticklabels([str(b) for b in budgets])
   ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   ax.set_xlabel("labels per class (target task)")
   ax.set_ylabel("test accuracy (%), mean ± 95% CI")
+  ax.set_ylim(0, 100)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, ncol=2)
   if title:

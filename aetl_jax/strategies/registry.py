@@ -70,9 +70,12 @@ class StrategyContext:
 
   def phase(self, name: str, rules, epochs: int, *, objective: str = "classification",
             lr_mult: float = 1.0, objective_cfg=None, batch_sizes: dict | None = None,
-            wd_rules=()) -> Phase:
-    """A phase of ``objective`` over the target streams its roles name."""
+            wd_rules=None) -> Phase:
+    """A phase of ``objective`` over the target streams its roles name; weight-decay
+    multipliers from ``wd_rules`` (default: the config's ``transfer.wd_rules``)."""
     rules = tuple(tuple(r) for r in rules)
+    if wd_rules is None:
+      wd_rules = tuple(tuple(r) for r in self.cfg.get("wd_rules", ()))
     optim = self.optim.scaled(lr_mult) if lr_mult != 1.0 else self.optim
     bs = self.cfg.batch_size
     feed = tuple((role, TARGET_STREAMS[role], (batch_sizes or {}).get(role, bs))

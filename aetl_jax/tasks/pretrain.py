@@ -17,11 +17,11 @@ import jax.numpy as jnp
 from aetl_jax.data.streaming import array_stream, choose_data_path, numpy_batches, prefetch_to_device
 from aetl_jax.engine import checkpoint
 from aetl_jax.engine.driver import HostStream, run_phases
-from aetl_jax.engine.metrics_log import JsonlLog
+from aetl_jax.engine.metrics_log import JsonlLog, Logs, TensorBoard
 from aetl_jax.engine.phase import Optim, Phase
 from aetl_jax.engine.runtime import runtime_from_config
 from aetl_jax.engine.store import CheckpointStore
-from aetl_jax.evaluation.reconstruction import reconstruction_metrics
+from aetl_jax.evaluation.reconstruction import reconstruct, reconstruction_metrics
 from aetl_jax.models.registry import build_autoencoder
 from aetl_jax.objectives.registry import OBJECTIVES, make_objective, model_kind
 from aetl_jax.transfer.encoder import ENCODER_SUBTREE  # noqa: F401 - re-exported
@@ -66,14 +66,23 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
   source = _source(config, train_images, train_stream, num_train, runtime)
   eval_images = jax.device_put(eval_images)
   bar = _progress(progress, pcfg.epochs)
+  tensorboard = TensorBoard(Path(workdir) / "tensorboard" / "pretrain")
+  shown = eval_images[:8]
+
+  def evaluate(p, epoch):
+    tensorboard.images("reconstructions", jnp.concatenate([shown, reconstruct(model, p, shown)], 2),
+                       epoch)
+    return reconstruction_metrics(model, p, eval_images)
+
+  log = Logs(JsonlLog(Path(workdir) / "metrics" / "pretrain.jsonl"), tensorboard,
+             on_append=lambda row: _advance(bar, row))
   params, _ = run_phases(
       [phase], params, {"source": source}, train_key, runtime=runtime,
       store=CheckpointStore(ckpt_dir, every=pcfg.checkpoint_every, keep=pcfg.keep_checkpoints),
-      log=_Logged(JsonlLog(Path(workdir) / "metrics" / "pretrain.jsonl"), bar),
-      evaluate=lambda p: reconstruction_metrics(model, p, eval_images),
-      eval_every=pcfg.eval_every, metric_prefix="train_")
+      log=log, evaluate=evaluate, eval_every=pcfg.eval_every, metric_prefix="train_")
   bar.close()
-  return model, params, JsonlLog(Path(workdir) / "metrics" / "pretrain.jsonl").read()
+  tensorboard.close()
+  return model, params, log.read()
 
 
 def _source(config, train_images, train_stream, num_train, runtime):
@@ -99,21 +108,6 @@ def _progress(progress: bool, total: int):
   return tqdm(total=total, desc="pretrain", disable=not progress, leave=False)
 
 
-class _Logged:
-  """A JsonlLog that also moves the progress bar."""
-
-  def __init__(self, log: JsonlLog, bar):
-    self.log, self.bar = log, bar
-
-  def repair(self):
-    self.log.repair()
-
-  def keep(self, predicate):
-    self.log.keep(predicate)
-    self.bar.n = len(self.log.read())
-    self.bar.refresh()
-
-  def append(self, row):
-    self.log.append(row)
-    self.bar.update(1)
-    self.bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
+def _advance(bar, row) -> None:
+  bar.update(1)
+  bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)

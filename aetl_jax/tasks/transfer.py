@@ -25,6 +25,7 @@ from aetl_jax.reporting.figures import summary_figure
 from aetl_jax.reporting.tables import markdown_table, paired_differences, summarise, write_tables
 from aetl_jax.tasks.pretrain import checkpoint_dir, pretrain
 from aetl_jax.tasks.registry import TASKS
+from aetl_jax.transfer.classifiers import make_saver
 from aetl_jax.transfer.sweep import SweepData, run_sweep
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
       budgets=(10, 25, 50), seeds=5, val_per_class=5, label_seed=0, seed_offset=0,
       epochs=100, learning_rate=3e-3, optimizer="adam", weight_decay=0.0, schedule="cosine",
       warmup_epochs=0, batch_size=32, runner="auto", checkpoint_every=0, vmap_seeds=True,
-      reinit=())
+      reinit=(), wd_rules=(), save_classifiers=True)
   c.launch = dict(launcher="jit", num_devices=0, distributed=False)
   c.report = dict(num_figure_images=10)
   return c
@@ -122,10 +123,16 @@ def run(config, workdir, data: TransferData, *, progress: bool = True) -> dict:
                                              num_train=data.num_source)
   recon = reconstruction_metrics(model, params, test_images)
   log.info("pretraining done: held-out reconstruction %s", recon)
+  save = None
+  if config.transfer.save_classifiers:
+    save = make_saver(workdir, config, input_shape=data.images.shape[1:], num_classes=data.num_classes,
+                      label_names=[str(c) for c in range(data.num_classes)],
+                      preprocessing_={"max_value": data.description.get("target_max_value", 255.0),
+                                      "resize": config.data.resize})
   rows = run_sweep(config, workdir, SweepData(data.images, data.labels, data.split,
                                               data.num_classes),
                    ckpt_dir=checkpoint_dir(workdir), runtime=runtime_from_config(config, "transfer"),
-                   progress=progress)
+                   progress=progress, save=save)
   return _report(config, workdir, data, rows, recon, model, params, pretrain_history)
 
 

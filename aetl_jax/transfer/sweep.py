@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from aetl_jax.data.splits import class_counts
 from aetl_jax.data.transfer_split import TransferSplit, draw_target_labels
-from aetl_jax.engine.metrics_log import JsonlLog
+from aetl_jax.engine.metrics_log import JsonlLog, TensorBoard
 from aetl_jax.engine.phase import Optim
 from aetl_jax.engine.runtime import Runtime
 from aetl_jax.strategies.registry import StrategyContext, build_strategy, target_model_kind
@@ -40,6 +41,14 @@ class SweepData:
   labels: object
   split: TransferSplit
   num_classes: int
+
+
+class Done(NamedTuple):
+  cell: "_Cell"
+  result: dict
+  history: list
+  seconds: float
+  params: dict | None  # the trained classifier (None for closed-form probes)
 
 
 @dataclasses.dataclass
@@ -105,15 +114,15 @@ class Sweep:
     if c.strategy.probe is not None:
       result = run_probe(c.strategy, c.model, c.params, c.splits, num_classes=self.d.num_classes,
                          cfg=self.tcfg)
-      return [(c, result, [], time.perf_counter() - start)]
+      return [Done(c, result, [], time.perf_counter() - start, None)]
     cell_dir = None
     if self.tcfg.checkpoint_every:
       cell_dir = self.workdir / "transfer" / f"budget{budget}_{name}_seed{seed}"
     data = {k: jax.device_put(v) for k, v in c.data.items() if k in _streams(c.strategy)}
-    _, result, history = run_cell(c.strategy, c.model, c.params, data, c.splits, c.rng,
-                                  runtime=self.runtime, cell_dir=cell_dir,
-                                  checkpoint_every=self.tcfg.checkpoint_every)
-    return [(c, result, history, time.perf_counter() - start)]
+    params, result, history = run_cell(c.strategy, c.model, c.params, data, c.splits, c.rng,
+                                       runtime=self.runtime, cell_dir=cell_dir,
+                                       checkpoint_every=self.tcfg.checkpoint_every)
+    return [Done(c, result, history, time.perf_counter() - start, params)]
 
   def run_group(self, budget, name, seeds):
     """The seeds of one (budget, strategy) as one vmapped program."""
@@ -129,11 +138,12 @@ class Sweep:
     splits = {k: stack([c.splits[k] for c in cells]) for k in ("train", "val")}
     splits["test"] = self.test
     start = time.perf_counter()
-    _, results, rows = run_cells_vmapped(strategy, cells[0].model, stack([c.params for c in cells]),
-                                         data, splits, jnp.stack([c.rng for c in cells]),
-                                         runtime=self.runtime, shared=shared)
+    params, results, rows = run_cells_vmapped(
+        strategy, cells[0].model, stack([c.params for c in cells]), data, splits,
+        jnp.stack([c.rng for c in cells]), runtime=self.runtime, shared=shared)
     seconds = (time.perf_counter() - start) / len(seeds)
-    return [(c, r, h, seconds) for c, r, h in zip(cells, results, rows)]
+    return [Done(c, r, h, seconds, jax.tree.map(lambda a, k=k: a[k], params))
+            for k, (c, r, h) in enumerate(zip(cells, results, rows))]
 
 
 def _init_method(model):
@@ -145,7 +155,9 @@ def _streams(strategy) -> set:
 
 
 def run_sweep(config, workdir, data: SweepData, *, ckpt_dir, runtime: Runtime,
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, save=None) -> list[dict]:
+  """Runs the cells ``workdir`` does not hold; ``save(budget, strategy, seed, model, params,
+  result)`` receives every trained classifier before its cell is recorded."""
   tcfg = config.transfer
   sweep = Sweep(config, workdir, data, ckpt_dir, runtime)
   results = cells_log(workdir)
@@ -170,10 +182,10 @@ def run_sweep(config, workdir, data: SweepData, *, ckpt_dir, runtime: Runtime,
   for (budget, name), seeds in groups.items():
     bar.set_postfix_str(f"{name} k={budget} seeds={seeds}", refresh=False)
     if together and len(seeds) > 1:
-      _record(results, histories, budget, name, sweep.run_group(budget, name, seeds))
+      _record(results, histories, budget, name, sweep.run_group(budget, name, seeds), workdir, save)
     else:
       for seed in seeds:
-        _record(results, histories, budget, name, sweep.run_one(budget, name, seed))
+        _record(results, histories, budget, name, sweep.run_one(budget, name, seed), workdir, save)
     bar.update(len(seeds))
   bar.close()
   return unique_cells(results.read())
@@ -193,13 +205,28 @@ def unique_cells(rows: list[dict]) -> list[dict]:
   return out
 
 
-def _record(results: JsonlLog, histories: JsonlLog, budget, name, done) -> None:
-  """Logs the cells of one group in one write each.
+def _tensorboard(workdir, budget, name, seed, history, result) -> None:
+  """The cell's curves (every phase, every term) and its final accuracies as TensorBoard events."""
+  tb = TensorBoard(Path(workdir) / "tensorboard" / "transfer" / f"budget{budget}_{name}_seed{seed}")
+  for row in history:
+    tb.scalars({f"{row['phase']}/{k}": v for k, v in row.items() if k != "phase"}, row["epoch"])
+  last = history[-1]["epoch"] if history else 0
+  tb.scalars({k: v for k, v in result.items() if k.endswith("_accuracy") and v is not None}, last)
+  tb.close()
+
+
+def _record(results: JsonlLog, histories: JsonlLog, budget, name, done, workdir, save) -> None:
+  """Logs the cells of one group in one write each (and saves their classifiers first).
 
   A kill never splits a vmapped group, so a resumed run reruns whole groups
   with the same program and gets bitwise the numbers of an uninterrupted run.
   """
-  histories.extend([{"budget": budget, "strategy": name, "seed": c.seed, "history": h}
-                    for c, _, h, _ in done])
-  results.extend([{"budget": budget, "strategy": name, "seed": c.seed, **c.info,
-                   "seconds": round(seconds, 3), **r} for c, r, _, seconds in done])
+  for d in done:
+    if save is not None and d.params is not None:
+      save(budget, name, d.cell.seed, d.cell.model, d.params, d.result)
+  histories.extend([{"budget": budget, "strategy": name, "seed": d.cell.seed, "history": d.history}
+                    for d in done])
+  results.extend([{"budget": budget, "strategy": name, "seed": d.cell.seed, **d.cell.info,
+                   "seconds": round(d.seconds, 3), **d.result} for d in done])
+  for d in done:
+    _tensorboard(workdir, budget, name, d.cell.seed, d.history, d.result)

@@ -1,0 +1,134 @@
+"""Hyper-parameter sweeps: one run per point, each in its own sub-workdir.
+
+Points come from the command line (``--sweep KEY=V1,V2`` flags, their product)
+or from the config file (``get_sweep()`` returning a list of ``{key: value}``
+dicts, as big_vision's ``get_hyper``). Every point is an ordinary run (same
+checks, lock, resume) in ``DIR/<key=value,...>``; points whose pretraining keys
+are equal share one pretraining (the first point trains it, the others link
+to its checkpoints).
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import ml_collections
+
+from aetl_jax import api
+from aetl_jax.core.config import ConfigError, apply_overrides
+from aetl_jax.workdir import MARKER
+
+log = logging.getLogger(__name__)
+
+# Config sections that decide the pretrained checkpoint.
+PRETRAIN_SECTIONS = ("data", "model", "objective", "pretrain", "launch")
+
+
+def parse_sweep_flags(flags) -> list[dict]:
+  """``['a.b=1,2', 'c=x,y']`` → the product of the value lists as override dicts."""
+  axes = []
+  for flag in flags:
+    if "=" not in flag:
+      raise ConfigError(f"malformed --sweep {flag!r}; expected KEY=V1,V2,... e.g. "
+                        f"--sweep pretrain.learning_rate=1e-3,3e-3")
+    key, text = flag.split("=", 1)
+    values = [v.strip() for v in _split_values(text)]
+    if not values or any(not v for v in values):
+      raise ConfigError(f"--sweep {key}: give at least one value, e.g. {key}=1,2")
+    axes.append([(key.strip(), v) for v in values])
+  return [dict(point) for point in itertools.product(*axes)] if axes else []
+
+
+def _split_values(text: str) -> list[str]:
+  """Commas split values, except inside brackets (tuples stay whole)."""
+  out, depth, cur = [], 0, ""
+  for ch in text:
+    depth += ch in "([{"
+    depth -= ch in ")]}"
+    if ch == "," and depth == 0:
+      out.append(cur)
+      cur = ""
+    else:
+      cur += ch
+  return out + [cur]
+
+
+def point_name(point: dict) -> str:
+  text = ",".join(f"{k}={v}" for k, v in point.items())
+  return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)[:180] or "default"
+
+
+def point_configs(config, points: list[dict]) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """(name, completed and validated config) of every point, before anything runs."""
+  out = []
+  for point in points:
+    try:
+      c = apply_overrides(config, [f"{k}={v if isinstance(v, str) else repr(v)}"
+                                   for k, v in point.items()], complete=api.complete)
+      api.validate(c)
+    except ConfigError as e:
+      raise ConfigError(f"sweep point {point_name(point)}: {e}") from None
+    out.append((point_name(point), c))
+  return out
+
+
+def _pretrain_key(config) -> str:
+  return json.dumps({s: config[s].to_dict() for s in PRETRAIN_SECTIONS if s in config},
+                    sort_keys=True, default=str)
+
+
+def run_sweep(config, workdir, points: list[dict], *, overwrite: bool = False,
+              progress: bool = True) -> list[dict]:
+  """Runs every point into ``workdir/<point>``; returns one summary per point."""
+  workdir = Path(workdir)
+  named = point_configs(config, points)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "sweep.json").write_text(json.dumps(
+      [{"name": n, "point": p} for (n, _), p in zip(named, points)], indent=2, default=str))
+  first_by_key = {}
+  results = []
+  for (name, c), point in zip(named, points):
+    sub = workdir / name
+    key = _pretrain_key(c)
+    if key in first_by_key and first_by_key[key] != sub:
+      _share_pretraining(first_by_key[key], sub)
+    first_by_key.setdefault(key, sub)
+    log.info("sweep point %s -> %s", point, sub)
+    out = api.run(c, sub, overwrite=overwrite, progress=progress)
+    results.append({"name": name, "point": point, "workdir": str(sub), "table": out["table"]})
+  return results
+
+
+def _share_pretraining(source: Path, target: Path) -> None:
+  """Links ``target/pretrain`` to ``source/pretrain`` (same pretraining keys)."""
+  link = target / "pretrain"
+  if link.is_symlink() or link.exists():
+    return
+  target.mkdir(parents=True, exist_ok=True)
+  (target / MARKER).write_text("aetl_jax workdir\n")
+  os.symlink(os.path.relpath(source / "pretrain", target), link, target_is_directory=True)
+  log.info("sweep: %s shares the pretraining of %s", target.name, source.name)
+
+
+def sweep_from_file(path) -> list[dict]:
+  """The points of a config file's ``get_sweep()``, or [] when it has none."""
+  module = api.load_config_module(path)
+  if not hasattr(module, "get_sweep"):
+    return []
+  points = module.get_sweep()
+  if not isinstance(points, (list, tuple)) or not all(isinstance(p, dict) for p in points):
+    raise ConfigError(f"{path}: get_sweep() must return a list of {{key: value}} dicts")
+  return [dict(p) for p in points]
+
+
+def literal(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text

@@ -1,0 +1,150 @@
+"""Trained classifiers on disk, and a pure ``predict`` that uses them later.
+
+Every trained sweep cell saves its classifier with Orbax into
+``WORKDIR/classifiers/<cell>/`` (``cell`` = ``budget<k>_<strategy>_seed<s>``)
+with ``description.json``: the model config, the number of classes and their
+names, and the preprocessing the images need (pixel maximum, shape, how a
+different shape is brought to it). :func:`load_classifier` returns a
+:class:`Classifier` whose ``predict(images)`` gives class probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from aetl_jax.data import preprocessing
+from aetl_jax.engine import checkpoint
+from aetl_jax.evaluation.batched import batched_apply
+from aetl_jax.models.registry import build_classifier
+
+DESCRIPTION = "description.json"
+
+
+def cell_name(budget: int, strategy: str, seed: int) -> str:
+  return f"budget{budget}_{strategy}_seed{seed}"
+
+
+def save_classifier(directory, params, description: dict) -> None:
+  """Orbax step 0 of ``{'params'}`` + ``description.json`` (written last, atomically)."""
+  directory = Path(directory)
+  manager = checkpoint.make_manager(directory, max_to_keep=1)
+  checkpoint.save(manager, 0, {"params": params})
+  manager.close()
+  tmp = directory / (DESCRIPTION + ".tmp")
+  tmp.write_text(json.dumps(description, indent=2, sort_keys=True))
+  os.replace(tmp, directory / DESCRIPTION)
+
+
+def make_saver(workdir, config, *, input_shape, num_classes: int, label_names, preprocessing_: dict):
+  """The ``save`` callback of the sweep: one folder per cell."""
+  root = Path(workdir) / "classifiers"
+
+  def save(budget, strategy, seed, model, params, result):
+    kind = "autoencoder_classifier" if "decoder" in params else "classifier"
+    description = {
+        "cell": cell_name(budget, strategy, seed), "strategy": strategy, "budget": budget,
+        "seed": seed, "model": config.model.to_dict(), "objective": config.objective.name,
+        "kind": kind, "num_classes": num_classes, "label_names": list(label_names),
+        "input_shape": list(input_shape), "preprocessing": preprocessing_,
+        "test_accuracy": result.get("test_accuracy"), "val_accuracy": result.get("val_accuracy")}
+    save_classifier(root / description["cell"], jax.device_get(params), description)
+
+  return save
+
+
+@dataclasses.dataclass
+class Classifier:
+  description: dict
+  params: dict
+  apply: Callable
+
+  @property
+  def input_shape(self) -> tuple:
+    return tuple(self.description["input_shape"])
+
+  def prepare(self, images) -> np.ndarray:
+    """Raw images (uint8 0..max or float [0, 1]; (N,H,W) or (N,H,W,C)) → the model's input."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+      images = images[..., None]
+    if images.ndim != 4:
+      raise ValueError(f"images must be (N, H, W[, C]), got shape {images.shape}")
+    p = self.description["preprocessing"]
+    if images.dtype == np.uint8 or images.max(initial=0) > 1.0:
+      images = preprocessing.to_unit(images, p["max_value"])
+    if images.shape[1:] != self.input_shape:
+      try:
+        images = preprocessing.to_shape(images.astype(np.float32), self.input_shape, p["resize"])
+      except ValueError as e:
+        raise ValueError(f"images of shape {images.shape[1:]} do not fit the classifier's input "
+                         f"{self.input_shape} ({e}); it was trained with resize={p['resize']!r}: "
+                         f"give images of shape {self.input_shape}, or ones that "
+                         f"{'pad' if p['resize'] == 'pad' else 'resize'} to it") from None
+    return images.astype(np.float32)
+
+  def predict(self, images) -> np.ndarray:
+    """Class probabilities, (N, num_classes)."""
+    logits = batched_apply(self.apply, self.params, jnp.asarray(self.prepare(images)))
+    return np.asarray(jax.nn.softmax(logits, -1))
+
+
+def list_cells(workdir) -> list[str]:
+  root = Path(workdir) / "classifiers"
+  return sorted(p.name for p in root.iterdir() if (p / DESCRIPTION).exists()) if root.is_dir() else []
+
+
+def load_classifier(workdir, cell: str) -> Classifier:
+  """The classifier of ``cell`` saved in ``workdir`` (no torch, no TensorFlow needed)."""
+  directory = Path(workdir) / "classifiers" / cell
+  if not (directory / DESCRIPTION).exists():
+    cells = list_cells(workdir)
+    raise ValueError(f"no saved classifier {cell!r} in {workdir}; saved: "
+                     + (", ".join(cells) if cells else "none (run with transfer.save_classifiers=True)"))
+  description = json.loads((directory / DESCRIPTION).read_text())
+  m = ml_collections.ConfigDict(description["model"])
+  kind = {"vae": "vae"}.get(description["objective"], "autoencoder")
+  model = build_classifier(m, description["num_classes"], kind,
+                           decoder_shape=(tuple(description["input_shape"])
+                                          if description["kind"] == "autoencoder_classifier" else None))
+  template = jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, *description["input_shape"])),
+      method="init_all" if description["kind"] == "autoencoder_classifier" else None)["params"])
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+  tree = checkpoint.restore_step(directory, 0, {"params": template})
+  apply = jax.jit(lambda params, x: model.apply({"params": params}, x))
+  return Classifier(description, tree["params"], apply)
+
+
+def read_images(path) -> np.ndarray:
+  """Images from a folder of image files, an .npz ('images'), or IDX (file or folder)."""
+  path = Path(path)
+  if not path.exists():
+    raise ValueError(f"{path} does not exist")
+  if path.suffix == ".npz":
+    with np.load(path) as z:
+      if "images" not in z.files:
+        raise ValueError(f"{path}: no 'images' array (it holds {', '.join(z.files)})")
+      return z["images"]
+  if path.is_file() and "idx" in path.name:
+    from aetl_jax.data.idx import read_idx
+    return read_idx(path)
+  if path.is_dir():
+    idx = sorted(p for p in path.iterdir() if "images-idx3" in p.name)
+    if idx:
+      from aetl_jax.data.idx import read_idx
+      return read_idx(idx[0])
+    from PIL import Image
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    if not files:
+      raise ValueError(f"{path}: no image files (.png, .jpg, .bmp), .npz or IDX images")
+    return np.stack([np.asarray(Image.open(f)) for f in files])
+  raise ValueError(f"{path}: give a folder of images, an .npz with 'images', or an IDX file")

@@ -1,0 +1,75 @@
+"""The researcher's workflow: sweeps, cross-run comparison."""
+
+import json
+
+import pytest
+
+from aetl_jax.cli import main
+from tests.conftest import DIGITS_CONFIG, TINY
+
+BASE = ["--no-progress"] + [f"--config.{o}" for o in TINY] + [
+    "--config.transfer.strategies=('scratch','finetune')", "--config.pretrain.epochs=3",
+    "--config.transfer.epochs=3"]
+
+
+def _run(*argv):
+  return main(["run", "--config", str(DIGITS_CONFIG), *BASE, *argv])
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+  root = tmp_path_factory.mktemp("sweep")
+  assert _run("--workdir", str(root), "--sweep", "transfer.learning_rate=1e-3,1e-2") == 0
+  return root
+
+
+def test_a_sweep_runs_every_point_in_its_own_workdir_and_shares_the_pretraining(swept):
+  points = json.loads((swept / "sweep.json").read_text())
+  assert [p["point"] for p in points] == [{"transfer.learning_rate": "1e-3"},
+                                          {"transfer.learning_rate": "1e-2"}]
+  first, second = (swept / p["name"] for p in points)
+  for d, lr in ((first, 1e-3), (second, 1e-2)):
+    assert json.loads((d / "config.json").read_text())["config"]["transfer"]["learning_rate"] == lr
+    assert len((d / "results" / "cells.jsonl").read_text().splitlines()) == 2 * 2
+  assert not (first / "pretrain").is_symlink() and (second / "pretrain").is_symlink()
+  assert (second / "pretrain").resolve() == (first / "pretrain").resolve()
+  table = (swept / "compare.md").read_text()
+  assert "transfer.learning_rate" in table.splitlines()[0]
+  assert "| 0.001 |" in table and "| 0.01 |" in table
+
+
+def test_a_rerun_of_the_sweep_resumes_every_point(swept, capsys):
+  cells = [(swept / p["name"] / "results" / "cells.jsonl").read_text()
+           for p in json.loads((swept / "sweep.json").read_text())]
+  assert _run("--workdir", str(swept), "--sweep", "transfer.learning_rate=1e-3,1e-2") == 0
+  again = [(swept / p["name"] / "results" / "cells.jsonl").read_text()
+           for p in json.loads((swept / "sweep.json").read_text())]
+  assert again == cells
+
+
+def test_compare_command_reads_a_sweep_folder(swept, tmp_path, capsys):
+  assert main(["compare", str(swept), "--out", str(tmp_path)]) == 0
+  out = capsys.readouterr().out
+  assert out.count("| scratch |") == 2  # 2 runs x 1 budget
+  assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("transfer.learning_rat=1e-3,1e-2", "unknown config key 'transfer.learning_rat'"),
+    ("transfer.epochs=3,many", "expects int"),
+    ("transfer.learning_rate", "malformed --sweep"),
+])
+def test_a_bad_sweep_fails_before_anything_runs(tmp_path, capsys, flag, message):
+  assert _run("--workdir", str(tmp_path / "w"), "--sweep", flag) == 2
+  err = capsys.readouterr().err
+  assert message in err and len(err.strip().splitlines()) == 1
+  assert not (tmp_path / "w").exists()
+
+
+def test_compare_refuses_runs_on_different_test_sets(swept, tmp_path, capsys):
+  other = tmp_path / "other"
+  assert _run("--workdir", str(other), "--config.data.split_seed=5") == 0
+  first = swept / json.loads((swept / "sweep.json").read_text())[0]["name"]
+  capsys.readouterr()
+  assert main(["compare", str(first), str(other)]) == 2
+  assert "cannot compare runs whose data keys differ" in capsys.readouterr().err
