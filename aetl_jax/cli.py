@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from aetl_jax.core.config import ConfigError
 
@@ -57,6 +58,7 @@ def main(argv=None) -> int:
   args, unknown = _parser().parse_known_args([a for a in argv if not a.startswith("--config.")])
   from aetl_jax import api
   from aetl_jax.engine.checkpoint import CheckpointError
+  from aetl_jax.engine.launchers import DistributedError
   from aetl_jax.workdir import WorkdirLock, prepare_workdir
   lock = None
   try:
@@ -75,6 +77,11 @@ def main(argv=None) -> int:
     if points:
       return _sweep(hyper, config, args, points)
     task, data = api.prepare(config)
+    if config.get("launch") is not None and config.launch.get("distributed", False):
+      from aetl_jax.engine.launchers import initialize_distributed, is_main_process
+      initialize_distributed()  # before the workdir: only process 0 locks and writes it
+      if not is_main_process():
+        return _run(task, config, Path(args.workdir), data, False, progress=False)
     lock = WorkdirLock(args.workdir).acquire()
     workdir, resuming = prepare_workdir(args.workdir, config, experiment=config.task,
                                         overwrite=args.overwrite)
@@ -82,6 +89,9 @@ def main(argv=None) -> int:
   except (ConfigError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
+  except DistributedError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_TRAINING
   except KeyboardInterrupt:
     print("interrupted before anything ran", file=sys.stderr)
     return EXIT_INTERRUPTED
