@@ -10,7 +10,6 @@ to its checkpoints).
 
 from __future__ import annotations
 
-import ast
 import itertools
 import json
 import logging
@@ -126,9 +125,3 @@ def sweep_from_file(path) -> list[dict]:
     raise ConfigError(f"{path}: get_sweep() must return a list of {{key: value}} dicts")
   return [dict(p) for p in points]
 
-
-def literal(text: str):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text

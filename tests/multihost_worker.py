@@ -16,7 +16,6 @@ os.environ.setdefault("JAX_CPU_COLLECTIVES_IMPLEMENTATION", "gloo")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from aetl_jax.engine.driver import run_phases  # noqa: E402
 from aetl_jax.engine.launchers import initialize_distributed, is_main_process  # noqa: E402

@@ -3,7 +3,6 @@ hand values), plus property-based tests (Hypothesis) where a property is cleaner
 
 import csv
 import json
-import math
 
 import jax
 import jax.numpy as jnp

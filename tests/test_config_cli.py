@@ -10,7 +10,7 @@ from aetl_jax.core.config import ConfigError, apply_overrides
 from aetl_jax.validation import validate_transfer_config
 from aetl_jax.workdir import WorkdirError, prepare_workdir
 from aetl_jax.cli import main
-from tests.conftest import DIGITS_CONFIG, ROOT, digits_config
+from tests.conftest import DIGITS_CONFIG, digits_config
 
 
 def _err(capsys, argv):

@@ -138,7 +138,6 @@ def test_bad_formulation_and_padding_are_named():
 
 @pytest.mark.parametrize("upsampling", ["transpose", "subpixel", "resize"])
 def test_conv_autoencoder_is_the_same_function_with_every_impl(upsampling):
-  from aetl_jax.core.config import apply_overrides
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.api import load_config
   from aetl_jax.tasks.transfer import default_config

@@ -1,7 +1,5 @@
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from aetl_jax.core.optim import make_optimizer
 

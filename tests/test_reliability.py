@@ -2,10 +2,8 @@
 
 import errno
 import json
-import os
 import subprocess
 import sys
-import time
 
 import pytest
 

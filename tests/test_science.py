@@ -9,7 +9,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from aetl_jax.core.optim import learning_rate_schedule
@@ -20,7 +19,7 @@ from aetl_jax.engine.phase import Optim, Phase
 from aetl_jax.engine.runtime import make_runtime
 from aetl_jax.engine.store import CheckpointStore
 from aetl_jax.reporting.tables import paired_differences
-from aetl_jax.strategies import STRATEGIES, StrategyContext, build_strategy
+from aetl_jax.strategies import StrategyContext, build_strategy
 from tests.conftest import classifier_and_params, tiny_config, tree_equal
 
 # ---------------------------------------------------------------------------
@@ -161,7 +160,6 @@ def test_multipliers_reach_the_optimiser_step(digits):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, digits):
-  from aetl_jax.api import load_config
   from aetl_jax.data.domains import build_transfer_data
   from aetl_jax.engine.runtime import runtime_from_config
   from aetl_jax.tasks.pretrain import checkpoint_dir, pretrain

@@ -1,5 +1,4 @@
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -35,7 +34,6 @@ def test_stream_is_reproducible_per_seed_and_sharded(digits):
 
 
 def test_streaming_training_lowers_the_loss(digits):
-  from aetl_jax.core.config import apply_overrides
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.objectives.registry import make_objective
   from aetl_jax.engine.state import TrainState

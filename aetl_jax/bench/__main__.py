@@ -91,7 +91,6 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int):
   """(one epoch as a thunk, XLA-counted FLOPs per example, examples per epoch,
   (the step's matmuls and convolutions alone, ``LOOP`` times each, as a thunk;
   their FLOPs per step): :mod:`aetl_jax.bench.ceiling`)."""
-  from aetl_jax.core.config import apply_overrides
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.objectives.registry import make_objective
   from aetl_jax.engine.compiler import train_compiler_options

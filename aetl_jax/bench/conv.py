@@ -38,7 +38,6 @@ def main(argv=None):
   import jax.numpy as jnp
 
   from aetl_jax.bench.timing import time_calls
-  from aetl_jax.core.config import apply_overrides
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.objectives.registry import make_objective
   from aetl_jax.engine.compiler import train_compiler_options

@@ -11,7 +11,6 @@ over all phases) uses ``fold_in(rng, e)`` in both, so they agree.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable, Sequence
 
 import jax
@@ -239,7 +238,3 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
 def _epoch_steps(prog: Program, data) -> int:
   return steps_per_epoch(num_examples(data[prog.phase.streams[0]]), prog.phase.feed[0][2])
 
-
-def final_loss(rows, phase_name: str) -> float:
-  mine = [r for r in rows if r["phase"] == phase_name]
-  return mine[-1].get("loss", math.nan) if mine else math.nan
