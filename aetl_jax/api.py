@@ -90,11 +90,11 @@ def validate(config) -> None:
     validate_pretrain_config(config)
 
 
-def prepare(config):
+def prepare(config, *, progress: bool = True):
   """(task entry, data): validation and the task's data checks, before any workdir is touched."""
   validate(config)
   task = TASKS.get(config.task)
-  data = task.info["load"](config)
+  data = task.info["load"](config, progress=progress)
   task.info["check"](config, data)
   return task, data
 
@@ -102,7 +102,7 @@ def prepare(config):
 def run(config, workdir, *, overwrite: bool = False, progress: bool = True) -> dict:
   """Runs ``config`` into ``workdir``: checks, workdir guard (resume or refuse), the task."""
   config = load_config(config)
-  task, data = prepare(config)
+  task, data = prepare(config, progress=progress)
   with WorkdirLock(workdir):
     workdir, resuming = prepare_workdir(workdir, config, experiment=config.task, overwrite=overwrite)
     if resuming:

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     points = hyper.parse_sweep_flags(args.sweep) or hyper.sweep_from_file(args.config)
     if points:
       return _sweep(hyper, config, args, points)
-    task, data = api.prepare(config)
+    task, data = api.prepare(config, progress=not args.no_progress)
     if config.get("launch") is not None and config.launch.get("distributed", False):
       from aetl_jax.engine.launchers import initialize_distributed, is_main_process
       initialize_distributed()  # before the workdir: only process 0 locks and writes it

@@ -144,3 +144,11 @@ def test_npz_labels_must_be_class_ids(tmp_path, labels, message):
   path = _npz(tmp_path / "bad.npz", np.zeros((20, 4, 4), np.uint8), labels)
   with pytest.raises(ValueError, match=rf"bad\.npz: labels must be integers 0\.\.C-1.*{message}"):
     load_dataset(f"npz:{path}", data_dir=tmp_path / "tfds")
+
+
+def test_no_progress_silences_tfds_own_bars(tmp_path, capfd):
+  """Preparing local data through TFDS prints no progress bar when asked not to."""
+  path = _npz(tmp_path / "quiet.npz", np.zeros((30, 4, 4), np.uint8), np.arange(30) % 3)
+  load_dataset(f"npz:{path}", data_dir=tmp_path / "tfds", progress=False)
+  err = capfd.readouterr().err
+  assert "it/s" not in err and "%|" not in err, err[-500:]

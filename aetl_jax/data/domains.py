@@ -26,9 +26,9 @@ def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
   return idx
 
 
-def build_transfer_data(d, batch_size: int = 128) -> TransferData:
+def build_transfer_data(d, batch_size: int = 128, *, progress: bool = True) -> TransferData:
   """``d`` is the ``config.data`` section; ``batch_size`` that of a streamed source."""
-  kw = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None)
+  kw = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None, progress=progress)
   target = load_dataset(d.target, **kw)
   streamed = d.get("stream_source", False)
   if streamed and d.source == d.target:

@@ -184,16 +184,20 @@ def _read_folder(path: Path) -> tuple[dict, list[str]]:
   return {"train": (np.stack(images).astype(np.uint8), np.asarray(labels, np.int32))}, classes
 
 
-def prepare_builder(name: str, *, splits=("train", "test"), data_dir=None, manual_dir=None):
+def prepare_builder(name: str, *, splits=("train", "test"), data_dir=None, manual_dir=None,
+                    progress: bool = True):
   """The prepared TFDS builder of a catalogue or local dataset: (builder, route).
 
   What the streaming path reads from, without loading the data into memory.
+  ``progress=False`` silences TFDS's own progress bars (a TFDS-wide switch).
   """
   kind, value = _check_name(name)
   if kind == "digits":
     raise ValueError("'digits' is an in-memory dataset (no TFDS builder); stream a TFDS or local "
                      "dataset, or keep data_path='memory'")
   tfds = _tfds()
+  if not progress:
+    tfds.disable_progress_bar()
   if kind == "tfds":
     builder = tfds.builder(value, data_dir=data_dir)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
@@ -203,7 +207,8 @@ def prepare_builder(name: str, *, splits=("train", "test"), data_dir=None, manua
   return _prepare_local(kind, value, splits, data_dir)
 
 
-def load_dataset(name: str, *, splits=("train", "test"), data_dir=None, manual_dir=None) -> Dataset:
+def load_dataset(name: str, *, splits=("train", "test"), data_dir=None, manual_dir=None,
+                 progress: bool = True) -> Dataset:
   """Loads ``splits`` of the dataset called ``name`` (see the module docstring)."""
   kind, _ = _check_name(name)
   if kind == "digits":
@@ -212,7 +217,8 @@ def load_dataset(name: str, *, splits=("train", "test"), data_dir=None, manual_d
     images = bunch.images.astype(np.uint8)[..., None]
     return Dataset(name, {"train": (images, bunch.target.astype(np.int32))}, 16.0, 10,
                    "sklearn.datasets.load_digits")
-  builder, route = prepare_builder(name, splits=splits, data_dir=data_dir, manual_dir=manual_dir)
+  builder, route = prepare_builder(name, splits=splits, data_dir=data_dir, manual_dir=manual_dir,
+                                   progress=progress)
   available = [s for s in splits if not builder.info.splits or s in builder.info.splits]
   return Dataset(name, _as_arrays(builder, available or list(builder.info.splits)), 255.0,
                  builder.info.features["label"].num_classes, route)

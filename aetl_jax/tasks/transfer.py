@@ -60,9 +60,9 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def load(config) -> TransferData:
+def load(config, *, progress: bool = True) -> TransferData:
   try:
-    return build_transfer_data(config.data, config.pretrain.batch_size)
+    return build_transfer_data(config.data, config.pretrain.batch_size, progress=progress)
   except (ValueError, FileNotFoundError) as e:
     raise ConfigError(f"config key 'data': {e}") from None
 

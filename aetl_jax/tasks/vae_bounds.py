@@ -32,11 +32,11 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def load(config) -> dict:
+def load(config, *, progress: bool = True) -> dict:
   """Train and test images binarised once by sampling each pixel from Bernoulli(intensity)."""
   try:
     d = load_dataset(config.data.name, data_dir=config.data.data_dir or None,
-                     manual_dir=config.data.manual_dir or None)
+                     manual_dir=config.data.manual_dir or None, progress=progress)
   except (ValueError, FileNotFoundError) as e:
     raise ConfigError(f"config key 'data.name': {e}") from None
   rng = np.random.default_rng(config.data.binarize_seed)
