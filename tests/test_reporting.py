@@ -33,3 +33,40 @@ def test_paired_differences_pair_by_budget_and_seed():
   assert d["strategy"] == "ft" and d["n"] == 2
   assert d["mean"] == pytest.approx(0.075)
   assert d["std"] == pytest.approx(np.std([0.1, 0.05], ddof=1))
+
+
+def test_markdown_table_is_exactly_the_documented_layout():
+  rows = [{"budget": 5, "strategy": "a", "seed": k, "test_accuracy": v} for k, v in enumerate([0.5, 0.7])]
+  summary = summarise(rows)
+  half = stats.t.ppf(0.975, 1) * np.std([0.5, 0.7], ddof=1) / math.sqrt(2)  # by hand
+  table = markdown_table(summary, ["a", "b"], [5, 10])
+  assert table.splitlines() == [
+      "| strategy | 5 labels/class | 10 labels/class |",
+      "|---|---|---|",
+      f"| a | 60.0 ± {100 * half:.1f}% (n=2) | — |",
+      "| b | — | — |"]
+  signed = markdown_table(summary, ["a"], [5], signed=True, unit=" pt")
+  assert signed.splitlines()[2] == f"| a | +60.0 ± {100 * half:.1f} pt (n=2) |"
+
+
+def test_write_tables_writes_caption_both_tables_and_the_same_rows_to_csv_and_json(tmp_path):
+  import csv
+  import json
+  from aetl_jax.reporting.tables import paired_differences, write_tables
+  vals = {("scratch", 0): 0.5, ("scratch", 1): 0.6, ("ft", 0): 0.7, ("ft", 1): 0.65}
+  rows = [{"budget": 5, "strategy": s, "seed": k, "test_accuracy": v} for (s, k), v in vals.items()]
+  summary, paired = summarise(rows), paired_differences(rows, baseline="scratch")
+  md = write_tables(summary, tmp_path / "out", strategies=["scratch", "ft"], budgets=[5],
+                    caption="Caption line.", paired=paired, baseline="scratch")
+  assert md.startswith("Caption line.\n\n| strategy | 5 labels/class |")
+  assert "\n\nDifference to `scratch` in accuracy points, paired by seed" in md
+  assert md.splitlines()[-1].startswith("| ft | +12.5 ± ")
+  assert (tmp_path / "out" / "results.md").read_text() == md + "\n"
+  data = json.loads((tmp_path / "out" / "results.json").read_text())
+  with open(tmp_path / "out" / "results.csv") as f:
+    table = list(csv.DictReader(f))
+  assert len(data) == len(table) == 3
+  assert [r["strategy"] for r in data] == [r["strategy"] for r in table]
+  assert [r.get("baseline") for r in data] == [None, None, "scratch"]
+  for j, c in zip(data, table):
+    assert float(c["mean"]) == pytest.approx(j["mean"]) and int(c["n"]) == j["n"]
