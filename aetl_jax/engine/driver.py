@@ -115,7 +115,7 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
 
 
 def _epoch(prog: Program, state, data, rng, epoch, runtime, label):
-  first_step = int(runtime.launcher.unreplicate(state).step)
+  first_step = int(runtime.launcher.unreplicate(state.step))
   stream = data[prog.phase.streams[0]]
   if isinstance(stream, HostStream):
     role = prog.phase.feed[0][0]
@@ -126,7 +126,7 @@ def _epoch(prog: Program, state, data, rng, epoch, runtime, label):
   metrics = {k: float(v) for k, v in metrics.items()}
   check_finite(metrics, phase=label, epoch=epoch, first_step=first_step)
   metrics.pop("first_nonfinite_step")
-  metrics["learning_rate"] = float(prog.schedule(int(runtime.launcher.unreplicate(state).step)))
+  metrics["learning_rate"] = float(prog.schedule(int(runtime.launcher.unreplicate(state.step))))
   return state, metrics
 
 

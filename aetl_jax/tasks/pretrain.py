@@ -23,7 +23,8 @@ from aetl_jax.engine.runtime import runtime_from_config
 from aetl_jax.engine.store import CheckpointStore
 from aetl_jax.evaluation.reconstruction import reconstruct, reconstruction_metrics
 from aetl_jax.models.registry import build_autoencoder
-from aetl_jax.objectives.registry import OBJECTIVES, make_objective, model_kind
+from aetl_jax.objectives.registry import make_objective, model_kind
+from aetl_jax.objectives.registry import roles as objective_roles
 from aetl_jax.transfer.encoder import ENCODER_SUBTREE  # noqa: F401 - re-exported
 
 
@@ -48,8 +49,8 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
   pcfg = config.pretrain
   image_shape = tuple(eval_images.shape[1:])
   model = pretrain_model(config, image_shape)
-  roles = OBJECTIVES.get(config.objective.name).info.get("roles", ("images",))
-  if tuple(roles) != ("images",):
+  roles = objective_roles(config.objective.name)
+  if roles != ("images",):
     raise ValueError(f"objective {config.objective.name!r} reads {roles}; pretraining provides "
                      f"unlabelled source images only (role 'images')")
   init_key, train_key = jax.random.split(jax.random.PRNGKey(pcfg.seed))
