@@ -101,19 +101,23 @@ def main(argv=None) -> int:
 
 
 def _run(task, config, workdir, data, resuming, *, progress: bool) -> int:
-  handler = logging.StreamHandler(sys.stderr)  # this run's log lines, removed when it ends
+  # This run's log lines (the project's loggers only, once each, even when a library has
+  # configured the root logger), removed when it ends.
+  handler = logging.StreamHandler(sys.stderr)
   handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-  root = logging.getLogger()
-  level = root.level
-  root.addHandler(handler)
-  root.setLevel(logging.INFO)
+  logger = logging.getLogger("aetl_jax")
+  level, propagate = logger.level, logger.propagate
+  logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
   try:
     if resuming:
-      logging.getLogger("aetl").info("resuming the run in %s", workdir)
+      logging.getLogger("aetl_jax.cli").info("resuming the run in %s", workdir)
     return _report(task.fn, config, workdir, data, progress)
   finally:
-    root.removeHandler(handler)
-    root.setLevel(level)
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 def _report(fn, config, workdir, data, progress) -> int:
@@ -153,7 +157,12 @@ def _sweep(hyper, config, args, points) -> int:
                             progress=not args.no_progress)
   for r in results:
     print(f"\n## {r['name']}\n\n{r['table']}")
-  table, _ = compare([r["workdir"] for r in results]) if len(results) > 1 else (None, None)
+  table = None
+  if len(results) > 1:
+    try:
+      table, _ = compare([r["workdir"] for r in results])
+    except ValueError as e:  # the points ran; only their joint table is refused
+      print(f"\nno comparison table: {e}", file=sys.stderr)
   if table:
     from pathlib import Path
     (Path(args.workdir) / "compare.md").write_text(table + "\n")

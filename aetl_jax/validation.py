@@ -15,10 +15,12 @@ from aetl_jax.data.streaming import DATA_PATHS
 from aetl_jax.engine.launchers import LAUNCHERS
 from aetl_jax.engine.runtime import RUNNERS
 from aetl_jax.models.family import FAMILIES
-from aetl_jax.objectives.registry import OBJECTIVES, model_kind
+from aetl_jax.objectives.augmentation import check_chain
+from aetl_jax.objectives.registry import OBJECTIVES, model_kind, roles
 from aetl_jax.strategies.registry import STRATEGIES
 
 OPTIMIZERS = ("adam", "sgd")
+LABEL_SPACES = ("auto", "shared", "different")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -75,6 +77,11 @@ def _launch(config, sections):
             + ", ".join(str(b) for b in (lower, lower + n) if b > 0))
 
 
+def _pretrainable(name: str) -> bool:
+  """Objectives a source can feed: unlabelled images and/or labelled images."""
+  return set(roles(name)) <= {"images", "labelled"}
+
+
 def _model_and_objective(config) -> None:
   m, o = config.model, config.objective
   family, objective = FAMILIES.get(m.family), OBJECTIVES.get(o.name)
@@ -94,10 +101,9 @@ def _model_and_objective(config) -> None:
     if part.validate is not None:
       part.validate(section)
   kind = model_kind(o.name)
-  require(kind in ("autoencoder", "vae", "mae"), "objective.name",
-          f"{o.name!r} trains a '{kind}', not an autoencoder; pretraining objectives: "
-          + ", ".join(n for n in OBJECTIVES.names()
-                      if model_kind(n) in ("autoencoder", "vae", "mae")))
+  require(_pretrainable(o.name), "objective.name",
+          f"{o.name!r} reads {', '.join(roles(o.name))}, which a source does not provide; "
+          f"pretraining objectives: " + ", ".join(n for n in OBJECTIVES.names() if _pretrainable(n)))
   require((kind == "mae") == (m.family == "vit"), "objective.name",
           f"a masked autoencoder ('mae') needs model.family 'vit' and family 'vit' is pretrained "
           f"as one; got family {m.family!r} with objective {o.name!r}")
@@ -120,8 +126,13 @@ def validate_transfer_config(config) -> None:
   validate_pretrain_config(config)
   _launch(config, sections=("transfer",))
   d = config.data
-  for name in ("test_fraction", "source_fraction"):
-    require(0.0 < d[name] < 1.0, f"data.{name}", f"must be in (0, 1), got {d[name]}")
+  require(0.0 < d.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {d.test_fraction}")
+  require(0.0 <= d.source_fraction < 1.0, "data.source_fraction",
+          f"must be in [0, 1) (0: the source is the whole target pool), got {d.source_fraction}")
+  require(d.source_fraction > 0 or d.source == d.target, "data.source_fraction",
+          "0 (the source is the target pool) needs data.source == data.target")
+  require(d.get("label_space", "auto") in LABEL_SPACES, "data.label_space",
+          f"unknown value {d.get('label_space')!r}; valid: {', '.join(LABEL_SPACES)}")
   require(isinstance(d.split_seed, int) and d.split_seed >= 0, "data.split_seed",
           f"must be an integer >= 0, got {d.split_seed!r}")
   t = config.transfer
@@ -133,11 +144,18 @@ def validate_transfer_config(config) -> None:
     if entry.validate is not None:
       entry.validate(t)
   require(len(set(t.strategies)) == len(t.strategies), "transfer.strategies", "lists a strategy twice")
-  require(len(t.budgets) > 0 and all(isinstance(b, int) and b > 0 for b in t.budgets),
-          "transfer.budgets", f"must be positive integers (labels per class), got {t.budgets!r}")
+  require(len(t.budgets) > 0 and all(isinstance(b, int) and b >= 0 for b in t.budgets),
+          "transfer.budgets", f"must be integers >= 0 (labels per class; 0: no target labels), "
+          f"got {t.budgets!r}")
+  unlabelled_ok = [s for s in STRATEGIES.names()
+                   if not STRATEGIES.get(s).info.get("needs_target_labels", True)]
+  require(0 not in t.budgets or any(s in unlabelled_ok for s in t.strategies), "transfer.budgets",
+          f"budget 0 (no target labels) needs a strategy that trains without them: "
+          f"{', '.join(unlabelled_ok)}")
   require(len(set(t.budgets)) == len(t.budgets), "transfer.budgets",
           f"lists a budget twice ({t.budgets!r}); each (budget, strategy, seed) cell runs once")
   _positive(t, "transfer", "seeds", integer=True)
+  check_chain(t.get("augment", ()), "transfer.augment")
   require(isinstance(t.label_seed, int) and t.label_seed >= 0, "transfer.label_seed",
           f"must be an integer >= 0, got {t.label_seed!r}")
   require(t.checkpoint_every >= 0, "transfer.checkpoint_every",

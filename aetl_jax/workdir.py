@@ -31,7 +31,7 @@ MARKER = ".aetl_workdir"
 LOCK = ".lock"
 # Everything a run writes into its workdir (what --overwrite may remove).
 OWNED = (CONFIG_FILE, "environment.json", "data.json", "pretrain", "metrics", "results",
-         "transfer", MARKER)
+         "transfer", "tensorboard", "classifiers", "one_class", MARKER)
 
 
 class WorkdirError(ConfigError):
@@ -57,7 +57,7 @@ def _versions() -> dict:
 
 def produced_anything(workdir: Path) -> bool:
   """Whether a run in ``workdir`` finished any epoch, checkpoint or result."""
-  for sub in ("pretrain", "metrics", "results", "transfer"):
+  for sub in ("pretrain", "metrics", "results", "transfer", "one_class"):
     d = workdir / sub
     if d.is_dir() and any(p.is_file() and p.stat().st_size > 0 for p in d.rglob("*")
                           if p.name != "model.json"):

@@ -23,7 +23,8 @@ TINY = [
 # Every built-in strategy, so their keys are in a tiny config.
 ALL_STRATEGIES = ("transfer.strategies=('scratch','linear_probe','finetune','partial',"
                   "'discriminative','layerwise','lp_ft','gradual_unfreeze','ridge_probe',"
-                  "'knn_probe','bitfit','joint_finetune','rules')")
+                  "'knn_probe','bitfit','joint_finetune','rules','pseudo_label','source_only',"
+                  "'drcn','dann','coral','mmd')")
 
 
 def digits_config(*overrides):

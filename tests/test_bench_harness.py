@@ -67,3 +67,12 @@ def test_kernel_ceiling_replays_exactly_the_steps_matmuls_and_convolutions():
   conv = jax.grad(lambda k, x: jnp.sum(jax.lax.conv_general_dilated(x, k, (1, 1), "SAME")))
   assert [e.primitive.name for e in heavy_equations(jax.make_jaxpr(conv)(
       jnp.ones((2, 3, 3, 3)), jnp.ones((1, 3, 5, 5))))] == ["conv_general_dilated"] * 2
+
+
+def test_one_class_bench_times_vmapped_against_sequential_without_recompiling():
+  from aetl_jax.bench.one_class import main
+  rows = main(["--models", "3", "--examples", "64", "--batch", "32", "--epochs", "1",
+               "--repeats", "1", "--no-torch"])
+  assert [r["contender"] for r in rows] == ["vmapped", "sequential"]
+  assert all(r["examples_per_s"] > 0 and r["compiles"] == 0 for r in rows)
+  assert rows[1]["speedup_vs_sequential"] == 1.0

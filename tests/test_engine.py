@@ -193,3 +193,15 @@ def test_tensorboard_events_hold_every_term_and_the_learning_rate(tmp_path, digi
     i += 12 + n + 4
   assert {"train_loss", "train_reconstruction", "train_sparsity", "train_learning_rate",
           "eval_psnr", "reconstructions"} <= tags, tags
+
+
+def test_a_short_stream_beside_a_long_one_costs_one_vmapped_draw_not_a_sort_per_cycle():
+  """10 labels beside 60,000 unlabelled images: the labelled order is ~1,900 permutations;
+  the program must hold a constant number of sorts, not one per permutation (the old Python
+  loop made the compile of such a phase take minutes)."""
+  from aetl_jax.engine.loop import _plan
+  hlo = jax.jit(lambda r: _plan(r, [60000, 10], [128, 32])).lower(jax.random.PRNGKey(0)).as_text()
+  assert hlo.count("sort") < 10
+  idx, _ = _plan(jax.random.PRNGKey(0), [60000, 10], [128, 32])
+  counts = np.bincount(np.asarray(idx[1]).ravel(), minlength=10)
+  assert counts.max() - counts.min() <= 1 and idx[1].shape == (468, 32)  # cycled evenly

@@ -87,3 +87,43 @@ def test_every_trained_cell_saved_a_classifier_that_predicts_its_recorded_accura
   assert main(["predict", "--workdir", str(workdir), "--images", str(tmp_path / "big.npz")]) == 2
   err = capsys.readouterr().err
   assert "(28, 28, 1) do not fit the classifier's input (8, 8, 1)" in err and "resize='pad'" in err
+
+
+def test_fine_tuned_encoders_of_a_run_can_be_clustered(run, tmp_path):
+  """clustering.classifiers: the features of a saved fine-tuned encoder, clustered beside the
+  autoencoder codes; they are the classifier's own encoder outputs."""
+  import numpy as np
+  from aetl_jax import api
+  from aetl_jax.tasks.clustering import default_config
+  from aetl_jax.transfer.classifiers import list_cells, load_classifier
+  workdir, _ = run
+  cell = next(c for c in list_cells(workdir) if "finetune" in c)
+  config = api.load_config(default_config(), [
+      "data.max_examples=300", "pretrain.epochs=2", "clustering.seeds=1", "clustering.baselines=()",
+      "clustering.methods=('kmeans',)", f"clustering.classifiers=('{workdir / 'classifiers' / cell}',)"])
+  out = api.run(config, tmp_path / "cl", progress=False)
+  assert {r["features"] for r in out["rows"]} == {"codes (reconstruction)", f"fine-tuned encoder {cell}"}
+  clf = load_classifier(workdir, cell)
+  x = np.random.default_rng(0).random((4, 8, 8, 1), np.float32)
+  code = clf.features(x)
+  head = clf.params["head"]
+  assert code.shape == (4, head["kernel"].shape[0])
+  np.testing.assert_allclose(clf.predict(x), np.asarray(
+      __import__("jax").nn.softmax(code @ head["kernel"] + head["bias"], -1)), rtol=1e-4, atol=1e-6)
+  bad = api.load_config(config, [f"clustering.classifiers=('{workdir / 'classifiers' / 'nope'}',)"])
+  with pytest.raises(api.ConfigError, match="clustering.classifiers.*no saved classifier 'nope'"):
+    api.prepare(bad, progress=False)
+
+
+def test_overwrite_clears_everything_a_run_wrote(run, tmp_path):
+  """TensorBoard events and saved classifiers are the run's own: --overwrite removes them."""
+  import shutil
+  from aetl_jax.workdir import prepare_workdir
+  from tests.conftest import digits_config
+  workdir, _ = run
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  assert (copy / "tensorboard").is_dir() and (copy / "classifiers").is_dir()
+  prepare_workdir(copy, digits_config("pretrain.epochs=1"), experiment="transfer", overwrite=True)
+  assert sorted(p.name for p in copy.iterdir()) == [".aetl_workdir", ".lock", "config.json",
+                                                    "environment.json"]

@@ -72,4 +72,31 @@ def test_compare_refuses_runs_on_different_test_sets(swept, tmp_path, capsys):
   first = swept / json.loads((swept / "sweep.json").read_text())[0]["name"]
   capsys.readouterr()
   assert main(["compare", str(first), str(other)]) == 2
-  assert "cannot compare runs whose data keys differ" in capsys.readouterr().err
+  assert "cannot compare runs whose target data keys differ" in capsys.readouterr().err
+
+
+def test_compare_accepts_runs_that_differ_only_in_their_source(tmp_path):
+  """Which source helps a target is a comparison: runs with other source keys but the same
+  target and test set compare, with the source keys as columns."""
+  from aetl_jax.reporting.compare import compare
+
+  def run(name, source, objective):
+    d = tmp_path / name
+    (d / "results").mkdir(parents=True)
+    config = {"data": {"source": source, "target": "fashion", "test_fraction": 0.2},
+              "objective": {"name": objective}}
+    (d / "config.json").write_text(json.dumps({"experiment": "transfer", "config": config}))
+    (d / "data.json").write_text(json.dumps({"test": {"size": 100, "per_class": [10] * 10}}))
+    (d / "results" / "cells.jsonl").write_text("".join(
+        json.dumps({"budget": 1, "strategy": "finetune", "seed": k, "test_accuracy": 0.5 + k / 100})
+        + "\n" for k in range(3)))
+    return d
+
+  table, rows = compare([run("a", "mnist", "reconstruction"), run("b", "fashion", "classification")])
+  assert "| run | data.source | objective.name |" in table and len(rows) == 2
+  other = run("c", "mnist", "reconstruction")
+  config = json.loads((other / "config.json").read_text())
+  config["config"]["data"]["target"] = "kmnist"
+  (other / "config.json").write_text(json.dumps(config))
+  with pytest.raises(ValueError, match="target data keys differ"):
+    compare([tmp_path / "a", other])

@@ -122,15 +122,16 @@ def require(condition: bool, key: str, message: str) -> None:
     raise ConfigError(f"config key '{key}': {message}")
 
 
+def _as_tuples(value):
+  """Lists (as JSON stores tuples) to tuples, at every depth: (('a', 1),) == [['a', 1]]."""
+  return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def diff(old: dict, new: dict) -> list[str]:
   """Human-readable differences between two flattened configs."""
   lines = []
   for key in sorted(set(old) | set(new)):
-    a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-    if isinstance(a, list):
-      a = tuple(a)
-    if isinstance(b, list):
-      b = tuple(b)
+    a, b = _as_tuples(old.get(key, "<absent>")), _as_tuples(new.get(key, "<absent>"))
     if a != b:
       lines.append(f"{key}: {a!r} -> {b!r}")
   return lines

@@ -57,16 +57,21 @@ def build_transfer_data(d, batch_size: int = 128, *, progress: bool = True) -> T
     (train_x, train_y), (test_x, test_y) = (train_x[keep], train_y[keep]), (train_x[test], train_y[test])
   test_sel = _subsample(len(test_y), d.max_test, d.split_seed + 2)
   test_x, test_y = test_x[test_sel], test_y[test_sel]
-  if d.source == d.target:
+  source_labels = None
+  if d.source == d.target and d.source_fraction == 0:  # the source is the pool itself
+    source_images, source_labels = train_x, train_y
+  elif d.source == d.target:
     pool_rel, source_rel = stratified_split(train_y, d.source_fraction, d.split_seed + 1)
-    source_images = train_x[source_rel]
+    source_images, source_labels = train_x[source_rel], train_y[source_rel]
     train_x, train_y = train_x[pool_rel], train_y[pool_rel]
   elif d.get("stream_source", False):
     source_images = None
   else:
-    source_images = source.splits["train"][0]
+    source_images, source_labels = source.splits["train"]
   if source_images is not None:
-    source_images = source_images[_subsample(len(source_images), d.max_source, d.split_seed + 3)]
+    keep = _subsample(len(source_images), d.max_source, d.split_seed + 3)
+    source_images = source_images[keep]
+    source_labels = None if source_labels is None else np.asarray(source_labels, np.int32)[keep]
   pool_sel = _subsample(len(train_y), d.max_pool, d.split_seed + 4)
   train_x, train_y = train_x[pool_sel], train_y[pool_sel]
 
@@ -92,4 +97,26 @@ def build_transfer_data(d, batch_size: int = 128, *, progress: bool = True) -> T
     return TransferData(None, images, labels, split, target.num_classes, description,
                         source_stream=stream, num_source=num)
   return TransferData(prep(source_images, source.max_value), images, labels, split,
-                      target.num_classes, description)
+                      target.num_classes, description, source_labels=source_labels,
+                      source_classes=_classes(source_labels),
+                      target_classes=tuple(range(target.num_classes)),
+                      shared_labels=_shared(d, source_labels, target.num_classes))
+
+
+def _classes(labels) -> tuple:
+  return () if labels is None else tuple(int(c) for c in np.unique(labels))
+
+
+def _shared(d, source_labels, num_target_classes: int) -> bool:
+  """Whether source and target share one label space: the same dataset, or
+  ``data.label_space='shared'`` (checked: the source's classes must be the target's)."""
+  mode = d.get("label_space", "auto")
+  if mode == "different" or source_labels is None:
+    return False
+  if mode == "auto":
+    return d.source == d.target
+  source = _classes(source_labels)
+  if source != tuple(range(num_target_classes)):
+    raise ValueError(f"data.label_space='shared' but the source {d.source} has classes "
+                     f"{list(source)} and the target {d.target} has {list(range(num_target_classes))}")
+  return True

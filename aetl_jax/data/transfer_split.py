@@ -49,7 +49,10 @@ def draw_target_labels(labels, split: TransferSplit, *, per_class: int, val_per_
   Validation is a separate stratified draw from the target pool (never from
   test), disjoint from the training labels.
   """
-  train = label_budget(labels, per_class, seed, pool=split.target_pool, num_classes=num_classes)
+  if per_class == 0:  # budget 0: no target labels (source-only and adaptation strategies)
+    train = np.empty(0, np.int64)
+  else:
+    train = label_budget(labels, per_class, seed, pool=split.target_pool, num_classes=num_classes)
   val = np.empty(0, np.int64)
   if val_per_class:
     remaining = np.setdiff1d(split.target_pool, train)
@@ -82,6 +85,12 @@ class TransferData:
   # Streamed source (data on disk): seed -> tf.data batches, and its size.
   source_stream: object = None
   num_source: int | None = None
+  # The source's labels (None: unlabelled or streamed), its classes, and whether source and
+  # target share one label space (same dataset, or declared by data.label_space).
+  source_labels: np.ndarray | None = None
+  source_classes: tuple = ()
+  target_classes: tuple = ()
+  shared_labels: bool = False
 
   def describe(self) -> dict:
     if self.source_images is None:

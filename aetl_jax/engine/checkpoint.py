@@ -196,7 +196,7 @@ def restore_subtree(directory, target, *, subtree: tuple[str, ...] = ("params", 
     problems.append(f"{path}: in checkpoint (shape {saved_shapes[path]}) but not in target")
   if problems:
     raise CheckpointError(
-        f"encoder in {directory}/{step} does not fit the target model ({len(problems)} problem(s)): "
+        f"{subtree[-1]} in {directory}/{step} does not fit the target model ({len(problems)} problem(s)): "
         + "; ".join(problems))
 
   target_flat = traverse_util.flatten_dict(target, sep="/")

@@ -162,6 +162,25 @@ class AutoencoderClassifier(nn.Module):
     return self.head(code), self.decoder(code)
 
 
+class DomainClassifier(Classifier):
+  """A :class:`Classifier` with a domain classifier on its codes (``domain_logits``), for
+  adversarial domain adaptation; ``{'encoder', 'head', 'domain'}``."""
+
+  domain_hidden: int = 64
+
+  def setup(self):
+    super().setup()
+    self.domain = nn.Sequential([nn.Dense(self.domain_hidden), nn.relu, nn.Dense(1)])
+
+  def domain_logits(self, features):
+    return self.domain(features)
+
+  def init_all(self, x):
+    """Touches every submodule (for ``init``)."""
+    code = self.encode(x)
+    return self.head(code), self.domain(code)
+
+
 def encode(model: nn.Module, params, x):
   """The one encoder interface: features of ``x`` (deterministic, no dropout)."""
   return model.apply({"params": params}, x, method="encode")

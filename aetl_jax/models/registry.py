@@ -12,14 +12,25 @@ from typing import Sequence
 
 from aetl_jax.models import conv, mlp, vit  # noqa: F401 - built-in families register
 from aetl_jax.models.autoencoder import (Autoencoder, AutoencoderClassifier, Classifier,
-                                         MaskedAutoencoder, VariationalAutoencoder)
+                                         DomainClassifier, MaskedAutoencoder,
+                                         VariationalAutoencoder)
 from aetl_jax.models.family import FAMILIES
 from aetl_jax.models.vit import MAEDecoder, check_patches
 
 KINDS = ("autoencoder", "vae", "mae")
 
 
+# Models that classify carry a plain autoencoder's encoder (and decoder, for joint objectives).
+CLASSIFIER_KINDS = ("classifier", "autoencoder_classifier", "domain_classifier")
+
+
+def encoder_kind(kind: str) -> str:
+  """The encoder a model kind carries: ``vae``/``mae``'s own, a plain one otherwise."""
+  return "autoencoder" if kind in CLASSIFIER_KINDS else kind
+
+
 def _check_kind(m, kind: str) -> None:
+  kind = encoder_kind(kind)
   if kind not in KINDS:
     raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(KINDS)}")
   if (kind == "mae") != (m.family == "vit"):
@@ -29,6 +40,7 @@ def _check_kind(m, kind: str) -> None:
 
 
 def build_encoder(m, kind: str = "autoencoder"):
+  kind = encoder_kind(kind)
   code_dim = 2 * m.latent_dim if kind == "vae" else m.get("code_dim", 0)
   return FAMILIES.get(m.family).fn(m, code_dim)
 
@@ -63,10 +75,16 @@ def build_autoencoder(m, image_shape: Sequence[int], kind: str = "autoencoder"):
 
 
 def build_classifier(m, num_classes: int, kind: str = "autoencoder", *,
-                     decoder_shape: Sequence[int] | None = None):
-  """Encoder + linear head; with ``decoder_shape`` also the decoder (joint objectives)."""
+                     decoder_shape: Sequence[int] | None = None, domain_hidden: int | None = None):
+  """Encoder + linear head; with ``decoder_shape`` also the decoder (joint objectives), with
+  ``domain_hidden`` a domain classifier on the codes (adversarial adaptation). ``kind`` is
+  the encoder's: that of the pretraining objective's model (``vae`` keeps the posterior mean)."""
+  kind = encoder_kind(kind)
   feature_dim = m.latent_dim if kind == "vae" else None
   encoder = build_encoder(m, kind)
+  if domain_hidden is not None:
+    return DomainClassifier(encoder=encoder, num_classes=num_classes, feature_dim=feature_dim,
+                            domain_hidden=domain_hidden)
   if decoder_shape is not None:
     if kind != "autoencoder":
       raise ValueError(f"joint reconstruction + classification needs a plain autoencoder's "
@@ -74,3 +92,26 @@ def build_classifier(m, num_classes: int, kind: str = "autoencoder", *,
     return AutoencoderClassifier(encoder=encoder, decoder=build_decoder(m, decoder_shape),
                                  num_classes=num_classes)
   return Classifier(encoder=encoder, num_classes=num_classes, feature_dim=feature_dim)
+
+
+def build_model(m, image_shape: Sequence[int], kind: str, num_classes: int | None = None, *,
+                domain_hidden: int = 64):
+  """The model of ``kind`` (an objective's or a strategy's): an autoencoder, or a classifier
+  over ``num_classes`` with what the kind adds (decoder, domain classifier)."""
+  if kind not in CLASSIFIER_KINDS:
+    return build_autoencoder(m, image_shape, kind)
+  if not num_classes:
+    raise ValueError(f"a '{kind}' model needs the number of classes")
+  check_input_shape(m, image_shape, kind)
+  return build_classifier(
+      m, num_classes, kind,
+      decoder_shape=tuple(image_shape) if kind == "autoencoder_classifier" else None,
+      domain_hidden=domain_hidden if kind == "domain_classifier" else None)
+
+
+def init_method(model) -> str | None:
+  """The method whose ``init`` touches every parameter of ``model``."""
+  for name in ("init_all", "reconstruct"):
+    if hasattr(model, name):
+      return name
+  return None

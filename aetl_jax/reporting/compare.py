@@ -2,8 +2,8 @@
 
 Runs are compared, never pooled: each row is one run's strategy at one budget
 (mean ± 95% CI over its seeds), with the config keys that differ between the
-runs as columns. Runs whose test sets differ (data keys, test-set sizes and
-class counts) are refused, naming what differs.
+runs as columns. Runs whose test sets differ (target data keys, test-set sizes
+and class counts) are refused, naming what differs; runs may differ in their source.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from aetl_jax.reporting.tables import summarise
 
 # Keys that never make two runs different experiments.
 IGNORED = ("launch.", "report.")
+# Data keys of the source side: runs that differ only in them share a target and test set
+# (which source helps is the question such a comparison answers).
+SOURCE_KEYS = ("data.source", "data.source_fraction", "data.max_source", "data.stream_source",
+               "data.label_space", "data.max_pool")
 
 
 def load_run(workdir) -> dict:
@@ -59,7 +63,8 @@ def compare(workdirs) -> tuple[str, list[dict]]:
   if len(runs) < 2:
     raise ValueError("give at least two workdirs to compare")
   _same(runs, "experiments", lambda r: r["experiment"])
-  _same(runs, "data keys", lambda r: {k: v for k, v in r["config"].items() if k.startswith("data.")})
+  _same(runs, "target data keys", lambda r: {k: v for k, v in r["config"].items()
+                                             if k.startswith("data.") and k not in SOURCE_KEYS})
   _same(runs, "test sets", lambda r: r["test"])
   keys = differing_keys(runs)
   out = []

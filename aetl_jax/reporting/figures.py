@@ -21,6 +21,8 @@ def summary_figure(path, *, originals, reconstructions, summary, strategies, bud
   grid = fig.add_gridspec(3, k, height_ratios=[1, 1, 3.2])
   for i in range(k):
     for row, imgs, label in ((0, originals, "test image"), (1, reconstructions, "reconstruction")):
+      if imgs is None:  # a classifier pretrained on labels reconstructs nothing
+        continue
       ax = fig.add_subplot(grid[row, i])
       img = np.asarray(imgs[i])
       ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
@@ -42,7 +44,10 @@ def summary_figure(path, *, originals, reconstructions, summary, strategies, bud
     lower = [min(e, y) for e, y in zip(es, ys)]
     upper = [min(e, 100.0 - y) for e, y in zip(es, ys)]
     ax.errorbar(xs, ys, yerr=[lower, upper], marker="o", capsize=3, label=strategy)
-  ax.set_xscale("log")
+  if 0 in budgets:  # budget 0 (no target labels) on a log-like axis
+    ax.set_xscale("symlog", linthresh=1)
+  else:
+    ax.set_xscale("log")
   ax.set_xticks(list(budgets))
   ax.set_xticklabels([str(b) for b in budgets])
   ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

@@ -29,20 +29,24 @@ from aetl_jax.core.config import require
 from aetl_jax.core.registry import Registry
 from aetl_jax.core.rules import FROZEN, Rule, trainable_mask
 from aetl_jax.engine.phase import Optim, Phase
+from aetl_jax.objectives.augmentation import augmenting, check_chain
 from aetl_jax.objectives.classification import make_classification_loss
-from aetl_jax.objectives.registry import OBJECTIVES, roles
+from aetl_jax.objectives.registry import OBJECTIVES
+from aetl_jax.objectives.registry import roles as objective_roles
 
 STRATEGIES = Registry("strategy", "transfer.strategies")
 
 HEAD_ONLY: tuple[Rule, ...] = (("encoder/.*", FROZEN), ("head/.*", 1.0))
 EVERYTHING: tuple[Rule, ...] = ((".*", 1.0),)
 # Which data stream plays which role of an objective in a target task.
-TARGET_STREAMS = {"labelled": "target_labelled", "images": "target_unlabelled"}
+TARGET_STREAMS = {"labelled": "target_labelled", "images": "target_unlabelled",
+                  "source": "source_labelled"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
-  """``init`` is 'pretrained' (encoder from the checkpoint) or 'random'.
+  """``init`` is 'pretrained' (encoder from the checkpoint), 'source' (encoder and head of
+  a classifier pretrained on the labelled source) or 'random'.
 
   A strategy either trains through ``phases`` or fits a closed-form ``probe``
   (a name in :data:`aetl_jax.strategies.probes.PROBES`) on frozen features.
@@ -64,26 +68,32 @@ class StrategyContext:
   params: Any  # a parameter tree of ``model`` (names and shapes; values unused)
   optim: Optim
   cache_features: bool = True
+  budget: int | None = None  # labels per class of the cell (0: none; None: not known yet)
 
   def blocks(self) -> list[str]:
     return encoder_blocks(self.params["encoder"])
 
   def phase(self, name: str, rules, epochs: int, *, objective: str = "classification",
             lr_mult: float = 1.0, objective_cfg=None, batch_sizes: dict | None = None,
-            wd_rules=None) -> Phase:
-    """A phase of ``objective`` over the target streams its roles name; weight-decay
-    multipliers from ``wd_rules`` (default: the config's ``transfer.wd_rules``)."""
+            wd_rules=None, roles: tuple[str, ...] | None = None) -> Phase:
+    """A phase of ``objective`` over the streams its roles name (``roles``: a subset or
+    another order; the first one sets the epoch); weight-decay multipliers from
+    ``wd_rules`` (default: the config's ``transfer.wd_rules``)."""
     rules = tuple(tuple(r) for r in rules)
     if wd_rules is None:
       wd_rules = tuple(tuple(r) for r in self.cfg.get("wd_rules", ()))
     optim = self.optim.scaled(lr_mult) if lr_mult != 1.0 else self.optim
     bs = self.cfg.batch_size
     feed = tuple((role, TARGET_STREAMS[role], (batch_sizes or {}).get(role, bs))
-                 for role in roles(objective))
-    if objective == "classification" and self.cache_features and self._head_only(rules):
+                 for role in (roles or objective_roles(objective)))
+    chain = check_chain(self.cfg.get("augment", ()), "transfer.augment")
+    if (objective == "classification" and self.cache_features and not chain
+        and self._head_only(rules)):
       return Phase(name, _head_loss(self.model), feed, epochs, optim, rules, tuple(wd_rules),
                    subtree="head", prepare=_features(self.model))
     loss = _objective_loss(objective, self.model, _frozen(objective_cfg))
+    if chain:  # augmented labelled images: features cannot be cached
+      loss = augmenting(loss, chain, ("labelled", "source"))
     return Phase(name, loss, feed, epochs, optim, rules, tuple(wd_rules))
 
   def _head_only(self, rules) -> bool:
@@ -150,8 +160,17 @@ def build_strategy(name: str, ctx: StrategyContext) -> Strategy:
 
 
 def target_model_kind(name: str) -> str:
-  """'classifier' or 'autoencoder_classifier' (strategies whose objective reconstructs)."""
+  """'classifier', 'autoencoder_classifier' (strategies whose objective reconstructs) or
+  'domain_classifier' (adversarial adaptation)."""
   return STRATEGIES.get(name).info.get("model", "classifier")
+
+
+def needs_target_labels(name: str) -> bool:
+  return STRATEGIES.get(name).info.get("needs_target_labels", True)
+
+
+def needs_source_labels(name: str) -> bool:
+  return STRATEGIES.get(name).info.get("needs_source_labels", False)
 
 
 def positive(cfg, key: str, integer: bool = False) -> None:

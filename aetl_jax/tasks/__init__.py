@@ -1,4 +1,4 @@
-"""What a run does: pretraining, the transfer task, the VAE-bounds task (registered by name)."""
+"""What a run does, registered by name: transfer, vae_bounds, one_class, clustering."""
 
-from aetl_jax.tasks import transfer, vae_bounds  # noqa: F401
+from aetl_jax.tasks import clustering, one_class, transfer, vae_bounds  # noqa: F401
 from aetl_jax.tasks.registry import TASKS  # noqa: F401

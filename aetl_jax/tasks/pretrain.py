@@ -22,68 +22,110 @@ from aetl_jax.engine.phase import Optim, Phase
 from aetl_jax.engine.runtime import runtime_from_config
 from aetl_jax.engine.store import CheckpointStore
 from aetl_jax.evaluation.reconstruction import reconstruct, reconstruction_metrics
-from aetl_jax.models.registry import build_autoencoder
+from aetl_jax.evaluation.batched import accuracy, batched_apply
+from aetl_jax.models.registry import build_model, init_method
 from aetl_jax.objectives.registry import make_objective, model_kind
 from aetl_jax.objectives.registry import roles as objective_roles
 from aetl_jax.transfer.encoder import ENCODER_SUBTREE  # noqa: F401 - re-exported
-
 
 
 def checkpoint_dir(workdir) -> Path:
   return Path(workdir) / "pretrain" / "checkpoints"
 
 
-def pretrain_model(config, image_shape):
-  return build_autoencoder(config.model, image_shape, model_kind(config.objective.name))
+# Which source stream plays which role of a pretraining objective.
+SOURCE_STREAMS = {"images": "source", "labelled": "source_labelled"}
+
+
+def pretrain_model(config, image_shape, num_classes: int | None = None):
+  return build_model(config.model, image_shape, model_kind(config.objective.name), num_classes)
+
+
+def check_source(config, *, labelled: bool, streamed: bool = False) -> None:
+  """ValueError when the pretraining objective needs what the source cannot give."""
+  name = config.objective.name
+  roles = objective_roles(name)
+  unknown = [r for r in roles if r not in SOURCE_STREAMS]
+  if unknown:
+    raise ValueError(f"objective {name!r} reads role(s) {', '.join(unknown)}; pretraining "
+                     f"provides: {', '.join(SOURCE_STREAMS)}")
+  if "labelled" in roles and not labelled:
+    raise ValueError(f"objective {name!r} trains on labelled source images, but the source has "
+                     f"no labels here (a streamed source, or a dataset without labels); use an "
+                     f"unsupervised objective (reconstruction, denoising, sparse, vae, mae)")
+  if "labelled" in roles and streamed:
+    raise ValueError(f"objective {name!r} needs source labels in memory; set "
+                     f"data.stream_source=False")
 
 
 def pretrain(config, train_images, eval_images, workdir, *, progress: bool = True,
-             train_stream=None, num_train: int | None = None):
+             train_stream=None, num_train: int | None = None, train_labels=None,
+             num_classes: int | None = None, eval_labels=None):
   """Pretrains ``config.model`` with ``config.objective`` on ``train_images``; resumes.
 
   Instead of in-memory ``train_images`` (None), ``train_stream(seed)`` may
   give an epoch of host batches ``{'image'}`` (e.g. ``tfds_stream`` over
-  data on disk) with ``num_train`` examples. Returns (model, params,
-  history). ``config.pretrain`` holds the schedule.
+  data on disk) with ``num_train`` examples. Objectives that classify read
+  ``train_labels`` (``num_classes`` classes); with ``eval_labels`` their
+  accuracy on ``eval_images`` is logged. Returns (model, params, history).
+  ``config.pretrain`` holds the schedule.
   """
   pcfg = config.pretrain
   image_shape = tuple(eval_images.shape[1:])
-  model = pretrain_model(config, image_shape)
+  check_source(config, labelled=train_labels is not None, streamed=train_images is None)
+  model = pretrain_model(config, image_shape, num_classes)
   roles = objective_roles(config.objective.name)
-  if roles != ("images",):
-    raise ValueError(f"objective {config.objective.name!r} reads {roles}; pretraining provides "
-                     f"unlabelled source images only (role 'images')")
   init_key, train_key = jax.random.split(jax.random.PRNGKey(pcfg.seed))
-  # 'reconstruct' is deterministic and touches every parameter of every variant.
-  params = model.init(init_key, jnp.zeros((1, *image_shape)), method="reconstruct")["params"]
+  params = model.init(init_key, jnp.zeros((1, *image_shape)), method=init_method(model))["params"]
   runtime = runtime_from_config(config, "pretrain")
-  phase = Phase("pretrain", make_objective(model, config.objective),
-                (("images", "source", pcfg.batch_size),), pcfg.epochs, Optim.from_config(pcfg))
+  feed = tuple((role, SOURCE_STREAMS[role], pcfg.batch_size) for role in roles)
+  phase = Phase("pretrain", make_objective(model, config.objective), feed, pcfg.epochs,
+                Optim.from_config(pcfg))
   ckpt_dir = checkpoint_dir(workdir)
   checkpoint.write_sidecar(ckpt_dir, {"family": config.model.family,
                                       "objective": config.objective.name,
                                       "model": config.model.to_dict(),
-                                      "image_shape": list(image_shape)})
+                                      "image_shape": list(image_shape),
+                                      "num_classes": num_classes})
   source = _source(config, train_images, train_stream, num_train, runtime)
-  eval_images = jax.device_put(eval_images)
-  bar = _progress(progress, pcfg.epochs)
+  data = {"source": source}
+  if "labelled" in roles:
+    if isinstance(source, HostStream):
+      raise ValueError(f"objective {config.objective.name!r} needs the labelled source in memory; "
+                       f"set pretrain.data_path='memory' (or raise pretrain.memory_limit_mb)")
+    data["source_labelled"] = {"image": source["image"], "label": jax.device_put(train_labels)}
   tensorboard = TensorBoard(Path(workdir) / "tensorboard" / "pretrain")
-  shown = eval_images[:8]
-
-  def evaluate(p, epoch):
-    tensorboard.images("reconstructions", jnp.concatenate([shown, reconstruct(model, p, shown)], 2),
-                       epoch)
-    return reconstruction_metrics(model, p, eval_images)
-
+  evaluate = _evaluator(model, jax.device_put(eval_images), eval_labels, tensorboard)
+  bar = _progress(progress, pcfg.epochs)
   log = Logs(JsonlLog(Path(workdir) / "metrics" / "pretrain.jsonl"), tensorboard,
              on_append=lambda row: _advance(bar, row))
   params, _ = run_phases(
-      [phase], params, {"source": source}, train_key, runtime=runtime,
+      [phase], params, data, train_key, runtime=runtime,
       store=CheckpointStore(ckpt_dir, every=pcfg.checkpoint_every, keep=pcfg.keep_checkpoints),
       log=log, evaluate=evaluate, eval_every=pcfg.eval_every, metric_prefix="train_")
   bar.close()
   tensorboard.close()
   return model, params, log.read()
+
+
+def _evaluator(model, eval_images, eval_labels, tensorboard):
+  """Held-out reconstruction (autoencoders) and accuracy (classifiers, when labels are given)."""
+  shown = eval_images[:8]
+  reconstructs, classifies = hasattr(model, "reconstruct"), hasattr(model, "classify_features")
+  logits_fn = jax.jit(lambda q, x: model.apply({"params": q}, x))
+
+  def evaluate(p, epoch):
+    out = {}
+    if reconstructs:
+      tensorboard.images("reconstructions",
+                         jnp.concatenate([shown, reconstruct(model, p, shown)], 2), epoch)
+      out.update(reconstruction_metrics(model, p, eval_images))
+    if classifies and eval_labels is not None:
+      logits = batched_apply(logits_fn, p, eval_images)
+      out["accuracy"] = accuracy(logits, eval_labels)
+    return out
+
+  return evaluate
 
 
 def _source(config, train_images, train_stream, num_train, runtime):

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 
 from aetl_jax.core.config import ConfigError
 from aetl_jax.data.domains import build_transfer_data
@@ -21,9 +22,10 @@ from aetl_jax.engine.runtime import runtime_from_config
 from aetl_jax.evaluation.reconstruction import reconstruct, reconstruction_metrics
 from aetl_jax.models.registry import check_input_shape
 from aetl_jax.objectives.registry import model_kind
+from aetl_jax.objectives.registry import roles as objective_roles
 from aetl_jax.reporting.figures import summary_figure
 from aetl_jax.reporting.tables import markdown_table, paired_differences, summarise, write_tables
-from aetl_jax.tasks.pretrain import checkpoint_dir, pretrain
+from aetl_jax.tasks.pretrain import check_source, checkpoint_dir, pretrain
 from aetl_jax.tasks.registry import TASKS
 from aetl_jax.transfer.classifiers import make_saver
 from aetl_jax.transfer.sweep import SweepData, run_sweep
@@ -41,20 +43,20 @@ def default_config() -> ml_collections.ConfigDict:
   c.task = "transfer"
   c.data = dict(source="digits", target="digits", data_dir="", manual_dir="", common_shape=(),
                 resize="pad", test_fraction=0.3, source_fraction=0.5, split_seed=0,
-                max_source=0, max_pool=0, max_test=0, stream_source=False)
+                max_source=0, max_pool=0, max_test=0, stream_source=False, label_space="auto")
   c.model = dict(family="mlp")
   c.objective = dict(name="reconstruction")
   c.pretrain = dict(
       epochs=200, batch_size=64, learning_rate=3e-3, optimizer="adam", weight_decay=0.0,
       l1_decay=0.0, schedule="cosine", warmup_epochs=0, runner="auto", seed=0, eval_every=25,
       checkpoint_every=25, keep_checkpoints=2, grad_clip_norm=0.0, data_path="auto",
-      memory_limit_mb=1024.0)
+      memory_limit_mb=1024.0, include_target_pool=False)
   c.transfer = dict(
       strategies=("scratch", "linear_probe", "finetune", "lp_ft", "ridge_probe", "knn_probe"),
       budgets=(10, 25, 50), seeds=5, val_per_class=5, label_seed=0, seed_offset=0,
       epochs=100, learning_rate=3e-3, optimizer="adam", weight_decay=0.0, schedule="cosine",
       warmup_epochs=0, batch_size=32, runner="auto", checkpoint_every=0, vmap_seeds=True,
-      reinit=(), wd_rules=(), save_classifiers=True)
+      reinit=(), wd_rules=(), save_classifiers=True, augment=())
   c.launch = dict(launcher="jit", num_devices=0, distributed=False)
   c.report = dict(num_figure_images=10)
   return c
@@ -74,6 +76,7 @@ def check(config, data: TransferData) -> None:
     check_input_shape(config.model, data.images.shape[1:], model_kind(config.objective.name))
   except ValueError as e:
     raise ConfigError(f"config key 'model': {e}") from None
+  _check_sources(config, data)
   _check_strategies(config, data)
   for budget in config.transfer.budgets:
     try:
@@ -83,6 +86,48 @@ def check(config, data: TransferData) -> None:
     except ValueError as e:
       raise ConfigError(f"config key 'transfer.budgets': {e} (the target pool after "
                         f"{config.transfer.val_per_class} validation labels per class)") from None
+
+
+def _label_sets(config, data: TransferData) -> str:
+  return (f"source {config.data.source} has classes {list(data.source_classes) or 'none (unlabelled)'}, "
+          f"target {config.data.target} has {list(data.target_classes)}")
+
+
+def _check_sources(config, data: TransferData) -> None:
+  """The source can feed the pretraining objective, and strategies that train or evaluate on
+  source labels have them, in the target's label space."""
+  from aetl_jax.strategies.registry import STRATEGIES, needs_source_labels
+  labelled = data.source_labels is not None
+  try:
+    check_source(config, labelled=labelled, streamed=data.source_images is None)
+  except ValueError as e:
+    raise ConfigError(f"config key 'objective.name': {e}") from None
+  if config.pretrain.include_target_pool and "labelled" in objective_roles(config.objective.name):
+    raise ConfigError("config key 'pretrain.include_target_pool': adds the target pool's images "
+                      "without labels; it needs an unsupervised objective, got "
+                      f"{config.objective.name!r}")
+  shared_hint = ("; set data.label_space='shared' if both name the same classes"
+                 if labelled and config.data.source != config.data.target else "")
+  for name in config.transfer.strategies:
+    if not needs_source_labels(name):
+      continue
+    if not labelled:
+      raise ConfigError(f"config key 'transfer.strategies': strategy {name!r} reads the labelled "
+                        f"source (stream source_labelled), but {_label_sets(config, data)}")
+    if not data.shared_labels:
+      raise ConfigError(f"config key 'transfer.strategies': strategy {name!r} trains the target's "
+                        f"classifier on source labels, which needs one label space, but "
+                        f"{_label_sets(config, data)} (data.label_space="
+                        f"{config.data.label_space!r}){shared_hint}")
+    if STRATEGIES.get(name).info.get("init") == "source" and \
+        model_kind(config.objective.name) not in ("classifier", "autoencoder_classifier"):
+      raise ConfigError(f"config key 'transfer.strategies': strategy {name!r} evaluates the "
+                        f"classifier pretrained on the source; pretrain one with objective.name="
+                        f"'classification' or 'joint', got {config.objective.name!r}")
+  if 0 in config.transfer.budgets and not data.shared_labels:
+    raise ConfigError(f"config key 'transfer.budgets': budget 0 scores a classifier trained on "
+                      f"source labels on the target, which needs one label space, but "
+                      f"{_label_sets(config, data)}{shared_hint}")
 
 
 def _check_strategies(config, data: TransferData) -> None:
@@ -118,11 +163,14 @@ def run(config, workdir, data: TransferData, *, progress: bool = True) -> dict:
   workdir = Path(workdir)
   (workdir / "data.json").write_text(json.dumps(data.describe(), indent=2))
   test_images = data.images[data.split.test]
-  model, params, pretrain_history = pretrain(config, data.source_images, test_images, workdir,
+  source_images, labelled = _pretraining_data(config, data)
+  model, params, pretrain_history = pretrain(config, source_images, test_images, workdir,
                                              progress=progress, train_stream=data.source_stream,
-                                             num_train=data.num_source)
-  recon = reconstruction_metrics(model, params, test_images)
-  log.info("pretraining done: held-out reconstruction %s", recon)
+                                             num_train=data.num_source, **labelled)
+  recon = (reconstruction_metrics(model, params, test_images) if hasattr(model, "reconstruct")
+           else {})
+  log.info("pretraining done: %s", recon or {k: v for k, v in pretrain_history[-1].items()
+                                              if k.startswith("eval_")})
   save = None
   if config.transfer.save_classifiers:
     save = make_saver(workdir, config, input_shape=data.images.shape[1:], num_classes=data.num_classes,
@@ -130,16 +178,61 @@ def run(config, workdir, data: TransferData, *, progress: bool = True) -> dict:
                       preprocessing_={"max_value": data.description.get("target_max_value", 255.0),
                                       "resize": config.data.resize})
   rows = run_sweep(config, workdir, SweepData(data.images, data.labels, data.split,
-                                              data.num_classes),
+                                              data.num_classes, data.source_images,
+                                              data.source_labels),
                    ckpt_dir=checkpoint_dir(workdir), runtime=runtime_from_config(config, "transfer"),
                    progress=progress, save=save)
   return _report(config, workdir, data, rows, recon, model, params, pretrain_history)
 
 
+def _pretraining_data(config, data: TransferData):
+  """(images, and keywords of :func:`pretrain`): the source (with the target pool's images
+  when ``pretrain.include_target_pool``), its labels when the objective classifies, and the
+  target's test labels to log source-only accuracy when the label spaces are shared."""
+  images = data.source_images
+  if config.pretrain.include_target_pool and images is not None:
+    images = np.concatenate([images, data.images[data.split.target_pool]])
+  kw = {}
+  if "labelled" in objective_roles(config.objective.name):
+    kw = dict(train_labels=data.source_labels, num_classes=max(data.source_classes) + 1,
+              eval_labels=data.labels[data.split.test] if data.shared_labels else None)
+  return images, kw
+
+
 def _title(config) -> str:
   d = config.data
-  return (f"{d.source} → {d.target}: {config.model.family}/{config.objective.name} autoencoder "
+  kind = model_kind(config.objective.name)
+  what = {"classifier": "classifier", "autoencoder_classifier": "autoencoder + classifier"}.get(
+      kind, "autoencoder")
+  return (f"{d.source} → {d.target}: {config.model.family}/{config.objective.name} {what} "
           f"→ few-label classification")
+
+
+def _pretraining_summary(config, data, recon) -> str:
+  labelled = "labelled" in objective_roles(config.objective.name)
+  size = data.describe()["source"]["size"]
+  if config.pretrain.include_target_pool:
+    size = f"{size} source + {len(data.split.target_pool)} target-pool"
+  text = (f"Pretraining: {config.pretrain.epochs} epochs on {size} "
+          f"{'labelled' if labelled else 'unlabelled'} images")
+  if recon:
+    text += f", held-out reconstruction MSE {recon['mse']:.4f}, PSNR {recon['psnr']:.1f} dB"
+  moved = "params/encoder" + (" (source_only: + params/head)"
+                              if "source_only" in config.transfer.strategies else "")
+  return text + f"; the target receives {moved}."
+
+
+def _more_paired_tables(workdir, rows, strategies, budgets, first) -> str:
+  """Paired differences to the source-only classifier too, when it ran (appended to results.md)."""
+  if "source_only" not in strategies or first == "source_only":
+    return ""
+  paired = paired_differences(rows, baseline="source_only")
+  others = [s for s in strategies if s != "source_only"]
+  md = ("\n\nDifference to `source_only` in accuracy points, paired by seed, mean ± 95% CI.\n\n"
+        + markdown_table(paired, others, budgets, signed=True, unit=" pt"))
+  with open(Path(workdir) / "results" / "results.md", "a") as f:
+    f.write("\n" + md.lstrip("\n") + "\n")
+  return md
 
 
 def _report(config, workdir, data, rows, recon, model, params, pretrain_history) -> dict:
@@ -150,16 +243,17 @@ def _report(config, workdir, data, rows, recon, model, params, pretrain_history)
   baseline = "scratch" if "scratch" in strategies else None
   paired = paired_differences(rows, baseline=baseline) if baseline else None
   caption = (f"{_title(config)}. Test accuracy, mean ± 95% CI over {config.transfer.seeds} seeds "
-             f"(seeds vary the labelled subset and the initialisation). Pretraining: "
-             f"{config.pretrain.epochs} epochs on {data.describe()['source']['size']} unlabelled source "
-             f"images, held-out reconstruction MSE {recon['mse']:.4f}, PSNR {recon['psnr']:.1f} dB.")
+             f"(seeds vary the labelled subset and the initialisation). "
+             f"{_pretraining_summary(config, data, recon)}")
   shown = data.images[data.split.test][: config.report.num_figure_images]
   figure = workdir / "results" / "summary.png"
   table = markdown_table(summary, strategies, budgets)
   if is_main_process():  # tables and figures are written once in a multi-host run
     table = write_tables(summary, workdir / "results", strategies=strategies, budgets=budgets,
                          caption=caption, paired=paired, baseline=baseline)
-    summary_figure(figure, originals=shown, reconstructions=reconstruct(model, params, shown),
+    table += _more_paired_tables(workdir, rows, strategies, budgets, baseline)
+    summary_figure(figure, originals=shown,
+                   reconstructions=reconstruct(model, params, shown) if recon else None,
                    summary=summary, strategies=strategies, budgets=budgets, title=_title(config))
   return {"table": table, "summary": summary, "reconstruction": recon, "figure": str(figure),
           "pretrain_history": pretrain_history, "rows": rows}

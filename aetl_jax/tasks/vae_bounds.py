@@ -24,7 +24,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = dict(name="mnist", data_dir="", manual_dir="", binarize_seed=0)
   c.model = dict(family="mlp", widths=(512, 256), latent_dim=16)
   c.objective = dict(name="vae")
-  c.pretrain = base.pretrain.to_dict()
+  c.pretrain = {k: v for k, v in base.pretrain.to_dict().items()
+                if k != "include_target_pool"}  # the transfer task's own key
   c.pretrain.update(epochs=30, batch_size=128, learning_rate=1e-3, eval_every=5,
                     checkpoint_every=5)
   c.eval = dict(num_samples=200, num_test=10000)

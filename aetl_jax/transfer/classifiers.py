@@ -49,6 +49,9 @@ def make_saver(workdir, config, *, input_shape, num_classes: int, label_names, p
   root = Path(workdir) / "classifiers"
 
   def save(budget, strategy, seed, model, params, result):
+    # A domain classifier (adversarial adaptation) only trained the encoder; predicting
+    # does not need it.
+    params = {k: v for k, v in params.items() if k != "domain"}
     kind = "autoencoder_classifier" if "decoder" in params else "classifier"
     description = {
         "cell": cell_name(budget, strategy, seed), "strategy": strategy, "budget": budget,
@@ -66,6 +69,7 @@ class Classifier:
   description: dict
   params: dict
   apply: Callable
+  encode: Callable | None = None  # jitted (params, x) -> the encoder's features
 
   @property
   def input_shape(self) -> tuple:
@@ -96,6 +100,11 @@ class Classifier:
     logits = batched_apply(self.apply, self.params, jnp.asarray(self.prepare(images)))
     return np.asarray(jax.nn.softmax(logits, -1))
 
+  def features(self, images) -> np.ndarray:
+    """The (fine-tuned) encoder's features of ``images``, (N, d)."""
+    z = np.asarray(batched_apply(self.encode, self.params, jnp.asarray(self.prepare(images))))
+    return z.reshape(len(z), -1)
+
 
 def list_cells(workdir) -> list[str]:
   root = Path(workdir) / "classifiers"
@@ -121,7 +130,8 @@ def load_classifier(workdir, cell: str) -> Classifier:
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
   tree = checkpoint.restore_step(directory, 0, {"params": template})
   apply = jax.jit(lambda params, x: model.apply({"params": params}, x))
-  return Classifier(description, tree["params"], apply)
+  encode = jax.jit(lambda params, x: model.apply({"params": params}, x, method="encode"))
+  return Classifier(description, tree["params"], apply, encode)
 
 
 def read_images(path) -> np.ndarray:

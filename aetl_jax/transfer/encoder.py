@@ -16,18 +16,30 @@ log = logging.getLogger(__name__)
 ENCODER_SUBTREE = ("params", "encoder")
 
 
+HEAD_SUBTREE = ("params", "head")
+
+
 def target_model(config, num_classes: int, kind: str, input_shape):
-  """The classifier a strategy trains: encoder + head (+ decoder for joint objectives)."""
+  """The classifier a strategy trains: encoder + head (+ decoder for joint objectives, + a
+  domain classifier for adversarial adaptation)."""
+  hidden = config.transfer.get("domain_hidden", 64) if "transfer" in config else 64
   return _target_model(config.model.to_json(), config.objective.name, num_classes, kind,
-                       tuple(input_shape))
+                       tuple(input_shape), int(hidden))
 
 
 @functools.lru_cache(maxsize=16)
-def _target_model(model_json: str, objective: str, num_classes: int, kind: str, input_shape):
+def _target_model(model_json: str, objective: str, num_classes: int, kind: str, input_shape,
+                  domain_hidden: int):
   import ml_collections
   m = ml_collections.ConfigDict(__import__("json").loads(model_json))
   return build_classifier(m, num_classes, model_kind(objective),
-                          decoder_shape=input_shape if kind == "autoencoder_classifier" else None)
+                          decoder_shape=input_shape if kind == "autoencoder_classifier" else None,
+                          domain_hidden=domain_hidden if kind == "domain_classifier" else None)
+
+
+def load_head(ckpt_dir, template):
+  """The classification head of a classifier pretrained on the labelled source."""
+  return checkpoint.restore_subtree(ckpt_dir, template["head"], subtree=HEAD_SUBTREE)[1]
 
 
 def load_encoder(config, ckpt_dir, template):

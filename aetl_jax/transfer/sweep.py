@@ -22,9 +22,10 @@ from aetl_jax.data.transfer_split import TransferSplit, draw_target_labels
 from aetl_jax.engine.metrics_log import JsonlLog, TensorBoard
 from aetl_jax.engine.phase import Optim
 from aetl_jax.engine.runtime import Runtime
-from aetl_jax.strategies.registry import StrategyContext, build_strategy, target_model_kind
+from aetl_jax.strategies.registry import (StrategyContext, build_strategy, needs_target_labels,
+                                          target_model_kind)
 from aetl_jax.transfer.cell import run_cell, run_cells_vmapped, run_probe
-from aetl_jax.transfer.encoder import load_encoder, target_model
+from aetl_jax.transfer.encoder import load_encoder, load_head, target_model
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ class SweepData:
   labels: object
   split: TransferSplit
   num_classes: int
+  # The labelled source, for strategies that train on it (domain adaptation); None: none.
+  source_images: object = None
+  source_labels: object = None
 
 
 class Done(NamedTuple):
@@ -72,8 +76,10 @@ class Sweep:
     self.input_shape = tuple(data.images.shape[1:])
     self.ckpt_dir = ckpt_dir
     self.encoder = {}  # model kind -> (step, encoder, reinit)
+    self._head = None  # the source classifier's head (strategies with init 'source')
     self.test = (jax.device_put(data.images[data.split.test]), data.labels[data.split.test])
     self.unlabelled = jax.device_put(data.images[data.split.target_pool])
+    self._source = None  # the labelled source on the device, once a strategy reads it
 
   def model_for(self, name: str):
     kind = target_model_kind(name)
@@ -85,6 +91,17 @@ class Sweep:
       self.encoder[kind] = load_encoder(self.config, self.ckpt_dir, template)
     return self.encoder[kind]
 
+  def labelled_source(self) -> dict:
+    if self._source is None:
+      self._source = {"image": jax.device_put(self.d.source_images),
+                      "label": jax.device_put(self.d.source_labels)}
+    return self._source
+
+  def source_head(self, template):
+    if self._head is None:
+      self._head = load_head(self.ckpt_dir, template)
+    return self._head
+
   def prepare(self, budget: int, name: str, seed: int) -> _Cell:
     """Labelled data, initial params and rng of one cell."""
     t, d = self.tcfg, self.d
@@ -95,15 +112,19 @@ class Sweep:
     init_key, train_key = jax.random.split(jax.random.PRNGKey(t.seed_offset + seed))
     model = self.model_for(name)
     params = model.init(init_key, jnp.zeros((1, *self.input_shape)), method=_init_method(model))["params"]
-    ctx = StrategyContext(name, t, model, params, Optim.from_config(t))
+    ctx = StrategyContext(name, t, model, params, Optim.from_config(t), budget=budget)
     strategy = build_strategy(name, ctx)
     step, encoder, reinit = self.pretrained(name, model, params)
-    if strategy.init == "pretrained":
+    if strategy.init in ("pretrained", "source"):
       params = {**params, "encoder": encoder}
+    if strategy.init == "source":
+      params = {**params, "head": self.source_head(params)}
     splits = {"train": (d.images[train_idx], d.labels[train_idx]),
               "val": (d.images[val_idx], d.labels[val_idx]), "test": self.test}
     data = {"target_labelled": {"image": d.images[train_idx], "label": d.labels[train_idx]},
             "target_unlabelled": {"image": self.unlabelled}}
+    if "source_labelled" in _streams(strategy):
+      data["source_labelled"] = self.labelled_source()
     info = {"train_per_class": class_counts(d.labels, train_idx, d.num_classes),
             "val_size": int(len(val_idx)), "checkpoint_step": step, "reinit": reinit}
     return _Cell(seed, strategy, model, params, data, splits, train_key, info)
@@ -132,7 +153,7 @@ class Sweep:
       return [r for seed in seeds for r in self.run_one(budget, name, seed)]
     stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
     streams = _streams(strategy)
-    shared = tuple(s for s in ("target_unlabelled",) if s in streams)
+    shared = tuple(s for s in SHARED_STREAMS if s in streams)
     data = {k: (cells[0].data[k] if k in shared else stack([c.data[k] for c in cells]))
             for k in streams}
     splits = {k: stack([c.splits[k] for c in cells]) for k in ("train", "val")}
@@ -144,6 +165,10 @@ class Sweep:
     seconds = (time.perf_counter() - start) / len(seeds)
     return [Done(c, r, h, seconds, jax.tree.map(lambda a, k=k: a[k], params))
             for k, (c, r, h) in enumerate(zip(cells, results, rows))]
+
+
+# Streams every seed of a cell group reads alike (not stacked per seed).
+SHARED_STREAMS = ("target_unlabelled", "source_labelled")
 
 
 def _init_method(model):
@@ -166,7 +191,8 @@ def run_sweep(config, workdir, data: SweepData, *, ckpt_dir, runtime: Runtime,
   done = {(r["budget"], r["strategy"], r["seed"]) for r in unique_cells(results.read())}
   # A history written just before a kill whose cell result was not: drop it.
   histories.keep(lambda r: (r["budget"], r["strategy"], r["seed"]) in done)
-  cells = [(b, s, seed) for b in tcfg.budgets for s in tcfg.strategies for seed in range(tcfg.seeds)]
+  cells = [(b, s, seed) for b in tcfg.budgets for s in tcfg.strategies for seed in range(tcfg.seeds)
+           if b > 0 or not needs_target_labels(s)]  # budget 0: strategies that need no labels
   todo = [c for c in cells if c not in done]
   if done:
     log.info("sweep: %d of %d cells already finished, running %d", len(cells) - len(todo),
