@@ -195,6 +195,12 @@ def test_adaptation_bad_input_is_one_line_before_training(overrides, message):
   assert "\n" not in str(e.value)
 
 
+def test_a_source_that_is_the_pool_cannot_be_trained_on_its_labels():
+  with pytest.raises(ConfigError, match=r"source_fraction.*objective 'classification', strategy "
+                                        r"'source_only'.*would train on every pool label"):
+    api.prepare(digits_config(*SMALL, "data.source_fraction=0.0"), progress=False)
+
+
 def test_budget_zero_needs_a_strategy_that_runs_without_labels():
   with pytest.raises(ConfigError, match=r"budget 0 .*needs a strategy that trains without them: "
                                         r"source_only"):

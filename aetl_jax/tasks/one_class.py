@@ -9,8 +9,10 @@ seeds, beside pixel-space baselines on the same splits.
 
 The models of all normal classes train as **one program**: parameters and
 per-class training sets are stacked and the phase runs under ``jax.vmap``
-(:func:`aetl_jax.engine.driver.run_phases_vmapped`); ``one_class.vmap=False``
-trains them one by one (the same result, for timing). Classes of unequal size
+(:func:`aetl_jax.engine.driver.run_phases_vmapped`). ``one_class.vmap=False``
+trains them one by one (the same result; on 2 CPU cores 5% faster for the
+dense model, BENCHMARKS.md), as does a runner that resolves to per-batch
+steps (conv families on CPU). Classes of unequal size
 are padded by repeating their own images (:func:`pad_by_repeating`). Each
 seed's stacked parameters are an Orbax checkpoint and each seed's scores one
 block of ``results/cells.jsonl``: a rerun resumes seed by seed.
@@ -176,6 +178,13 @@ def train_models(phase, params, images, rngs, *, runtime, vmap: bool):
   return jax.tree.map(lambda *a: jnp.stack(a), *[p for p, _ in outs]), [r for _, r in outs]
 
 
+def vmapped(config, runtime) -> bool:
+  """The one-program form runs the scan body; where the runner resolves to per-batch steps
+  (conv families on CPU: convolutions inside a scan are ~20× slower, BENCHMARKS.md) the
+  models train one by one, as the transfer sweep does with its seeds."""
+  return bool(config.one_class.vmap) and runtime.runner == "scan"
+
+
 def _trained(config, model, data, seed: int, workdir: Path):
   """The stacked models of ``seed``: restored from its checkpoint, or trained and saved."""
   pcfg = config.pretrain
@@ -188,9 +197,10 @@ def _trained(config, model, data, seed: int, workdir: Path):
   phase = Phase("one_class", make_objective(model, config.objective),
                 (("images", "source", pcfg.batch_size),), pcfg.epochs, Optim.from_config(pcfg))
   images = stacked_training_sets(data, data_seed(config, seed))
+  runtime = runtime_from_config(config, "pretrain")
   start = time.perf_counter()
-  params, rows = train_models(phase, params, images, rngs, vmap=config.one_class.vmap,
-                              runtime=runtime_from_config(config, "pretrain"))
+  params, rows = train_models(phase, params, images, rngs, runtime=runtime,
+                              vmap=vmapped(config, runtime))
   jax.block_until_ready(params)
   seconds = time.perf_counter() - start
   _log_training(workdir, seed, data.normal, rows)
@@ -281,7 +291,8 @@ def run(config, workdir, data: OneClassData, *, progress: bool = True) -> dict:
     if (seed, "autoencoder") not in done:
       params, seconds = _trained(config, model, data, seed, workdir)
       if seconds is not None:
-        timing[f"seed{seed}"] = {"seconds": seconds, "vmap": bool(config.one_class.vmap),
+        timing[f"seed{seed}"] = {"seconds": seconds,
+                                 "vmap": vmapped(config, runtime_from_config(config, "pretrain")),
                                  "models": len(data.normal), "epochs": config.pretrain.epochs}
         (workdir / "results" / "timing.json").write_text(json.dumps(timing, indent=2))
       rows, scores = score_models(config, model, params, data, seed)

@@ -106,6 +106,14 @@ def _check_sources(config, data: TransferData) -> None:
     raise ConfigError("config key 'pretrain.include_target_pool': adds the target pool's images "
                       "without labels; it needs an unsupervised objective, got "
                       f"{config.objective.name!r}")
+  if config.data.source_fraction == 0 and config.data.source == config.data.target:
+    leaks = ([f"objective {config.objective.name!r}"]
+             if "labelled" in objective_roles(config.objective.name) else [])
+    leaks += [f"strategy {n!r}" for n in config.transfer.strategies if needs_source_labels(n)]
+    if leaks:
+      raise ConfigError(f"config key 'data.source_fraction': 0 makes the source the target pool, "
+                        f"so {', '.join(leaks)} would train on every pool label; use an "
+                        f"unsupervised objective and target-side strategies, or a fraction > 0")
   shared_hint = ("; set data.label_space='shared' if both name the same classes"
                  if labelled and config.data.source != config.data.target else "")
   for name in config.transfer.strategies:
