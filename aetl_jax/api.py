@@ -99,12 +99,29 @@ def prepare(config, *, progress: bool = True):
   return task, data
 
 
+def task_defaults(config) -> dict:
+  """Flattened default values of every key ``config`` may hold: its task's defaults completed
+  with the registered parts the config names (to let older workdirs resume)."""
+  from aetl_jax.core.config import flatten
+  make = TASKS.get(config.get("task", "transfer")).info.get("default_config")
+  if make is None:
+    return {}
+  base = make()
+  with base.unlocked():
+    for section, key in (("model", "family"), ("objective", "name"), ("transfer", "strategies")):
+      if section in config and key in config[section] and section in base:
+        base[section][key] = config[section][key]
+  complete(base)
+  return flatten(base.to_dict())
+
+
 def run(config, workdir, *, overwrite: bool = False, progress: bool = True) -> dict:
   """Runs ``config`` into ``workdir``: checks, workdir guard (resume or refuse), the task."""
   config = load_config(config)
   task, data = prepare(config, progress=progress)
   with WorkdirLock(workdir):
-    workdir, resuming = prepare_workdir(workdir, config, experiment=config.task, overwrite=overwrite)
+    workdir, resuming = prepare_workdir(workdir, config, experiment=config.task, overwrite=overwrite,
+                                        defaults=task_defaults(config))
     if resuming:
       log.info("resuming the run in %s", workdir)
     return task.fn(config, workdir, data, progress=progress)

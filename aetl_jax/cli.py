@@ -84,7 +84,8 @@ def main(argv=None) -> int:
         return _run(task, config, Path(args.workdir), data, False, progress=False)
     lock = WorkdirLock(args.workdir).acquire()
     workdir, resuming = prepare_workdir(args.workdir, config, experiment=config.task,
-                                        overwrite=args.overwrite)
+                                        overwrite=args.overwrite,
+                                        defaults=api.task_defaults(config))
     return _run(task, config, workdir, data, resuming, progress=not args.no_progress)
   except (ConfigError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)

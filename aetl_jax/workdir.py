@@ -106,8 +106,14 @@ def _clear(workdir: Path) -> None:
       path.unlink()
 
 
-def prepare_workdir(workdir, config, *, experiment: str, overwrite: bool = False) -> tuple[Path, bool]:
-  """Creates or validates ``workdir``. Returns (path, resuming)."""
+def prepare_workdir(workdir, config, *, experiment: str, overwrite: bool = False,
+                    defaults: dict | None = None) -> tuple[Path, bool]:
+  """Creates or validates ``workdir``. Returns (path, resuming).
+
+  ``defaults`` (flattened) are the values keys take when a config does not set them: a key
+  the saved config lacks (written by a version without it) matches its default, so a run
+  resumes across versions that add defaulted keys.
+  """
   workdir = Path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise WorkdirError(f"--workdir {workdir} is a file, not a folder")
@@ -125,8 +131,12 @@ def prepare_workdir(workdir, config, *, experiment: str, overwrite: bool = False
                          f"--workdir (an aetl_jax run only writes into an empty or its own folder)")
     else:
       old = _read_record(config_path)
-      changes = diff(flatten({"experiment": old.get("experiment"), **old.get("config", {})}),
-                     flatten({"experiment": experiment, **record["config"]}))
+      before = flatten({"experiment": old.get("experiment"), **old.get("config", {})})
+      after = flatten({"experiment": experiment, **record["config"]})
+      for key, value in (defaults or {}).items():
+        if key not in before and key in after and not diff({key: value}, {key: after[key]}):
+          before[key] = value  # a key added since that run, at its default
+      changes = diff(before, after)
       if changes and produced_anything(workdir):
         raise WorkdirError(f"workdir {workdir} holds a run with a different config ("
                            + "; ".join(changes)

@@ -215,3 +215,25 @@ def test_ridge_probe_without_validation_labels_uses_the_middle_of_the_grid(capsy
   row = json.loads((tmp_path / "results" / "cells.jsonl").read_text().splitlines()[0])
   grid = digits_config("transfer.strategies=('ridge_probe',)").transfer.ridge_l2_grid
   assert row["l2"] == grid[len(grid) // 2] and row["val_accuracy"] is None
+
+
+def test_a_run_written_before_a_defaulted_key_existed_still_resumes(tmp_path, capsys):
+  """Keys added since a run was written (here: data.label_space, transfer.augment) match it at
+  their defaults; a non-default value of such a key is still a different config."""
+  import json
+  from aetl_jax import api
+  from aetl_jax.workdir import WorkdirError, prepare_workdir
+  from tests.conftest import digits_config
+  config = digits_config("pretrain.epochs=1")
+  prepare_workdir(tmp_path, config, experiment="transfer")
+  record = json.loads((tmp_path / "config.json").read_text())
+  del record["config"]["data"]["label_space"], record["config"]["transfer"]["augment"]
+  (tmp_path / "config.json").write_text(json.dumps(record))
+  (tmp_path / "results").mkdir()
+  (tmp_path / "results" / "cells.jsonl").write_text("{}\n")
+  _, resuming = prepare_workdir(tmp_path, config, experiment="transfer",
+                                defaults=api.task_defaults(config))
+  assert resuming
+  changed = digits_config("pretrain.epochs=1", "transfer.augment=(('noise',0.1),)")
+  with pytest.raises(WorkdirError, match=r"transfer.augment: '<absent>' -> \(\('noise', 0.1\),\)"):
+    prepare_workdir(tmp_path, changed, experiment="transfer", defaults=api.task_defaults(changed))

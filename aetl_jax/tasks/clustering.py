@@ -176,7 +176,7 @@ def cluster_rows(config, features: dict, labels, done: set, sink) -> None:
                  {r["method"]: round(r["accuracy"], 4) for r in rows})
 
 
-@TASKS.register("clustering", load=load, check=check)
+@TASKS.register("clustering", load=load, check=check, default_config=default_config)
 def run(config, workdir, data: ClusteringData, *, progress: bool = True) -> dict:
   """Pretrain on every image without labels, cluster codes and baselines, score, report."""
   workdir = Path(workdir)

@@ -276,7 +276,7 @@ def score_baselines(config, data: OneClassData, seed: int) -> tuple[list, dict]:
 # The run.
 
 
-@TASKS.register("one_class", load=load, check=check)
+@TASKS.register("one_class", load=load, check=check, default_config=default_config)
 def run(config, workdir, data: OneClassData, *, progress: bool = True) -> dict:
   """One autoencoder per normal class (vmapped), scored on the whole test set; tables, figures."""
   workdir = Path(workdir)

@@ -165,7 +165,7 @@ def _check_strategies(config, data: TransferData) -> None:
       raise ConfigError(f"config key 'transfer.reinit': {e}") from None
 
 
-@TASKS.register("transfer", load=load, check=check)
+@TASKS.register("transfer", load=load, check=check, default_config=default_config)
 def run(config, workdir, data: TransferData, *, progress: bool = True) -> dict:
   """Pretrain on the source, sweep budgets × strategies × seeds on the target, report."""
   workdir = Path(workdir)

@@ -56,7 +56,7 @@ def check(config, data) -> None:
                       f"bounds of a VAE; valid: 'vae', got {config.objective.name!r}")
 
 
-@TASKS.register("vae_bounds", load=load, check=check)
+@TASKS.register("vae_bounds", load=load, check=check, default_config=default_config)
 def run(config, workdir, data, *, progress: bool = True) -> dict:
   """Pretrain a VAE, then its test negative ELBO and importance-sampled NLL."""
   test = data["splits"]["test"][: config.eval.num_test]
