@@ -224,6 +224,17 @@ def load_dataset(name: str, *, splits=("train", "test"), data_dir=None, manual_d
                  builder.info.features["label"].num_classes, route)
 
 
+def load_configured(d, *, splits=("train", "test"), progress: bool = True) -> Dataset:
+  """:func:`load_dataset` of a config's ``data`` section (``name``, ``data_dir``,
+  ``manual_dir``); a bad name or path is a ConfigError on ``data.name``."""
+  from aetl_jax.core.config import ConfigError
+  try:
+    return load_dataset(d.name, splits=splits, data_dir=d.data_dir or None,
+                        manual_dir=d.manual_dir or None, progress=progress)
+  except (ValueError, FileNotFoundError) as e:
+    raise ConfigError(f"config key 'data.name': {e}") from None
+
+
 @DATASET_KINDS.register("idx")
 def _idx(path: Path, splits):
   """A folder of IDX files (train-/t10k-images/labels, optionally .gz)."""

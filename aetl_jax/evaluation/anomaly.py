@@ -29,8 +29,9 @@ from sklearn import metrics as skm
 
 from aetl_jax.core.registry import Registry
 from aetl_jax.evaluation.batched import batched_apply
-from aetl_jax.evaluation.vae import _bounds_fn
-from aetl_jax.objectives.reconstruction import pixel_errors, reconstruction_error
+from aetl_jax.evaluation.reconstruction import per_example_metrics
+from aetl_jax.evaluation.vae import per_example_bounds
+from aetl_jax.objectives.reconstruction import pixel_errors
 
 SCORES = Registry("anomaly score", "one_class.scores")
 BASELINES = Registry("anomaly baseline", "one_class.baselines")
@@ -45,11 +46,13 @@ class ScoreContext:
   knn_k: int = 5
   elbo_samples: int = 10
 
-
-@functools.lru_cache(maxsize=None)
-def _recon_fn(model, kind: str):
-  return jax.jit(lambda params, x: reconstruction_error(
-      model.apply({"params": params}, x, method="reconstruct"), x, kind))
+  @functools.cached_property
+  def neighbours(self):
+    """A nearest-neighbour index of the training images' codes, built once per context (the
+    test and validation images of one model are scored against the same one)."""
+    from sklearn.neighbors import NearestNeighbors
+    return NearestNeighbors(n_neighbors=self.knn_k).fit(codes(self.model, self.params,
+                                                              self.train_images))
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,13 +63,13 @@ def _encode_fn(model):
 @SCORES.register("reconstruction_mse")
 def reconstruction_mse(ctx: ScoreContext, images) -> np.ndarray:
   """Mean squared pixel error of the reconstruction."""
-  return np.asarray(batched_apply(_recon_fn(ctx.model, "mse"), ctx.params, images))
+  return np.asarray(per_example_metrics(ctx.model, ctx.params, images)["mse"])
 
 
 @SCORES.register("reconstruction_bce")
 def reconstruction_bce(ctx: ScoreContext, images) -> np.ndarray:
   """Mean pixel binary cross-entropy of the reconstruction."""
-  return np.asarray(batched_apply(_recon_fn(ctx.model, "bce"), ctx.params, images))
+  return np.asarray(per_example_metrics(ctx.model, ctx.params, images)["bce"])
 
 
 def codes(model, params, images) -> np.ndarray:
@@ -78,22 +81,15 @@ def codes(model, params, images) -> np.ndarray:
 @SCORES.register("latent_knn")
 def latent_knn(ctx: ScoreContext, images) -> np.ndarray:
   """Mean Euclidean distance to the ``knn_k`` nearest codes of the training images."""
-  from sklearn.neighbors import NearestNeighbors
-  reference = codes(ctx.model, ctx.params, ctx.train_images)
-  nn = NearestNeighbors(n_neighbors=ctx.knn_k).fit(reference)
-  distances, _ = nn.kneighbors(codes(ctx.model, ctx.params, images))
+  distances, _ = ctx.neighbours.kneighbors(codes(ctx.model, ctx.params, images))
   return distances.mean(axis=1)
 
 
 @SCORES.register("neg_elbo", model="vae")
 def neg_elbo(ctx: ScoreContext, images) -> np.ndarray:
   """The VAE's negative ELBO in nats (``elbo_samples`` posterior samples)."""
-  fn = _bounds_fn(ctx.model, ctx.elbo_samples)
-  out = []
-  for i, start in enumerate(range(0, len(images), 500)):
-    e, _ = fn(ctx.params, jnp.asarray(images[start:start + 500]), jax.random.fold_in(ctx.rng, i))
-    out.append(np.asarray(e))
-  return np.concatenate(out)
+  return per_example_bounds(ctx.model, ctx.params, images, ctx.rng,
+                            num_samples=ctx.elbo_samples, batch_size=500)[0]
 
 
 def pixel_error_map(model, params, images) -> np.ndarray:

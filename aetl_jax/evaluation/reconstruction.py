@@ -23,9 +23,14 @@ def _per_example_fn(model):
   return fn
 
 
+def per_example_metrics(model, params, images, *, batch_size: int = 1024) -> dict:
+  """Per-image MSE, BCE (means over pixels) and PSNR, each (N,)."""
+  return batched_apply(_per_example_fn(model), params, images, batch_size=batch_size)
+
+
 def reconstruction_metrics(model, params, images, *, batch_size: int = 1024) -> dict:
   """Mean per-image MSE and BCE, and mean PSNR (dB, peak 1.0)."""
-  per_example = batched_apply(_per_example_fn(model), params, images, batch_size=batch_size)
+  per_example = per_example_metrics(model, params, images, batch_size=batch_size)
   return {k: float(np.mean(v)) for k, v in per_example.items()}
 
 

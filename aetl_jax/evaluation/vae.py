@@ -39,16 +39,22 @@ def _bounds_fn(model, num_samples: int):
   return fn
 
 
-def vae_bounds(model, params, images, rng, *, num_samples: int = 100, batch_size: int = 100) -> dict:
-  """Mean negative ELBO and importance-sampled NLL over ``images`` (binary pixels)."""
+def per_example_bounds(model, params, images, rng, *, num_samples: int = 100,
+                       batch_size: int = 100) -> tuple[np.ndarray, np.ndarray]:
+  """(negative ELBO, importance-sampled NLL) of every image, each (N,); batch ``i`` draws
+  its samples with ``fold_in(rng, i)``."""
   fn = _bounds_fn(model, num_samples)
   elbos, nlls = [], []
-  n = images.shape[0]
-  for i, start in enumerate(range(0, n, batch_size)):
-    x = jnp.asarray(images[start:start + batch_size])
-    e, l = fn(params, x, jax.random.fold_in(rng, i))
+  for i, start in enumerate(range(0, images.shape[0], batch_size)):
+    e, l = fn(params, jnp.asarray(images[start:start + batch_size]), jax.random.fold_in(rng, i))
     elbos.append(np.asarray(e))
     nlls.append(np.asarray(l))
-  return {"neg_elbo_nats": float(np.mean(np.concatenate(elbos))),
-          "nll_is_nats": float(np.mean(np.concatenate(nlls))),
-          "num_samples": num_samples, "num_images": int(n)}
+  return np.concatenate(elbos), np.concatenate(nlls)
+
+
+def vae_bounds(model, params, images, rng, *, num_samples: int = 100, batch_size: int = 100) -> dict:
+  """Mean negative ELBO and importance-sampled NLL over ``images`` (binary pixels)."""
+  elbos, nlls = per_example_bounds(model, params, images, rng, num_samples=num_samples,
+                                   batch_size=batch_size)
+  return {"neg_elbo_nats": float(np.mean(elbos)), "nll_is_nats": float(np.mean(nlls)),
+          "num_samples": num_samples, "num_images": int(images.shape[0])}

@@ -24,7 +24,7 @@ import numpy as np
 
 from aetl_jax.core.config import ConfigError, require
 from aetl_jax.data.preprocessing import to_unit
-from aetl_jax.data.sources import load_dataset
+from aetl_jax.data.sources import load_configured
 from aetl_jax.engine.metrics_log import JsonlLog
 from aetl_jax.evaluation import clustering as cl
 from aetl_jax.evaluation.anomaly import codes
@@ -75,11 +75,7 @@ class ClusteringData:
 
 def load(config, *, progress: bool = True) -> ClusteringData:
   d = config.data
-  try:
-    ds = load_dataset(d.name, splits=tuple(d.splits), data_dir=d.data_dir or None,
-                      manual_dir=d.manual_dir or None, progress=progress)
-  except (ValueError, FileNotFoundError) as e:
-    raise ConfigError(f"config key 'data.name': {e}") from None
+  ds = load_configured(d, splits=tuple(d.splits), progress=progress)
   images = np.concatenate([x for x, _ in ds.splits.values()])
   labels = np.concatenate([y for _, y in ds.splits.values()])
   if d.max_examples and d.max_examples < len(labels):

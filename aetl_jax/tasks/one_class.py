@@ -34,7 +34,7 @@ import numpy as np
 from aetl_jax.core.config import ConfigError, require
 from aetl_jax.data.one_class import check_normal_classes, normal_split, pad_by_repeating
 from aetl_jax.data.preprocessing import to_unit
-from aetl_jax.data.sources import load_dataset
+from aetl_jax.data.sources import load_configured
 from aetl_jax.data.splits import stratified_split
 from aetl_jax.engine.driver import run_phases, run_phases_vmapped
 from aetl_jax.engine.metrics_log import JsonlLog, TensorBoard
@@ -88,11 +88,7 @@ class OneClassData:
 
 def load(config, *, progress: bool = True) -> OneClassData:
   d = config.data
-  try:
-    ds = load_dataset(d.name, data_dir=d.data_dir or None, manual_dir=d.manual_dir or None,
-                      progress=progress)
-  except (ValueError, FileNotFoundError) as e:
-    raise ConfigError(f"config key 'data.name': {e}") from None
+  ds = load_configured(d, progress=progress)
   x, y = ds.splits["train"]
   if "test" in ds.splits:
     train, test = (x, y), ds.splits["test"]
@@ -186,27 +182,28 @@ def vmapped(config, runtime) -> bool:
 
 
 def _trained(config, model, data, seed: int, workdir: Path):
-  """The stacked models of ``seed``: restored from its checkpoint, or trained and saved."""
+  """(stacked models of ``seed``, training seconds, whether vmapped): restored from its
+  checkpoint (seconds and mode None), or trained and saved."""
   pcfg = config.pretrain
   params, rngs = init_models(model, data.shape, data.normal, pcfg.seed * 1000 + seed)
   store = CheckpointStore(workdir / "one_class" / "checkpoints" / f"seed{seed}", keep=1)
   found = store.restore(lambda _: params)
   if found is not None:
     store.close()
-    return found[1], None
+    return found[1], None, None
   phase = Phase("one_class", make_objective(model, config.objective),
                 (("images", "source", pcfg.batch_size),), pcfg.epochs, Optim.from_config(pcfg))
   images = stacked_training_sets(data, data_seed(config, seed))
   runtime = runtime_from_config(config, "pretrain")
+  together = vmapped(config, runtime)
   start = time.perf_counter()
-  params, rows = train_models(phase, params, images, rngs, runtime=runtime,
-                              vmap=vmapped(config, runtime))
+  params, rows = train_models(phase, params, images, rngs, runtime=runtime, vmap=together)
   jax.block_until_ready(params)
   seconds = time.perf_counter() - start
   _log_training(workdir, seed, data.normal, rows)
   store.save(pcfg.epochs, params)
   store.close()
-  return params, seconds
+  return params, seconds, together
 
 
 def data_seed(config, seed: int) -> int:
@@ -289,10 +286,9 @@ def run(config, workdir, data: OneClassData, *, progress: bool = True) -> dict:
   done = {(r["seed"], r["kind"]) for r in cells.read()}
   for seed in range(config.one_class.seeds):
     if (seed, "autoencoder") not in done:
-      params, seconds = _trained(config, model, data, seed, workdir)
+      params, seconds, together = _trained(config, model, data, seed, workdir)
       if seconds is not None:
-        timing[f"seed{seed}"] = {"seconds": seconds,
-                                 "vmap": vmapped(config, runtime_from_config(config, "pretrain")),
+        timing[f"seed{seed}"] = {"seconds": seconds, "vmap": together,
                                  "models": len(data.normal), "epochs": config.pretrain.epochs}
         (workdir / "results" / "timing.json").write_text(json.dumps(timing, indent=2))
       rows, scores = score_models(config, model, params, data, seed)

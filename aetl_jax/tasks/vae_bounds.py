@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from aetl_jax.core.config import ConfigError
-from aetl_jax.data.sources import load_dataset
+from aetl_jax.data.sources import load_configured
 from aetl_jax.evaluation.vae import vae_bounds
 from aetl_jax.tasks.pretrain import pretrain
 from aetl_jax.tasks.registry import TASKS
@@ -35,11 +35,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def load(config, *, progress: bool = True) -> dict:
   """Train and test images binarised once by sampling each pixel from Bernoulli(intensity)."""
-  try:
-    d = load_dataset(config.data.name, data_dir=config.data.data_dir or None,
-                     manual_dir=config.data.manual_dir or None, progress=progress)
-  except (ValueError, FileNotFoundError) as e:
-    raise ConfigError(f"config key 'data.name': {e}") from None
+  d = load_configured(config.data, progress=progress)
   rng = np.random.default_rng(config.data.binarize_seed)
   out = {split: (rng.random(x.shape) < x / d.max_value).astype(np.float32)
          for split, (x, _) in d.splits.items()}
