@@ -89,8 +89,8 @@ def _model_and_objective(config) -> None:
     if key in m:
       require(len(m[key]) > 0 and all(isinstance(w, int) and w > 0 for w in m[key]),
               f"model.{key}", f"must be a non-empty tuple of positive integers, got {m[key]!r}")
-  if "code_dim" in m:
-    _positive(m, "model", "code_dim", integer=True)
+  if "code_dim" in m and not (m.code_dim == 0 and family.info.get("input") == "tokens"):
+    _positive(m, "model", "code_dim", integer=True)  # (0: a recurrent encoder's last state)
   if "dropout_rate" in m:
     require(0.0 <= m.dropout_rate < 1.0, "model.dropout_rate", f"must be in [0, 1), got {m.dropout_rate}")
   if "latent_dim" in m:

@@ -17,6 +17,8 @@ In one run, after warm-up, medians of 5 repeats, compile time excluded:
   ``pip install -e .[bench]``), as the ratio aetl_jax / PyTorch; the conv
   model is timed in both memory formats (NCHW and channels-last) and the
   faster one is the baseline;
+* the sequence autoencoder's pretraining sentences/s and tokens/s against a
+  PyTorch LSTM autoencoder of the same size (:mod:`aetl_jax.bench.sequence`);
 * the number of XLA compilations during the timed parts (must be 0).
 """
 
@@ -293,6 +295,12 @@ def main(argv=None):
     rows["finetune"].append({"mode": mode, "batch": batches[0], "examples_per_s": rate,
                              "compiles": compiles})
     print(f"{mode:<40} {batches[0]:5d} {rate:10.0f} {compiles:8d}", flush=True)
+  from aetl_jax.bench import sequence
+  print()
+  rows["sequence"] = sequence.rows(256 if quick else 4096, 32 if quick else 64, repeats, use_torch,
+                                   quick)
+  sequence.print_rows(rows["sequence"])
+  total_compiles += sum(r["compiles"] for r in rows["sequence"])
   rows["compiles_during_timed_parts"] = total_compiles
   print(f"\ncompilations during the timed parts: {total_compiles}")
   write_json(args.json, rows)

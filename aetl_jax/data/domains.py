@@ -15,6 +15,7 @@ import numpy as np
 from aetl_jax.data import preprocessing
 from aetl_jax.data.sources import Dataset, load_dataset, prepare_builder
 from aetl_jax.data.streaming import tfds_stream
+from aetl_jax.data.text import build_text_transfer_data, is_text
 from aetl_jax.data.splits import stratified_split
 from aetl_jax.data.transfer_split import TransferData, TransferSplit
 
@@ -26,8 +27,14 @@ def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
   return idx
 
 
-def build_transfer_data(d, batch_size: int = 128, *, progress: bool = True) -> TransferData:
-  """``d`` is the ``config.data`` section; ``batch_size`` that of a streamed source."""
+def build_transfer_data(d, batch_size: int = 128, *, progress: bool = True,
+                        vocab_size: int = 8000) -> TransferData:
+  """``d`` is the ``config.data`` section; ``batch_size`` that of a streamed source;
+  ``vocab_size`` the most tokens a text source's vocabulary holds."""
+  if is_text(d.target):
+    return build_text_transfer_data(d, vocab_size, progress=progress)
+  if is_text(d.source):
+    raise ValueError(f"a text source ({d.source}) needs a text target, got {d.target!r}")
   kw = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None, progress=progress)
   target = load_dataset(d.target, **kw)
   streamed = d.get("stream_source", False)

@@ -15,15 +15,20 @@ class TransferSplit:
 
   ``source`` is used without labels for pretraining; labelled training and
   validation examples for the target task are drawn from ``target_pool``;
-  ``test`` is touched only for final evaluation.
+  ``test`` is touched only for final evaluation. ``val``, when the dataset has
+  its own validation split (SST-2's dev), is every cell's validation set;
+  otherwise validation labels are drawn from the pool.
   """
 
   source: np.ndarray
   target_pool: np.ndarray
   test: np.ndarray
+  val: np.ndarray | None = None
 
   def check_disjoint(self):
     sets = {"source": self.source, "target_pool": self.target_pool, "test": self.test}
+    if self.val is not None:
+      sets["val"] = self.val
     names = list(sets)
     for i, a in enumerate(names):
       for b in names[i + 1:]:
@@ -46,15 +51,18 @@ def draw_target_labels(labels, split: TransferSplit, *, per_class: int, val_per_
                        seed: int, num_classes: int):
   """Labelled train and validation indices for one (budget, seed) cell.
 
-  Validation is a separate stratified draw from the target pool (never from
-  test), disjoint from the training labels.
+  Validation is the split's fixed ``val`` when it has one, else a separate
+  stratified draw from the target pool (never from test), disjoint from the
+  training labels.
   """
   if per_class == 0:  # budget 0: no target labels (source-only and adaptation strategies)
     train = np.empty(0, np.int64)
   else:
     train = label_budget(labels, per_class, seed, pool=split.target_pool, num_classes=num_classes)
   val = np.empty(0, np.int64)
-  if val_per_class:
+  if split.val is not None:
+    val = split.val
+  elif val_per_class:
     remaining = np.setdiff1d(split.target_pool, train)
     val = label_budget(labels, val_per_class, seed + 10_000, pool=remaining,
                        num_classes=num_classes)
@@ -91,6 +99,9 @@ class TransferData:
   source_classes: tuple = ()
   target_classes: tuple = ()
   shared_labels: bool = False
+  # Text: the tokenizer (trained on the source sentences) that produced the token ids.
+  tokenizer: object = None
+  texts: dict | None = None  # {'source': sentences, 'target': sentences in the rows' order}
 
   def describe(self) -> dict:
     if self.source_images is None:
@@ -98,8 +109,10 @@ class TransferData:
     else:
       out = {"source": {"size": int(len(self.source_images)),
                         "shape": list(self.source_images.shape[1:])}}
-    for name in ("target_pool", "test"):
+    for name in ("target_pool", "test", "val"):
       idx = getattr(self.split, name)
+      if idx is None:
+        continue
       out[name] = {"size": int(len(idx)), "per_class": class_counts(self.labels, idx,
                                                                      self.num_classes)}
     return {**out, **self.description}

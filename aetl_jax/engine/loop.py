@@ -54,12 +54,37 @@ def _stack(history):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *history)
 
 
-def _plan(rng, sizes: Sequence[int], batch_sizes: Sequence[int]):
+# Token streams are batched by length within windows of this many batches.
+BUCKET_WINDOW = 32
+
+
+def _token_lengths(stream):
+  """Sequence lengths when a stream's ``image`` is integer token ids (batch, max_len), else
+  None: such streams are batched by length (:func:`_bucket`)."""
+  x = stream.get("image") if isinstance(stream, dict) else None
+  if x is None or x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.integer):
+    return None
+  return jnp.sum(x != 0, axis=-1)
+
+
+def _bucket(order, lengths, bs: int, num_batches: int, rng):
+  """The classic bucket iterator: the shuffled ``order`` sorted by length within windows of
+  ``BUCKET_WINDOW`` batches, cut into batches, the batches shuffled. A batch then holds
+  sequences of similar length, so a model that skips the steps past its longest sequence
+  (:mod:`aetl_jax.models.sequence`) does not pay for the longest sentence of the data."""
+  n = num_batches * bs
+  order = order[:n]
+  window = jnp.arange(n) // (BUCKET_WINDOW * bs)
+  order = order[jnp.lexsort((lengths[order], window))]
+  return order.reshape(num_batches, bs)[jax.random.permutation(rng, num_batches)]
+
+
+def _plan(rng, sizes: Sequence[int], batch_sizes: Sequence[int], lengths=None):
   """Per stream (num_batches, batch) indices, and one rng per step.
 
-  Stream 0 is shuffled and cut (remainder dropped); stream i > 0 draws its
-  indices from fresh permutations of its own, concatenated as often as the
-  epoch needs.
+  Stream 0 is shuffled and cut (remainder dropped), or, with its sequence
+  ``lengths``, bucketed by length; stream i > 0 draws its indices from fresh
+  permutations of its own, concatenated as often as the epoch needs.
   """
   n = sizes[0]
   if n < 1:
@@ -67,7 +92,11 @@ def _plan(rng, sizes: Sequence[int], batch_sizes: Sequence[int]):
   bs = min(batch_sizes[0], n)
   num_batches = n // bs
   perm_rng, step_rng = jax.random.split(rng)
-  idx = [jax.random.permutation(perm_rng, n)[: num_batches * bs].reshape(num_batches, bs)]
+  order = jax.random.permutation(perm_rng, n)
+  if lengths is None:
+    idx = [order[: num_batches * bs].reshape(num_batches, bs)]
+  else:
+    idx = [_bucket(order, lengths, bs, num_batches, jax.random.fold_in(perm_rng, 2**31 - 1))]
   for i, (m, b) in enumerate(zip(sizes[1:], batch_sizes[1:]), 1):
     if m < 1:
       raise ValueError("cannot draw batches from an empty stream")
@@ -110,7 +139,8 @@ class _Reader:
     return tuple(num_examples(data[s]) for _, s, _ in self.feed)
 
   def plan(self, rng, data):
-    return _plan(rng, self.sizes(data), self.batch_sizes)
+    first = data if self.feed is None else data[self.feed[0][1]]
+    return _plan(rng, self.sizes(data), self.batch_sizes, _token_lengths(first))
 
   def gather(self, data, idx):
     """idx: one index array per stream (any leading shape)."""
@@ -170,10 +200,10 @@ def make_epoch_fn(step, *, batch_size: int | None = None, feed: Feed | None = No
 
 
 def _per_batch(reader: _Reader, step_jit):
-  plan = jax.jit(_plan, static_argnums=(1, 2))
+  plan = jax.jit(reader.plan)
 
   def epoch(state, data, rng):
-    idx, rngs = plan(rng, reader.sizes(data), reader.batch_sizes)
+    idx, rngs = plan(rng, data)
     history = []
     for i in range(rngs.shape[0]):
       state, metrics = step_jit(state, data, tuple(x[i] for x in idx), rngs[i])
@@ -223,7 +253,7 @@ def _multi_device(step, reader: _Reader, runner, launcher: Launcher, jit):
   @functools.partial(jax.jit, static_argnums=2)
   def shuffled_batches(data, rng, sizes):
     """The epoch's batches (num_batches, global_batch, ...) and step rngs."""
-    idx, rngs = _plan(rng, sizes, reader.batch_sizes)
+    idx, rngs = reader.plan(rng, data)
     if idx[0].shape[1] % n_dev:
       raise ValueError(f"the dataset ({sizes[0]} examples) is smaller than the global batch and "
                        f"its size is not divisible by the {n_dev} devices")

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from aetl_jax.evaluation.batched import batched_apply
+from aetl_jax.evaluation.sequence import token_metrics
+from aetl_jax.models.sequence import SequenceAutoencoder
 from aetl_jax.objectives.reconstruction import reconstruction_error
 
 
@@ -29,7 +31,10 @@ def per_example_metrics(model, params, images, *, batch_size: int = 1024) -> dic
 
 
 def reconstruction_metrics(model, params, images, *, batch_size: int = 1024) -> dict:
-  """Mean per-image MSE and BCE, and mean PSNR (dB, peak 1.0)."""
+  """Mean per-image MSE and BCE, and mean PSNR (dB, peak 1.0); for a sequence autoencoder
+  the token metrics of :func:`aetl_jax.evaluation.sequence.token_metrics`."""
+  if isinstance(model, SequenceAutoencoder):
+    return token_metrics(model, params, images)
   per_example = per_example_metrics(model, params, images, batch_size=batch_size)
   return {k: float(np.mean(v)) for k, v in per_example.items()}
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from aetl_jax.models import conv, mlp, vit  # noqa: F401 - built-in families register
+from aetl_jax.models import conv, mlp, sequence, vit  # noqa: F401 - built-in families register
 from aetl_jax.models.autoencoder import (Autoencoder, AutoencoderClassifier, Classifier,
                                          DomainClassifier, MaskedAutoencoder,
                                          VariationalAutoencoder)
 from aetl_jax.models.family import FAMILIES
+from aetl_jax.models.sequence import SequenceAutoencoder
 from aetl_jax.models.vit import MAEDecoder, check_patches
 
-KINDS = ("autoencoder", "vae", "mae")
+KINDS = ("autoencoder", "vae", "mae", "seq_autoencoder")
 
 
 # Models that classify carry a plain autoencoder's encoder (and decoder, for joint objectives).
@@ -29,10 +30,25 @@ def encoder_kind(kind: str) -> str:
   return "autoencoder" if kind in CLASSIFIER_KINDS else kind
 
 
+def input_kind(m) -> str:
+  """What the family reads: ``image`` (H, W, C) or ``tokens`` (max_len,)."""
+  return FAMILIES.get(m.family).info.get("input", "image")
+
+
 def _check_kind(m, kind: str) -> None:
+  classifies = kind in ("classifier", "domain_classifier")  # an encoder + heads only
   kind = encoder_kind(kind)
   if kind not in KINDS:
     raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(KINDS)}")
+  if input_kind(m) == "tokens":
+    if kind != "seq_autoencoder" and not classifies:
+      raise ValueError(f"family {m.family!r} (text) is pretrained by objective 'seq_reconstruction' "
+                       f"or 'seq_denoising' (or 'classification'); a '{kind}' model (its "
+                       f"objective or strategy) needs an image family")
+    return
+  if kind == "seq_autoencoder":
+    raise ValueError(f"a sequence autoencoder needs model.family 'rnn' (token ids), got "
+                     f"{m.family!r}")
   if (kind == "mae") != (m.family == "vit"):
     raise ValueError("a masked autoencoder (objective 'mae') needs model.family 'vit' (patch "
                      f"tokens), and family 'vit' is pretrained as one; got family {m.family!r} "
@@ -48,8 +64,11 @@ def build_encoder(m, kind: str = "autoencoder"):
 def check_input_shape(m, image_shape: Sequence[int], kind: str = "autoencoder") -> None:
   """Raises ValueError naming the dimension when the encoder cannot take this image."""
   _check_kind(m, kind)
-  if len(image_shape) != 3:
-    raise ValueError(f"images must be (height, width, channels), got shape {tuple(image_shape)}")
+  if input_kind(m) == "image" and len(image_shape) != 3:
+    hint = ("; these are token ids (max_len,) of a text dataset: use model.family='rnn'"
+            if len(image_shape) == 1 else "")
+    raise ValueError(f"family {m.family!r} reads images (height, width, channels), got shape "
+                     f"{tuple(image_shape)}{hint}")
   FAMILIES.get(m.family).info["check"](m, tuple(image_shape))
 
 
@@ -69,6 +88,8 @@ def build_autoencoder(m, image_shape: Sequence[int], kind: str = "autoencoder"):
                              image_shape=image_shape, mask_ratio=m.mask_ratio,
                              norm_pix_loss=m.norm_pix_loss)
   decoder = build_decoder(m, image_shape)
+  if kind == "seq_autoencoder":
+    return SequenceAutoencoder(encoder=encoder, decoder=decoder)
   if kind == "vae":
     return VariationalAutoencoder(encoder=encoder, decoder=decoder, latent_dim=m.latent_dim)
   return Autoencoder(encoder=encoder, decoder=decoder)

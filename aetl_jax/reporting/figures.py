@@ -15,10 +15,11 @@ import numpy as np  # noqa: E402
 
 def summary_figure(path, *, originals, reconstructions, summary, strategies, budgets,
                    title: str = "") -> Path:
-  """Top: originals over reconstructions. Bottom: accuracy vs budget, 95% CI bars."""
-  k = min(10, len(originals))
-  fig = plt.figure(figsize=(max(8, 1.0 * k), 7.5), constrained_layout=True)
-  grid = fig.add_gridspec(3, k, height_ratios=[1, 1, 3.2])
+  """Top: originals over reconstructions (none for text: ``originals=None``). Bottom:
+  accuracy vs budget, 95% CI bars."""
+  k = 0 if originals is None else min(10, len(originals))
+  fig = plt.figure(figsize=(max(8, 1.0 * k), 7.5 if k else 4.5), constrained_layout=True)
+  grid = fig.add_gridspec(3, max(k, 1), height_ratios=[1, 1, 3.2] if k else [0.001, 0.001, 1])
   for i in range(k):
     for row, imgs, label in ((0, originals, "test image"), (1, reconstructions, "reconstruction")):
       if imgs is None:  # a classifier pretrained on labels reconstructs nothing

@@ -60,14 +60,15 @@ def check_source(config, *, labelled: bool, streamed: bool = False) -> None:
 
 def pretrain(config, train_images, eval_images, workdir, *, progress: bool = True,
              train_stream=None, num_train: int | None = None, train_labels=None,
-             num_classes: int | None = None, eval_labels=None):
+             num_classes: int | None = None, eval_labels=None, vocabulary: str | None = None):
   """Pretrains ``config.model`` with ``config.objective`` on ``train_images``; resumes.
 
   Instead of in-memory ``train_images`` (None), ``train_stream(seed)`` may
   give an epoch of host batches ``{'image'}`` (e.g. ``tfds_stream`` over
   data on disk) with ``num_train`` examples. Objectives that classify read
   ``train_labels`` (``num_classes`` classes); with ``eval_labels`` their
-  accuracy on ``eval_images`` is logged. Returns (model, params, history).
+  accuracy on ``eval_images`` is logged; ``vocabulary`` (a text model's tokenizer hash) is
+  recorded beside the checkpoint. Returns (model, params, history).
   ``config.pretrain`` holds the schedule.
   """
   pcfg = config.pretrain
@@ -86,7 +87,7 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
                                       "objective": config.objective.name,
                                       "model": config.model.to_dict(),
                                       "image_shape": list(image_shape),
-                                      "num_classes": num_classes})
+                                      "num_classes": num_classes, "vocabulary": vocabulary})
   source = _source(config, train_images, train_stream, num_train, runtime)
   data = {"source": source}
   if "labelled" in roles:
@@ -117,8 +118,9 @@ def _evaluator(model, eval_images, eval_labels, tensorboard):
   def evaluate(p, epoch):
     out = {}
     if reconstructs:
-      tensorboard.images("reconstructions",
-                         jnp.concatenate([shown, reconstruct(model, p, shown)], 2), epoch)
+      if shown.ndim == 4:  # images (a text model's reconstructions are token ids)
+        tensorboard.images("reconstructions",
+                           jnp.concatenate([shown, reconstruct(model, p, shown)], 2), epoch)
       out.update(reconstruction_metrics(model, p, eval_images))
     if classifies and eval_labels is not None:
       logits = batched_apply(logits_fn, p, eval_images)

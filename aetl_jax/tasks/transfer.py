@@ -16,6 +16,8 @@ import numpy as np
 
 from aetl_jax.core.config import ConfigError
 from aetl_jax.data.domains import build_transfer_data
+from aetl_jax.data.text import (check_vocabulary, export_embeddings, saved_tokenizer,
+                                vocabulary_hash, with_tokenizer)
 from aetl_jax.data.transfer_split import TransferData, draw_target_labels
 from aetl_jax.engine.launchers import is_main_process
 from aetl_jax.engine.runtime import runtime_from_config
@@ -43,7 +45,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.task = "transfer"
   c.data = dict(source="digits", target="digits", data_dir="", manual_dir="", common_shape=(),
                 resize="pad", test_fraction=0.3, source_fraction=0.5, split_seed=0,
-                max_source=0, max_pool=0, max_test=0, stream_source=False, label_space="auto")
+                max_source=0, max_pool=0, max_test=0, stream_source=False, label_space="auto",
+                max_len=64)
   c.model = dict(family="mlp")
   c.objective = dict(name="reconstruction")
   c.pretrain = dict(
@@ -64,7 +67,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 def load(config, *, progress: bool = True) -> TransferData:
   try:
-    return build_transfer_data(config.data, config.pretrain.batch_size, progress=progress)
+    return build_transfer_data(config.data, config.pretrain.batch_size, progress=progress,
+                               vocab_size=config.model.get("vocab_size", 8000))
   except (ValueError, FileNotFoundError) as e:
     raise ConfigError(f"config key 'data': {e}") from None
 
@@ -76,6 +80,9 @@ def check(config, data: TransferData) -> None:
     check_input_shape(config.model, data.images.shape[1:], model_kind(config.objective.name))
   except ValueError as e:
     raise ConfigError(f"config key 'model': {e}") from None
+  if data.tokenizer is not None and config.transfer.augment:
+    raise ConfigError("config key 'transfer.augment': augmentations transform images; the target "
+                      "here is text (token ids), leave it empty")
   _check_sources(config, data)
   _check_strategies(config, data)
   for budget in config.transfer.budgets:
@@ -169,28 +176,57 @@ def _check_strategies(config, data: TransferData) -> None:
 def run(config, workdir, data: TransferData, *, progress: bool = True) -> dict:
   """Pretrain on the source, sweep budgets × strategies × seeds on the target, report."""
   workdir = Path(workdir)
+  vocabulary = None
+  if data.tokenizer is not None:
+    data, vocabulary = _text_vocabulary(config, workdir, data)
   (workdir / "data.json").write_text(json.dumps(data.describe(), indent=2))
   test_images = data.images[data.split.test]
   source_images, labelled = _pretraining_data(config, data)
   model, params, pretrain_history = pretrain(config, source_images, test_images, workdir,
                                              progress=progress, train_stream=data.source_stream,
-                                             num_train=data.num_source, **labelled)
+                                             num_train=data.num_source, vocabulary=vocabulary,
+                                             **labelled)
   recon = (reconstruction_metrics(model, params, test_images) if hasattr(model, "reconstruct")
            else {})
+  if data.tokenizer is not None and is_main_process():
+    export_embeddings(checkpoint_dir(workdir).parent, data.tokenizer,
+                      params["encoder"]["block_0"]["embedding"])
   log.info("pretraining done: %s", recon or {k: v for k, v in pretrain_history[-1].items()
                                               if k.startswith("eval_")})
   save = None
   if config.transfer.save_classifiers:
     save = make_saver(workdir, config, input_shape=data.images.shape[1:], num_classes=data.num_classes,
                       label_names=[str(c) for c in range(data.num_classes)],
-                      preprocessing_={"max_value": data.description.get("target_max_value", 255.0),
-                                      "resize": config.data.resize})
+                      preprocessing_=_preprocessing(config, data))
   rows = run_sweep(config, workdir, SweepData(data.images, data.labels, data.split,
                                               data.num_classes, data.source_images,
                                               data.source_labels),
                    ckpt_dir=checkpoint_dir(workdir), runtime=runtime_from_config(config, "transfer"),
                    progress=progress, save=save)
   return _report(config, workdir, data, rows, recon, model, params, pretrain_history)
+
+
+def _text_vocabulary(config, workdir, data: TransferData):
+  """(data encoded with the run's tokenizer, its hash): the one saved beside the checkpoint
+  when resuming, else the one just trained (saved now); checked against the checkpoint."""
+  from aetl_jax.engine import checkpoint
+  directory = checkpoint_dir(workdir).parent
+  try:
+    tok = saved_tokenizer(directory, data.tokenizer)
+    check_vocabulary(checkpoint.read_sidecar(checkpoint_dir(workdir)), tok, config.model.vocab_size)
+  except ValueError as e:
+    raise ConfigError(f"config key 'data.source': {e}") from None
+  if tok is not data.tokenizer:
+    data = with_tokenizer(data, tok, config.data.max_len)
+  return data, vocabulary_hash(tok)
+
+
+def _preprocessing(config, data: TransferData) -> dict:
+  """What a saved classifier's inputs went through (its description records it)."""
+  if data.tokenizer is not None:
+    return {"tokenizer": "pretrain/tokenizer.json", "max_len": int(config.data.max_len)}
+  return {"max_value": data.description.get("target_max_value", 255.0),
+          "resize": config.data.resize}
 
 
 def _pretraining_data(config, data: TransferData):
@@ -223,8 +259,13 @@ def _pretraining_summary(config, data, recon) -> str:
     size = f"{size} source + {len(data.split.target_pool)} target-pool"
   text = (f"Pretraining: {config.pretrain.epochs} epochs on {size} "
           f"{'labelled' if labelled else 'unlabelled'} images")
-  if recon:
+  if data.tokenizer is not None:
+    text = text.replace(" images", " sentences")
+  if recon and "mse" in recon:
     text += f", held-out reconstruction MSE {recon['mse']:.4f}, PSNR {recon['psnr']:.1f} dB"
+  elif recon:
+    text += (f", held-out token accuracy {100 * recon['token_accuracy']:.1f}% (perplexity "
+             f"{recon['perplexity']:.1f}, teacher-forced)")
   moved = "params/encoder" + (" (source_only: + params/head)"
                               if "source_only" in config.transfer.strategies else "")
   return text + f"; the target receives {moved}."
@@ -253,7 +294,8 @@ def _report(config, workdir, data, rows, recon, model, params, pretrain_history)
   caption = (f"{_title(config)}. Test accuracy, mean ± 95% CI over {config.transfer.seeds} seeds "
              f"(seeds vary the labelled subset and the initialisation). "
              f"{_pretraining_summary(config, data, recon)}")
-  shown = data.images[data.split.test][: config.report.num_figure_images]
+  shown = (None if data.tokenizer is not None  # text: no pictures to show
+           else data.images[data.split.test][: config.report.num_figure_images])
   figure = workdir / "results" / "summary.png"
   table = markdown_table(summary, strategies, budgets)
   if is_main_process():  # tables and figures are written once in a multi-host run
@@ -261,7 +303,8 @@ def _report(config, workdir, data, rows, recon, model, params, pretrain_history)
                          caption=caption, paired=paired, baseline=baseline)
     table += _more_paired_tables(workdir, rows, strategies, budgets, baseline)
     summary_figure(figure, originals=shown,
-                   reconstructions=reconstruct(model, params, shown) if recon else None,
+                   reconstructions=reconstruct(model, params, shown) if recon and shown is not None
+                   else None,
                    summary=summary, strategies=strategies, budgets=budgets, title=_title(config))
   return {"table": table, "summary": summary, "reconstruction": recon, "figure": str(figure),
           "pretrain_history": pretrain_history, "rows": rows}

@@ -1,0 +1,341 @@
+"""Text: tsv reading, tokenisation, the recurrent sequence autoencoder, length-bucketed
+epochs, and the transfer task on sentences (issue: sequence autoencoders for text)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from aetl_jax import api
+from aetl_jax.core.config import ConfigError
+from aetl_jax.data import text
+from aetl_jax.engine import checkpoint
+from aetl_jax.engine.loop import _plan, _token_lengths
+from aetl_jax.models.registry import build_model
+from aetl_jax.models.sequence import EOS, MASK, PAD, masked_mean
+from aetl_jax.objectives.sequences import mask_tokens, token_loss
+from aetl_jax.tasks.transfer import default_config
+
+POSITIVE = ["good", "great", "lovely", "fine", "superb", "warm", "funny", "smart"]
+NEGATIVE = ["bad", "awful", "dull", "poor", "weak", "cold", "boring", "dumb"]
+FILLER = ["the", "film", "is", "a", "story", "with", "acting", "and", "plot", "very", "it"]
+
+
+def corpus(n: int, seed: int):
+  """Sentences whose label is carried by their sentiment words (lengths 3..14)."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(n):
+    label = int(rng.integers(2))
+    words = list(rng.choice(FILLER, int(rng.integers(2, 12))))
+    for _ in range(int(rng.integers(1, 3))):
+      words.insert(int(rng.integers(len(words) + 1)), rng.choice(POSITIVE if label else NEGATIVE))
+    rows.append((label, " ".join(words)))
+  return rows
+
+
+def write_tsv(path, rows, header="label\tsentence", newline="\n"):
+  lines = ([header] if header else []) + [f"{y}\t{t}" for y, t in rows]
+  path.write_bytes((newline.join(lines) + newline).encode())
+  return path
+
+
+@pytest.fixture(scope="module")
+def tiny_text(tmp_path_factory):
+  root = tmp_path_factory.mktemp("sentiment")
+  write_tsv(root / "train.tsv", corpus(400, 0), newline="\r\n")
+  write_tsv(root / "dev.tsv", corpus(40, 1))
+  write_tsv(root / "test.tsv", corpus(80, 2), header="sentence\tlabel")  # columns either way
+  # (the header names the columns: write test's rows in that order)
+  (root / "test.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for y, t in corpus(80, 2)))
+  return root
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def test_tsv_reads_headers_in_either_order_and_crlf(tiny_text):
+  texts, labels = text.read_tsv(tiny_text / "train.tsv")
+  expected = corpus(400, 0)
+  assert texts == [t for _, t in expected] and labels.tolist() == [y for y, _ in expected]
+  texts, labels = text.read_tsv(tiny_text / "test.tsv")
+  assert texts[0] == corpus(80, 2)[0][1] and labels[0] == corpus(80, 2)[0][0]
+  ds = text.load_text(f"tsv:{tiny_text}")
+  assert set(ds.splits) == {"train", "validation", "test"} and ds.num_classes == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"label\tsentence\n0\tfine\n\n1\tgood\n", r"bad.tsv:3: empty line"),
+    (b"0\tfine\n1\n", r"bad.tsv:2: a row needs a label and a text"),
+    (b"0\tfine\npos\tgood\n", r"bad.tsv:2: label 'pos' is not a class id"),
+    (b"0\tfine\n1\tcr\xe8me\n", r"bad.tsv:2: not UTF-8 \(byte 0xe8 at column 5\)"),
+])
+def test_bad_tsv_rows_name_the_file_and_line(tmp_path, content, message):
+  (tmp_path / "bad.tsv").write_bytes(content)
+  with pytest.raises(ValueError, match=message):
+    text.read_tsv(tmp_path / "bad.tsv")
+
+
+def test_a_split_with_a_label_train_lacks_is_refused(tmp_path):
+  write_tsv(tmp_path / "train.tsv", [(0, "a"), (1, "b")])
+  write_tsv(tmp_path / "test.tsv", [(0, "a"), (2, "c")])
+  with pytest.raises(ValueError, match=r"split 'test' has label\(s\) \[2\].*train's labels: \[0, 1\]"):
+    text.load_text(f"tsv:{tmp_path}")
+
+
+# --- tokenisation -----------------------------------------------------------------------------
+
+
+def test_tokenizer_round_trip_end_token_padding_and_truncation():
+  sentences = [t for _, t in corpus(200, 3)]
+  tok = text.train_tokenizer(sentences, 200)
+  assert [tok.token_to_id(s) for s in text.SPECIAL_TOKENS] == [PAD, 1, 2, EOS, MASK]
+  ids, truncated = text.encode(tok, sentences[:20] + ["Good FILM", "good ☂"], max_len=16)
+  assert ids.dtype == np.int32 and ids.shape == (22, 16) and truncated == 0
+  assert text.decode(tok, ids[:20]) == sentences[:20]  # lower-case, pre-tokenised text
+  assert text.decode(tok, ids[20:21]) == ["good film"]  # normalised to lower case
+  assert ids[21, 1] == tok.token_to_id("[UNK]")  # a character never seen in the source
+  for row, s in zip(ids[:20], sentences):
+    n = len(tok.encode(s).ids)
+    assert row[n] == EOS and not row[:n].tolist().count(PAD) and not row[n + 1:].any()
+  long = " ".join(["film"] * 40)
+  ids, truncated = text.encode(tok, [long, "good"], max_len=8)
+  assert truncated == 1 and ids[0, -1] == EOS and (ids[0, :-1] == tok.token_to_id("film")).all()
+  with pytest.raises(ValueError, match="max_len must be >= 2"):
+    text.encode(tok, ["good"], max_len=1)
+
+
+# --- the model and its loss -------------------------------------------------------------------
+
+
+def seq_model(chunk=4, cell="lstm", vocab=40):
+  m = ml_collections.ConfigDict(dict(family="rnn", vocab_size=vocab, embed_dim=16, hidden=24,
+                                     cell=cell, code_dim=0, dropout_rate=0.0, chunk=chunk,
+                                     tie_output=True))
+  return build_model(m, (12,), "seq_autoencoder")
+
+
+def random_tokens(n, max_len, seed=0, vocab=40):
+  rng = np.random.default_rng(seed)
+  ids = np.zeros((n, max_len), np.int32)
+  for i in range(n):
+    k = int(rng.integers(1, max_len - 1))
+    ids[i, :k] = rng.integers(MASK + 1, vocab, k)
+    ids[i, k] = EOS
+  return ids
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_padding_never_counts_and_skipped_chunks_change_nothing(cell):
+  ids = random_tokens(8, 12)
+  model = seq_model(4, cell)
+  params = model.init(jax.random.PRNGKey(0), ids[:1], method="reconstruct")["params"]
+  loss = token_loss(model)
+  value_grad = jax.jit(jax.value_and_grad(lambda p, x: loss(p, {"images": {"image": x}},
+                                                            jax.random.PRNGKey(1))[0]))
+  base, grads = value_grad(params, ids)
+  # More padding (another chunk wholly past every sequence) gives the same loss and gradient.
+  padded, grads_padded = value_grad(params, np.pad(ids, ((0, 0), (0, 9))))
+  np.testing.assert_allclose(padded, base, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads,
+               grads_padded)
+  # The loss is the mean over non-padding tokens: an independent computation from the logits.
+  logits = model.apply({"params": params}, ids, method="reconstruct")
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), ids[..., None], -1)[..., 0]
+  mask = ids != PAD
+  np.testing.assert_allclose(base, float(jnp.sum(nll * mask) / mask.sum()), rtol=1e-5)
+  # No gating (one chunk of the whole length) computes the same function.
+  ungated = seq_model(12, cell)
+  np.testing.assert_allclose(ungated.apply({"params": params}, ids, method="reconstruct"), logits,
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_masked_mean_ignores_pad_positions():
+  tokens = np.array([[5, 6, EOS, PAD], [7, EOS, PAD, PAD]])
+  values = np.array([[1.0, 2.0, 3.0, 100.0], [4.0, 5.0, -50.0, 7.0]])
+  assert float(masked_mean(values, tokens)) == pytest.approx((1 + 2 + 3 + 4 + 5) / 5)
+
+
+def test_word_masking_touches_only_words_at_the_given_rate():
+  ids = random_tokens(400, 30, seed=4)
+  masked = np.asarray(mask_tokens(jnp.asarray(ids), jax.random.PRNGKey(0), 0.25))
+  words = (ids != PAD) & (ids != EOS)
+  assert (masked[~words] == ids[~words]).all()
+  rate = (masked[words] == MASK).mean()
+  assert 0.22 < rate < 0.28
+
+
+@pytest.mark.parametrize("objective", ["seq_reconstruction", "seq_denoising"])
+def test_sequence_autoencoder_overfits_a_few_sentences(objective):
+  ids = random_tokens(6, 12, seed=5)
+  model = seq_model(4)
+  params = model.init(jax.random.PRNGKey(0), ids[:1], method="reconstruct")["params"]
+  o = ml_collections.ConfigDict({"name": objective, "corruption_level": 0.1})
+  from aetl_jax.objectives.registry import make_objective
+  loss = make_objective(model, o)
+  tx = optax.adam(1e-2)
+
+  @jax.jit
+  def step(p, s, r):
+    (l, aux), g = jax.value_and_grad(loss, has_aux=True)(p, {"images": {"image": ids}}, r)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s, l, aux
+
+  s, first = tx.init(params), None
+  for i in range(300):
+    params, s, l, aux = step(params, s, jax.random.PRNGKey(i))
+    first = l if first is None else first
+  assert float(l) < 0.1 * float(first)
+  clean = token_loss(model)(params, {"images": {"image": ids}}, jax.random.PRNGKey(0))[1]
+  assert float(clean["token_accuracy"]) > 0.95
+
+
+def test_token_epochs_batch_sentences_of_similar_length():
+  ids = random_tokens(2048, 40, seed=6)
+  lengths = _token_lengths({"image": jnp.asarray(ids)})
+  np.testing.assert_array_equal(lengths, (ids != 0).sum(1))
+  assert _token_lengths({"image": jnp.zeros((4, 8, 8, 1))}) is None  # images: plain shuffle
+  (idx,), _ = _plan(jax.random.PRNGKey(0), (2048,), (32,), lengths)
+  idx = np.asarray(idx)
+  assert idx.shape == (64, 32) and len(np.unique(idx)) == 2048  # a permutation, cut
+  spread = np.ptp(np.asarray(lengths)[idx], axis=1).mean()
+  (plain,), _ = _plan(jax.random.PRNGKey(0), (2048,), (32,))
+  plain_spread = np.ptp(np.asarray(lengths)[np.asarray(plain)], axis=1).mean()
+  assert spread < 0.25 * plain_spread
+  # Batches are shuffled, not sorted: the longest batch is not always last.
+  maxima = np.asarray(lengths)[idx].max(1)
+  assert not (np.diff(maxima) >= 0).all()
+
+
+# --- the transfer task on sentences -------------------------------------------------------------
+
+TINY_TEXT = ["model.family='rnn'", "model.vocab_size=200", "model.embed_dim=16", "model.hidden=32",
+             "objective.name='seq_denoising'", "data.max_len=16", "pretrain.epochs=4",
+             "pretrain.batch_size=32", "pretrain.eval_every=2", "transfer.epochs=15",
+             "transfer.learning_rate=1e-2",
+             "transfer.budgets=(5,40)", "transfer.seeds=2", "transfer.batch_size=16",
+             "transfer.strategies=('scratch','linear_probe','finetune','lp_ft','partial')",
+             "data.source_fraction=0"]
+
+
+def text_config(root, *extra):
+  return api.load_config(default_config(), TINY_TEXT + [f"data.source='tsv:{root}'",
+                                                        f"data.target='tsv:{root}'", *extra])
+
+
+@pytest.fixture(scope="module")
+def text_run(tiny_text, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("text_run") / "run"
+  out = api.run(text_config(tiny_text), workdir, progress=False)
+  return workdir, out
+
+
+def test_text_transfer_runs_every_strategy_and_saves_the_vocabulary(text_run):
+  workdir, out = text_run
+  rows = out["rows"]
+  assert {(r["strategy"], r["budget"]) for r in rows} == {
+      (s, b) for s in ("scratch", "linear_probe", "finetune", "lp_ft", "partial") for b in (5, 40)}
+  assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
+  # The sentiment words decide the label: 40 labels per class fine-tuned beat chance clearly.
+  finetuned = [r["test_accuracy"] for r in rows if r["strategy"] == "finetune" and r["budget"] == 40]
+  assert np.mean(finetuned) > 0.7
+  described = json.loads((workdir / "data.json").read_text())
+  assert described["val"]["size"] == 40 and described["test"]["size"] == 80  # dev.tsv, test.tsv
+  assert described["text"]["validation"] == "fixed split"
+  assert {"token_accuracy", "perplexity"} <= set(out["reconstruction"])
+  logged = [json.loads(line) for line in (workdir / "metrics" / "pretrain.jsonl").open()]
+  assert [r["epoch"] for r in logged if "eval_token_accuracy" in r] == [1, 3]  # eval_every=2
+  vocab = (workdir / "pretrain" / "vocab.txt").read_text().splitlines()
+  table = np.load(workdir / "pretrain" / "embeddings.npy")
+  assert table.shape == (len(vocab), 16) and vocab[:5] == list(text.SPECIAL_TOKENS)
+  sidecar = checkpoint.read_sidecar(workdir / "pretrain" / "checkpoints")
+  tok = text.tokenizer_from_json((workdir / "pretrain" / "tokenizer.json").read_text())
+  assert sidecar["vocabulary"] == text.vocabulary_hash(tok)
+
+
+def test_text_encoder_transplants_from_the_checkpoint(text_run, tiny_text):
+  from aetl_jax.transfer.encoder import load_encoder, target_model
+  workdir, _ = text_run
+  config = text_config(tiny_text)
+  model = target_model(config, 2, "classifier", (16,))
+  template = model.init(jax.random.PRNGKey(5), jnp.zeros((1, 16)))["params"]
+  assert set(template) == {"encoder", "head"}
+  _, encoder, _ = load_encoder(config, workdir / "pretrain" / "checkpoints", template)
+  _, saved = checkpoint.restore_subtree(workdir / "pretrain" / "checkpoints", template["encoder"],
+                                        subtree=("params", "encoder"))
+  jax.tree.map(np.testing.assert_array_equal, encoder, saved)
+  assert not np.allclose(encoder["block_0"]["embedding"], template["encoder"]["block_0"]["embedding"])
+  # The classifier encodes with the pretrained encoder: same features as the autoencoder's.
+  from aetl_jax.tasks.pretrain import pretrain_model
+  autoencoder = pretrain_model(config, (16,))
+  ids = np.asarray(text.encode(tok := text.tokenizer_from_json(
+      (workdir / "pretrain" / "tokenizer.json").read_text()), ["good film", "bad plot"], 16)[0])
+  del tok
+  np.testing.assert_allclose(
+      model.apply({"params": {**template, "encoder": encoder}}, ids, method="encode"),
+      autoencoder.apply({"params": {"encoder": saved}}, ids, method="encode"), rtol=1e-6)
+
+
+def test_a_rerun_resumes_with_the_saved_vocabulary_and_a_foreign_one_is_refused(text_run, tiny_text):
+  workdir, first = text_run
+  again = api.run(text_config(tiny_text), workdir, progress=False)  # a fresh tokenizer is trained...
+  assert again["rows"] == first["rows"]  # ...but the saved one encodes: nothing retrains
+  other = text.train_tokenizer(["an entirely different corpus of words"] * 3, 200)
+  saved = workdir / "pretrain" / "tokenizer.json"
+  original = saved.read_text()
+  try:
+    saved.write_text(text.tokenizer_json(other))
+    with pytest.raises(ConfigError, match="checkpoint's encoder was trained with vocabulary"):
+      api.run(text_config(tiny_text), workdir, progress=False)
+  finally:
+    saved.write_text(original)
+
+
+def test_an_image_family_on_text_is_refused_with_a_hint(tiny_text, tmp_path):
+  config = api.load_config(default_config(), [f"data.source='tsv:{tiny_text}'",
+                                              f"data.target='tsv:{tiny_text}'", "data.max_len=16"])
+  with pytest.raises(ConfigError, match=r"config key 'model'.*\(16,\).*use model.family='rnn'"):
+    api.run(config, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["objective.name='reconstruction'"], r"'seq_reconstruction' or 'seq_denoising'"),
+    (["transfer.augment=(('translate', 2),)"], r"transfer.augment.*text"),
+    (["model.vocab_size=3"], r"vocab_size must exceed the 5 special tokens"),
+])
+def test_text_configs_that_cannot_work_fail_in_one_line(tiny_text, tmp_path, extra, message):
+  with pytest.raises(ConfigError, match=message):
+    api.run(text_config(tiny_text, *extra), tmp_path / "run", progress=False)
+  assert not (tmp_path / "run").exists()
+
+
+def test_an_rnn_on_images_and_a_text_source_for_an_image_target_are_refused(tiny_text, tmp_path):
+  with pytest.raises(ConfigError, match=r"family 'rnn' reads token ids"):
+    api.run(api.load_config(default_config(), ["model.family='rnn'",
+                                               "objective.name='seq_reconstruction'"]),
+            tmp_path / "a", progress=False)
+  with pytest.raises(ConfigError, match=r"a text source .* needs a text target"):
+    api.run(api.load_config(default_config(), [f"data.source='tsv:{tiny_text}'"]),
+            tmp_path / "b", progress=False)
+
+
+def test_tfds_text_datasets_load_through_their_real_builders():
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=24):
+    ds = text.load_text("glue/sst2", progress=False)
+  # GLUE hides SST-2's test labels: its validation split is the test set here.
+  assert set(ds.splits) == {"train", "test"} and ds.num_classes == 2
+  assert len(ds.splits["train"][0]) == 24 and all(isinstance(t, str) for t in ds.splits["train"][0])
+  assert set(np.unique(ds.splits["test"][1])) <= {0, 1}
+
+
+def test_a_tab_inside_the_text_stays_in_it(tmp_path):
+  (tmp_path / "a.tsv").write_text("0\tone\ttwo\n1\tthree\n")
+  (tmp_path / "b.tsv").write_text("sentence\tlabel\none\ttwo\t0\nthree\t1\n")
+  for name in ("a.tsv", "b.tsv"):
+    texts, labels = text.read_tsv(tmp_path / name)
+    assert texts == ["one\ttwo", "three"] and labels.tolist() == [0, 1]
