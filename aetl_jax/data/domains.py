@@ -16,15 +16,8 @@ from aetl_jax.data import preprocessing
 from aetl_jax.data.sources import Dataset, load_dataset, prepare_builder
 from aetl_jax.data.streaming import tfds_stream
 from aetl_jax.data.text import build_text_transfer_data, is_text
-from aetl_jax.data.splits import stratified_split
+from aetl_jax.data.splits import stratified_split, subsample
 from aetl_jax.data.transfer_split import TransferData, TransferSplit
-
-
-def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
-  idx = np.arange(n)
-  if limit and limit < n:
-    idx = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
-  return idx
 
 
 def build_transfer_data(d, batch_size: int = 128, *, progress: bool = True,
@@ -62,7 +55,7 @@ def build_transfer_data(d, batch_size: int = 128, *, progress: bool = True,
   else:
     keep, test = stratified_split(train_y, d.test_fraction, d.split_seed)
     (train_x, train_y), (test_x, test_y) = (train_x[keep], train_y[keep]), (train_x[test], train_y[test])
-  test_sel = _subsample(len(test_y), d.max_test, d.split_seed + 2)
+  test_sel = subsample(len(test_y), d.max_test, d.split_seed + 2)
   test_x, test_y = test_x[test_sel], test_y[test_sel]
   source_labels = None
   if d.source == d.target and d.source_fraction == 0:  # the source is the pool itself
@@ -76,10 +69,10 @@ def build_transfer_data(d, batch_size: int = 128, *, progress: bool = True,
   else:
     source_images, source_labels = source.splits["train"]
   if source_images is not None:
-    keep = _subsample(len(source_images), d.max_source, d.split_seed + 3)
+    keep = subsample(len(source_images), d.max_source, d.split_seed + 3)
     source_images = source_images[keep]
     source_labels = None if source_labels is None else np.asarray(source_labels, np.int32)[keep]
-  pool_sel = _subsample(len(train_y), d.max_pool, d.split_seed + 4)
+  pool_sel = subsample(len(train_y), d.max_pool, d.split_seed + 4)
   train_x, train_y = train_x[pool_sel], train_y[pool_sel]
 
   images = np.concatenate([prep(train_x, target.max_value), prep(test_x, target.max_value)])

@@ -23,6 +23,14 @@ def stratified_split(labels, fraction: float, seed: int):
   return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
 
 
+def subsample(n: int, limit: int, seed: int) -> np.ndarray:
+  """Indices of at most ``limit`` of ``n`` examples (0: all), a seeded random subset in order."""
+  idx = np.arange(n)
+  if limit and limit < n:
+    idx = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+  return idx
+
+
 def label_budget(labels, per_class: int, seed: int, *, pool=None, num_classes: int | None = None):
   """Draws exactly ``per_class`` examples of every class from ``pool``.
 

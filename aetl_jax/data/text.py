@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aetl_jax.data.splits import stratified_split
+from aetl_jax.data.splits import stratified_split, subsample
 from aetl_jax.data.transfer_split import TransferData, TransferSplit
 
 log = logging.getLogger(__name__)
@@ -231,9 +231,7 @@ def decode(tok, ids) -> list[str]:
 
 def _cap(texts, labels, limit: int, seed: int):
   """At most ``limit`` sentences (0: all), a seeded random subset in the original order."""
-  if not limit or limit >= len(texts):
-    return list(texts), labels
-  keep = np.sort(np.random.default_rng(seed).choice(len(texts), limit, replace=False))
+  keep = subsample(len(texts), limit, seed)
   return [texts[i] for i in keep], None if labels is None else np.asarray(labels)[keep]
 
 
