@@ -41,14 +41,18 @@ def _choice(cfg, prefix, name, choices):
           f"unknown value {cfg[name]!r}; valid: {', '.join(choices)}")
 
 
-def _optim(cfg, prefix):
+def _optim(cfg, prefix, zero_epochs: str = ""):
+  """``zero_epochs``: why 0 epochs is valid here too ('' : it is not)."""
   _positive(cfg, prefix, "learning_rate")
-  _positive(cfg, prefix, "epochs", "batch_size", integer=True)
+  _positive(cfg, prefix, "batch_size", integer=True)
   _choice(cfg, prefix, "optimizer", OPTIMIZERS)
   _choice(cfg, prefix, "schedule", SCHEDULES)
   _choice(cfg, prefix, "runner", RUNNERS)
   require(_number(cfg.weight_decay) and cfg.weight_decay >= 0, f"{prefix}.weight_decay",
           f"must be >= 0, got {cfg.weight_decay}")
+  if zero_epochs and cfg.epochs == 0:
+    return
+  _positive(cfg, prefix, "epochs", integer=True)
   require(0 <= cfg.warmup_epochs < cfg.epochs, f"{prefix}.warmup_epochs",
           f"must be in [0, {prefix}.epochs), got {cfg.warmup_epochs}")
 
@@ -89,7 +93,8 @@ def _model_and_objective(config) -> None:
     if key in m:
       require(len(m[key]) > 0 and all(isinstance(w, int) and w > 0 for w in m[key]),
               f"model.{key}", f"must be a non-empty tuple of positive integers, got {m[key]!r}")
-  if "code_dim" in m and not (m.code_dim == 0 and family.info.get("input") == "tokens"):
+  if "code_dim" in m and not (m.code_dim == 0 and (family.info.get("input") == "tokens"
+                                                    or family.info.get("zero_code_dim"))):
     _positive(m, "model", "code_dim", integer=True)  # (0: a recurrent encoder's last state)
   if "dropout_rate" in m:
     require(0.0 <= m.dropout_rate < 1.0, "model.dropout_rate", f"must be in [0, 1), got {m.dropout_rate}")
@@ -101,6 +106,11 @@ def _model_and_objective(config) -> None:
     if part.validate is not None:
       part.validate(section)
   kind = model_kind(o.name)
+  if family.info.get("batch_norm"):
+    valid = [n for n in OBJECTIVES.names() if OBJECTIVES.get(n).info.get("batch_norm")]
+    require(objective.info.get("batch_norm"), "objective.name",
+            f"{o.name!r} does not update BatchNorm statistics, which family {m.family!r} keeps; "
+            f"valid: {', '.join(valid)}")
   require(_pretrainable(o.name), "objective.name",
           f"{o.name!r} reads {', '.join(roles(o.name))}, which a source does not provide; "
           f"pretraining objectives: " + ", ".join(n for n in OBJECTIVES.names() if _pretrainable(n)))
@@ -114,7 +124,7 @@ def validate_pretrain_config(config) -> None:
   _launch(config, sections=("pretrain",))
   _model_and_objective(config)
   p = config.pretrain
-  _optim(p, "pretrain")
+  _optim(p, "pretrain", zero_epochs=config.model.get("weights", ""))
   _positive(p, "pretrain", "eval_every", "checkpoint_every", "keep_checkpoints", integer=True)
   require(_number(p.grad_clip_norm) and p.grad_clip_norm >= 0, "pretrain.grad_clip_norm",
           "must be >= 0 (0 disables clipping)")

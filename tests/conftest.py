@@ -24,7 +24,7 @@ TINY = [
 ALL_STRATEGIES = ("transfer.strategies=('scratch','linear_probe','finetune','partial',"
                   "'discriminative','layerwise','lp_ft','gradual_unfreeze','ridge_probe',"
                   "'knn_probe','bitfit','joint_finetune','rules','pseudo_label','source_only',"
-                  "'drcn','dann','coral','mmd')")
+                  "'drcn','dann','coral','mmd','frozen_backbone','backbone_ae')")
 
 
 def digits_config(*overrides):

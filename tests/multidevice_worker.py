@@ -73,7 +73,42 @@ def main():
                                      launcher=make_launcher("shard_map", 4)))
   out["eval_max_abs_diff"] = float(np.max(np.abs(full - sharded)))
   out["eval_rows"] = int(sharded.shape[0])
-  json.dump({"runs": out, "errors": errors}, sys.stdout)
+  json.dump({"runs": out, "errors": errors, "batch_norm": batch_norm()}, sys.stdout)
+
+
+def batch_norm():
+  """One step of a ResNet-18 classifier per launcher: the stem BatchNorm's new running mean
+  (its input does not depend on other BatchNorms) and the first layer1 running variance."""
+  import ml_collections
+  from aetl_jax.core.statistics import statistics_mask
+  from aetl_jax.models.registry import build_classifier
+  from aetl_jax.models.variables import tree_of
+  from aetl_jax.objectives.registry import OBJECTIVES
+  m = ml_collections.ConfigDict(dict(family="resnet18", code_dim=0, input_norm="imagenet",
+                                     weights="", conv_impl="auto"))
+  model = build_classifier(m, 10)
+  rng = np.random.RandomState(0)
+  data = {"labelled": {"image": jnp.asarray(rng.rand(16, 16, 16, 1), jnp.float32),
+                       "label": jnp.asarray(rng.randint(0, 10, 16), jnp.int32)}}
+  params = tree_of(model.init(jax.random.PRNGKey(0), data["labelled"]["image"][:1]))
+  stats = statistics_mask(params)
+  mask = jax.tree.map(lambda s: not s, stats)
+  loss = OBJECTIVES.get("classification").fn(model, None)
+  out = {}
+  for kind, n in (("jit", 1), ("pmap", 2), ("shard_map", 2)):
+    launcher = make_launcher(kind, n)
+    tx = make_optimizer(learning_rate=1e-3, optimizer="sgd")
+    step = make_train_step(loss, tx, mask, axis_name=launcher.axis_name,
+                           stats_mask=jax.tree.map(lambda _: True, stats))
+    epoch = make_epoch_fn(step, feed=(("labelled", "labelled", 16),), runner="per_batch",
+                          launcher=launcher)
+    state = launcher.replicate(TrainState.create(jax.tree.map(jnp.copy, params), tx, mask))
+    state, _ = epoch(state, data, jax.random.PRNGKey(0))
+    enc = launcher.unreplicate(state).params["encoder"]
+    out[kind] = {"stem_mean": np.asarray(enc["bn1"]["running_mean"]).tolist(),
+                 "layer1_var": np.asarray(enc["layer1"]["0"]["bn1"]["running_var"]).tolist(),
+                 "initial_mean": np.asarray(params["encoder"]["bn1"]["running_mean"]).tolist()}
+  return out
 
 
 if __name__ == "__main__":

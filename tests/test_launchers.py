@@ -122,3 +122,16 @@ def test_experiment_on_four_devices_matches_single_device(tmp_path, launcher):
   assert rows["multi"]["pretrain_loss"] == pytest.approx(rows["jit"]["pretrain_loss"], rel=1e-5)
   for strategy in ("linear_probe", "finetune"):
     assert abs(rows["multi"][strategy]["test_accuracy"] - rows["jit"][strategy]["test_accuracy"]) < 0.005
+
+
+def test_batch_norm_statistics_are_averaged_over_devices(four_devices):
+  """Each device normalises with its own batch (unsynchronised BatchNorm, as torch's
+  DataParallel); the running averages are then averaged over devices, so the stem's mean —
+  the mean of equal shards' means — equals the one-device update."""
+  runs = four_devices["batch_norm"]
+  ref = np.asarray(runs["jit"]["stem_mean"])
+  assert not np.allclose(ref, runs["jit"]["initial_mean"])
+  for kind in ("pmap", "shard_map"):
+    np.testing.assert_allclose(runs[kind]["stem_mean"], ref, rtol=1e-4, atol=1e-6)
+    # later statistics see per-device normalisation: close, not equal
+    np.testing.assert_allclose(runs[kind]["layer1_var"], runs["jit"]["layer1_var"], rtol=0.2)

@@ -19,6 +19,8 @@ In one run, after warm-up, medians of 5 repeats, compile time excluded:
   faster one is the baseline;
 * the sequence autoencoder's pretraining sentences/s and tokens/s against a
   PyTorch LSTM autoencoder of the same size (:mod:`aetl_jax.bench.sequence`);
+* ResNet-18's train step at 64×64 and 224×224 against torchvision's
+  (:mod:`aetl_jax.bench.backbone`);
 * the number of XLA compilations during the timed parts (must be 0).
 """
 
@@ -301,6 +303,12 @@ def main(argv=None):
                                    quick)
   sequence.print_rows(rows["sequence"])
   total_compiles += sum(r["compiles"] for r in rows["sequence"])
+  from aetl_jax.bench import backbone
+  print()
+  rows["backbone"] = backbone.rows((32,) if quick else (64, 224), 2 if quick else 32, repeats,
+                                   use_torch and backbone.torchvision_usable() is None)
+  backbone.print_rows(rows["backbone"])
+  total_compiles += sum(r["compiles"] for r in rows["backbone"])
   rows["compiles_during_timed_parts"] = total_compiles
   print(f"\ncompilations during the timed parts: {total_compiles}")
   write_json(args.json, rows)

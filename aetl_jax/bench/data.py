@@ -33,7 +33,7 @@ def main(argv=None):
   from aetl_jax.models.autoencoder import Autoencoder
   from aetl_jax.models.mlp import MLPDecoder, MLPEncoder
   from aetl_jax.objectives.reconstruction import make_reconstruction_loss
-  from aetl_jax.engine.loop import _gather, _plan, make_epoch_fn
+  from aetl_jax.engine.loop import _Reader, make_epoch_fn
   from aetl_jax.engine.state import TrainState
   from aetl_jax.engine.step import make_train_step
   from aetl_jax.core.optim import make_optimizer
@@ -51,8 +51,9 @@ def main(argv=None):
 
   @jax.jit
   def gather_epoch(data, rng):
-    idx, _ = _plan(rng, n, bs)
-    return jax.lax.map(lambda i: jnp.sum(_gather(data, i)["image"]), idx)
+    reader = _Reader(None, bs)  # the epoch runners' own shuffle and gather
+    (idx,), _ = reader.plan(rng, data)
+    return jax.lax.map(lambda i: jnp.sum(reader.gather(data, (i,))["image"]), idx)
 
   t_mem = time_calls(lambda: gather_epoch(data, jax.random.PRNGKey(0)), repeats=args.repeats)
 
@@ -71,11 +72,12 @@ def main(argv=None):
   model = Autoencoder(MLPEncoder((256, 128), 32), MLPDecoder((28, 28, 1), (128, 256)))
   params = model.init(jax.random.PRNGKey(0), images[:1])["params"]
   tx = make_optimizer(learning_rate=1e-3)
-  epoch = make_epoch_fn(make_train_step(make_reconstruction_loss(model), tx), batch_size=bs)
+  epoch = make_epoch_fn(make_train_step(make_reconstruction_loss(model), tx),
+                        feed=(("images", "source", bs),))
   holder = {"state": TrainState.create(params, tx)}
 
   def train():
-    holder["state"], m = epoch(holder["state"], data, jax.random.PRNGKey(1))
+    holder["state"], m = epoch(holder["state"], {"source": data}, jax.random.PRNGKey(1))
     return m
 
   t_train = time_calls(train, repeats=args.repeats)

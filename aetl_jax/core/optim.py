@@ -87,7 +87,8 @@ def learning_rate_schedule(learning_rate: float, total_steps: int, *, schedule: 
 
 def make_optimizer(*, learning_rate, optimizer: str = "adam", weight_decay: float = 0.0,
                    lr_multipliers=None, wd_multipliers=None, grad_clip_norm: float | None = None,
-                   momentum: float = 0.9, l1_decay: float = 0.0) -> optax.GradientTransformation:
+                   momentum: float = 0.9, nesterov: bool = True,
+                   l1_decay: float = 0.0) -> optax.GradientTransformation:
   """Base optimiser + per-leaf (L2) weight decay, L1 decay and learning-rate multipliers.
 
   ``learning_rate`` may be a float or an Optax schedule. The multiplier trees
@@ -99,7 +100,7 @@ def make_optimizer(*, learning_rate, optimizer: str = "adam", weight_decay: floa
   if optimizer == "adam":
     parts.append(optax.scale_by_adam())
   elif optimizer == "sgd":
-    parts.append(optax.trace(decay=momentum, nesterov=True))
+    parts.append(optax.trace(decay=momentum, nesterov=nesterov))
   else:
     raise ValueError(f"unknown optimizer {optimizer!r}; valid: 'adam', 'sgd'")
   if weight_decay:

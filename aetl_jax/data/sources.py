@@ -8,6 +8,7 @@
     idx:DIR                     a folder of IDX files (train-/t10k-images/labels)
     npz:FILE                    an .npz with 'images' (N,H,W[,C]) and 'labels' (N,)
     folder:DIR                  one sub-folder of images per class
+    olivetti:PATH               the Olivetti faces (olivettifaces.mat, 40 people × 10)
 
 Local data is turned into a TFDS dataset with TFDS's ad-hoc builder, so it is
 cached, split and described like a catalogue dataset. Every loader returns
@@ -253,6 +254,24 @@ def _folder(path: Path, splits):
   """One sub-folder of images per class; one 'train' split."""
   del splits
   return _read_folder(path)
+
+
+@DATASET_KINDS.register("olivetti")
+def _olivetti(path: Path, splits):
+  """The Olivetti (AT&T/ORL) faces ``olivettifaces.mat`` (or its folder): 400 64×64 grey
+  faces of 40 people, 10 each, person = index // 10; one 'train' split (decoded as
+  scikit-learn's ``fetch_olivetti_faces`` does)."""
+  del splits
+  import scipy.io
+  file = path / "olivettifaces.mat" if path.is_dir() else path
+  if not file.is_file():
+    raise ValueError(f"dataset 'olivetti:{path}': no olivettifaces.mat there")
+  faces = scipy.io.loadmat(file).get("faces")
+  if faces is None or faces.shape != (4096, 400):
+    raise ValueError(f"dataset 'olivetti:{path}': {file} has no 4096×400 'faces' array "
+                     f"(got {None if faces is None else faces.shape})")
+  images = faces.T.reshape(400, 64, 64).transpose(0, 2, 1)[..., None].astype(np.uint8)
+  return {"train": (images, np.arange(400, dtype=np.int32) // 10)}, None
 
 
 def _prepare_local(kind: str, value: str, splits, data_dir):

@@ -158,6 +158,14 @@ def _saved_subtree_shapes(manager, step, subtree, directory) -> dict[str, tuple]
   return shapes
 
 
+def saved_shapes(directory, subtree: tuple[str, ...] = ("params", "encoder")) -> dict[str, tuple]:
+  """Leaf path (inside ``subtree``) → shape in the newest finished step of ``directory``."""
+  steps = finished_steps(directory)
+  if not steps:
+    raise CheckpointError(f"no finished checkpoint in {directory}")
+  return _saved_subtree_shapes(None, steps[-1], subtree, directory)
+
+
 def restore_subtree(directory, target, *, subtree: tuple[str, ...] = ("params", "encoder"),
                     step: int | None = None, reinit: tuple[str, ...] = ()):
   """Reads only ``subtree`` of a saved state into the structure of ``target``.

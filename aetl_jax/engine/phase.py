@@ -25,6 +25,7 @@ import optax
 from aetl_jax.core.optim import learning_rate_schedule, make_optimizer
 from aetl_jax.core.rules import (Rule, freeze_and_multipliers, split_by_mask,
                                  weight_decay_multipliers)
+from aetl_jax.core.statistics import statistics_mask
 from aetl_jax.engine.loop import Feed, epoch_body, make_epoch_fn, make_stream_epoch_fn
 from aetl_jax.engine.runtime import Runtime
 from aetl_jax.engine.state import TrainState
@@ -44,6 +45,8 @@ class Optim:
   schedule: str = "cosine"
   warmup_epochs: int = 0
   grad_clip_norm: float = 0.0
+  momentum: float = 0.9  # 'sgd' only
+  nesterov: bool = True  # 'sgd' only
 
   @classmethod
   def from_config(cls, cfg) -> "Optim":
@@ -118,6 +121,9 @@ def build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -
   if phase.subtree is not None:
     mask, mults = mask[phase.subtree], mults[phase.subtree]
     wd = None if wd is None else wd[phase.subtree]
+  stats = statistics_mask(mask)
+  stats_mask = mask if any(jax.tree.leaves(stats)) else None  # BatchNorm statistics to update
+  mask = jax.tree.map(lambda m, s: bool(m) and not s, mask, stats)  # never differentiated
   step_mask = None if all(jax.tree.leaves(mask)) else mask
   if step_mask is not None:
     mults = split_by_mask(mults, mask)[0]
@@ -128,10 +134,12 @@ def build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -
                                     warmup_steps=o.warmup_epochs * per_epoch)
   tx = make_optimizer(learning_rate=schedule, optimizer=o.optimizer, weight_decay=o.weight_decay,
                       l1_decay=o.l1_decay, grad_clip_norm=o.grad_clip_norm or None,
+                      momentum=o.momentum, nesterov=o.nesterov,
                       lr_multipliers=None if all(v == 1.0 for v in jax.tree.leaves(mults)) else mults,
                       wd_multipliers=wd)
-  step = make_train_step(phase.loss, tx, step_mask, axis_name=runtime.launcher.axis_name)
-  single = make_train_step(phase.loss, tx, step_mask)
+  step = make_train_step(phase.loss, tx, step_mask, axis_name=runtime.launcher.axis_name,
+                         stats_mask=stats_mask)
+  single = make_train_step(phase.loss, tx, step_mask, stats_mask=stats_mask)
   epoch_fn = make_epoch_fn(step, feed=phase.feed, runner=runtime.runner,
                            launcher=runtime.launcher, compiler_options=runtime.options)
   return Program(phase, tx, step_mask, step, epoch_body(single, feed=phase.feed), epoch_fn,

@@ -32,6 +32,7 @@ from aetl_jax.evaluation.batched import batched_apply
 from aetl_jax.evaluation.reconstruction import per_example_metrics
 from aetl_jax.evaluation.vae import per_example_bounds
 from aetl_jax.objectives.reconstruction import pixel_errors
+from aetl_jax.models.variables import variables
 
 SCORES = Registry("anomaly score", "one_class.scores")
 BASELINES = Registry("anomaly baseline", "one_class.baselines")
@@ -57,7 +58,7 @@ class ScoreContext:
 
 @functools.lru_cache(maxsize=None)
 def _encode_fn(model):
-  return jax.jit(lambda params, x: model.apply({"params": params}, x, method="encode"))
+  return jax.jit(lambda params, x: model.apply(variables(params), x, method="encode"))
 
 
 @SCORES.register("reconstruction_mse")
@@ -94,7 +95,7 @@ def neg_elbo(ctx: ScoreContext, images) -> np.ndarray:
 
 def pixel_error_map(model, params, images) -> np.ndarray:
   """Per-pixel squared error of the reconstruction, shaped like ``images``."""
-  logits = model.apply({"params": params}, jnp.asarray(images), method="reconstruct")
+  logits = model.apply(variables(params), jnp.asarray(images), method="reconstruct")
   return np.asarray(pixel_errors(logits, images, "mse")).reshape(np.shape(images))
 
 

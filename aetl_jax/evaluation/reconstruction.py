@@ -12,13 +12,14 @@ from aetl_jax.evaluation.batched import batched_apply
 from aetl_jax.evaluation.sequence import token_metrics
 from aetl_jax.models.sequence import SequenceAutoencoder
 from aetl_jax.objectives.reconstruction import reconstruction_error
+from aetl_jax.models.variables import variables
 
 
 @functools.lru_cache(maxsize=None)
 def _per_example_fn(model):
   @jax.jit
   def fn(params, x):
-    logits = model.apply({"params": params}, x, method="reconstruct")
+    logits = model.apply(variables(params), x, method="reconstruct")
     mse = reconstruction_error(logits, x, "mse")
     return {"mse": mse, "bce": reconstruction_error(logits, x, "bce"),
             "psnr": -10.0 * jnp.log10(jnp.maximum(mse, 1e-12))}
@@ -41,4 +42,4 @@ def reconstruction_metrics(model, params, images, *, batch_size: int = 1024) -> 
 
 def reconstruct(model, params, images):
   """Reconstructions in [0, 1] (for figures)."""
-  return np.asarray(jax.nn.sigmoid(model.apply({"params": params}, images, method="reconstruct")))
+  return np.asarray(jax.nn.sigmoid(model.apply(variables(params), images, method="reconstruct")))

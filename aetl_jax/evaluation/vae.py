@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from aetl_jax.objectives.autoencoders import bernoulli_nll, gaussian_kl
+from aetl_jax.models.variables import variables
 
 
 def _normal_logpdf(z, mean, logvar):
@@ -26,10 +27,10 @@ def _normal_logpdf(z, mean, logvar):
 def _bounds_fn(model, num_samples: int):
   @jax.jit
   def fn(params, x, rng):
-    mean, logvar = model.apply({"params": params}, x, method="posterior")
+    mean, logvar = model.apply(variables(params), x, method="posterior")
     eps = jax.random.normal(rng, (num_samples, *mean.shape))
     z = mean + jnp.exp(0.5 * logvar) * eps  # (K, B, d)
-    logits = jax.vmap(lambda zk: model.apply({"params": params}, zk, method="decode"))(z)
+    logits = jax.vmap(lambda zk: model.apply(variables(params), zk, method="decode"))(z)
     log_px_z = -jax.vmap(lambda l: bernoulli_nll(l, x))(logits)  # (K, B)
     log_w = (log_px_z + _normal_logpdf(z, 0.0, jnp.zeros_like(z))
              - _normal_logpdf(z, mean, logvar))

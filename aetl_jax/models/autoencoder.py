@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aetl_jax.models.variables import variables
 from aetl_jax.models.vit import patchify, random_masking, unpatchify
 
 
@@ -183,4 +184,4 @@ class DomainClassifier(Classifier):
 
 def encode(model: nn.Module, params, x):
   """The one encoder interface: features of ``x`` (deterministic, no dropout)."""
-  return model.apply({"params": params}, x, method="encode")
+  return model.apply(variables(params), x, method="encode")

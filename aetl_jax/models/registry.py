@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from aetl_jax.models import conv, mlp, sequence, vit  # noqa: F401 - built-in families register
+from aetl_jax.models import conv, mlp, resnet18, sequence, vit  # noqa: F401 - built-in families register
 from aetl_jax.models.autoencoder import (Autoencoder, AutoencoderClassifier, Classifier,
                                          DomainClassifier, MaskedAutoencoder,
                                          VariationalAutoencoder)

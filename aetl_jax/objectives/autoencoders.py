@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from aetl_jax.core.config import require
+from aetl_jax.models.variables import apply_train
 from aetl_jax.models.vit import patchify
 from aetl_jax.objectives.corruption import CORRUPTIONS, corrupt
 from aetl_jax.objectives.reconstruction import (RECONSTRUCTION_LOSSES, make_reconstruction_loss,
@@ -28,7 +29,8 @@ def _loss_key(o) -> None:
           f"unknown value {o.loss!r}; valid: {', '.join(RECONSTRUCTION_LOSSES)}")
 
 
-@OBJECTIVES.register("reconstruction", defaults=dict(loss="bce"), validate=_loss_key)
+@OBJECTIVES.register("reconstruction", defaults=dict(loss="bce"), validate=_loss_key,
+                     batch_norm=True)
 def reconstruction(model, o):
   """Reconstruct the image (BCE on logits, or MSE of the sigmoid)."""
   return make_reconstruction_loss(model, o.loss)
@@ -44,7 +46,7 @@ def _check_denoising(o) -> None:
           f"got {o.corruption_level}")
 
 
-@OBJECTIVES.register("denoising", validate=_check_denoising,
+@OBJECTIVES.register("denoising", validate=_check_denoising, batch_norm=True,
                      defaults=dict(loss="bce", corruption="gaussian", corruption_level=0.3))
 def denoising(model, o):
   """Reconstruct the clean image from a corrupted one (Vincent et al. 2008)."""
@@ -69,7 +71,7 @@ def _check_sparse(o) -> None:
   require(o.sparsity_weight >= 0, "objective.sparsity_weight", "must be >= 0")
 
 
-@OBJECTIVES.register("sparse", validate=_check_sparse,
+@OBJECTIVES.register("sparse", validate=_check_sparse, batch_norm=True,
                      defaults=dict(loss="bce", sparsity="l1", sparsity_weight=1e-3,
                                    sparsity_target=0.05))
 def sparse(model, o):
@@ -77,12 +79,13 @@ def sparse(model, o):
 
   def loss_fn(params, batches, rng):
     x = batches["images"]["image"]
-    logits, code = model.apply({"params": params}, x, train=True, rngs={"dropout": rng},
-                               method="with_code")
+    (logits, code), state = apply_train(model, params, x, rngs={"dropout": rng},
+                                        method="with_code")
     recon = jnp.mean(reconstruction_error(logits, x, o.loss))
     penalty = sparsity_penalty(code, o.sparsity, o.sparsity_target)
     return recon + o.sparsity_weight * penalty, {
-        "mse": mean_squared_error(logits, x), "reconstruction": recon, "sparsity": penalty}
+        "mse": mean_squared_error(logits, x), "reconstruction": recon, "sparsity": penalty,
+        **state}
 
   return loss_fn
 
@@ -102,7 +105,8 @@ def _check_vae(o) -> None:
   require(o.beta >= 0, "objective.beta", f"must be >= 0, got {o.beta}")
 
 
-@OBJECTIVES.register("vae", model="vae", validate=_check_vae, defaults=dict(loss="bce", beta=1.0),
+@OBJECTIVES.register("vae", model="vae", batch_norm=True, validate=_check_vae,
+                     defaults=dict(loss="bce", beta=1.0),
                      model_defaults=dict(latent_dim=16))
 def vae(model, o):
   """Negative ELBO with a β weight on the KL term (nats per image)."""
@@ -110,13 +114,13 @@ def vae(model, o):
   def loss_fn(params, batches, rng):
     x = batches["images"]["image"]
     z_rng, drop_rng = jax.random.split(rng)
-    logits, mean, logvar, _ = model.apply({"params": params}, x, z_rng, train=True,
-                                          rngs={"dropout": drop_rng})
+    (logits, mean, logvar, _), state = apply_train(model, params, x, z_rng,
+                                                   rngs={"dropout": drop_rng})
     recon = reconstruction_sum(logits, x, o.loss)
     kl = gaussian_kl(mean, logvar)
     loss = jnp.mean(recon + o.beta * kl)
     return loss, {"mse": mean_squared_error(logits, x), "reconstruction": jnp.mean(recon),
-                  "kl": jnp.mean(kl), "neg_elbo": jnp.mean(recon + kl)}
+                  "kl": jnp.mean(kl), "neg_elbo": jnp.mean(recon + kl), **state}
 
   return loss_fn
 

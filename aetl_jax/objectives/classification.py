@@ -9,6 +9,7 @@ import optax
 from aetl_jax.core.config import require
 from aetl_jax.objectives.reconstruction import (RECONSTRUCTION_LOSSES, mean_squared_error,
                                                 reconstruction_error)
+from aetl_jax.models.variables import apply_train
 from aetl_jax.objectives.registry import OBJECTIVES
 
 
@@ -33,13 +34,19 @@ def make_classification_loss(apply_fn, role: str | None = "labelled"):
   return loss_fn
 
 
-@OBJECTIVES.register("classification", model="classifier", roles=("labelled",), defaults={})
+@OBJECTIVES.register("classification", model="classifier", roles=("labelled",), defaults={},
+                     batch_norm=True)
 def classification(model, o):
   """Softmax cross-entropy of the classifier on labelled images."""
   del o
-  return make_classification_loss(
-      lambda params, x, rng: model.apply({"params": params}, x, train=True,
-                                         rngs={"dropout": rng}))
+
+  def loss_fn(params, batches, rng):
+    batch = batches["labelled"]
+    logits, state = apply_train(model, params, batch["image"], rngs={"dropout": rng})
+    loss, accuracy = cross_entropy(logits, batch["label"])
+    return loss, {"accuracy": accuracy, **state}
+
+  return loss_fn
 
 
 def _check_joint(o) -> None:

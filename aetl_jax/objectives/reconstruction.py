@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from aetl_jax.models.variables import apply_train
+
 RECONSTRUCTION_LOSSES = ("bce", "mse")
 
 
@@ -81,8 +83,9 @@ def make_reconstruction_loss(model, kind: str = "bce", corrupt_fn=None):
       inputs = corrupt_fn(x, noise_rng)
     else:
       inputs = x
-    logits = model.apply({"params": params}, inputs, train=True, rngs={"dropout": rng})
+    (logits, _), state = apply_train(model, params, inputs, rngs={"dropout": rng},
+                                     method="with_code")
     loss = jnp.mean(reconstruction_error(logits, x, kind))
-    return loss, {"mse": mean_squared_error(logits, x)}
+    return loss, {"mse": mean_squared_error(logits, x), **state}
 
   return loss_fn

@@ -12,13 +12,24 @@ roles it reads and which model it trains (``model``: ``autoencoder``,
 from __future__ import annotations
 
 from aetl_jax.core.registry import Registry
+from aetl_jax.models.variables import uses_batch_norm
 
 OBJECTIVES = Registry("objective", "objective.name")
 
 
 def make_objective(model, ocfg):
   """The pure loss of the objective ``ocfg.name`` for ``model``."""
+  check_batch_norm(ocfg.name, model)
   return OBJECTIVES.get(ocfg.name).fn(model, ocfg)
+
+
+def check_batch_norm(name: str, model) -> None:
+  """A model with BatchNorm trains only under objectives that return its running statistics
+  (registered with ``batch_norm=True``)."""
+  if uses_batch_norm(model) and not OBJECTIVES.get(name).info.get("batch_norm"):
+    valid = [n for n in OBJECTIVES.names() if OBJECTIVES.get(n).info.get("batch_norm")]
+    raise ValueError(f"objective {name!r} does not update BatchNorm statistics, which this "
+                     f"model (family 'resnet18') keeps; valid with BatchNorm: {', '.join(valid)}")
 
 
 def roles(name: str) -> tuple[str, ...]:

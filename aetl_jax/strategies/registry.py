@@ -29,10 +29,12 @@ from aetl_jax.core.config import require
 from aetl_jax.core.registry import Registry
 from aetl_jax.core.rules import FROZEN, Rule, trainable_mask
 from aetl_jax.engine.phase import Optim, Phase
+from aetl_jax.models.family import FAMILIES
 from aetl_jax.objectives.augmentation import augmenting, check_chain
 from aetl_jax.objectives.classification import make_classification_loss
-from aetl_jax.objectives.registry import OBJECTIVES
+from aetl_jax.objectives.registry import OBJECTIVES, check_batch_norm
 from aetl_jax.objectives.registry import roles as objective_roles
+from aetl_jax.models.variables import variables
 
 STRATEGIES = Registry("strategy", "transfer.strategies")
 
@@ -75,14 +77,17 @@ class StrategyContext:
 
   def phase(self, name: str, rules, epochs: int, *, objective: str = "classification",
             lr_mult: float = 1.0, objective_cfg=None, batch_sizes: dict | None = None,
-            wd_rules=None, roles: tuple[str, ...] | None = None) -> Phase:
+            wd_rules=None, roles: tuple[str, ...] | None = None,
+            optim: Optim | None = None) -> Phase:
     """A phase of ``objective`` over the streams its roles name (``roles``: a subset or
     another order; the first one sets the epoch); weight-decay multipliers from
-    ``wd_rules`` (default: the config's ``transfer.wd_rules``)."""
+    ``wd_rules`` (default: the config's ``transfer.wd_rules``); ``optim`` replaces the
+    ``transfer`` section's optimiser settings."""
     rules = tuple(tuple(r) for r in rules)
     if wd_rules is None:
       wd_rules = tuple(tuple(r) for r in self.cfg.get("wd_rules", ()))
-    optim = self.optim.scaled(lr_mult) if lr_mult != 1.0 else self.optim
+    optim = optim or self.optim
+    optim = optim.scaled(lr_mult) if lr_mult != 1.0 else optim
     bs = self.cfg.batch_size
     feed = tuple((role, TARGET_STREAMS[role], (batch_sizes or {}).get(role, bs))
                  for role in (roles or objective_roles(objective)))
@@ -119,6 +124,7 @@ def _frozen(cfg) -> tuple:
 @functools.lru_cache(maxsize=64)
 def _objective_loss(objective: str, model, cfg: tuple):
   """One loss function per (objective, model, keys): equal phases share compilations."""
+  check_batch_norm(objective, model)
   return OBJECTIVES.get(objective).fn(model, _Section(cfg))
 
 
@@ -131,7 +137,7 @@ def _head_loss(model):
 @functools.lru_cache(maxsize=32)
 def _features(model):
   """``prepare``: the labelled stream's images replaced by encoder features (computed once)."""
-  encode = jax.jit(lambda params, x: model.apply({"params": params}, x, method="encode"))
+  encode = jax.jit(lambda params, x: model.apply(variables(params), x, method="encode"))
 
   def prepare(params, data):
     labelled = data["target_labelled"]
@@ -141,14 +147,17 @@ def _features(model):
 
 
 def encoder_blocks(encoder_params) -> list[str]:
-  """Block names of an encoder subtree, input to output (natural sort)."""
-  def key(name):
-    m = re.fullmatch(r"block_(\d+)", name)
-    if not m:
-      raise ValueError(f"encoder child {name!r} is not named block_<i>; "
-                       "block-wise strategies need block_<i> names")
-    return int(m.group(1))
-  return sorted(encoder_params, key=key)
+  """Block names of an encoder subtree, input to output: ``block_<i>`` in natural order, or
+  the order a family declares (``blocks``: torchvision's conv1, bn1, layer1 … layer4)."""
+  names = list(encoder_params)
+  if all(re.fullmatch(r"block_\d+", n) for n in names):
+    return sorted(names, key=lambda n: int(n.removeprefix("block_")))
+  for family in FAMILIES.names():
+    order = FAMILIES.get(family).info.get("blocks")
+    if order and set(names) <= set(order):
+      return [b for b in order if b in names]
+  raise ValueError(f"encoder children {', '.join(names)} are neither block_<i> nor a family's "
+                   "declared blocks; block-wise strategies need one of them")
 
 
 def block_rule(blocks, value) -> Rule:

@@ -49,6 +49,7 @@ from aetl_jax.reporting import anomaly_figures
 from aetl_jax.reporting.tables import summarise
 from aetl_jax.tasks.registry import TASKS
 from aetl_jax.tasks.transfer import default_config as transfer_defaults
+from aetl_jax.models.variables import tree_of
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def init_models(model, shape, classes, seed: int):
   """Stacked initial parameters and training keys, one per class (seeded by (seed, class))."""
   keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(seed), c) for c in classes])
   init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
-  params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, *shape)), method="reconstruct")["params"]
+  params = jax.vmap(lambda k: tree_of(model.init(k, jnp.zeros((1, *shape)), method="reconstruct"))
                     )(init_keys)
   return params, train_keys
 

@@ -26,7 +26,8 @@ from aetl_jax.evaluation.batched import accuracy, batched_apply
 from aetl_jax.models.registry import build_model, init_method
 from aetl_jax.objectives.registry import make_objective, model_kind
 from aetl_jax.objectives.registry import roles as objective_roles
-from aetl_jax.transfer.encoder import ENCODER_SUBTREE  # noqa: F401 - re-exported
+from aetl_jax.transfer.encoder import ENCODER_SUBTREE, backbone_weights  # noqa: F401 - re-exported
+from aetl_jax.models.variables import tree_of, variables
 
 
 def checkpoint_dir(workdir) -> Path:
@@ -77,7 +78,9 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
   model = pretrain_model(config, image_shape, num_classes)
   roles = objective_roles(config.objective.name)
   init_key, train_key = jax.random.split(jax.random.PRNGKey(pcfg.seed))
-  params = model.init(init_key, jnp.zeros((1, *image_shape)), method=init_method(model))["params"]
+  params = tree_of(model.init(init_key, jnp.zeros((1, *image_shape)), method=init_method(model)))
+  if config.model.get("weights"):  # a backbone: torchvision's or another run's weights
+    params = {**params, "encoder": backbone_weights(config.model, params["encoder"], workdir)}
   runtime = runtime_from_config(config, "pretrain")
   feed = tuple((role, SOURCE_STREAMS[role], pcfg.batch_size) for role in roles)
   phase = Phase("pretrain", make_objective(model, config.objective), feed, pcfg.epochs,
@@ -88,6 +91,12 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
                                       "model": config.model.to_dict(),
                                       "image_shape": list(image_shape),
                                       "num_classes": num_classes, "vocabulary": vocabulary})
+  if pcfg.epochs == 0:  # the backbone as it is becomes the pretrained encoder
+    store = CheckpointStore(ckpt_dir)
+    if store.latest() is None:
+      store.save(0, {"params": params, "step": 0})
+    store.close()
+    return model, params, []
   source = _source(config, train_images, train_stream, num_train, runtime)
   data = {"source": source}
   if "labelled" in roles:
@@ -113,7 +122,7 @@ def _evaluator(model, eval_images, eval_labels, tensorboard):
   """Held-out reconstruction (autoencoders) and accuracy (classifiers, when labels are given)."""
   shown = eval_images[:8]
   reconstructs, classifies = hasattr(model, "reconstruct"), hasattr(model, "classify_features")
-  logits_fn = jax.jit(lambda q, x: model.apply({"params": q}, x))
+  logits_fn = jax.jit(lambda q, x: model.apply(variables(q), x))
 
   def evaluate(p, epoch):
     out = {}

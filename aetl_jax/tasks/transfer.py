@@ -31,6 +31,7 @@ from aetl_jax.tasks.pretrain import check_source, checkpoint_dir, pretrain
 from aetl_jax.tasks.registry import TASKS
 from aetl_jax.transfer.classifiers import make_saver
 from aetl_jax.transfer.sweep import SweepData, run_sweep
+from aetl_jax.models.variables import tree_of
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,8 @@ def _check_strategies(config, data: TransferData) -> None:
   for name in config.transfer.strategies:
     model = target_model(config, data.num_classes, target_model_kind(name), shape)
     method = "init_all" if hasattr(model, "init_all") else None
-    params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)),
-                                                   method=method)["params"])
+    params = jax.eval_shape(lambda m=model: tree_of(
+        m.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), method=method)))
     try:
       build_strategy(name, StrategyContext(name, config.transfer, model, params,
                                            Optim.from_config(config.transfer)))
@@ -191,7 +192,8 @@ def run(config, workdir, data: TransferData, *, progress: bool = True) -> dict:
   if data.tokenizer is not None and is_main_process():
     export_embeddings(checkpoint_dir(workdir).parent, data.tokenizer,
                       params["encoder"]["block_0"]["embedding"])
-  log.info("pretraining done: %s", recon or {k: v for k, v in pretrain_history[-1].items()
+  last = pretrain_history[-1] if pretrain_history else {}  # none: 0 epochs (a backbone as is)
+  log.info("pretraining done: %s", recon or {k: v for k, v in last.items()
                                               if k.startswith("eval_")})
   save = None
   if config.transfer.save_classifiers:

@@ -21,16 +21,17 @@ from aetl_jax.engine.store import CheckpointStore
 from aetl_jax.evaluation.batched import batched_apply
 from aetl_jax.strategies.probes import PROBES
 from aetl_jax.strategies.registry import Strategy
+from aetl_jax.models.variables import variables
 
 
 @functools.lru_cache(maxsize=32)
 def _predict(model):
-  return jax.jit(jax.vmap(lambda params, x: model.apply({"params": params}, x)))
+  return jax.jit(jax.vmap(lambda params, x: model.apply(variables(params), x)))
 
 
 @functools.lru_cache(maxsize=32)
 def _encode(model):
-  return jax.jit(lambda params, x: model.apply({"params": params}, x, method="encode"))
+  return jax.jit(lambda params, x: model.apply(variables(params), x, method="encode"))
 
 
 def score(model, params, splits: dict) -> list[dict]:

@@ -25,6 +25,7 @@ from aetl_jax.data import preprocessing
 from aetl_jax.engine import checkpoint
 from aetl_jax.evaluation.batched import batched_apply
 from aetl_jax.models.registry import build_classifier
+from aetl_jax.models.variables import tree_of, variables
 
 DESCRIPTION = "description.json"
 
@@ -124,13 +125,13 @@ def load_classifier(workdir, cell: str) -> Classifier:
   model = build_classifier(m, description["num_classes"], kind,
                            decoder_shape=(tuple(description["input_shape"])
                                           if description["kind"] == "autoencoder_classifier" else None))
-  template = jax.eval_shape(lambda: model.init(
+  template = jax.eval_shape(lambda: tree_of(model.init(
       jax.random.PRNGKey(0), jnp.zeros((1, *description["input_shape"])),
-      method="init_all" if description["kind"] == "autoencoder_classifier" else None)["params"])
+      method="init_all" if description["kind"] == "autoencoder_classifier" else None)))
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
   tree = checkpoint.restore_step(directory, 0, {"params": template})
-  apply = jax.jit(lambda params, x: model.apply({"params": params}, x))
-  encode = jax.jit(lambda params, x: model.apply({"params": params}, x, method="encode"))
+  apply = jax.jit(lambda params, x: model.apply(variables(params), x))
+  encode = jax.jit(lambda params, x: model.apply(variables(params), x, method="encode"))
   return Classifier(description, tree["params"], apply, encode)
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 
-from aetl_jax.core.rules import reinit_paths
+import numpy as np
+
+from aetl_jax.core.rules import reinit_paths, tree_paths
 from aetl_jax.engine import checkpoint
 from aetl_jax.models.registry import build_classifier
 from aetl_jax.objectives.registry import model_kind
@@ -57,3 +60,44 @@ def load_encoder(config, ckpt_dir, template):
   step, encoder = checkpoint.restore_subtree(ckpt_dir, template["encoder"], reinit=tuple(reinit),
                                              subtree=ENCODER_SUBTREE)
   return step, encoder, reinit
+
+
+def backbone_weights(m, template, workdir):
+  """The encoder ``model.weights`` names, in the structure of ``template`` (an encoder subtree).
+
+  ``checkpoint:DIR``: the encoder of DIR's pretraining (DIR a workdir, or its
+  ``pretrain/checkpoints``). ``torchvision:NAME``: torchvision's ResNet-18 weights,
+  converted once and saved with Orbax in ``WORKDIR/pretrain/backbone`` (reruns read that
+  copy, without torch). Leaves the source lacks (a ``code`` layer) keep ``template``'s
+  values.
+  """
+  kind, _, value = m.weights.partition(":")
+  if kind == "checkpoint":
+    directory = Path(value)
+    if (directory / "pretrain" / "checkpoints").is_dir():
+      directory = directory / "pretrain" / "checkpoints"
+    sidecar = checkpoint.read_sidecar(directory)
+    if sidecar is not None and sidecar.get("family") != m.family:
+      raise checkpoint.CheckpointError(
+          f"model.weights={m.weights!r} holds a '{sidecar.get('family')}' encoder, not "
+          f"'{m.family}'")
+    saved = checkpoint.saved_shapes(directory, ENCODER_SUBTREE)
+    absent = tuple(p for p in tree_paths(template) if p not in saved)  # e.g. a new code layer
+    return checkpoint.restore_subtree(directory, template, subtree=ENCODER_SUBTREE,
+                                      reinit=absent)[1]
+  cache = Path(workdir) / "pretrain" / "backbone"
+  own = {k: v for k, v in template.items() if k != "code"}
+  if not checkpoint.finished_steps(cache):
+    from aetl_jax.models.torchvision import convert_state_dict, torchvision_state_dict
+    state_dict = torchvision_state_dict(value)
+    fc = state_dict["fc.weight"].shape
+    full = {**own, "fc": {"kernel": np.zeros(fc[::-1], np.float32),
+                          "bias": np.zeros(fc[:1], np.float32)}}
+    tree = convert_state_dict(state_dict, full)
+    tree.pop("fc")
+    manager = checkpoint.make_manager(cache)
+    checkpoint.save(manager, 0, {"params": {"encoder": tree}})
+    manager.close()
+    log.info("converted torchvision ResNet-18 %s into %s", value, cache)
+  loaded = checkpoint.restore_subtree(cache, own, subtree=ENCODER_SUBTREE)[1]
+  return {**template, **loaded}

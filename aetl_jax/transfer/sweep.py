@@ -26,6 +26,7 @@ from aetl_jax.strategies.registry import (StrategyContext, build_strategy, needs
                                           target_model_kind)
 from aetl_jax.transfer.cell import run_cell, run_cells_vmapped, run_probe
 from aetl_jax.transfer.encoder import load_encoder, load_head, target_model
+from aetl_jax.models.variables import tree_of
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class Sweep:
                                             num_classes=d.num_classes)
     init_key, train_key = jax.random.split(jax.random.PRNGKey(t.seed_offset + seed))
     model = self.model_for(name)
-    params = model.init(init_key, jnp.zeros((1, *self.input_shape)), method=_init_method(model))["params"]
+    params = tree_of(model.init(init_key, jnp.zeros((1, *self.input_shape)),
+                                 method=_init_method(model)))
     ctx = StrategyContext(name, t, model, params, Optim.from_config(t), budget=budget)
     strategy = build_strategy(name, ctx)
     step, encoder, reinit = self.pretrained(name, model, params)

@@ -1,0 +1,140 @@
+"""ResNet-18 training rate (forward + backward + Adam) against torchvision's, in one run.
+
+    python -m aetl_jax.bench.backbone [--sizes 64,224] [--batch 32] [--repeats 3] [--no-torch]
+
+The ``resnet18`` family's classifier (torchvision's layout and BatchNorm, 10 classes, RGB
+input) trained by the engine's step (``make_train_step``: BatchNorm statistics carried,
+one jitted call per batch) against ``torchvision.models.resnet18`` with the same Adam step,
+on the same random images; median of ``--repeats`` interleaved rounds after warm-up,
+PyTorch on every core. Also the same step with XLA's own convolutions
+(``model.conv_impl='xla'``) next to the CPU default (``im2col``: patches @ kernel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def jax_step(size: int, batch: int, impl: str = "auto"):
+  """One train step of the engine on a ResNet-18 classifier, as a thunk."""
+  import ml_collections
+  from aetl_jax.core.optim import make_optimizer
+  from aetl_jax.core.statistics import statistics_mask
+  from aetl_jax.engine.state import TrainState
+  from aetl_jax.engine.step import make_train_step
+  from aetl_jax.models.registry import build_classifier
+  from aetl_jax.models.variables import tree_of
+  from aetl_jax.objectives.registry import OBJECTIVES
+  m = ml_collections.ConfigDict(dict(family="resnet18", code_dim=0, input_norm="imagenet",
+                                     weights="", conv_impl=impl))
+  model = build_classifier(m, 10)
+  rng = np.random.RandomState(0)
+  data = {"labelled": {"image": jnp.asarray(rng.rand(batch, size, size, 3), jnp.float32),
+                       "label": jnp.asarray(rng.randint(0, 10, batch), jnp.int32)}}
+  params = tree_of(model.init(jax.random.PRNGKey(0), data["labelled"]["image"][:1]))
+  stats = statistics_mask(params)
+  mask = jax.tree.map(lambda s: not s, stats)
+  tx = make_optimizer(learning_rate=1e-3)
+  step = jax.jit(make_train_step(OBJECTIVES.get("classification").fn(model, None), tx, mask,
+                                 stats_mask=jax.tree.map(lambda _: True, stats)),
+                 donate_argnums=0)
+  holder = {"s": TrainState.create(params, tx, mask)}
+
+  def run():
+    holder["s"], metrics = step(holder["s"], data, jax.random.PRNGKey(1))
+    return metrics
+
+  return run
+
+
+def torch_step(size: int, batch: int):
+  """torchvision's ResNet-18, the same Adam step on the same kind of batch."""
+  import torch
+  import torchvision
+  torch.manual_seed(0)
+  model = torchvision.models.resnet18(num_classes=10)
+  opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+  x = torch.rand(batch, 3, size, size)
+  y = torch.randint(0, 10, (batch,))
+  model.train()
+
+  def run():
+    opt.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss
+
+  return run
+
+
+def torchvision_usable() -> str | None:
+  """None when torchvision runs here, else why not."""
+  try:
+    import torchvision  # noqa: F401
+    return None
+  except Exception as e:  # noqa: BLE001 - absent, or a build whose ops do not load
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
+
+
+def rows(sizes, batch: int, repeats: int, use_torch: bool) -> list[dict]:
+  from aetl_jax.bench.__main__ import _timed_interleaved
+  out = []
+  for size in sizes:
+    contenders = {"aetl_jax (im2col)": jax_step(size, batch, "auto"),
+                  "aetl_jax (xla conv)": jax_step(size, batch, "xla")}
+    if use_torch:
+      contenders["torchvision"] = torch_step(size, batch)
+    timed = _timed_interleaved(contenders, repeats)
+    torch_s = timed.get("torchvision", (None,))[0]
+    for name, (seconds, compiles) in timed.items():
+      out.append({"model": name, "size": size, "batch": batch, "examples_per_s": batch / seconds,
+                  "compiles": compiles,
+                  "ratio_vs_torch": (torch_s / seconds) if torch_s and name != "torchvision"
+                  else None})
+  return out
+
+
+def print_rows(table: list[dict]) -> None:
+  print(f"{'ResNet-18 train step':<22} {'size':>5} {'batch':>5} {'ex/s':>8} {'vs torch':>8} "
+        f"{'compiles':>8}")
+  for r in table:
+    ratio = f"{r['ratio_vs_torch']:7.2f}x" if r["ratio_vs_torch"] else "       —"
+    print(f"{r['model']:<22} {r['size']:5d} {r['batch']:5d} {r['examples_per_s']:8.1f} {ratio} "
+          f"{r['compiles']:8d}", flush=True)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--sizes", default="64,224")
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--no-torch", action="store_true")
+  args = parser.parse_args(argv)
+  try:
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+  except ValueError:
+    sizes = ()
+  if not sizes or min(sizes) < 32 or args.batch < 1:
+    raise SystemExit(f"--sizes must be comma-separated integers >= 32 and --batch >= 1, got "
+                     f"{args.sizes!r} and {args.batch}")
+  use_torch = not args.no_torch
+  why = torchvision_usable() if use_torch else "--no-torch"
+  if why:
+    print(f"torchvision row left out ({why})")
+    use_torch = False
+  else:
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+  table = rows(sizes, args.batch, args.repeats, use_torch)
+  print_rows(table)
+  return table
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,220 @@
+"""ResNet-18 in torchvision's layout (family ``resnet18``), with torch's BatchNorm.
+
+Parameter paths follow torchvision's ``state_dict`` keys (``conv1``, ``bn1``,
+``layer1/0/conv1`` … ``layer4/1/bn2``, ``layer2/0/downsample/0``, ``fc``), so
+:mod:`aetl_jax.models.torchvision` converts a torchvision model key by key and
+path rules name the blocks as torchvision does (``encoder/layer3/.*``).
+
+As an encoder the trunk ends at the global average pool (512 features; with
+``code_dim`` > 0 a dense ``code`` layer follows); the classifier's head plays
+torchvision's ``fc``. Grey images are repeated to 3 channels and, with
+``input_norm='imagenet'``, standardised with ImageNet's channel statistics
+inside the model, so data stays in [0, 1] (reconstruction targets too).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from aetl_jax.models.conv import ConvDecoder, UPSAMPLING, check_downsampling
+from aetl_jax.models.conv_ops import patches_conv
+from aetl_jax.models.family import FAMILIES
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_NORMS = ("imagenet", "none")
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+WIDTHS = (64, 128, 256, 512)
+# Encoder children input to output: what block-wise strategies (partial, gradual) count.
+BLOCKS = ("conv1", "bn1", *STAGES, "code")
+
+# torchvision's init: kaiming_normal_(mode='fan_out', nonlinearity='relu').
+_kaiming = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# 'im2col': patches @ kernel; on XLA:CPU as fast as its convolution on wide maps and up to
+# 40× faster on ResNet-18's small late maps (BENCHMARKS.md, "ResNet-18 convolutions").
+CONV_IMPLS = ("auto", "xla", "im2col")
+
+
+def resolve_impl(impl: str) -> str:
+  """'auto': im2col on CPU, XLA's convolution on GPU/TPU."""
+  if impl == "auto":
+    return "im2col" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+class Conv(nn.Module):
+  """A bias-free convolution with torch's symmetric zero padding; parameter ``kernel``
+  (h, w, in, out) as ``nn.Conv``'s."""
+
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: int = 0
+  impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", _kaiming, (*self.kernel_size, x.shape[-1], self.features))
+    p = self.padding
+    if resolve_impl(self.impl) == "im2col":
+      if p:
+        x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+      return patches_conv(x, kernel, self.strides, "VALID")
+    return lax.conv_general_dilated(x, kernel, self.strides, ((p, p), (p, p)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class BatchNorm(nn.Module):
+  """``torch.nn.BatchNorm2d``: batch statistics in training, running averages updated with
+  ``momentum`` and the *unbiased* batch variance; running statistics in inference, and in
+  training too when given frozen (collection ``frozen_stats``, see
+  :mod:`aetl_jax.core.statistics`)."""
+
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    frozen = self.has_variable("frozen_stats", "running_mean")
+    col = "frozen_stats" if frozen else "batch_stats"
+    ra_mean = self.variable(col, "running_mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable(col, "running_var", lambda: jnp.ones((c,), jnp.float32))
+    if train and not frozen and not self.is_initializing():
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x, axes)
+      var = jnp.mean(jnp.square(x - mean), axes)
+      if self.is_mutable_collection("batch_stats"):
+        n = x.size // c
+        m = self.momentum
+        ra_mean.value = (1 - m) * ra_mean.value + m * mean
+        ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    return (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
+
+
+class BasicBlock(nn.Module):
+  planes: int
+  stride: int = 1
+  impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    s = (self.stride, self.stride)
+    y = Conv(self.planes, (3, 3), s, padding=1, impl=self.impl, name="conv1")(x)
+    y = nn.relu(BatchNorm(name="bn1")(y, train=train))
+    y = Conv(self.planes, (3, 3), padding=1, impl=self.impl, name="conv2")(y)
+    y = BatchNorm(name="bn2")(y, train=train)
+    if self.stride != 1 or x.shape[-1] != self.planes:
+      x = Downsample(self.planes, self.stride, self.impl, name="downsample")(x, train=train)
+    return nn.relu(x + y)
+
+
+class Downsample(nn.Module):
+  """torchvision's ``downsample``: ``0`` a strided 1×1 conv, ``1`` its BatchNorm."""
+
+  planes: int
+  stride: int
+  impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    x = Conv(self.planes, (1, 1), (self.stride, self.stride), impl=self.impl, name="0")(x)
+    return BatchNorm(name="1")(x, train=train)
+
+
+class Stage(nn.Module):
+  planes: int
+  stride: int
+  blocks: int = 2
+  impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    for j in range(self.blocks):
+      x = BasicBlock(self.planes, self.stride if j == 0 else 1, self.impl, name=str(j))(
+          x, train=train)
+    return x
+
+
+class ResNet18(nn.Module):
+  """torchvision's ``resnet18``: 7×7/2 stem, 3×3/2 max-pool, four stages of two basic
+  blocks, global average pool; then ``code`` (``code_dim`` > 0) and/or ``fc``
+  (``num_classes`` > 0, the full torchvision classifier)."""
+
+  code_dim: int = 0
+  num_classes: int = 0
+  input_norm: str = "imagenet"
+  conv_impl: str = "auto"
+  batch_norm: ClassVar[bool] = True
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    if x.shape[-1] == 1:
+      x = jnp.repeat(x, 3, axis=-1)
+    if self.input_norm == "imagenet":
+      x = (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
+    x = Conv(64, (7, 7), (2, 2), padding=3, impl=self.conv_impl, name="conv1")(x)
+    x = nn.relu(BatchNorm(name="bn1")(x, train=train))
+    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    for i, (name, planes) in enumerate(zip(STAGES, WIDTHS)):
+      x = Stage(planes, 1 if i == 0 else 2, impl=self.conv_impl, name=name)(x, train=train)
+    x = jnp.mean(x, axis=(1, 2))
+    if self.code_dim:
+      x = nn.Dense(self.code_dim, name="code")(x)
+    if self.num_classes:
+      x = nn.Dense(self.num_classes, name="fc")(x)
+    return x
+
+
+def _decoder(m, image_shape):
+  # The family trains inside a scan (engine.runtime: not a per-batch conv family), where
+  # XLA:CPU's convolutions are ~20× slower than the matmul formulations (jax#12868).
+  cpu = jax.default_backend() == "cpu"
+  impl = {"xla": "xla"}.get(m.conv_impl, "matmul" if cpu else "xla")
+  return ConvDecoder(image_shape=tuple(image_shape), channels=tuple(m.decoder_channels),
+                     upsampling=m.upsampling, conv_impl=impl)
+
+
+def _check(m, image_shape) -> None:
+  if image_shape[-1] not in (1, 3):
+    raise ValueError(f"family 'resnet18' reads grey (1) or RGB (3) images, got "
+                     f"{image_shape[-1]} channels")
+  check_downsampling(image_shape, len(m.decoder_channels), "resnet18 decoder")
+
+
+def _validate(m) -> None:
+  from aetl_jax.core.config import require
+  require(m.input_norm in INPUT_NORMS, "model.input_norm",
+          f"unknown value {m.input_norm!r}; valid: {', '.join(INPUT_NORMS)}")
+  require(isinstance(m.code_dim, int) and m.code_dim >= 0, "model.code_dim",
+          f"must be an integer >= 0 (0: the 512 pooled features), got {m.code_dim!r}")
+  require(len(m.decoder_channels) > 0 and all(isinstance(c, int) and c > 0
+                                              for c in m.decoder_channels),
+          "model.decoder_channels", f"must be positive integers, got {m.decoder_channels!r}")
+  require(m.upsampling in UPSAMPLING, "model.upsampling",
+          f"unknown value {m.upsampling!r}; valid: {', '.join(UPSAMPLING)}")
+  require(m.conv_impl in CONV_IMPLS, "model.conv_impl",
+          f"unknown value {m.conv_impl!r}; valid: {', '.join(CONV_IMPLS)}")
+  from aetl_jax.models.torchvision import check_weights
+  check_weights(m.weights)
+
+
+_DEFAULTS = dict(code_dim=0, input_norm="imagenet", weights="", decoder_channels=(256, 128, 64, 32),
+                 upsampling="transpose", conv_impl="auto")
+
+
+@FAMILIES.register("resnet18", defaults=_DEFAULTS, validate=_validate, decoder=_decoder,
+                   check=_check, blocks=BLOCKS, batch_norm=True, zero_code_dim=True)
+def resnet18(m, code_dim: int):
+  """torchvision's ResNet-18 trunk (BatchNorm) → 512 pooled features (→ ``code``);
+  ``model.weights`` starts it from torchvision's or another run's weights."""
+  return ResNet18(code_dim=code_dim, input_norm=m.input_norm, conv_impl=m.conv_impl)

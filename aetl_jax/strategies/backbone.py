@@ -1,0 +1,65 @@
+"""Strategies for pretrained backbones (e.g. torchvision's ResNet-18).
+
+frozen_backbone  the classic recipe: freeze the backbone, train a new N-class head with SGD
+                 (momentum 0.9, learning rate 1e-3), then fine-tune everything
+backbone_ae      the backbone becomes an autoencoder's encoder: encoder + a new decoder
+                 reconstruct the target's unlabelled images, then encoder + head fine-tune
+
+Both work with any family; with BatchNorm, frozen blocks normalise with their running
+statistics and trainable ones update them (see :mod:`aetl_jax.core.statistics`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from aetl_jax.core.config import require
+from aetl_jax.core.rules import FROZEN
+from aetl_jax.strategies.registry import EVERYTHING, HEAD_ONLY, STRATEGIES, Strategy, positive
+
+
+def _check_recipe(t) -> None:
+  positive(t, "recipe_lr")
+  positive(t, "recipe_ft_lr")
+  require(0 <= t.recipe_momentum < 1, "transfer.recipe_momentum",
+          f"must be in [0, 1), got {t.recipe_momentum}")
+  require(isinstance(t.recipe_ft_epochs, int) and t.recipe_ft_epochs >= 0,
+          "transfer.recipe_ft_epochs", f"must be an integer >= 0 (0: no fine-tuning), got "
+          f"{t.recipe_ft_epochs!r}")
+
+
+@STRATEGIES.register("frozen_backbone", validate=_check_recipe,
+                     defaults=dict(recipe_lr=1e-3, recipe_momentum=0.9, recipe_ft_lr=1e-4,
+                                   recipe_ft_epochs=10))
+def frozen_backbone(ctx):
+  """Frozen backbone + new head by SGD (``recipe_momentum``, ``recipe_lr``; plain momentum,
+  as torch's SGD) for ``transfer.epochs``, then everything at ``recipe_ft_lr`` for
+  ``recipe_ft_epochs``; constant learning rates, the ``transfer`` section's weight decay."""
+  cfg = ctx.cfg
+  sgd = dataclasses.replace(ctx.optim, optimizer="sgd", learning_rate=float(cfg.recipe_lr),
+                            momentum=float(cfg.recipe_momentum), nesterov=False,
+                            schedule="constant", warmup_epochs=0)
+  phases = [ctx.phase("head", HEAD_ONLY, cfg.epochs, optim=sgd)]
+  if cfg.recipe_ft_epochs:
+    ft = dataclasses.replace(sgd, learning_rate=float(cfg.recipe_ft_lr))
+    phases.append(ctx.phase("finetune", EVERYTHING, cfg.recipe_ft_epochs, optim=ft))
+  return Strategy(ctx.name, "pretrained", tuple(phases))
+
+
+def _check_ae(t) -> None:
+  positive(t, "ae_epochs", integer=True)
+  positive(t, "ae_lr_mult")
+
+
+@STRATEGIES.register("backbone_ae", model="autoencoder_classifier", validate=_check_ae,
+                     defaults=dict(ae_epochs=20, ae_lr_mult=1.0, ae_loss="bce"))
+def backbone_ae(ctx):
+  """The pretrained encoder + a new decoder reconstruct the target's unlabelled images
+  (``ae_epochs``, ``ae_lr_mult`` × lr, head frozen), then encoder + head fine-tune
+  (decoder frozen) for ``transfer.epochs``."""
+  cfg = ctx.cfg
+  reconstruct = ctx.phase("reconstruct", (("head/.*", FROZEN), (".*", 1.0)), cfg.ae_epochs,
+                          objective="reconstruction", objective_cfg=dict(loss=cfg.ae_loss),
+                          lr_mult=cfg.ae_lr_mult)
+  finetune = ctx.phase("finetune", (("decoder/.*", FROZEN), (".*", 1.0)), cfg.epochs)
+  return Strategy(ctx.name, "pretrained", (reconstruct, finetune))
