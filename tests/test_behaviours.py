@@ -44,9 +44,10 @@ def test_denoising_scores_the_reconstruction_against_the_clean_image():
   the identity 'autoencoder' must be penalised by exactly the corruption it copied."""
   from aetl_jax.objectives.autoencoders import denoising
 
-  class Identity:
-    def apply(self, variables, x, **kw):
-      return jax.scipy.special.logit(jnp.clip(x, 1e-6, 1 - 1e-6))
+  class Identity:  # reconstruction losses read (logits, code) from method="with_code"
+    def apply(self, variables, x, method=None, **kw):
+      logits = jax.scipy.special.logit(jnp.clip(x, 1e-6, 1 - 1e-6))
+      return (logits, x) if method == "with_code" else logits
 
   class O(dict):
     __getattr__ = dict.__getitem__
