@@ -16,7 +16,7 @@ from aetl_jax.engine.launchers import LAUNCHERS
 from aetl_jax.engine.runtime import RUNNERS
 from aetl_jax.models.family import FAMILIES
 from aetl_jax.objectives.augmentation import check_chain
-from aetl_jax.objectives.registry import OBJECTIVES, model_kind, roles
+from aetl_jax.objectives.registry import OBJECTIVES, batch_norm_objectives, model_kind, roles
 from aetl_jax.strategies.registry import STRATEGIES
 
 OPTIMIZERS = ("adam", "sgd")
@@ -107,8 +107,8 @@ def _model_and_objective(config) -> None:
       part.validate(section)
   kind = model_kind(o.name)
   if family.info.get("batch_norm"):
-    valid = [n for n in OBJECTIVES.names() if OBJECTIVES.get(n).info.get("batch_norm")]
-    require(objective.info.get("batch_norm"), "objective.name",
+    valid = batch_norm_objectives()
+    require(o.name in valid, "objective.name",
             f"{o.name!r} does not update BatchNorm statistics, which family {m.family!r} keeps; "
             f"valid: {', '.join(valid)}")
   require(_pretrainable(o.name), "objective.name",

@@ -23,10 +23,8 @@ import numpy as np
 def jax_step(size: int, batch: int, impl: str = "auto"):
   """One train step of the engine on a ResNet-18 classifier, as a thunk."""
   import ml_collections
-  from aetl_jax.core.optim import make_optimizer
-  from aetl_jax.core.statistics import statistics_mask
-  from aetl_jax.engine.state import TrainState
-  from aetl_jax.engine.step import make_train_step
+  from aetl_jax.engine.phase import Optim, Phase, build_program, tree_spec
+  from aetl_jax.engine.runtime import make_runtime
   from aetl_jax.models.registry import build_classifier
   from aetl_jax.models.variables import tree_of
   from aetl_jax.objectives.registry import OBJECTIVES
@@ -37,13 +35,13 @@ def jax_step(size: int, batch: int, impl: str = "auto"):
   data = {"labelled": {"image": jnp.asarray(rng.rand(batch, size, size, 3), jnp.float32),
                        "label": jnp.asarray(rng.randint(0, 10, batch), jnp.int32)}}
   params = tree_of(model.init(jax.random.PRNGKey(0), data["labelled"]["image"][:1]))
-  stats = statistics_mask(params)
-  mask = jax.tree.map(lambda s: not s, stats)
-  tx = make_optimizer(learning_rate=1e-3)
-  step = jax.jit(make_train_step(OBJECTIVES.get("classification").fn(model, None), tx, mask,
-                                 stats_mask=jax.tree.map(lambda _: True, stats)),
-                 donate_argnums=0)
-  holder = {"s": TrainState.create(params, tx, mask)}
+  # The engine's own program: statistics never differentiated, trainable ones updated.
+  phase = Phase("bench", OBJECTIVES.get("classification").fn(model, None),
+                (("labelled", "labelled", batch),), 1,
+                Optim(learning_rate=1e-3, schedule="constant"))
+  prog = build_program(phase, tree_spec(params), batch, make_runtime(family="resnet18"))
+  step = jax.jit(prog.step, donate_argnums=0)
+  holder = {"s": prog.init_state(params)}
 
   def run():
     holder["s"], metrics = step(holder["s"], data, jax.random.PRNGKey(1))

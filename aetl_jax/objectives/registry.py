@@ -26,10 +26,14 @@ def make_objective(model, ocfg):
 def check_batch_norm(name: str, model) -> None:
   """A model with BatchNorm trains only under objectives that return its running statistics
   (registered with ``batch_norm=True``)."""
-  if uses_batch_norm(model) and not OBJECTIVES.get(name).info.get("batch_norm"):
-    valid = [n for n in OBJECTIVES.names() if OBJECTIVES.get(n).info.get("batch_norm")]
+  if uses_batch_norm(model) and name not in batch_norm_objectives():
     raise ValueError(f"objective {name!r} does not update BatchNorm statistics, which this "
-                     f"model (family 'resnet18') keeps; valid with BatchNorm: {', '.join(valid)}")
+                     f"model (family 'resnet18') keeps; valid with BatchNorm: "
+                     f"{', '.join(batch_norm_objectives())}")
+
+
+def batch_norm_objectives() -> tuple[str, ...]:
+  return tuple(n for n in OBJECTIVES.names() if OBJECTIVES.get(n).info.get("batch_norm"))
 
 
 def roles(name: str) -> tuple[str, ...]:
