@@ -10,6 +10,7 @@ line (``aetl run --config ... --workdir ...``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import sys
@@ -19,12 +20,13 @@ import ml_collections
 
 from aetl_jax import objectives, strategies, tasks  # noqa: F401 - built-ins register
 from aetl_jax.core.config import ConfigError, apply_overrides
+from aetl_jax.engine.launchers import from_main, initialize_distributed, is_main_process
 from aetl_jax.models.family import FAMILIES
 from aetl_jax.objectives.registry import OBJECTIVES
 from aetl_jax.strategies.registry import STRATEGIES
 from aetl_jax.tasks.registry import TASKS
 from aetl_jax.validation import validate_pretrain_config, validate_transfer_config
-from aetl_jax.workdir import WorkdirLock, prepare_workdir
+from aetl_jax.workdir import WorkdirError, WorkdirLock, prepare_workdir
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +117,53 @@ def task_defaults(config) -> dict:
   return flatten(base.to_dict())
 
 
+def join_processes(config) -> None:
+  """``jax.distributed.initialize()`` when ``config.launch.distributed`` (before anything
+  touches a JAX backend: data loading and validation do)."""
+  launch = config.get("launch")
+  if launch is None or not launch.get("distributed", False):
+    return
+  task = config.get("task", "transfer")
+  if not TASKS.get(task).info.get("distributed", False):
+    able = [n for n in TASKS.names() if TASKS.get(n).info.get("distributed", False)]
+    raise ConfigError(f"config key 'launch.distributed': the {task} task runs in one process; "
+                      f"multi-process runs are for the task(s) {', '.join(able)}")
+  initialize_distributed()
+
+
+@contextlib.contextmanager
+def open_workdir(config, workdir, *, overwrite: bool = False):
+  """Locks and prepares ``workdir`` for ``config`` (resume or refuse); yields
+  ``(workdir, resuming)``. In a multi-process run process 0 alone locks and prepares it; the
+  others wait for its answer, and its refusal stops them too."""
+  lock = WorkdirLock(workdir) if is_main_process() else None
+  try:
+    if lock is not None:
+      try:
+        lock.acquire()
+        workdir, resuming = prepare_workdir(workdir, config, experiment=config.task,
+                                            overwrite=overwrite, defaults=task_defaults(config))
+      except Exception:
+        from_main((0, 0))  # the other processes stop instead of waiting
+        raise
+      from_main((1, int(resuming)))
+    else:
+      ok, resuming = from_main((0, 0))
+      if not ok:
+        raise WorkdirError(f"process 0 refused the workdir {workdir} (its error says why)")
+      workdir, resuming = Path(workdir), bool(resuming)
+    yield workdir, resuming
+  finally:
+    if lock is not None:
+      lock.release()
+
+
 def run(config, workdir, *, overwrite: bool = False, progress: bool = True) -> dict:
   """Runs ``config`` into ``workdir``: checks, workdir guard (resume or refuse), the task."""
   config = load_config(config)
+  join_processes(config)
   task, data = prepare(config, progress=progress)
-  with WorkdirLock(workdir):
-    workdir, resuming = prepare_workdir(workdir, config, experiment=config.task, overwrite=overwrite,
-                                        defaults=task_defaults(config))
+  with open_workdir(config, workdir, overwrite=overwrite) as (workdir, resuming):
     if resuming:
       log.info("resuming the run in %s", workdir)
-    return task.fn(config, workdir, data, progress=progress)
+    return task.fn(config, workdir, data, progress=progress and is_main_process())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -58,9 +59,7 @@ def main(argv=None) -> int:
   args, unknown = _parser().parse_known_args([a for a in argv if not a.startswith("--config.")])
   from aetl_jax import api
   from aetl_jax.engine.checkpoint import CheckpointError
-  from aetl_jax.engine.launchers import DistributedError
-  from aetl_jax.workdir import WorkdirLock, prepare_workdir
-  lock = None
+  from aetl_jax.engine.launchers import DistributedError, is_main_process
   try:
     if unknown:
       raise ConfigError(f"unrecognised argument(s) {' '.join(unknown)}; overrides are written "
@@ -74,19 +73,13 @@ def main(argv=None) -> int:
       raise ConfigError("--workdir is required (where checkpoints, metrics and results go)")
     from aetl_jax import hyper
     points = hyper.parse_sweep_flags(args.sweep) or hyper.sweep_from_file(args.config)
+    api.join_processes(config)  # multi-host: before anything touches a JAX backend
     if points:
       return _sweep(hyper, config, args, points)
     task, data = api.prepare(config, progress=not args.no_progress)
-    if config.get("launch") is not None and config.launch.get("distributed", False):
-      from aetl_jax.engine.launchers import initialize_distributed, is_main_process
-      initialize_distributed()  # before the workdir: only process 0 locks and writes it
-      if not is_main_process():
-        return _run(task, config, Path(args.workdir), data, False, progress=False)
-    lock = WorkdirLock(args.workdir).acquire()
-    workdir, resuming = prepare_workdir(args.workdir, config, experiment=config.task,
-                                        overwrite=args.overwrite,
-                                        defaults=api.task_defaults(config))
-    return _run(task, config, workdir, data, resuming, progress=not args.no_progress)
+    with api.open_workdir(config, args.workdir, overwrite=args.overwrite) as (workdir, resuming):
+      return _run(task, config, workdir, data, resuming,
+                  progress=not args.no_progress and is_main_process())
   except (ConfigError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
@@ -96,9 +89,6 @@ def main(argv=None) -> int:
   except KeyboardInterrupt:
     print("interrupted before anything ran", file=sys.stderr)
     return EXIT_INTERRUPTED
-  finally:
-    if lock is not None:
-      lock.release()
 
 
 def _run(task, config, workdir, data, resuming, *, progress: bool) -> int:
@@ -121,26 +111,45 @@ def _run(task, config, workdir, data, resuming, *, progress: bool) -> int:
     logger.propagate = propagate
 
 
-def _report(fn, config, workdir, data, progress) -> int:
+def _failed(error: Exception, workdir) -> int:
+  """Prints one line for an error the run can name and returns its exit code; re-raises any
+  other (a bug: its traceback is wanted)."""
   from aetl_jax.engine.checkpoint import CheckpointError, CheckpointSaveError
   from aetl_jax.engine.guard import NonFiniteError
-  from aetl_jax.engine.launchers import DistributedError
+  from aetl_jax.engine.launchers import DistributedError, peer_lost
+  if isinstance(error, (ConfigError, CheckpointError)):
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  if isinstance(error, (NonFiniteError, CheckpointSaveError, DistributedError)):
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_TRAINING
+  if isinstance(error, OSError):
+    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+    print(f"error: {error.strerror or error}{where}; rerun the same command to resume from "
+          f"{workdir}", file=sys.stderr)
+    return EXIT_TRAINING
+  lost = peer_lost(error)
+  if lost is None:
+    raise error
+  print(f"error: {lost}; rerun the same command on every process to resume from {workdir}",
+        file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  # Skip the distributed runtime's shutdown: its barrier would wait for the dead process and
+  # then abort this one.
+  os._exit(EXIT_TRAINING)
+
+
+def _report(fn, config, workdir, data, progress) -> int:
+  from aetl_jax.engine.launchers import is_main_process
   try:
     out = fn(config, workdir, data, progress=progress)
-  except (ConfigError, CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return EXIT_BAD_INPUT
-  except (NonFiniteError, CheckpointSaveError, DistributedError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return EXIT_TRAINING
-  except OSError as e:
-    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-    print(f"error: {e.strerror or e}{where}; rerun the same command to resume from {workdir}",
-          file=sys.stderr)
-    return EXIT_TRAINING
+  except Exception as e:  # noqa: BLE001 - _failed names the known ones and re-raises the rest
+    return _failed(e, workdir)
   except KeyboardInterrupt:
     print(f"interrupted; rerun the same command to resume from {workdir}", file=sys.stderr)
     return EXIT_INTERRUPTED
+  if not is_main_process():  # process 0 reports a multi-process run
+    return 0
   print()
   print(out["table"])
   artifacts = out.get("artifacts", ["results/results.md", "results/results.csv",
@@ -152,10 +161,20 @@ def _report(fn, config, workdir, data, progress) -> int:
 
 def _sweep(hyper, config, args, points) -> int:
   """``aetl run --sweep ...``: every point into its own sub-workdir, then one comparison."""
+  from aetl_jax.engine.launchers import is_main_process
   from aetl_jax.reporting.compare import compare
   hyper.point_configs(config, points)  # every point checked before any runs
-  results = hyper.run_sweep(config, args.workdir, points, overwrite=args.overwrite,
-                            progress=not args.no_progress)
+  try:
+    results = hyper.run_sweep(config, args.workdir, points, overwrite=args.overwrite,
+                              progress=not args.no_progress)
+  except Exception as e:  # noqa: BLE001 - as a single run's
+    return _failed(e, args.workdir)
+  except KeyboardInterrupt:
+    print(f"interrupted; rerun the same command to resume the sweep in {args.workdir}",
+          file=sys.stderr)
+    return EXIT_INTERRUPTED
+  if not is_main_process():  # process 0 reports a multi-process sweep
+    return 0
   for r in results:
     print(f"\n## {r['name']}\n\n{r['table']}")
   table = None
@@ -165,7 +184,6 @@ def _sweep(hyper, config, args, points) -> int:
     except ValueError as e:  # the points ran; only their joint table is refused
       print(f"\nno comparison table: {e}", file=sys.stderr)
   if table:
-    from pathlib import Path
     (Path(args.workdir) / "compare.md").write_text(table + "\n")
     print(f"\n## comparison ({len(results)} points)\n\n{table}")
   return 0
@@ -173,7 +191,6 @@ def _sweep(hyper, config, args, points) -> int:
 
 def _compare(args) -> int:
   """``aetl compare DIR...``: a sweep folder expands to its points."""
-  from pathlib import Path
   from aetl_jax.reporting.compare import compare, compare_figure
   dirs = []
   for d in args.workdirs:
@@ -203,7 +220,6 @@ def _predict(args) -> int:
   import csv
   import io
   import json
-  from pathlib import Path
   from aetl_jax.transfer.classifiers import list_cells, load_classifier, read_images
   try:
     cell = args.cell

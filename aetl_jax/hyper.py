@@ -21,6 +21,7 @@ import ml_collections
 
 from aetl_jax import api
 from aetl_jax.core.config import ConfigError, apply_overrides
+from aetl_jax.engine.launchers import is_main_process
 from aetl_jax.workdir import MARKER
 
 log = logging.getLogger(__name__)
@@ -87,15 +88,17 @@ def run_sweep(config, workdir, points: list[dict], *, overwrite: bool = False,
   """Runs every point into ``workdir/<point>``; returns one summary per point."""
   workdir = Path(workdir)
   named = point_configs(config, points)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "sweep.json").write_text(json.dumps(
-      [{"name": n, "point": p} for (n, _), p in zip(named, points)], indent=2, default=str))
+  main = is_main_process()  # a multi-process sweep: process 0 writes, api.run syncs
+  if main:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "sweep.json").write_text(json.dumps(
+        [{"name": n, "point": p} for (n, _), p in zip(named, points)], indent=2, default=str))
   first_by_key = {}
   results = []
   for (name, c), point in zip(named, points):
     sub = workdir / name
     key = _pretrain_key(c)
-    if key in first_by_key and first_by_key[key] != sub:
+    if main and key in first_by_key and first_by_key[key] != sub:
       _share_pretraining(first_by_key[key], sub)
     first_by_key.setdefault(key, sub)
     log.info("sweep point %s -> %s", point, sub)

@@ -123,3 +123,10 @@ def test_experiments_folder_is_not_an_installed_package(tmp_path):
   out = subprocess.run([sys.executable, "-m", "aetl_jax", "run", "--config", str(DIGITS_CONFIG),
                         "--print-config"], capture_output=True, text=True, cwd=tmp_path)
   assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_a_single_process_task_refuses_distributed_before_joining(capsys, tmp_path):
+  err = _err(capsys, ["run", "--config", str(DIGITS_CONFIG.parent / "mnist_one_class.py"),
+                      "--workdir", str(tmp_path / "w"), "--config.launch.distributed=True"])
+  assert "config key 'launch.distributed'" in err and "one_class task runs in one process" in err
+  assert "transfer" in err and not (tmp_path / "w").exists()

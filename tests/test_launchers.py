@@ -36,6 +36,11 @@ def test_every_launcher_and_device_count_matches_jit(four_devices, rules):
   runs = four_devices["runs"]
   ref = runs[f"{rules}/jit/1/scan"]
   assert ref["step"] == 2 * (520 // 64)
+  kinds = {tuple(k.split("/")[1:]) for k in runs if k.startswith(rules + "/")}
+  assert {(kind, runner) for kind, _, runner in kinds} >= (
+      {(k, r) for k in ("pmap", "shard_map") for r in ("scan", "per_batch")} if rules == "all"
+      else {("pmap", "scan"), ("shard_map", "per_batch")})
+  assert {int(n) for _, n, _ in kinds} == {1, 2, 4}
   for key, run in runs.items():
     if not key.startswith(rules + "/"):
       continue

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
@@ -40,17 +42,16 @@ def heavy_equations(jaxpr) -> list:
   return found
 
 
-def random_operands(eqn, key) -> list:
-  ops = []
-  for var in eqn.invars:
-    key, sub = jax.random.split(key)
-    aval = var.aval
-    ops.append(jax.random.normal(sub, aval.shape, aval.dtype)
-               if jnp.issubdtype(aval.dtype, jnp.floating) else jnp.zeros(aval.shape, aval.dtype))
-  return ops
+def random_operands(eqn, seed: int) -> list:
+  """Standard-normal operands of ``eqn``'s shapes (drawn with NumPy: one jax.random program
+  per shape would be compiled otherwise)."""
+  rng = np.random.default_rng(seed)
+  return [jnp.asarray(rng.standard_normal(v.aval.shape).astype(v.aval.dtype))
+          if jnp.issubdtype(v.aval.dtype, jnp.floating) else jnp.zeros(v.aval.shape, v.aval.dtype)
+          for v in eqn.invars]
 
 
-def kernel_alone(eqn, *, compiler_options=None, key=None):
+def kernel_alone(eqn, *, compiler_options=None, seed: int = 0):
   """(thunk, runs per call of the thunk, XLA-counted FLOPs per run) of one kernel.
 
   A matmul runs ``LOOP`` times per call in one compiled loop, so a short one is
@@ -61,7 +62,7 @@ def kernel_alone(eqn, *, compiler_options=None, key=None):
   convolution runs once per call: inside a loop XLA:CPU's convolutions lose
   their fast layouts (jax#12868) and would understate it.
   """
-  operands = random_operands(eqn, jax.random.PRNGKey(0) if key is None else key)
+  operands = random_operands(eqn, seed)
   jit = functools.partial(jax.jit, compiler_options=compiler_options or None)
   bind = lambda *ops: eqn.primitive.bind(*ops, **eqn.params)
   once = jit(lambda ops: bind(*ops))
@@ -87,7 +88,7 @@ def kernel_alone(eqn, *, compiler_options=None, key=None):
 def kernels_thunk(step, args, *, compiler_options=None):
   """(thunk running each of ``step(*args)``'s matmuls and convolutions ``LOOP``
   times alone, their FLOPs per step, how many) — divide its time by ``LOOP``."""
-  kernels = [kernel_alone(eqn, compiler_options=compiler_options, key=jax.random.PRNGKey(i))
+  kernels = [kernel_alone(eqn, compiler_options=compiler_options, seed=i)
              for i, eqn in enumerate(heavy_equations(jax.make_jaxpr(step)(*args)))]
 
   def run():

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 VOCAB, EMBED, HIDDEN, MAX_LEN = 4000, 128, 256, 64

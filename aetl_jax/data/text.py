@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -321,7 +322,7 @@ def saved_tokenizer(directory, tok):
       raise ValueError(f"{path}: not a readable tokenizer ({e}); it is the vocabulary of the "
                        f"checkpoint beside it") from None
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".json.tmp")
+  tmp = path.with_suffix(f".json.{os.getpid()}.tmp")  # several processes may save it
   tmp.write_text(tokenizer_json(tok))
   tmp.replace(path)
   return tok

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from aetl_jax.core.rules import path_str
+from aetl_jax.engine.launchers import is_main_process
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 log = logging.getLogger(__name__)
@@ -99,10 +100,12 @@ def _verify(tree, manifest: dict | None, prefix: str, where: str) -> None:
 
 
 def finished_steps(directory) -> list[int]:
-  directory = Path(directory)
+  """The committed steps in ``directory`` (read from the folder names, no collective: the
+  processes of a multi-process run may ask at different moments)."""
+  directory = Path(directory).absolute()
   if not directory.is_dir():
     return []
-  return sorted(make_manager(directory).all_steps())
+  return sorted(ocp.path.step.checkpoint_steps(directory))
 
 
 def _unfinished(directory) -> list[str]:
@@ -230,7 +233,10 @@ def restore_subtree(directory, target, *, subtree: tuple[str, ...] = ("params", 
 
 
 def write_sidecar(directory, payload: dict) -> None:
-  """Atomically writes model metadata (family, config) next to the checkpoints."""
+  """Atomically writes model metadata (family, config) next to the checkpoints (process 0
+  of a multi-process run)."""
+  if not is_main_process():
+    return
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   tmp = directory / (SIDECAR + ".tmp")

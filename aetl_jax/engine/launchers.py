@@ -138,3 +138,30 @@ def initialize_distributed() -> None:
 def is_main_process() -> bool:
   """Only process 0 writes logs, tables and figures; every process saves checkpoints."""
   return jax.process_index() == 0
+
+
+# How a collective fails when another process of the run has died (gloo on CPU; the
+# coordination service's heartbeat elsewhere).
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "heartbeat timeout",
+              "tasks are unhealthy", "Gloo")
+
+
+def peer_lost(error: BaseException) -> DistributedError | None:
+  """The DistributedError to report when ``error`` is a collective that failed because
+  another process of this multi-process run stopped; None for any other error."""
+  text = str(error)
+  if jax.process_count() == 1 or not any(s in text for s in _PEER_LOST):
+    return None
+  first = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
+  return DistributedError(f"another process of this {jax.process_count()}-process run stopped "
+                          f"({first})")
+
+
+def from_main(values: tuple[int, ...]) -> tuple[int, ...]:
+  """Process 0's ``values`` (small integers) on every process: one collective, which also
+  waits for process 0 to reach it. Unchanged in a single-process run."""
+  if jax.process_count() == 1:
+    return tuple(values)
+  from jax.experimental import multihost_utils
+  return tuple(int(v) for v in
+               multihost_utils.broadcast_one_to_all(np.asarray(values, np.int32)))

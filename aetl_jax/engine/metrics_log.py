@@ -8,11 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from aetl_jax.engine.launchers import is_main_process  # only process 0 writes logs
 
-def _writer() -> bool:
-  """Only process 0 writes logs in a multi-host run (every process reads them)."""
-  import jax
-  return jax.process_index() == 0
+
 
 
 class JsonlLog:
@@ -43,7 +41,7 @@ class JsonlLog:
     be split by a kill, or a resumed run would recompute the missing ones
     alone and, with another program, get other floats than an uninterrupted run.
     """
-    if not _writer() or not rows:
+    if not is_main_process() or not rows:
       return
     data = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode()
     fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -65,7 +63,7 @@ class JsonlLog:
 
     Used on resume to drop rows logged after the checkpoint being resumed.
     """
-    if not _writer():
+    if not is_main_process():
       return
     rows = [r for r in self.read() if predicate(r)]
     tmp = self.path.with_suffix(self.path.suffix + ".tmp")
@@ -90,7 +88,7 @@ class TensorBoard:
 
   def scalars(self, row: dict, step: int) -> None:
     """Every finite number of ``row`` under its key (``train_loss``, ``eval_psnr`` ...)."""
-    if not _writer():
+    if not is_main_process():
       return
     for key, value in row.items():
       if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
@@ -99,7 +97,7 @@ class TensorBoard:
 
   def images(self, name: str, images, step: int) -> None:
     """A batch of images in [0, 1], (N, H, W, C)."""
-    if not _writer():
+    if not is_main_process():
       return
     self.writer().add_images(name, np.clip(np.asarray(images), 0, 1), step, dataformats="NHWC")
     self.writer().flush()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from aetl_jax.engine import checkpoint
+from aetl_jax.engine.launchers import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class CheckpointStore:
       self._manager.close()
       self._manager = None
     target = self.directory.parent / "quarantine" / f"{self.directory.name}-{step}-{int(time.time())}"
+    if not is_main_process():  # the others skip the same step without moving it
+      return target
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(self.directory / str(step), target)
     log.warning("checkpoint %s/%d is damaged (%s); moved to %s and resuming from an older one",

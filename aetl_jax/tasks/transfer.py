@@ -173,14 +173,16 @@ def _check_strategies(config, data: TransferData) -> None:
       raise ConfigError(f"config key 'transfer.reinit': {e}") from None
 
 
-@TASKS.register("transfer", load=load, check=check, default_config=default_config)
+@TASKS.register("transfer", load=load, check=check, default_config=default_config,
+                distributed=True)
 def run(config, workdir, data: TransferData, *, progress: bool = True) -> dict:
   """Pretrain on the source, sweep budgets × strategies × seeds on the target, report."""
   workdir = Path(workdir)
   vocabulary = None
   if data.tokenizer is not None:
     data, vocabulary = _text_vocabulary(config, workdir, data)
-  (workdir / "data.json").write_text(json.dumps(data.describe(), indent=2))
+  if is_main_process():
+    (workdir / "data.json").write_text(json.dumps(data.describe(), indent=2))
   test_images = data.images[data.split.test]
   source_images, labelled = _pretraining_data(config, data)
   model, params, pretrain_history = pretrain(config, source_images, test_images, workdir,

@@ -23,6 +23,7 @@ import numpy as np
 
 from aetl_jax.data import preprocessing
 from aetl_jax.engine import checkpoint
+from aetl_jax.engine.launchers import is_main_process
 from aetl_jax.evaluation.batched import batched_apply
 from aetl_jax.models.registry import build_classifier
 from aetl_jax.models.variables import tree_of, variables
@@ -35,11 +36,14 @@ def cell_name(budget: int, strategy: str, seed: int) -> str:
 
 
 def save_classifier(directory, params, description: dict) -> None:
-  """Orbax step 0 of ``{'params'}`` + ``description.json`` (written last, atomically)."""
+  """Orbax step 0 of ``{'params'}`` + ``description.json`` (written last, atomically; by
+  process 0 of a multi-process run, after every process took part in the Orbax save)."""
   directory = Path(directory)
   manager = checkpoint.make_manager(directory, max_to_keep=1)
   checkpoint.save(manager, 0, {"params": params})
   manager.close()
+  if not is_main_process():
+    return
   tmp = directory / (DESCRIPTION + ".tmp")
   tmp.write_text(json.dumps(description, indent=2, sort_keys=True))
   os.replace(tmp, directory / DESCRIPTION)
