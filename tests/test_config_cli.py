@@ -1,6 +1,7 @@
 """Bad input gets one clear line; workdirs are never silently overwritten."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -130,3 +131,23 @@ def test_a_single_process_task_refuses_distributed_before_joining(capsys, tmp_pa
                       "--workdir", str(tmp_path / "w"), "--config.launch.distributed=True"])
   assert "config key 'launch.distributed'" in err and "one_class task runs in one process" in err
   assert "transfer" in err and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("strategy, override, message", [
+    ("partial", "transfer.partial_freeze_blocks=0",
+     "'transfer.partial_freeze_blocks': must be an integer >= 1, got 0"),
+    ("partial", "transfer.partial_freeze_regex='encoder/(block_0'",
+     "'transfer.partial_freeze_regex': invalid regex 'encoder/(block_0': missing ), unterminated"),
+    ("layerwise", "transfer.layer_decay=0.0", "'transfer.layer_decay': must be in (0, 1], got 0.0"),
+    ("layerwise", "transfer.layer_decay=1.5", "'transfer.layer_decay': must be in (0, 1], got 1.5"),
+])
+def test_a_strategy_checks_its_own_options(strategy, override, message):
+  config = digits_config(f"transfer.strategies=('scratch','{strategy}')", override)
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    validate_transfer_config(config)
+
+
+@pytest.mark.parametrize("override", ["transfer.partial_freeze_blocks=1", "transfer.layer_decay=1.0",
+                                      "transfer.partial_freeze_regex='encoder/block_0/.*'"])
+def test_strategy_options_at_their_bounds_are_valid(override):
+  validate_transfer_config(digits_config("transfer.strategies=('partial','layerwise')", override))

@@ -41,3 +41,12 @@ def test_l1_decay_adds_lr_times_sign():
   tx = make_optimizer(learning_rate=0.1, optimizer="sgd", momentum=0.0, l1_decay=0.5)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["w"], [-0.05, 0.05, 0.0], rtol=1e-6)
+
+
+def test_l1_decay_without_params_says_what_it_needs():
+  import pytest
+  from aetl_jax.core.optim import add_l1_decay
+  tx = add_l1_decay(0.5)
+  grads = {"w": jnp.ones(2)}
+  with pytest.raises(ValueError, match=r"^add_l1_decay needs params in update\(\)$"):
+    tx.update(grads, tx.init(grads))

@@ -160,3 +160,25 @@ def test_restore_of_an_unknown_step_lists_the_finished_ones(pretrained):
                      match=r"step 25 not found .*finished steps: \[10, 20, 30\]"):
     checkpointing.restore_subtree(checkpoint_dir(pretrained["workdir"]), params["encoder"],
                                   subtree=ENCODER_SUBTREE, step=25)
+
+
+def _shapes(tree):
+  return {"/".join(str(k.key) for k in path): tuple(np.shape(x))
+          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_saved_shapes_are_the_newest_steps_subtree_shapes_without_reading_arrays(pretrained,
+                                                                                 tmp_path):
+  ckpt = tmp_path / "ckpt"
+  shutil.copytree(checkpoint_dir(pretrained["workdir"]), ckpt)
+  arrays = [f for f in ckpt.rglob("*") if f.is_file() and f.parent.name.startswith("params.")]
+  assert arrays
+  for f in arrays:  # the array files gone: the manifest alone answers
+    f.unlink()
+  params = pretrained["params"]
+  assert checkpointing.saved_shapes(ckpt) == _shapes(params["encoder"])
+  assert checkpointing.saved_shapes(ckpt, ("params", "decoder")) == _shapes(params["decoder"])
+  with pytest.raises(checkpointing.CheckpointError, match=r"/30 has no 'params/head' subtree"):
+    checkpointing.saved_shapes(ckpt, ("params", "head"))
+  with pytest.raises(checkpointing.CheckpointError, match="no finished checkpoint in"):
+    checkpointing.saved_shapes(tmp_path / "empty")

@@ -56,17 +56,29 @@ def test_write_tables_writes_caption_both_tables_and_the_same_rows_to_csv_and_js
   vals = {("scratch", 0): 0.5, ("scratch", 1): 0.6, ("ft", 0): 0.7, ("ft", 1): 0.65}
   rows = [{"budget": 5, "strategy": s, "seed": k, "test_accuracy": v} for (s, k), v in vals.items()]
   summary, paired = summarise(rows), paired_differences(rows, baseline="scratch")
-  md = write_tables(summary, tmp_path / "out", strategies=["scratch", "ft"], budgets=[5],
-                    caption="Caption line.", paired=paired, baseline="scratch")
+  out = tmp_path / "new" / "out"  # folders that do not exist yet
+  md = write_tables(summary, out, strategies=["scratch", "ft"], budgets=[5],
+                    caption="Caption line.\n", paired=paired, baseline="scratch")
   assert md.startswith("Caption line.\n\n| strategy | 5 labels/class |")
   assert "\n\nDifference to `scratch` in accuracy points, paired by seed" in md
-  assert md.splitlines()[-1].startswith("| ft | +12.5 ± ")
-  assert (tmp_path / "out" / "results.md").read_text() == md + "\n"
-  data = json.loads((tmp_path / "out" / "results.json").read_text())
-  with open(tmp_path / "out" / "results.csv") as f:
+  # Paired per seed: +20 and +5 points; Student-t half-width with 1 degree of freedom.
+  half = stats.t.ppf(0.975, 1) * np.std([20.0, 5.0], ddof=1) / np.sqrt(2)
+  assert md.splitlines()[-1] == f"| ft | +12.5 ± {half:.1f} pt (n=2) |"
+  assert (out / "results.md").read_text() == md + "\n"
+  assert (out / "results.json").read_text().startswith("[\n  {\n    ")  # indented, readable
+  data = json.loads((out / "results.json").read_text())
+  with open(out / "results.csv") as f:
     table = list(csv.DictReader(f))
   assert len(data) == len(table) == 3
   assert [r["strategy"] for r in data] == [r["strategy"] for r in table]
   assert [r.get("baseline") for r in data] == [None, None, "scratch"]
   for j, c in zip(data, table):
     assert float(c["mean"]) == pytest.approx(j["mean"]) and int(c["n"]) == j["n"]
+
+
+def test_write_tables_of_no_rows_still_writes_a_header(tmp_path):
+  from aetl_jax.reporting.tables import write_tables
+  md = write_tables([], tmp_path, strategies=["scratch"], budgets=[5])
+  assert md.splitlines() == ["| strategy | 5 labels/class |", "|---|---|", "| scratch | — |"]
+  assert (tmp_path / "results.csv").read_text().splitlines() == ["strategy"]
+  assert (tmp_path / "results.json").read_text() == "[]"
