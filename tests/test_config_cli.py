@@ -151,3 +151,12 @@ def test_a_strategy_checks_its_own_options(strategy, override, message):
                                       "transfer.partial_freeze_regex='encoder/block_0/.*'"])
 def test_strategy_options_at_their_bounds_are_valid(override):
   validate_transfer_config(digits_config("transfer.strategies=('partial','layerwise')", override))
+
+
+def test_lp_ft_needs_whole_probe_epochs():
+  import ml_collections
+  from aetl_jax.strategies.registry import STRATEGIES
+  check = STRATEGIES.get("lp_ft").validate
+  check(ml_collections.ConfigDict(dict(lp_epochs=2, ft_lr_mult=0.3)))
+  with pytest.raises(ConfigError, match=r"'transfer\.lp_epochs': must be a positive integer, got 2\.5"):
+    check(ml_collections.ConfigDict(dict(lp_epochs=2.5, ft_lr_mult=0.3)))

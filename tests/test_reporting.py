@@ -82,3 +82,17 @@ def test_write_tables_of_no_rows_still_writes_a_header(tmp_path):
   assert md.splitlines() == ["| strategy | 5 labels/class |", "|---|---|", "| scratch | — |"]
   assert (tmp_path / "results.csv").read_text().splitlines() == ["strategy"]
   assert (tmp_path / "results.json").read_text() == "[]"
+
+
+def test_summary_rows_hold_every_statistic_and_one_seed_warns_nothing():
+  import warnings
+  rows = [{"budget": 5, "strategy": "ft", "seed": k, "test_accuracy": v}
+          for k, v in enumerate([0.6, 0.9, 0.75])]
+  (row,) = summarise(rows)
+  assert row == pytest.approx({"budget": 5, "strategy": "ft", "metric": "test_accuracy",
+                               "mean": 0.75, "std": 0.15, "n": 3, "min": 0.6, "max": 0.9,
+                               "ci95": stats.t.ppf(0.975, 2) * 0.15 / math.sqrt(3)})
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # no "degrees of freedom <= 0" from numpy or scipy
+    (one,) = summarise(rows[:1])
+  assert one["n"] == 1 and one["mean"] == 0.6 and math.isnan(one["std"]) and math.isnan(one["ci95"])
