@@ -45,3 +45,14 @@ def test_budget_larger_than_class_names_class_and_count():
 def test_bad_fraction():
   with pytest.raises(ValueError, match=r"\(0, 1\)"):
     stratified_split(np.zeros(4, int), 1.5, 0)
+
+
+def test_label_budget_errors_and_declared_classes():
+  labels = np.array([0, 0, 1, 1, 0, 1])
+  with pytest.raises(ValueError, match=r"^label budget must be >= 1 per class, got 0$"):
+    label_budget(labels, 0, seed=0)
+  assert sorted(labels[label_budget(labels, 2, seed=0)].tolist()) == [0, 0, 1, 1]
+  # A declared class with no examples is named, not silently skipped.
+  with pytest.raises(ValueError, match=r"larger than class 2 holds \(0 examples available\)"):
+    label_budget(labels, 1, seed=0, num_classes=3)
+

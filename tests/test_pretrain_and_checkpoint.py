@@ -182,3 +182,9 @@ def test_saved_shapes_are_the_newest_steps_subtree_shapes_without_reading_arrays
     checkpointing.saved_shapes(ckpt, ("params", "head"))
   with pytest.raises(checkpointing.CheckpointError, match="no finished checkpoint in"):
     checkpointing.saved_shapes(tmp_path / "empty")
+
+
+def test_a_missing_sidecar_reads_as_none(tmp_path):
+  assert checkpointing.read_sidecar(tmp_path) is None
+  checkpointing.write_sidecar(tmp_path, {"family": "mlp"})
+  assert checkpointing.read_sidecar(tmp_path) == {"family": "mlp"}

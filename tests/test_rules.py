@@ -74,3 +74,18 @@ def test_reinit_paths():
   assert rules.reinit_paths(PARAMS, ["encoder/block_1/.*"]) == [
       "encoder/block_1/bias", "encoder/block_1/kernel"]
   assert rules.reinit_paths(PARAMS, []) == []
+
+
+def test_weight_decay_and_reinit_rules_name_themselves_in_their_errors():
+  from aetl_jax.core.rules import reinit_paths, weight_decay_multipliers
+  tree = {"encoder": {"w": np.zeros(2)}, "head": {"w": np.zeros(2)}}
+  with pytest.raises(ValueError, match=r"^weight-decay rules: leaf 'encoder/w' got value -1\.0; "
+                                       r"valid values are numbers >= 0 \(0: no decay\)$"):
+    weight_decay_multipliers(tree, (("encoder/.*", -1.0),))
+  with pytest.raises(ValueError, match=r"^weight-decay rules: invalid regex '\('"):
+    weight_decay_multipliers(tree, (("(", 0.0),))
+  with pytest.raises(ValueError, match=r"^reinit rules: invalid regex '\('"):
+    reinit_paths(tree, ["("])
+  assert weight_decay_multipliers(tree, (("head/.*", 0),)) == {"encoder": {"w": 1.0},
+                                                              "head": {"w": 0.0}}
+  assert reinit_paths(tree, ["head/.*"]) == ["head/w"]
