@@ -50,3 +50,12 @@ def test_l1_decay_without_params_says_what_it_needs():
   grads = {"w": jnp.ones(2)}
   with pytest.raises(ValueError, match=r"^add_l1_decay needs params in update\(\)$"):
     tx.update(grads, tx.init(grads))
+
+
+def test_scaled_weight_decay_without_params_says_what_it_needs():
+  import pytest
+  from aetl_jax.core.optim import add_scaled_weight_decay
+  grads = {"w": jnp.ones(2)}
+  tx = add_scaled_weight_decay(0.1, {"w": 1.0})
+  with pytest.raises(ValueError, match=r"^add_scaled_weight_decay needs params in update\(\)$"):
+    tx.update(grads, tx.init(grads))

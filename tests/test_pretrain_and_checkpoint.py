@@ -188,3 +188,28 @@ def test_a_missing_sidecar_reads_as_none(tmp_path):
   assert checkpointing.read_sidecar(tmp_path) is None
   checkpointing.write_sidecar(tmp_path, {"family": "mlp"})
   assert checkpointing.read_sidecar(tmp_path) == {"family": "mlp"}
+
+
+def test_save_writes_the_step_asked_for_even_below_the_latest(tmp_path):
+  manager = checkpointing.make_manager(tmp_path)
+  checkpointing.save(manager, 4, {"w": np.ones(2)})
+  checkpointing.save(manager, 2, {"w": np.zeros(2)})  # no Orbax policy skips a step
+  assert checkpointing.finished_steps(tmp_path) == [2, 4]
+
+
+@pytest.mark.parametrize("error, cause", [
+    (RuntimeError("disk on fire\nsecond line"), "disk on fire"),
+    (RuntimeError(), "RuntimeError"),
+    (OSError("x" * 400), "x" * 300),
+])
+def test_a_failed_save_is_one_line_naming_the_step_and_the_cause(tmp_path, error, cause):
+  manager = checkpointing.make_manager(tmp_path)
+
+  def fail(*args, **kwargs):
+    raise error
+
+  manager.save = fail
+  with pytest.raises(checkpointing.CheckpointSaveError) as e:
+    checkpointing.save(manager, 3, {"w": np.ones(2)})
+  assert str(e.value) == (f"cannot save checkpoint step 3 in {manager.directory}: {cause}; "
+                          f"the previous steps are intact and a rerun resumes from them")
