@@ -56,3 +56,21 @@ def test_label_budget_errors_and_declared_classes():
   with pytest.raises(ValueError, match=r"larger than class 2 holds \(0 examples available\)"):
     label_budget(labels, 1, seed=0, num_classes=3)
 
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_a_split_fraction_outside_the_open_interval_is_refused(fraction):
+  with pytest.raises(ValueError, match=rf"^split fraction must be in \(0, 1\), got {fraction}$"):
+    stratified_split(np.array([0, 1, 0, 1]), fraction, seed=0)
+
+
+def test_splits_and_subsets_are_functions_of_their_seed():
+  from aetl_jax.data.splits import subsample
+  labels = np.repeat(np.arange(3), 40)
+  same = [stratified_split(labels, 0.3, seed=5) for _ in range(2)]
+  assert all(np.array_equal(x, y) for x, y in zip(*same))
+  assert not np.array_equal(stratified_split(labels, 0.3, seed=6)[1], same[0][1])
+  assert np.array_equal(subsample(100, 10, seed=5), subsample(100, 10, seed=5))
+  assert not np.array_equal(subsample(100, 10, seed=6), subsample(100, 10, seed=5))
+  assert np.array_equal(subsample(100, 0, seed=5), np.arange(100))
+  assert np.array_equal(subsample(100, 100, seed=5), np.arange(100))

@@ -213,3 +213,15 @@ def test_a_failed_save_is_one_line_naming_the_step_and_the_cause(tmp_path, error
     checkpointing.save(manager, 3, {"w": np.ones(2)})
   assert str(e.value) == (f"cannot save checkpoint step 3 in {manager.directory}: {cause}; "
                           f"the previous steps are intact and a rerun resumes from them")
+
+
+def test_every_saved_step_carries_each_leafs_shape_and_crc32(tmp_path):
+  import json
+  import zlib
+  tree = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "step": np.int32(7)}
+  checkpointing.save(checkpointing.make_manager(tmp_path), 1, tree)
+  meta = json.loads((tmp_path / "1" / "_CHECKPOINT_METADATA").read_text())
+  manifest = meta["custom_metadata"][checkpointing.MANIFEST_KEY]
+  assert manifest == {
+      "params/w": {"shape": [2, 3], "crc32": zlib.crc32(tree["params"]["w"].tobytes())},
+      "step": {"shape": [], "crc32": zlib.crc32(np.int32(7).tobytes())}}
