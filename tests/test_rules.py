@@ -82,6 +82,8 @@ def test_weight_decay_and_reinit_rules_name_themselves_in_their_errors():
   with pytest.raises(ValueError, match=r"^weight-decay rules: leaf 'encoder/w' got value -1\.0; "
                                        r"valid values are numbers >= 0 \(0: no decay\)$"):
     weight_decay_multipliers(tree, (("encoder/.*", -1.0),))
+  with pytest.raises(ValueError, match=r"^weight-decay rules: leaf 'head/w' got value True"):
+    weight_decay_multipliers(tree, (("head/.*", True),))  # a flag is not a multiplier
   with pytest.raises(ValueError, match=r"^weight-decay rules: invalid regex '\('"):
     weight_decay_multipliers(tree, (("(", 0.0),))
   with pytest.raises(ValueError, match=r"^reinit rules: invalid regex '\('"):
