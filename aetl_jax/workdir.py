@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from aetl_jax.core.config import ConfigError, diff, flatten
+from aetl_jax.core.files import atomic_write_text
 
 CONFIG_FILE = "config.json"
 MARKER = ".aetl_workdir"
@@ -36,12 +37,6 @@ OWNED = (CONFIG_FILE, "environment.json", "data.json", "pretrain", "metrics", "r
 
 class WorkdirError(ConfigError):
   pass
-
-
-def _atomic_write(path: Path, text: str) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 def _versions() -> dict:
@@ -152,8 +147,8 @@ def prepare_workdir(workdir, config, *, experiment: str, overwrite: bool = False
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MARKER).write_text("aetl_jax workdir\n")
     if not resuming:
-      _atomic_write(config_path, json.dumps(record, indent=2, sort_keys=True))
-    _atomic_write(workdir / "environment.json", json.dumps(_versions(), indent=2, sort_keys=True))
+      atomic_write_text(config_path, json.dumps(record, indent=2, sort_keys=True))
+    atomic_write_text(workdir / "environment.json", json.dumps(_versions(), indent=2, sort_keys=True))
   except OSError as e:
     raise WorkdirError(f"cannot write to workdir {workdir}: {e.strerror or e}") from None
   return workdir, resuming

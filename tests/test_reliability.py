@@ -80,7 +80,7 @@ def test_workdir_that_is_a_file_or_unwritable(tmp_path, monkeypatch):
 
   def read_only(path, text):
     raise OSError(errno.EROFS, "Read-only file system")
-  monkeypatch.setattr(wd, "_atomic_write", read_only)
+  monkeypatch.setattr(wd, "atomic_write_text", read_only)
   with pytest.raises(WorkdirError, match="cannot write to workdir .*Read-only file system"):
     prepare_workdir(tmp_path / "ro", digits_config(), experiment="transfer")
 

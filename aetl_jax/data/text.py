@@ -27,11 +27,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
+from aetl_jax.core.files import atomic_write_text
 from aetl_jax.data.splits import stratified_split, subsample
 from aetl_jax.data.transfer_split import TransferData, TransferSplit
 
@@ -322,9 +322,7 @@ def saved_tokenizer(directory, tok):
       raise ValueError(f"{path}: not a readable tokenizer ({e}); it is the vocabulary of the "
                        f"checkpoint beside it") from None
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(f".json.{os.getpid()}.tmp")  # several processes may save it
-  tmp.write_text(tokenizer_json(tok))
-  tmp.replace(path)
+  atomic_write_text(path, tokenizer_json(tok))  # several processes may save it
   return tok
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import zlib
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from aetl_jax.core.files import atomic_write_text
 from aetl_jax.core.rules import path_str
 from aetl_jax.engine.launchers import is_main_process
 
@@ -239,9 +239,7 @@ def write_sidecar(directory, payload: dict) -> None:
     return
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  tmp = directory / (SIDECAR + ".tmp")
-  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-  os.replace(tmp, directory / SIDECAR)
+  atomic_write_text(directory / SIDECAR, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def read_sidecar(directory) -> dict | None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aetl_jax.core.files import atomic_write_text
 from aetl_jax.engine.launchers import is_main_process  # only process 0 writes logs
-
 
 
 
@@ -66,9 +66,7 @@ class JsonlLog:
     if not is_main_process():
       return
     rows = [r for r in self.read() if predicate(r)]
-    tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    os.replace(tmp, self.path)
+    atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 class TensorBoard:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from aetl_jax.core.files import atomic_write_text
 from aetl_jax.data import preprocessing
 from aetl_jax.engine import checkpoint
 from aetl_jax.engine.launchers import is_main_process
@@ -44,9 +44,7 @@ def save_classifier(directory, params, description: dict) -> None:
   manager.close()
   if not is_main_process():
     return
-  tmp = directory / (DESCRIPTION + ".tmp")
-  tmp.write_text(json.dumps(description, indent=2, sort_keys=True))
-  os.replace(tmp, directory / DESCRIPTION)
+  atomic_write_text(directory / DESCRIPTION, json.dumps(description, indent=2, sort_keys=True))
 
 
 def make_saver(workdir, config, *, input_shape, num_classes: int, label_names, preprocessing_: dict):
