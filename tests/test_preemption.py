@@ -61,37 +61,43 @@ def reference(tmp_path_factory):
   return workdir
 
 
-def _kill_point(kill_when):
-  """(log to watch, lines to wait for) of a seeded random kill point: a new seed is a new
-  point, and the seeds are fixed so a failure reproduces. The kill lands once that many
-  lines exist (a step reached, not a sleep)."""
-  rng = np.random.default_rng(int(kill_when.split("-")[1]))
-  if rng.random() < 0.5:
-    return "metrics/pretrain.jsonl", int(rng.integers(1, 31))
-  return "results/cells.jsonl", int(rng.integers(1, 11))
+def _kill_points(seed: int) -> list[tuple[str, int]]:
+  """(log to watch, lines to wait for) of three kills in one run, drawn from a fixed seed so
+  a failure reproduces (a new seed is new points): before the first pretraining checkpoint
+  (epoch 4), after several, and inside the sweep. Each kill lands once that many lines exist
+  (a step reached, not a sleep)."""
+  rng = np.random.default_rng(seed)
+  return [("metrics/pretrain.jsonl", int(rng.integers(1, 4))),
+          ("metrics/pretrain.jsonl", int(rng.integers(5, 32))),
+          ("results/cells.jsonl", int(rng.integers(1, 12)))]
 
 
-# Seeded kill points (see _kill_point): 2 → pretraining epoch 4, before the first checkpoint;
-# 11 → pretraining epoch 24; 7 → the 7th sweep cell.
-@pytest.mark.parametrize("kill_when", ["random-2", "random-11", "random-7"])
-def test_sigkill_then_resume_is_bitwise_identical(reference, tmp_path, kill_when):
-  workdir = tmp_path / "run"
+def _run_until(workdir, log, need):
+  """Starts the run and SIGKILLs it once ``log`` has ``need`` lines."""
   proc = subprocess.Popen(_cmd(workdir), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-  log, need = _kill_point(kill_when)
-  watch = workdir / log
   deadline = time.time() + 120
-  while _lines(watch) < need:
-    assert proc.poll() is None, "run finished before it could be killed"
+  while _lines(workdir / log) < need:
+    assert proc.poll() is None, f"run finished before {log} had {need} lines"
     assert time.time() < deadline
     time.sleep(0.01)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
-  if log.startswith("metrics"):
-    assert _lines(workdir / "metrics/pretrain.jsonl") < 32
-    assert not (workdir / "results/cells.jsonl").exists()
-  else:
-    assert _lines(workdir / "results/cells.jsonl") < len(_cells(reference))
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_sigkill_three_times_then_resume_is_bitwise_identical(reference, tmp_path, seed):
+  """Killed before the first checkpoint, rerun and killed after several, rerun and killed
+  inside the sweep, rerun to the end: the checkpoints, logs and cells are the uninterrupted
+  run's, bit for bit."""
+  workdir = tmp_path / "run"
+  for log, need in _kill_points(seed):
+    _run_until(workdir, log, need)
+    if log.startswith("metrics"):
+      assert _lines(workdir / "metrics/pretrain.jsonl") < 32
+      assert not (workdir / "results/cells.jsonl").exists()
+    else:
+      assert _lines(workdir / "results/cells.jsonl") < len(_cells(reference))
 
   resumed = subprocess.run(_cmd(workdir), env=_env(), cwd=ROOT, capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from aetl_jax.bench.ceiling import LOOP, kernels_thunk
-from aetl_jax.bench.timing import (block, compiled_stats, time_calls, time_interleaved,
+from aetl_jax.bench.timing import (block, hlo_flops, time_calls, time_interleaved,
                                    write_json)
 
 _compiles = [0]
@@ -91,10 +91,11 @@ def _timed_interleaved(fns: dict, repeats: int) -> dict:
 CONV_IMPL_FOR_RUNNER = {"scan": "matmul", "per_batch": "auto"}
 
 
-def jax_pretrain(family: str, batch: int, runner: str, n: int):
+def jax_pretrain(family: str, batch: int, runner: str, n: int, kernel_cache: dict | None = None):
   """(one epoch as a thunk, XLA-counted FLOPs per example, examples per epoch,
   (the step's matmuls and convolutions alone, ``LOOP`` times each, as a thunk;
-  their FLOPs per step): :mod:`aetl_jax.bench.ceiling`)."""
+  their FLOPs per step): :mod:`aetl_jax.bench.ceiling`; equal kernels compiled once
+  through ``kernel_cache``)."""
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.objectives.registry import make_objective
   from aetl_jax.engine.compiler import train_compiler_options
@@ -116,9 +117,10 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int):
   step = make_train_step(make_objective(model, config.objective), tx)
   state = TrainState.create(params, tx)
   step_args = (state, {"images": {"image": x[:batch]}}, jax.random.PRNGKey(0))
-  flops = compiled_stats(jax.jit(step), *step_args)["flops"]
+  flops = hlo_flops(jax.jit(step), *step_args)
   options = train_compiler_options(config.model.family)
-  kernels, kernel_flops, _ = kernels_thunk(step, step_args, compiler_options=options)
+  kernels, kernel_flops, _ = kernels_thunk(step, step_args, compiler_options=options,
+                                           cache=kernel_cache)
   epoch = make_epoch_fn(step, batch_size=batch, runner=runner, compiler_options=options)
   holder = {"s": TrainState.create(jax.tree.map(jnp.copy, params), tx)}
 
@@ -247,14 +249,14 @@ def main(argv=None):
         f"{'GFLOP/s':>8} {'% peak':>7} {'torch ex/s':>10} {'jax/torch':>9} {'compiles':>8} "
         f"{'kern %peak':>10} {'kern share':>10}")
   rows["pretrain"] = []
-  total_compiles = 0
+  total_compiles, kernel_cache = 0, {}
   for family, n in (("mlp", n_dense), ("conv", n_conv), ("conv_transpose", n_conv)):
     formats = ("contiguous", "channels_last") if family != "mlp" else ("contiguous",)
     for batch in batches:
       contenders, flops_of, kernel_flops = {}, {}, {}
       for runner in ("scan", "per_batch"):
         contenders[runner], flops_of[runner], used, (kernels, kernel_flops[runner]) = (
-            jax_pretrain(family, batch, runner, n))
+            jax_pretrain(family, batch, runner, n, kernel_cache))
         contenders[f"{runner} kernels"] = kernels
       for f in formats if use_torch else ():
         contenders[f"torch {f}"] = torch_pretrain(family, batch, n, f)

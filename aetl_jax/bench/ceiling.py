@@ -5,7 +5,9 @@ from "its matmuls are slow at these shapes", :func:`kernel_ceiling` collects
 every ``dot_general`` and ``conv_general_dilated`` the step executes (from its
 jaxpr, backward pass included, custom-VJP rules too), runs each alone on random
 operands of the same shapes with the step's compiler options, and adds up their
-times. FLOPs come from XLA's cost analysis, as for the step, so
+times. FLOPs come from XLA's cost analysis of each kernel's HLO (a matmul's or a
+convolution's count is fixed by its shapes, so the program need not be compiled
+for it), so
 ``kernel seconds / step seconds`` is the share of the step the kernels would
 take at their own best speed, and the rest is everything else (elementwise
 passes, layout copies, the optimiser, dispatch).
@@ -21,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
-from aetl_jax.bench.timing import block, compiled_stats, time_calls
+from aetl_jax.bench.timing import block, hlo_flops, time_calls
 
 HEAVY_PRIMITIVES = ("dot_general", "conv_general_dilated")
 LOOP = 8  # a matmul alone is timed as this many back-to-back runs in one compiled loop
@@ -66,7 +68,7 @@ def kernel_alone(eqn, *, compiler_options=None, seed: int = 0):
   jit = functools.partial(jax.jit, compiler_options=compiler_options or None)
   bind = lambda *ops: eqn.primitive.bind(*ops, **eqn.params)
   once = jit(lambda ops: bind(*ops))
-  flops = compiled_stats(once, operands)["flops"]
+  flops = hlo_flops(once, operands)
   if eqn.primitive.name != "dot_general":
     return (lambda: once(operands)), 1, flops
 
@@ -85,11 +87,25 @@ def kernel_alone(eqn, *, compiler_options=None, seed: int = 0):
   return (lambda: loop(operands[0], operands[1:])), LOOP, flops
 
 
-def kernels_thunk(step, args, *, compiler_options=None):
+def _signature(eqn, compiler_options) -> tuple:
+  """What makes two kernels the same program: primitive, parameters, operand shapes, options."""
+  return (eqn.primitive.name, repr(sorted(eqn.params.items())),
+          tuple((v.aval.shape, str(v.aval.dtype)) for v in eqn.invars),
+          repr(sorted((compiler_options or {}).items())))
+
+
+def kernels_thunk(step, args, *, compiler_options=None, cache: dict | None = None):
   """(thunk running each of ``step(*args)``'s matmuls and convolutions ``LOOP``
-  times alone, their FLOPs per step, how many) — divide its time by ``LOOP``."""
-  kernels = [kernel_alone(eqn, compiler_options=compiler_options, seed=i)
-             for i, eqn in enumerate(heavy_equations(jax.make_jaxpr(step)(*args)))]
+  times alone, their FLOPs per step, how many) — divide its time by ``LOOP``.
+  Equal kernels share one compiled program, within the step and, through a
+  ``cache`` dict the caller keeps, across steps (two runners of one model)."""
+  cache = {} if cache is None else cache
+  kernels = []
+  for i, eqn in enumerate(heavy_equations(jax.make_jaxpr(step)(*args))):
+    key = _signature(eqn, compiler_options)
+    if key not in cache:
+      cache[key] = kernel_alone(eqn, compiler_options=compiler_options, seed=i)
+    kernels.append(cache[key])
 
   def run():
     for thunk, runs, _ in kernels:
