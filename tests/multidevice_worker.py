@@ -81,16 +81,24 @@ def main():
 
 
 def batch_norm():
-  """One step of a ResNet-18 classifier per launcher: the stem BatchNorm's new running mean
-  (its input does not depend on other BatchNorms) and the first layer1 running variance."""
-  import ml_collections
+  """One step per launcher of a small BatchNorm classifier built from ResNet-18's own layers
+  (stem convolution + BatchNorm, one basic block of two): the stem BatchNorm's new running
+  mean (its input does not depend on other BatchNorms) and the first layer1 running variance."""
+  import flax.linen as nn
   from aetl_jax.core.statistics import statistics_mask
-  from aetl_jax.models.registry import build_classifier
+  from aetl_jax.models.resnet18 import BatchNorm, Conv, Stage
   from aetl_jax.models.variables import tree_of
   from aetl_jax.objectives.registry import OBJECTIVES
-  m = ml_collections.ConfigDict(dict(family="resnet18", code_dim=0, input_norm="imagenet",
-                                     weights="", conv_impl="auto"))
-  model = build_classifier(m, 10)
+
+  class SmallResNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+      x = Conv(16, (3, 3), (2, 2), padding=1, name="conv1")(x)
+      x = nn.relu(BatchNorm(name="bn1")(x, train=train))
+      x = Stage(16, 1, blocks=1, name="layer1")(x, train=train)
+      return jnp.mean(x, axis=(1, 2))
+
+  model = Classifier(encoder=SmallResNet(), num_classes=10)
   rng = np.random.RandomState(0)
   data = {"labelled": {"image": jnp.asarray(rng.rand(16, 16, 16, 1), jnp.float32),
                        "label": jnp.asarray(rng.randint(0, 10, 16), jnp.int32)}}

@@ -108,21 +108,10 @@ def one_process(tmp_path_factory):
   return workdir
 
 
-def test_a_two_process_sweep_equals_one_process_and_only_process_0_writes(tmp_path, one_process):
-  procs = _aetl_two(tmp_path / "w")
-  outs = [p.communicate(timeout=300) for p in procs]
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
-  assert _cells(tmp_path / "w") == _cells(one_process)
-  # Process 0 wrote each file once (a second writer would leave doubled JSON lines, a
-  # second event file or a .tmp); process 1 printed no report.
-  assert _files(tmp_path / "w") == _files(one_process)
-  assert not [p for p in (tmp_path / "w").rglob("*") if ".tmp" in p.name]
-  assert "## comparison (2 points)" in outs[0][0] and "|" not in outs[1][0]
-  assert (tmp_path / "w" / "compare.md").read_text() == (one_process / "compare.md").read_text()
-
-
-def test_a_killed_process_stops_the_other_and_a_rerun_resumes(tmp_path, one_process):
+def test_a_killed_process_stops_the_other_and_the_rerun_equals_one_process(tmp_path, one_process):
+  """Process 1 is killed after the first sweep cell: process 0 stops with one line instead
+  of hanging; the same command on both resumes, and the finished two-process sweep equals
+  the one-process one, written by process 0 alone."""
   workdir = tmp_path / "w"
   procs = _aetl_two(workdir)
   first_cells = workdir / "transfer.learning_rate=1e-3" / "results" / "cells.jsonl"
@@ -142,3 +131,9 @@ def test_a_killed_process_stops_the_other_and_a_rerun_resumes(tmp_path, one_proc
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert _cells(workdir) == _cells(one_process)
+  # Process 0 wrote each file once (a second writer would leave doubled JSON lines, a
+  # second event file or a .tmp); process 1 printed no report.
+  assert _files(workdir) == _files(one_process)
+  assert not [p for p in workdir.rglob("*") if ".tmp" in p.name]
+  assert "## comparison (2 points)" in outs[0][0] and "|" not in outs[1][0]
+  assert (workdir / "compare.md").read_text() == (one_process / "compare.md").read_text()
