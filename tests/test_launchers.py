@@ -103,27 +103,38 @@ def test_vmapped_seeds_equal_sequential_runs(digits, name):
     assert len(hist_k[k]) == sum(p.epochs for p in strategy.phases) == len(h_seq)
 
 
-@pytest.mark.parametrize("launcher", ["pmap", "shard_map"])
-def test_experiment_on_four_devices_matches_single_device(tmp_path, launcher):
-  """The whole pipeline (pretraining, cached-feature probe, fine-tune) on 4 devices."""
+EXPERIMENT = ["--config", str(DIGITS_CONFIG), "--no-progress", "--config.pretrain.epochs=4",
+              "--config.transfer.budgets=(4,)", "--config.transfer.seeds=1",
+              "--config.transfer.epochs=3", "--config.transfer.strategies=('linear_probe','finetune')",
+              "--config.pretrain.optimizer='sgd'", "--config.transfer.optimizer='sgd'"]
+
+
+def _experiment_rows(workdir):
+  lines = (workdir / "results" / "cells.jsonl").read_text().splitlines()
+  rows = {json.loads(l)["strategy"]: json.loads(l) for l in lines}
+  pre = [json.loads(l) for l in (workdir / "metrics/pretrain.jsonl").read_text().splitlines()]
+  rows["pretrain_loss"] = pre[-1]["train_loss"]
+  return rows
+
+
+@pytest.fixture(scope="module")
+def one_device_experiment(tmp_path_factory):
   from aetl_jax.cli import main
-  common = ["--config", str(DIGITS_CONFIG), "--no-progress", "--config.pretrain.epochs=4", "--config.transfer.budgets=(4,)",
-            "--config.transfer.seeds=1", "--config.transfer.epochs=3",
-            "--config.transfer.strategies=('linear_probe','finetune')",
-            "--config.pretrain.optimizer='sgd'", "--config.transfer.optimizer='sgd'"]
-  assert main(["run", "--workdir", str(tmp_path / "jit"), *common]) == 0
+  workdir = tmp_path_factory.mktemp("jit") / "run"
+  assert main(["run", "--workdir", str(workdir), *EXPERIMENT]) == 0
+  return _experiment_rows(workdir)
+
+
+@pytest.mark.parametrize("launcher", ["pmap", "shard_map"])
+def test_experiment_on_four_devices_matches_single_device(tmp_path, launcher, one_device_experiment):
+  """The whole pipeline (pretraining, cached-feature probe, fine-tune) on 4 devices."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
          "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
   out = subprocess.run([sys.executable, "-m", "aetl_jax", "run", "--workdir", str(tmp_path / "multi"),
-                        *common, f"--config.launch.launcher={launcher}"],
+                        *EXPERIMENT, f"--config.launch.launcher={launcher}"],
                        env=env, capture_output=True, text=True, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-3000:]
-  rows = {}
-  for name in ("jit", "multi"):
-    lines = (tmp_path / name / "results" / "cells.jsonl").read_text().splitlines()
-    rows[name] = {json.loads(l)["strategy"]: json.loads(l) for l in lines}
-    pre = [json.loads(l) for l in (tmp_path / name / "metrics/pretrain.jsonl").read_text().splitlines()]
-    rows[name]["pretrain_loss"] = pre[-1]["train_loss"]
+  rows = {"jit": one_device_experiment, "multi": _experiment_rows(tmp_path / "multi")}
   assert rows["multi"]["pretrain_loss"] == pytest.approx(rows["jit"]["pretrain_loss"], rel=1e-5)
   for strategy in ("linear_probe", "finetune"):
     assert abs(rows["multi"][strategy]["test_accuracy"] - rows["jit"][strategy]["test_accuracy"]) < 0.005
