@@ -80,7 +80,7 @@ def test_narrow_formulation_matches_nn_conv(hw, k, stride, padding):
       f"kernel {kernel}, cout {cout}": (nn.Conv(cout, kernel, padding=padding),
                                         FormulatedConv(cout, kernel, padding=padding,
                                                        formulation="narrow"))
-      for kernel in ((k, k), (k, k - 1 or 1)) for cout in (1, 3, 9)}, x)
+      for kernel in ((k, k), (k, k - 1 or 1)) for cout in (1, 3)}, x)  # no branch on cout
 
 
 def test_narrow_formulation_refuses_strides():
