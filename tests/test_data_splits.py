@@ -57,7 +57,6 @@ def test_label_budget_errors_and_declared_classes():
     label_budget(labels, 1, seed=0, num_classes=3)
 
 
-
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
 def test_a_split_fraction_outside_the_open_interval_is_refused(fraction):
   with pytest.raises(ValueError, match=rf"^split fraction must be in \(0, 1\), got {fraction}$"):

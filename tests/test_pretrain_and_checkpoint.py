@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from aetl_jax.core.rules import tree_paths
 from aetl_jax.engine import checkpoint as checkpointing
 from aetl_jax.data.transfer_split import make_transfer_split
 from aetl_jax.evaluation.reconstruction import reconstruction_metrics
@@ -163,8 +164,7 @@ def test_restore_of_an_unknown_step_lists_the_finished_ones(pretrained):
 
 
 def _shapes(tree):
-  return {"/".join(str(k.key) for k in path): tuple(np.shape(x))
-          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return dict(zip(tree_paths(tree), (tuple(np.shape(x)) for x in jax.tree.leaves(tree))))
 
 
 def test_saved_shapes_are_the_newest_steps_subtree_shapes_without_reading_arrays(pretrained,
