@@ -1,6 +1,24 @@
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def _run_compilation_cache() -> str:
+  """One JAX persistent compilation cache for this test run, shared by the xdist workers and
+  the subprocesses the tests start (both inherit the environment the controller set here):
+  the same programs (a cell of the tiny digits MLP, a resumed run's steps) are otherwise
+  compiled again in every process. A loaded program is the one XLA compiled, so nothing tested
+  changes; the bench harness counts loads from it as compilations. Named by the controller's
+  pid, so a run never reads another run's programs; the controller removes it at the end."""
+  return os.path.join(tempfile.gettempdir(), f"aetl-jax-tests-xla-cache-{os.getpid()}")
+
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _run_compilation_cache()
+  os.environ["AETL_TESTS_OWN_CACHE"] = "1"
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from pathlib import Path  # noqa: E402
 
@@ -57,3 +75,9 @@ def classifier_and_params(config, num_classes=10, input_shape=(8, 8, 1), seed=0)
   model = build_classifier(config.model, num_classes)
   params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *input_shape)))["params"]
   return model, params
+
+
+def pytest_unconfigure(config):
+  """The controller (or a run without xdist) removes the cache this run created."""
+  if os.environ.get("AETL_TESTS_OWN_CACHE") and not hasattr(config, "workerinput"):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

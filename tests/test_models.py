@@ -68,6 +68,7 @@ def _overfit(name, images, steps=300):
   loss_fn = make_objective(model, config.model, config.objective)
   tx = optax.adam(3e-3)
 
+  @jax.jit
   def metric(params, rng):
     """Reconstruction MSE where the objective reports it (BCE on grey pixels has
     a non-zero floor, the entropy of the targets); the loss itself for MAE."""

@@ -45,7 +45,15 @@ def _count_compiles(event, duration, **kwargs):
     _compiles[0] += 1
 
 
+def _count_cache_loads(event, **kwargs):
+  """A program loaded from JAX's persistent compilation cache was compiled all the same (a
+  recompile that hits the disk cache fires no backend-compile event)."""
+  if event == "/jax/compilation_cache/cache_hits":
+    _compiles[0] += 1
+
+
 jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+jax.monitoring.register_event_listener(_count_cache_loads)
 
 
 def matmul_peak(n: int, repeats: int) -> float:
