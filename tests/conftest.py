@@ -11,13 +11,14 @@ def _run_compilation_cache() -> str:
   the same programs (a cell of the tiny digits MLP, a resumed run's steps) are otherwise
   compiled again in every process. A loaded program is the one XLA compiled, so nothing tested
   changes; the bench harness counts loads from it as compilations. Named by the controller's
-  pid, so a run never reads another run's programs; the controller removes it at the end."""
+  pid; the controller removes it at the end (and a leftover of a killed run with its pid at
+  the start)."""
   return os.path.join(tempfile.gettempdir(), f"aetl-jax-tests-xla-cache-{os.getpid()}")
 
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  shutil.rmtree(_run_compilation_cache(), ignore_errors=True)
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _run_compilation_cache()
-  os.environ["AETL_TESTS_OWN_CACHE"] = "1"
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from pathlib import Path  # noqa: E402
@@ -78,6 +79,7 @@ def classifier_and_params(config, num_classes=10, input_shape=(8, 8, 1), seed=0)
 
 
 def pytest_unconfigure(config):
-  """The controller (or a run without xdist) removes the cache this run created."""
-  if os.environ.get("AETL_TESTS_OWN_CACHE") and not hasattr(config, "workerinput"):
-    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+  """The process that created this run's cache (the controller, or a run without xdist)
+  removes it; a cache the user set is theirs."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR") == _run_compilation_cache():
+    shutil.rmtree(_run_compilation_cache(), ignore_errors=True)
