@@ -111,7 +111,7 @@ EXPERIMENT = ["--config", str(DIGITS_CONFIG), "--no-progress", "--config.pretrai
 
 def _experiment_rows(workdir):
   lines = (workdir / "results" / "cells.jsonl").read_text().splitlines()
-  rows = {json.loads(l)["strategy"]: json.loads(l) for l in lines}
+  rows = {row["strategy"]: row for row in map(json.loads, lines)}
   pre = [json.loads(l) for l in (workdir / "metrics/pretrain.jsonl").read_text().splitlines()]
   rows["pretrain_loss"] = pre[-1]["train_loss"]
   return rows

@@ -21,7 +21,9 @@ from aetl_jax.tasks.pretrain import checkpoint_dir, pretrain
 from tests.conftest import tiny_config, tree_equal
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--no-progress", "--config.pretrain.epochs=16", "--config.pretrain.checkpoint_every=4",
+EPOCHS = 16  # pretraining; the sweep has 1 budget x 2 seeds x 3 strategies = 6 cells
+ARGS = ["--no-progress", f"--config.pretrain.epochs={EPOCHS}",
+        "--config.pretrain.checkpoint_every=4",
         "--config.pretrain.eval_every=10", "--config.transfer.budgets=(3,)",
         "--config.transfer.seeds=2", "--config.transfer.epochs=8", "--config.transfer.lp_epochs=3",
         "--config.transfer.strategies=('scratch','linear_probe','lp_ft')"]
@@ -68,7 +70,7 @@ def _kill_points(seed: int) -> list[tuple[str, int]]:
   (a step reached, not a sleep)."""
   rng = np.random.default_rng(seed)
   return [("metrics/pretrain.jsonl", int(rng.integers(1, 4))),
-          ("metrics/pretrain.jsonl", int(rng.integers(5, 16))),
+          ("metrics/pretrain.jsonl", int(rng.integers(5, EPOCHS))),
           ("results/cells.jsonl", int(rng.integers(1, 6)))]
 
 
@@ -94,7 +96,7 @@ def test_sigkill_three_times_then_resume_is_bitwise_identical(reference, tmp_pat
   for log, need in _kill_points(seed):
     _run_until(workdir, log, need)
     if log.startswith("metrics"):
-      assert _lines(workdir / "metrics/pretrain.jsonl") < 16
+      assert _lines(workdir / "metrics/pretrain.jsonl") < EPOCHS
       assert not (workdir / "results/cells.jsonl").exists()
     else:
       assert _lines(workdir / "results/cells.jsonl") < len(_cells(reference))
@@ -104,7 +106,7 @@ def test_sigkill_three_times_then_resume_is_bitwise_identical(reference, tmp_pat
   assert "resum" in resumed.stderr.lower()
   ref_step, ref_tree = _final_params(reference)
   step, tree = _final_params(workdir)
-  assert step == ref_step == 16
+  assert step == ref_step == EPOCHS
   assert tree_equal(tree, ref_tree)
   assert (workdir / "metrics/pretrain.jsonl").read_text() == \
       (reference / "metrics/pretrain.jsonl").read_text()
