@@ -23,7 +23,7 @@ from aetl_jax.models.torchvision import check_weights, convert_state_dict, torch
 from aetl_jax.models.variables import apply, apply_train, tree_of
 from aetl_jax.objectives.classification import cross_entropy
 from aetl_jax.objectives.registry import OBJECTIVES
-from tests.conftest import tree_equal
+from tests.conftest import quick_jit, tree_equal
 
 SHAPE = (16, 16, 1)
 RUNTIME = make_runtime(family="resnet18")
@@ -119,7 +119,7 @@ def test_im2col_and_xla_convolutions_are_the_same_resnet():
   b = batch()
   models = {impl: build_classifier(resnet_cfg(conv_impl=impl), 5) for impl in ("im2col", "xla")}
 
-  @jax.jit
+  @quick_jit
   def outputs(params, x, y):
     out = {}
     for impl, model in models.items():

@@ -2,7 +2,8 @@
 
 Outputs and gradients (with respect to parameters and inputs) to float
 tolerance, with the same parameter trees, so checkpoints move between
-implementations.
+implementations. The comparisons compile without LLVM's optimisations
+(``conftest.quick_jit``): the subject is the formulations' arithmetic.
 """
 
 import flax.linen as nn
@@ -16,6 +17,7 @@ from aetl_jax.models.conv_ops import (FormulatedConv, FormulatedConvTranspose, b
                                       choose_formulation, conv_class, conv_transpose_class,
                                       resolve_conv_impl, subpixel_conv_transpose)
 from aetl_jax.engine.compiler import train_compiler_options
+from tests.conftest import quick_jit
 
 
 def _assert_same_functions(pairs, x):
@@ -28,7 +30,7 @@ def _assert_same_functions(pairs, x):
     shapes = lambda m: jax.tree.map(jnp.shape, jax.eval_shape(m.init, key, x))
     assert shapes(ref) == shapes(ours), name
 
-  @jax.jit
+  @quick_jit
   def outputs_and_grads(x):
     out = {}
     for name, (ref, ours) in pairs.items():
@@ -165,7 +167,7 @@ def test_conv_autoencoder_is_the_same_function_with_every_impl(upsampling):
   shapes = {impl: jax.tree.map(jnp.shape, jax.eval_shape(lambda m=m: init(m)))
             for impl, m in models.items()}
 
-  @jax.jit
+  @quick_jit
   def outputs_and_grads(x):  # every impl from the xla model's parameters, in one program
     params = init(models["xla"])
     out = {}

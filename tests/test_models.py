@@ -13,7 +13,7 @@ from aetl_jax.models.registry import build_classifier
 from aetl_jax.models.vit import patchify, random_masking, unpatchify
 from aetl_jax.objectives.autoencoders import gaussian_kl
 from aetl_jax.objectives.registry import make_objective as _make_objective, model_kind
-from tests.conftest import digits_config
+from tests.conftest import digits_config, quick_jit
 
 
 def build_autoencoder(m, shape, kind=None):
@@ -112,19 +112,29 @@ def test_output_shapes_and_transplantable_encoder(shape, name):
   config = config_for(name, f"model.patch={patch}")
   x = jnp.zeros((3, *shape))
   ae = build_autoencoder(config.model, shape)
-  params = ae.init(jax.random.PRNGKey(0), x, method="reconstruct")["params"]
-  assert ae.apply({"params": params}, x, method="reconstruct").shape == x.shape
-  features = ae.apply({"params": params}, x, method="encode")
   clf = build_classifier(config.model, 10, model_kind(config.objective.name))
-  clf_params = clf.init(jax.random.PRNGKey(1), x)["params"]
-  assert clf.apply({"params": clf_params}, x).shape == (3, 10)
-  assert clf.apply({"params": clf_params}, x, method="encode").shape == features.shape
+
+  @quick_jit
+  def outputs(x):
+    params = ae.init(jax.random.PRNGKey(0), x, method="reconstruct")["params"]
+    clf_params = clf.init(jax.random.PRNGKey(1), x)["params"]
+    moved = {**clf_params, "encoder": params["encoder"]}
+    return dict(params=params, clf_params=clf_params,
+                reconstruction=ae.apply({"params": params}, x, method="reconstruct"),
+                features=ae.apply({"params": params}, x, method="encode"),
+                logits=clf.apply({"params": clf_params}, x),
+                clf_features=clf.apply({"params": clf_params}, x, method="encode"),
+                # the classifier's features equal the autoencoder's when the encoder is moved
+                moved=clf.apply({"params": moved}, x + 0.5, method="encode"),
+                ae_features=ae.apply({"params": params}, x + 0.5, method="encode"))
+
+  out = outputs(x)
+  assert out["reconstruction"].shape == x.shape
+  assert out["logits"].shape == (3, 10)
+  assert out["clf_features"].shape == out["features"].shape
   shapes = lambda t: jax.tree.map(lambda a: a.shape, t)
-  assert shapes(clf_params["encoder"]) == shapes(params["encoder"])
-  # Features of the classifier equal the autoencoder's when the encoder is transplanted.
-  moved = {**clf_params, "encoder": params["encoder"]}
-  np.testing.assert_allclose(clf.apply({"params": moved}, x + 0.5, method="encode"),
-                             ae.apply({"params": params}, x + 0.5, method="encode"), rtol=1e-6)
+  assert shapes(out["clf_params"]["encoder"]) == shapes(out["params"]["encoder"])
+  np.testing.assert_allclose(out["moved"], out["ae_features"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75, 0.9])

@@ -19,6 +19,7 @@ from aetl_jax.models.registry import build_model
 from aetl_jax.models.sequence import EOS, MASK, PAD, masked_mean
 from aetl_jax.objectives.sequences import mask_tokens, token_loss
 from aetl_jax.tasks.transfer import default_config
+from tests.conftest import quick_jit
 
 POSITIVE = ["good", "great", "lovely", "fine", "superb", "warm", "funny", "smart"]
 NEGATIVE = ["bad", "awful", "dull", "poor", "weak", "cold", "boring", "dumb"]
@@ -135,7 +136,7 @@ def test_padding_never_counts_and_skipped_chunks_change_nothing(cell):
   model = seq_model(4, cell)
   params = model.init(jax.random.PRNGKey(0), ids[:1], method="reconstruct")["params"]
   loss = token_loss(model)
-  value_grad = jax.jit(jax.value_and_grad(lambda p, x: loss(p, {"images": {"image": x}},
+  value_grad = quick_jit(jax.value_and_grad(lambda p, x: loss(p, {"images": {"image": x}},
                                                             jax.random.PRNGKey(1))[0]))
   base, grads = value_grad(params, ids)
   # More padding (another chunk wholly past every sequence) gives the same loss and gradient.
@@ -179,7 +180,7 @@ def test_sequence_autoencoder_overfits_a_few_sentences(objective):
   loss = make_objective(model, o)
   tx = optax.adam(1e-2)
 
-  @jax.jit
+  @quick_jit
   def step(p, s, r):
     (l, aux), g = jax.value_and_grad(loss, has_aux=True)(p, {"images": {"image": ids}}, r)
     u, s = tx.update(g, s, p)
