@@ -1,6 +1,8 @@
 """Labelled and joint source tasks, budget 0, domain adaptation, semi-supervised pseudo-labels
 and augmentation."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,6 +132,8 @@ def test_every_new_strategy_trains_and_reports(adapted):
   md = (workdir / "results" / "results.md").read_text()
   assert "| 0 labels/class | 2 labels/class |" in md
   assert "Difference to `source_only`" in md and "Difference to `scratch`" in md
+  saved = json.loads((workdir / "results" / "results.json").read_text())  # both paired tables
+  assert {r.get("baseline") for r in saved} == {None, "scratch", "source_only"}
   assert "labelled images" in md  # the caption says the source was labelled
 
 

@@ -163,8 +163,8 @@ def test_results_csv_and_json_hold_the_summary_and_the_paired_table(tmp_path):
   rows = [{"budget": 5, "strategy": s, "seed": k, "test_accuracy": v} for (s, k), v in vals.items()]
   summary = summarise(rows)
   paired = paired_differences(rows, baseline="scratch")
-  md = write_tables(summary, tmp_path, strategies=["scratch", "ft"], budgets=[5], paired=paired,
-                    baseline="scratch")
+  md = write_tables(summary, tmp_path, strategies=["scratch", "ft"], budgets=[5],
+                    paired={"scratch": paired})
   data = json.loads((tmp_path / "results.json").read_text())
   ft = next(r for r in data if r["strategy"] == "ft" and r["metric"] == "test_accuracy")
   assert ft["mean"] == pytest.approx(0.675) and ft["n"] == 2

@@ -58,7 +58,7 @@ def test_write_tables_writes_caption_both_tables_and_the_same_rows_to_csv_and_js
   summary, paired = summarise(rows), paired_differences(rows, baseline="scratch")
   out = tmp_path / "new" / "out"  # folders that do not exist yet
   md = write_tables(summary, out, strategies=["scratch", "ft"], budgets=[5],
-                    caption="Caption line.\n", paired=paired, baseline="scratch")
+                    caption="Caption line.\n", paired={"scratch": paired})
   assert md.startswith("Caption line.\n\n| strategy | 5 labels/class |")
   assert "\n\nDifference to `scratch` in accuracy points, paired by seed" in md
   # Paired per seed: +20 and +5 points; Student-t half-width with 1 degree of freedom.

@@ -69,23 +69,24 @@ def markdown_table(summary: list[dict], strategies: list[str], budgets: list, *,
 
 
 def write_tables(summary: list[dict], directory, *, strategies, budgets, caption: str = "",
-                 paired: list[dict] | None = None, baseline: str | None = None) -> str:
+                 paired: dict[str, list[dict]] | None = None) -> str:
   """Writes results.md, results.csv and results.json; returns the Markdown.
 
-  With ``paired`` (from :func:`paired_differences`), a second table of
-  differences to ``baseline`` follows the first.
+  ``paired`` maps a baseline strategy to its rows from :func:`paired_differences`: a table
+  of differences to each baseline follows the first, and its rows (with ``baseline`` set)
+  follow the summary's in the CSV and JSON files.
   """
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   md = markdown_table(summary, strategies, budgets)
   if caption:
     md = caption.rstrip() + "\n\n" + md
-  if paired:
+  for baseline, rows in (paired or {}).items():
     others = [s for s in strategies if s != baseline]
     md += (f"\n\nDifference to `{baseline}` in accuracy points, paired by seed (same labelled "
            f"subset), mean ± 95% CI; an interval that excludes 0 is a significant difference.\n\n"
-           + markdown_table(paired, others, budgets, signed=True, unit=" pt"))
-    summary = summary + [{**p, "baseline": baseline} for p in paired]
+           + markdown_table(rows, others, budgets, signed=True, unit=" pt"))
+    summary = summary + [{**row, "baseline": baseline} for row in rows]
   (directory / "results.md").write_text(md + "\n")
   (directory / "results.json").write_text(json.dumps(summary, indent=2))
   with open(directory / "results.csv", "w", newline="") as f:

@@ -275,26 +275,14 @@ def _pretraining_summary(config, data, recon) -> str:
   return text + f"; the target receives {moved}."
 
 
-def _more_paired_tables(workdir, rows, strategies, budgets, first) -> str:
-  """Paired differences to the source-only classifier too, when it ran (appended to results.md)."""
-  if "source_only" not in strategies or first == "source_only":
-    return ""
-  paired = paired_differences(rows, baseline="source_only")
-  others = [s for s in strategies if s != "source_only"]
-  md = ("\n\nDifference to `source_only` in accuracy points, paired by seed, mean ± 95% CI.\n\n"
-        + markdown_table(paired, others, budgets, signed=True, unit=" pt"))
-  with open(Path(workdir) / "results" / "results.md", "a") as f:
-    f.write("\n" + md.lstrip("\n") + "\n")
-  return md
-
-
 def _report(config, workdir, data, rows, recon, model, params, pretrain_history) -> dict:
   strategies, budgets = list(config.transfer.strategies), list(config.transfer.budgets)
   wanted = {(b, s) for b in budgets for s in strategies}
   rows = [r for r in rows if (r["budget"], r["strategy"]) in wanted and r["seed"] < config.transfer.seeds]
   summary = summarise(rows)
-  baseline = "scratch" if "scratch" in strategies else None
-  paired = paired_differences(rows, baseline=baseline) if baseline else None
+  # differences to training from scratch, and to the source classifier as it is when it ran
+  paired = {b: paired_differences(rows, baseline=b) for b in ("scratch", "source_only")
+            if b in strategies}
   caption = (f"{_title(config)}. Test accuracy, mean ± 95% CI over {config.transfer.seeds} seeds "
              f"(seeds vary the labelled subset and the initialisation). "
              f"{_pretraining_summary(config, data, recon)}")
@@ -304,8 +292,7 @@ def _report(config, workdir, data, rows, recon, model, params, pretrain_history)
   table = markdown_table(summary, strategies, budgets)
   if is_main_process():  # tables and figures are written once in a multi-host run
     table = write_tables(summary, workdir / "results", strategies=strategies, budgets=budgets,
-                         caption=caption, paired=paired, baseline=baseline)
-    table += _more_paired_tables(workdir, rows, strategies, budgets, baseline)
+                         caption=caption, paired=paired)
     summary_figure(figure, originals=shown,
                    reconstructions=reconstruct(model, params, shown) if recon and shown is not None
                    else None,
