@@ -30,17 +30,7 @@ def build_transfer_data(d, batch_size: int = 128, *, progress: bool = True,
     raise ValueError(f"a text source ({d.source}) needs a text target, got {d.target!r}")
   kw = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None, progress=progress)
   target = load_dataset(d.target, **kw)
-  streamed = d.get("stream_source", False)
-  if streamed and d.source == d.target:
-    raise ValueError("data.stream_source needs a source dataset other than the target (a "
-                     "same-dataset split is carved in memory)")
-  if streamed:
-    builder, route = prepare_builder(d.source, splits=("train",), **kw)
-    sample = next(iter(builder.as_dataset(split="train").take(1)))["image"].shape
-    source = Dataset(d.source, {"train": (np.zeros((1, *sample), np.uint8), None)}, 255.0,
-                     builder.info.features["label"].num_classes, route + " (streamed from disk)")
-  else:
-    source = target if d.source == d.target else load_dataset(d.source, **kw)
+  source, builder = _source(d, target, kw)
   shape = preprocessing.common_shape(
       {f"source {d.source}": next(iter(source.splits.values()))[0].shape[1:],
        f"target {d.target}": next(iter(target.splits.values()))[0].shape[1:]},
@@ -49,6 +39,47 @@ def build_transfer_data(d, batch_size: int = 128, *, progress: bool = True,
   def prep(images, max_value):
     return preprocessing.to_shape(preprocessing.to_unit(images, max_value), shape, d.resize)
 
+  (train_x, train_y), (test_x, test_y), (source_images, source_labels) = _carve(d, target, source)
+  images = np.concatenate([prep(train_x, target.max_value), prep(test_x, target.max_value)])
+  labels = np.concatenate([train_y, test_y]).astype(np.int32)
+  split = TransferSplit(source=np.empty(0, np.int64), target_pool=np.arange(len(train_y)),
+                        test=np.arange(len(train_y), len(labels)))
+  description = {"source_dataset": {"name": d.source, "route": source.route},
+                 "target_dataset": {"name": d.target, "route": target.route},
+                 "common_shape": list(shape), "resize": d.resize,
+                 "target_max_value": float(target.max_value)}
+  if builder is not None:
+    stream, num = _source_stream(d, builder, batch_size, shape)
+    return TransferData(None, images, labels, split, target.num_classes, description,
+                        source_stream=stream, num_source=num)
+  return TransferData(prep(source_images, source.max_value), images, labels, split,
+                      target.num_classes, description, source_labels=source_labels,
+                      source_classes=_classes(source_labels),
+                      target_classes=tuple(range(target.num_classes)),
+                      shared_labels=_shared(d, source_labels, target.num_classes))
+
+
+def _source(d, target, kw) -> tuple:
+  """(the source dataset, its prepared TFDS builder when it is streamed from disk, else None).
+  A streamed source's in-memory stand-in holds one zero image, for its shape."""
+  streamed = d.get("stream_source", False)
+  if streamed and d.source == d.target:
+    raise ValueError("data.stream_source needs a source dataset other than the target (a "
+                     "same-dataset split is carved in memory)")
+  if not streamed:
+    return (target if d.source == d.target else load_dataset(d.source, **kw)), None
+  builder, route = prepare_builder(d.source, splits=("train",), **kw)
+  sample = next(iter(builder.as_dataset(split="train").take(1)))["image"].shape
+  stand_in = Dataset(d.source, {"train": (np.zeros((1, *sample), np.uint8), None)}, 255.0,
+                     builder.info.features["label"].num_classes, route + " (streamed from disk)")
+  return stand_in, builder
+
+
+def _carve(d, target, source) -> tuple:
+  """((pool images, labels), (test images, labels), (source images, labels)), raw: the
+  target's test split (carved from its train split when it has none), the same-dataset
+  source/pool split, and the ``max_*`` caps. The source's images are None when it is
+  streamed; its labels None when it has none."""
   train_x, train_y = target.splits["train"]
   if "test" in target.splits:
     test_x, test_y = target.splits["test"]
@@ -73,34 +104,23 @@ def build_transfer_data(d, batch_size: int = 128, *, progress: bool = True,
     source_images = source_images[keep]
     source_labels = None if source_labels is None else np.asarray(source_labels, np.int32)[keep]
   pool_sel = subsample(len(train_y), d.max_pool, d.split_seed + 4)
-  train_x, train_y = train_x[pool_sel], train_y[pool_sel]
+  return ((train_x[pool_sel], train_y[pool_sel]), (test_x, test_y),
+          (source_images, source_labels))
 
-  images = np.concatenate([prep(train_x, target.max_value), prep(test_x, target.max_value)])
-  labels = np.concatenate([train_y, test_y]).astype(np.int32)
-  split = TransferSplit(source=np.empty(0, np.int64), target_pool=np.arange(len(train_y)),
-                        test=np.arange(len(train_y), len(labels)))
-  description = {"source_dataset": {"name": d.source, "route": source.route},
-                 "target_dataset": {"name": d.target, "route": target.route},
-                 "common_shape": list(shape), "resize": d.resize,
-                 "target_max_value": float(target.max_value)}
-  if streamed:
-    import jax
-    try:
-      total = builder.info.splits["train"].num_examples
-    except KeyError:  # no split metadata (e.g. mocked data): count once
-      total = int(builder.as_dataset(split="train").reduce(0, lambda n, _: n + 1))
-    num = total // jax.process_count()
 
-    def stream(seed, builder=builder):
-      return tfds_stream(builder, "train", batch_size=batch_size, seed=seed, shape=shape,
-                         resize=d.resize)
-    return TransferData(None, images, labels, split, target.num_classes, description,
-                        source_stream=stream, num_source=num)
-  return TransferData(prep(source_images, source.max_value), images, labels, split,
-                      target.num_classes, description, source_labels=source_labels,
-                      source_classes=_classes(source_labels),
-                      target_classes=tuple(range(target.num_classes)),
-                      shared_labels=_shared(d, source_labels, target.num_classes))
+def _source_stream(d, builder, batch_size: int, shape) -> tuple:
+  """(a function of the seed streaming the source's batches from disk, the number of
+  source examples this process reads per epoch)."""
+  import jax
+  try:
+    total = builder.info.splits["train"].num_examples
+  except KeyError:  # no split metadata (e.g. mocked data): count once
+    total = int(builder.as_dataset(split="train").reduce(0, lambda n, _: n + 1))
+
+  def stream(seed):
+    return tfds_stream(builder, "train", batch_size=batch_size, seed=seed, shape=shape,
+                       resize=d.resize)
+  return stream, total // jax.process_count()
 
 
 def _classes(labels) -> tuple:
