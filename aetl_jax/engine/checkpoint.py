@@ -169,6 +169,38 @@ def saved_shapes(directory, subtree: tuple[str, ...] = ("params", "encoder")) ->
   return _saved_subtree_shapes(None, steps[-1], subtree, directory)
 
 
+def _finished_step(directory: Path, step: int | None) -> int:
+  """``step`` (the last finished one when None), or a CheckpointError saying what is there."""
+  steps = finished_steps(directory)
+  if not steps:
+    unfinished = _unfinished(directory)
+    raise CheckpointError(
+        f"no finished checkpoint in {directory}"
+        + (f" (unfinished writes present: {', '.join(unfinished)})" if unfinished else
+           " (the directory is empty or missing)"))
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise CheckpointError(f"checkpoint step {step} not found in {directory}; finished steps: {steps}")
+  return step
+
+
+def _misfits(saved_shapes: dict, target_shapes: dict, reinit: set) -> list[str]:
+  """Every leaf path that keeps a target from taking a checkpoint's subtree: missing or of
+  another shape (unless re-initialised), or saved but absent from the target."""
+  problems = []
+  for path, shape in target_shapes.items():
+    if path in reinit:
+      continue
+    if path not in saved_shapes:
+      problems.append(f"{path}: missing in checkpoint (target shape {shape})")
+    elif saved_shapes[path] != shape:
+      problems.append(f"{path}: checkpoint shape {saved_shapes[path]} != target shape {shape}")
+  for path in sorted(set(saved_shapes) - set(target_shapes)):
+    problems.append(f"{path}: in checkpoint (shape {saved_shapes[path]}) but not in target")
+  return problems
+
+
 def restore_subtree(directory, target, *, subtree: tuple[str, ...] = ("params", "encoder"),
                     step: int | None = None, reinit: tuple[str, ...] = ()):
   """Reads only ``subtree`` of a saved state into the structure of ``target``.
@@ -179,32 +211,11 @@ def restore_subtree(directory, target, *, subtree: tuple[str, ...] = ("params", 
   mismatch raises one CheckpointError listing every offending path.
   """
   directory = Path(directory)
-  steps = finished_steps(directory)
-  if not steps:
-    unfinished = _unfinished(directory)
-    raise CheckpointError(
-        f"no finished checkpoint in {directory}"
-        + (f" (unfinished writes present: {', '.join(unfinished)})" if unfinished else
-           " (the directory is empty or missing)"))
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise CheckpointError(f"checkpoint step {step} not found in {directory}; finished steps: {steps}")
+  step = _finished_step(directory, step)
   manager = make_manager(directory)
-  saved_shapes = _saved_subtree_shapes(manager, step, subtree, directory)
-  target_shapes = _leaf_shapes(target)
   reinit = set(reinit)
-  problems = []
-  for path, shape in target_shapes.items():
-    if path in reinit:
-      continue
-    if path not in saved_shapes:
-      problems.append(f"{path}: missing in checkpoint (target shape {shape})")
-    elif saved_shapes[path] != shape:
-      problems.append(f"{path}: checkpoint shape {saved_shapes[path]} != target shape {shape}")
-  extra = sorted(set(saved_shapes) - set(target_shapes))
-  for path in extra:
-    problems.append(f"{path}: in checkpoint (shape {saved_shapes[path]}) but not in target")
+  problems = _misfits(_saved_subtree_shapes(manager, step, subtree, directory),
+                      _leaf_shapes(target), reinit)
   if problems:
     raise CheckpointError(
         f"{subtree[-1]} in {directory}/{step} does not fit the target model ({len(problems)} problem(s)): "
