@@ -1,6 +1,7 @@
 """Uses of the codes beyond classification: one-class anomaly detection and clustering."""
 
 import json
+import sys
 
 import jax
 import numpy as np
@@ -122,6 +123,23 @@ def test_clustering_bad_input_is_one_line_before_training(override, message):
   config = api.load_config(clustering.default_config(), ["data.max_examples=300", override])
   with pytest.raises(ConfigError, match=message):
     api.prepare(config, progress=False)
+
+
+@pytest.mark.parametrize("umap_init, message", [
+    ("raise ImportError('No module named umap')", r"'umap' needs umap-learn; pip install"),
+    ("raise RuntimeError('operator torchvision::nms does not exist\\nmore')",
+     r"umap-learn is installed but does not import here \(RuntimeError: operator torchvision"),
+])
+def test_an_unusable_umap_is_one_line_before_training(tmp_path, monkeypatch, umap_init, message):
+  (tmp_path / "umap").mkdir()
+  (tmp_path / "umap" / "__init__.py").write_text(umap_init + "\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.delitem(sys.modules, "umap", raising=False)
+  config = api.load_config(clustering.default_config(), [
+      "data.max_examples=300", "clustering.embeddings=('umap',)"])
+  with pytest.raises(ConfigError, match=message) as e:
+    api.prepare(config, progress=False)
+  assert "\n" not in str(e.value)
 
 
 # --- scores are what they say -----------------------------------------------------------------

@@ -110,6 +110,11 @@ def check(config, data: ClusteringData) -> None:
     except ImportError:
       raise ConfigError("config key 'clustering.embeddings': 'umap' needs umap-learn; "
                         "pip install 'aetl_jax[cluster]', or use: none, pca") from None
+    except Exception as e:  # noqa: BLE001 - e.g. a torchvision that does not match torch
+      first = str(e).splitlines()[0][:200] if str(e) else ""
+      raise ConfigError(f"config key 'clustering.embeddings': umap-learn is installed but does "
+                        f"not import here ({type(e).__name__}: {first}); repair that install, "
+                        f"or use: none, pca") from None
   if objective_roles(config.objective.name) != ("images",):
     raise ConfigError(f"config key 'objective.name': the clustering task pretrains without labels; "
                       f"{config.objective.name!r} needs labels")
