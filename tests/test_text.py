@@ -137,7 +137,7 @@ def test_padding_never_counts_and_skipped_chunks_change_nothing(cell):
   params = model.init(jax.random.PRNGKey(0), ids[:1], method="reconstruct")["params"]
   loss = token_loss(model)
   value_grad = quick_jit(jax.value_and_grad(lambda p, x: loss(p, {"images": {"image": x}},
-                                                            jax.random.PRNGKey(1))[0]))
+                                                              jax.random.PRNGKey(1))[0]))
   base, grads = value_grad(params, ids)
   # More padding (another chunk wholly past every sequence) gives the same loss and gradient.
   padded, grads_padded = value_grad(params, np.pad(ids, ((0, 0), (0, 9))))
