@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -74,6 +75,17 @@ def test_write_tables_writes_caption_both_tables_and_the_same_rows_to_csv_and_js
   assert [r.get("baseline") for r in data] == [None, None, "scratch"]
   for j, c in zip(data, table):
     assert float(c["mean"]) == pytest.approx(j["mean"]) and int(c["n"]) == j["n"]
+
+
+def test_a_baseline_without_paired_rows_adds_no_table(tmp_path):
+  from aetl_jax.reporting.tables import paired_differences, write_tables
+  rows = [{"budget": 5, "strategy": "scratch", "seed": k, "test_accuracy": 0.5} for k in (0, 1)]
+  paired = paired_differences(rows, baseline="scratch")
+  assert paired == []
+  md = write_tables(summarise(rows), tmp_path, strategies=["scratch"], budgets=[5],
+                    paired={"scratch": paired})
+  assert "Difference to" not in md
+  assert len(json.loads((tmp_path / "results.json").read_text())) == 1
 
 
 def test_write_tables_of_no_rows_still_writes_a_header(tmp_path):

@@ -73,8 +73,8 @@ def write_tables(summary: list[dict], directory, *, strategies, budgets, caption
   """Writes results.md, results.csv and results.json; returns the Markdown.
 
   ``paired`` maps a baseline strategy to its rows from :func:`paired_differences`: a table
-  of differences to each baseline follows the first, and its rows (with ``baseline`` set)
-  follow the summary's in the CSV and JSON files.
+  of differences to each baseline with rows follows the first, and its rows (with
+  ``baseline`` set) follow the summary's in the CSV and JSON files.
   """
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
@@ -82,6 +82,8 @@ def write_tables(summary: list[dict], directory, *, strategies, budgets, caption
   if caption:
     md = caption.rstrip() + "\n\n" + md
   for baseline, rows in (paired or {}).items():
+    if not rows:  # nothing ran beside the baseline on its seeds: no table
+      continue
     others = [s for s in strategies if s != baseline]
     md += (f"\n\nDifference to `{baseline}` in accuracy points, paired by seed (same labelled "
            f"subset), mean ± 95% CI; an interval that excludes 0 is a significant difference.\n\n"
