@@ -220,7 +220,8 @@ def jax_finetune(mode: str, batch: int, n: int, repeats: int):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true",
-                      help="tiny sizes, no sub-pixel conv rows (checks the harness)")
+                      help="tiny sizes; no sub-pixel conv, plain-shuffle sequence or XLA-conv "
+                      "ResNet rows (each runs another row's code again): checks the harness")
   parser.add_argument("--no-torch", action="store_true")
   parser.add_argument("--json", help="write every row to this file")
   parser.add_argument("--batches", help="pretraining batch sizes, comma-separated "
@@ -320,7 +321,8 @@ def main(argv=None):
   from aetl_jax.bench import backbone
   print()
   rows["backbone"] = backbone.rows((32,) if quick else (64, 224), 2 if quick else 32, repeats,
-                                   use_torch and backbone.torchvision_usable() is None)
+                                   use_torch and backbone.torchvision_usable() is None,
+                                   ("auto",) if quick else tuple(backbone.IMPLS))
   backbone.print_rows(rows["backbone"])
   total_compiles += sum(r["compiles"] for r in rows["backbone"])
   rows["compiles_during_timed_parts"] = total_compiles

@@ -82,12 +82,14 @@ def torchvision_usable() -> str | None:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
 
 
-def rows(sizes, batch: int, repeats: int, use_torch: bool) -> list[dict]:
+IMPLS = {"auto": "aetl_jax (im2col)", "xla": "aetl_jax (xla conv)"}
+
+
+def rows(sizes, batch: int, repeats: int, use_torch: bool, impls=tuple(IMPLS)) -> list[dict]:
   from aetl_jax.bench.__main__ import _timed_interleaved
   out = []
   for size in sizes:
-    contenders = {"aetl_jax (im2col)": jax_step(size, batch, "auto"),
-                  "aetl_jax (xla conv)": jax_step(size, batch, "xla")}
+    contenders = {IMPLS[impl]: jax_step(size, batch, impl) for impl in impls}
     if use_torch:
       contenders["torchvision"] = torch_step(size, batch)
     timed = _timed_interleaved(contenders, repeats)
