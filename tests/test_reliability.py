@@ -237,3 +237,12 @@ def test_a_run_written_before_a_defaulted_key_existed_still_resumes(tmp_path, ca
   changed = digits_config("pretrain.epochs=1", "transfer.augment=(('noise',0.1),)")
   with pytest.raises(WorkdirError, match=r"transfer.augment: '<absent>' -> \(\('noise', 0.1\),\)"):
     prepare_workdir(tmp_path, changed, experiment="transfer", defaults=api.task_defaults(changed))
+
+
+def test_a_quoted_exception_is_its_first_line_or_its_type_name():
+  from aetl_jax.core.errors import described, first_line
+  assert first_line(RuntimeError("\n  the cause\nand a traceback line")) == "the cause"
+  assert first_line(RuntimeError("x" * 500), 10) == "x" * 10
+  assert first_line(KeyError()) == "KeyError"  # no text: the type says what happened
+  assert described(ValueError("bad value\nmore"), 3) == "ValueError: bad"
+  assert described(OSError()) == "OSError"

@@ -79,7 +79,8 @@ def torchvision_usable() -> str | None:
     import torchvision  # noqa: F401
     return None
   except Exception as e:  # noqa: BLE001 - absent, or a build whose ops do not load
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
+    from aetl_jax.core.errors import described
+    return described(e, 80)
 
 
 IMPLS = {"auto": "aetl_jax (im2col)", "xla": "aetl_jax (xla conv)"}

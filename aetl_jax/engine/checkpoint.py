@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from aetl_jax.core.errors import first_line
 from aetl_jax.core.files import atomic_write_text
 from aetl_jax.core.rules import path_str
 from aetl_jax.engine.launchers import is_main_process
@@ -57,7 +58,7 @@ def save(manager: ocp.CheckpointManager, step: int, tree) -> None:
                  custom_metadata={MANIFEST_KEY: manifest})
     manager.wait_until_finished()
   except Exception as e:  # noqa: BLE001 - Orbax raises many types; the cause is in the text
-    cause = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    cause = first_line(e)
     raise CheckpointSaveError(f"cannot save checkpoint step {step} in {manager.directory}: {cause}; "
                               f"the previous steps are intact and a rerun resumes from them") from None
 
@@ -137,7 +138,7 @@ def restore_step(directory, step: int, target):
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item)))
   except Exception as e:  # noqa: BLE001 - any read failure means "damaged"
     raise CheckpointError(f"checkpoint {directory}/{step} is unreadable: "
-                          f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
+                          f"{first_line(e)}") from None
   _verify(tree, _read_manifest(directory, step), "", f"{directory}/{step}")
   return tree
 
@@ -233,7 +234,7 @@ def restore_subtree(directory, target, *, subtree: tuple[str, ...] = ("params", 
         partial_restore=True))
   except Exception as e:  # noqa: BLE001 - any read failure means "damaged"
     raise CheckpointError(f"checkpoint {directory}/{step} is unreadable: "
-                          f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
+                          f"{first_line(e)}") from None
   for key in subtree:
     restored = restored[key]
   _verify(restored, _read_manifest(directory, step), "/".join(subtree) + "/", f"{directory}/{step}")

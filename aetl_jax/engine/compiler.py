@@ -19,6 +19,8 @@ import logging
 import jax
 import jax.numpy as jnp
 
+from aetl_jax.core.errors import first_line
+
 log = logging.getLogger(__name__)
 
 CONV_FAMILIES = ("conv", "resnet")
@@ -32,7 +34,7 @@ def _supported(options: tuple) -> bool:
     return True
   except Exception as err:  # noqa: BLE001 - any refusal means "not supported here"
     log.info("XLA compiler options %s not supported here (%s); using XLA's defaults",
-             dict(options), str(err).splitlines()[0] if str(err) else type(err).__name__)
+             dict(options), first_line(err))
     return False
 
 

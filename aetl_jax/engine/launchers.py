@@ -23,6 +23,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from aetl_jax.core.errors import first_line
+
 DATA_AXIS = "data"
 LAUNCHERS = ("jit", "pmap", "shard_map")
 
@@ -131,7 +133,7 @@ def initialize_distributed() -> None:
     where = kw.get("coordinator_address", "the discovered coordinator")
     raise DistributedError(
         f"could not join the multi-process run at {where} (process {kw.get('process_id', '?')} "
-        f"of {kw.get('num_processes', '?')}): {str(e).splitlines()[0][:200] if str(e) else e!r}; "
+        f"of {kw.get('num_processes', '?')}): {first_line(e, 200)}; "
         f"check that every process started and can reach the coordinator") from None
 
 
@@ -152,9 +154,8 @@ def peer_lost(error: BaseException) -> DistributedError | None:
   text = str(error)
   if jax.process_count() == 1 or not any(s in text for s in _PEER_LOST):
     return None
-  first = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
   return DistributedError(f"another process of this {jax.process_count()}-process run stopped "
-                          f"({first})")
+                          f"({first_line(error, 200)})")
 
 
 def from_main(values: tuple[int, ...]) -> tuple[int, ...]:

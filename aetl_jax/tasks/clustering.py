@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from aetl_jax.core.config import ConfigError, require
+from aetl_jax.core.errors import described
 from aetl_jax.data.preprocessing import to_unit
 from aetl_jax.data.sources import load_configured
 from aetl_jax.engine.metrics_log import JsonlLog
@@ -111,9 +112,8 @@ def check(config, data: ClusteringData) -> None:
       raise ConfigError("config key 'clustering.embeddings': 'umap' needs umap-learn; "
                         "pip install 'aetl_jax[cluster]', or use: none, pca") from None
     except Exception as e:  # noqa: BLE001 - e.g. a torchvision that does not match torch
-      first = str(e).splitlines()[0][:200] if str(e) else ""
       raise ConfigError(f"config key 'clustering.embeddings': umap-learn is installed but does "
-                        f"not import here ({type(e).__name__}: {first}); repair that install, "
+                        f"not import here ({described(e, 200)}); repair that install, "
                         f"or use: none, pca") from None
   if objective_roles(config.objective.name) != ("images",):
     raise ConfigError(f"config key 'objective.name': the clustering task pretrains without labels; "
