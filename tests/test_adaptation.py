@@ -12,7 +12,7 @@ from aetl_jax import api
 from aetl_jax.core.config import ConfigError
 from aetl_jax.objectives.adaptation import coral_distance, mmd2, reverse_gradient
 from aetl_jax.objectives.augmentation import AUGMENTATIONS, augment
-from tests.conftest import digits_config, TINY
+from tests.conftest import digits_config, normal, TINY
 
 NEW = ("source_only", "scratch", "dann", "drcn", "coral", "mmd", "pseudo_label")
 SMALL = TINY + ["objective.name='classification'", "transfer.budgets=(0,2)",
@@ -35,8 +35,8 @@ def test_gradient_reversal_flips_exactly_the_sign_of_the_gradient():
 
 
 def test_coral_and_mmd_are_zero_for_identical_batches_and_positive_otherwise():
-  a = jax.random.normal(jax.random.PRNGKey(0), (64, 5))
-  b = 2.0 * jax.random.normal(jax.random.PRNGKey(1), (64, 5)) + 1.0
+  a = normal(0, (64, 5))
+  b = 2.0 * normal(1, (64, 5)) + 1.0
   assert float(coral_distance(a, a)) == pytest.approx(0.0, abs=1e-7)
   assert float(mmd2(a, a)) == pytest.approx(0.0, abs=1e-6)
   assert float(coral_distance(a, b)) > 1e-2 and float(mmd2(a, b)) > 1e-2

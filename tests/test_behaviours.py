@@ -17,6 +17,7 @@ from aetl_jax.objectives.autoencoders import sparsity_penalty
 from aetl_jax.objectives.corruption import corrupt
 from aetl_jax.reporting.tables import paired_differences, summarise, write_tables
 from aetl_jax.strategies import probes
+from tests.conftest import normal
 
 # ---------------------------------------------------------------------------
 # Objectives
@@ -61,7 +62,7 @@ def test_denoising_scores_the_reconstruction_against_the_clean_image():
 
 
 def test_sparse_kl_penalty_equals_the_formula():
-  code = jax.random.normal(jax.random.PRNGKey(0), (50, 6))
+  code = normal(0, (50, 6))
   rho = 0.05
   rho_hat = 1 / (1 + np.exp(-np.asarray(code))).mean(0)
   rho_hat = (1 / (1 + np.exp(-np.asarray(code)))).mean(0)

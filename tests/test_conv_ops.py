@@ -17,7 +17,7 @@ from aetl_jax.models.conv_ops import (FormulatedConv, FormulatedConvTranspose, b
                                       choose_formulation, conv_class, conv_transpose_class,
                                       resolve_conv_impl, subpixel_conv_transpose)
 from aetl_jax.engine.compiler import train_compiler_options
-from tests.conftest import quick_jit
+from tests.conftest import normal, quick_jit, uniform
 
 
 def _assert_same_functions(pairs, x):
@@ -62,7 +62,7 @@ GEOMETRIES = [((8, 8), 3, 1, "SAME"), ((8, 8), 3, 2, "SAME"), ((7, 9), 3, 2, "SA
 @pytest.mark.parametrize("hw, k, stride, padding", GEOMETRIES)
 def test_conv_formulations_match_nn_conv(hw, k, stride, padding):
   """cout 1 takes the spatial-minor shift-add layout (narrow outputs)."""
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, *hw, 3))
+  x = normal(0, (2, *hw, 3))
   conv = dict(strides=(stride, stride), padding=padding)
   _assert_same_functions({
       f"{formulation}, cout {cout}": (nn.Conv(cout, (k, k), **conv),
@@ -77,7 +77,7 @@ STRIDE_1 = [g for g in GEOMETRIES if g[2] == 1] + [((6, 5), 2, 1, "SAME"), ((6, 
 @pytest.mark.parametrize("hw, k, stride, padding", STRIDE_1)
 def test_narrow_formulation_matches_nn_conv(hw, k, stride, padding):
   """Its backward is hand-written (custom_vjp): even kernels put the padding off-centre."""
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, *hw, 5))
+  x = normal(0, (2, *hw, 5))
   _assert_same_functions({
       f"kernel {kernel}, cout {cout}": (nn.Conv(cout, kernel, padding=padding),
                                         FormulatedConv(cout, kernel, padding=padding,
@@ -92,9 +92,9 @@ def test_narrow_formulation_refuses_strides():
 
 
 def test_bias_add_gradient_is_the_sum_over_every_axis_but_channels():
-  y = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 5))
-  b = jax.random.normal(jax.random.PRNGKey(1), (5,))
-  g = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+  y = normal(0, (2, 3, 4, 5))
+  b = normal(1, (5,))
+  g = normal(2, y.shape)
   ours = jax.vjp(bias_add, y, b)[1](g)
   ref = jax.vjp(lambda y, b: y + b, y, b)[1](g)
   np.testing.assert_allclose(bias_add(y, b), y + b)
@@ -104,7 +104,7 @@ def test_bias_add_gradient_is_the_sum_over_every_axis_but_channels():
 
 @pytest.mark.parametrize("factor, channels", [(2, 4), (2, 12), (3, 18)])
 def test_depth_to_space_is_the_textbook_transpose(factor, channels):
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5, channels))
+  x = normal(0, (2, 3, 5, channels))
   c = channels // factor ** 2
   ref = x.reshape(2, 3, 5, factor, factor, c).transpose(0, 1, 3, 2, 4, 5).reshape(
       2, 3 * factor, 5 * factor, c)
@@ -117,7 +117,7 @@ def test_depth_to_space_is_the_textbook_transpose(factor, channels):
                                                                  ((4, 5), 2, 3, "SAME"),
                                                                  ((5, 4), 3, 2, "VALID")])
 def test_transposed_formulations_match_nn_conv_transpose(hw, k, stride, padding):
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, *hw, 3))
+  x = normal(0, (2, *hw, 3))
   conv = dict(strides=(stride, stride), padding=padding)
   _assert_same_functions({
       f"{formulation}, cout {cout}": (
@@ -128,7 +128,7 @@ def test_transposed_formulations_match_nn_conv_transpose(hw, k, stride, padding)
 
 
 def test_subpixel_transposed_conv_handles_unequal_strides_and_kernels():
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 3))
+  x = normal(0, (2, 5, 6, 3))
   conv = dict(strides=(2, 3), padding="SAME")
   _assert_same_functions({
       formulation: (nn.ConvTranspose(4, (4, 3), **conv),
@@ -159,7 +159,7 @@ def test_conv_autoencoder_is_the_same_function_with_every_impl(upsampling):
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.api import load_config
   from aetl_jax.tasks.transfer import default_config
-  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 28, 28, 1))
+  x = uniform(0, (2, 28, 28, 1))
   models = {impl: build_autoencoder(load_config(default_config(), [
       "model.family='conv'", f"model.upsampling='{upsampling}'", f"model.conv_impl='{impl}'"]
   ).model, x.shape[1:]) for impl in ("xla", "hybrid", "im2col", "shift_add", "matmul", "auto")}

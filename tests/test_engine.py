@@ -17,7 +17,7 @@ from aetl_jax.objectives.contractive import jacobian_penalty
 from aetl_jax.objectives.registry import OBJECTIVES, make_objective
 from aetl_jax.strategies import STRATEGIES, StrategyContext, build_strategy
 from aetl_jax.transfer.cell import train_strategy
-from tests.conftest import ROOT, classifier_and_params, tiny_config, tree_equal
+from tests.conftest import ROOT, classifier_and_params, normal, tiny_config, tree_equal
 
 
 def test_layers_have_no_upward_imports():
@@ -93,8 +93,8 @@ def test_bitfit_trains_only_biases_and_the_head(digits):
 
 
 def test_contractive_penalty_equals_the_jacobian_norm_by_hand():
-  w = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
-  x = jax.random.normal(jax.random.PRNGKey(1), (4, 5))
+  w = normal(0, (5, 3))
+  x = normal(1, (4, 5))
   encode = lambda v: jnp.tanh(v @ w)
   # d tanh(xW)/dx = diag(1 - tanh²) Wᵀ; its squared Frobenius norm by hand:
   h = np.tanh(np.asarray(x) @ np.asarray(w))

@@ -13,7 +13,7 @@ from aetl_jax.models.registry import build_classifier
 from aetl_jax.models.vit import patchify, random_masking, unpatchify
 from aetl_jax.objectives.autoencoders import gaussian_kl
 from aetl_jax.objectives.registry import make_objective as _make_objective, model_kind
-from tests.conftest import digits_config, quick_jit
+from tests.conftest import digits_config, quick_jit, uniform
 
 
 def build_autoencoder(m, shape, kind=None):
@@ -145,7 +145,7 @@ def test_mae_mask_ratio_is_exact(ratio):
 
 
 def test_patchify_round_trip():
-  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 8, 12, 3))
+  x = uniform(0, (2, 8, 12, 3))
   np.testing.assert_array_equal(unpatchify(patchify(x, 4), 4, (8, 12, 3)), x)
   assert patchify(x, 4).shape == (2, 6, 48)
 

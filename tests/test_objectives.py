@@ -9,11 +9,12 @@ import pytest
 from aetl_jax.objectives.reconstruction import (bce_with_logits, mean_squared_error,
                                                 reconstruction_error, reconstruction_sum)
 from aetl_jax.objectives.autoencoders import bernoulli_nll
+from tests.conftest import normal, uniform
 
 
 def _images():
-  logits = 6.0 * jax.random.normal(jax.random.PRNGKey(0), (3, 5, 4, 2))
-  target = jax.random.uniform(jax.random.PRNGKey(1), (3, 5, 4, 2))
+  logits = 6.0 * normal(0, (3, 5, 4, 2))
+  target = uniform(1, (3, 5, 4, 2))
   return logits, target
 
 
