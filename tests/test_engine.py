@@ -174,6 +174,23 @@ def test_weight_decay_multipliers_reach_the_update():
   np.testing.assert_allclose(out["b"], 1.0)  # multiplier 0: not decayed
 
 
+def test_a_checkpoint_past_the_phases_is_one_error_naming_both_epoch_counts(tmp_path):
+  """A rerun into a workdir whose checkpoint is further on than the phases now asked for (6
+  epochs saved; then phases of 1, 2 and 1 epochs, then none) stops, naming both counts."""
+  from aetl_jax.engine.store import CheckpointStore
+  loss = lambda p, b, r: (jnp.sum(p["w"] ** 2), {})
+  optim = Optim(0.1, optimizer="sgd", schedule="constant")
+  phase = lambda name, epochs: Phase(name, loss, (("x", "data", 1),), epochs, optim)
+  run = lambda phases: run_phases(phases, {"w": jnp.ones(2)}, {"data": {"x": jnp.zeros((1, 1))}},
+                                  jax.random.PRNGKey(0), runtime=make_runtime(),
+                                  store=CheckpointStore(tmp_path / "ckpt", every=1))
+  run([phase("a", 6)])
+  for phases, total in (([phase("a", 1), phase("b", 2), phase("c", 1)], 4), ([], 0)):
+    with pytest.raises(ValueError, match=rf"checkpoint at epoch 6 in \S*ckpt is past the {total} "
+                                         r"epochs of these phases$"):
+      run(phases)
+
+
 def test_tensorboard_events_hold_every_term_and_the_learning_rate(tmp_path, digits):
   from tensorboardX.event_file_writer import EventFileWriter  # noqa: F401 - the writer used
   from aetl_jax.tasks.pretrain import pretrain

@@ -101,6 +101,11 @@ def test_vmapped_seeds_equal_sequential_runs(digits, name):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert abs(results_k[k]["test_accuracy"] - r_seq["test_accuracy"]) <= 2 / 200
     assert len(hist_k[k]) == sum(p.epochs for p in strategy.phases) == len(h_seq)
+    for row_k, row_seq in zip(hist_k[k], h_seq):  # the same log: phase, epoch, rate, each term
+      assert row_k.keys() == row_seq.keys() >= {"phase", "epoch", "learning_rate", "loss"}
+      assert (row_k["phase"], row_k["epoch"]) == (row_seq["phase"], row_seq["epoch"])
+      for n in row_seq.keys() - {"phase", "epoch"}:
+        assert row_k[n] == pytest.approx(row_seq[n], rel=1e-3, abs=1e-5), (k, n)
 
 
 EXPERIMENT = ["--config", str(DIGITS_CONFIG), "--no-progress", "--config.pretrain.epochs=4",
