@@ -86,9 +86,11 @@ def test_nan_step_is_exact_on_the_vmapped_path():
     run_phases_vmapped([_ramp_phase("ramp", 4)], params, data, jnp.stack([jax.random.PRNGKey(0)] * 2),
                        runtime=make_runtime())
   params = {"w": jnp.asarray([[-5.0], [2.0]])}
-  with pytest.raises(NonFiniteError, match=r"phase 'ramp \(seed 1\)' at step 5 \(epoch 1\)"):
-    run_phases_vmapped([_ramp_phase("ramp", 4)], params, data, jnp.stack([jax.random.PRNGKey(0)] * 2),
-                       runtime=make_runtime())
+  # the stream shared by the seeds (no seed axis), as a sweep's unlabelled pool; the cell's label
+  with pytest.raises(NonFiniteError, match=r"phase 'cell/ramp \(seed 1\)' at step 5 \(epoch 1\)"):
+    run_phases_vmapped([_ramp_phase("ramp", 4)], params, {"data": {"x": jnp.zeros((3, 1))}},
+                       jnp.stack([jax.random.PRNGKey(0)] * 2), runtime=make_runtime(),
+                       label="cell", shared=("data",))
 
 
 # ---------------------------------------------------------------------------
