@@ -64,7 +64,6 @@ def test_denoising_scores_the_reconstruction_against_the_clean_image():
 def test_sparse_kl_penalty_equals_the_formula():
   code = normal(0, (50, 6))
   rho = 0.05
-  rho_hat = 1 / (1 + np.exp(-np.asarray(code))).mean(0)
   rho_hat = (1 / (1 + np.exp(-np.asarray(code)))).mean(0)
   want = np.sum(rho * np.log(rho / rho_hat) + (1 - rho) * np.log((1 - rho) / (1 - rho_hat)))
   assert float(sparsity_penalty(code, "kl", rho)) == pytest.approx(want, rel=1e-5)
