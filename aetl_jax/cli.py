@@ -45,7 +45,13 @@ def _parser() -> argparse.ArgumentParser:
                                       "the best validation accuracy)")
   predict.add_argument("--images", required=True,
                        help="a folder of image files, an .npz with 'images', or an IDX file/folder")
-  predict.add_argument("--out", help="CSV file to write (default: standard output)")
+  predict.add_argument("--out", help="CSV file to write (default: standard output); an existing "
+                                     "file is replaced only with --overwrite")
+  predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+  predict.add_argument("--max-value", type=float, default=None,
+                       help="the pixel value that means white in --images (default: 255 for "
+                            "image files and IDX; for an .npz, 1 for floats in [0, 1], else "
+                            "the training data's own scale)")
   return parser
 
 
@@ -215,35 +221,69 @@ def _compare(args) -> int:
   return 0
 
 
+def _out_file(out, overwrite: bool) -> Path | None:
+  """``--out`` checked before anything runs: a file in an existing folder, not replaced
+  unless ``--overwrite``."""
+  if out is None:
+    return None
+  out = Path(out)
+  if out.is_dir():
+    raise ValueError(f"--out {out} is a folder; name a CSV file, e.g. {out / 'predictions.csv'}")
+  if not out.parent.is_dir():
+    raise ValueError(f"--out {out}: folder {out.parent} does not exist; create it first")
+  if out.exists() and not overwrite:
+    raise ValueError(f"--out {out} exists; pass --overwrite to replace it, or name a new file")
+  return out
+
+
+def _best_cell(workdir) -> str:
+  """The saved cell with the best validation accuracy (cells validated on no label are not
+  candidates: choosing among them would need the test set)."""
+  import json
+  from aetl_jax.transfer.classifiers import DESCRIPTION, list_cells
+  cells = list_cells(workdir)
+  if not cells:
+    raise ValueError(f"no saved classifier in {workdir}")
+  scored = [(d.get("val_accuracy"), c) for c in cells
+            for d in [json.loads((Path(workdir) / "classifiers" / c / DESCRIPTION).read_text())]]
+  scored = [(v, c) for v, c in scored if v is not None]
+  if not scored:
+    raise ValueError(f"no saved classifier of {workdir} was validated on labels, so none can be "
+                     f"chosen without the test set; name one with --cell ({', '.join(cells[:8])})")
+  return max(scored)[1]
+
+
 def _predict(args) -> int:
-  """``aetl predict``: one CSV row per image: index, predicted class, its name, probabilities."""
+  """``aetl predict``: one CSV row per image: index, file, predicted class, its name (the class
+  folder it came from, when read from class sub-folders), then every probability."""
   import csv
   import io
-  import json
-  from aetl_jax.transfer.classifiers import list_cells, load_classifier, read_images
+  from aetl_jax.transfer.classifiers import load_classifier, read_images
   try:
-    cell = args.cell
-    if cell is None:
-      scored = [(json.loads((Path(args.workdir) / "classifiers" / c / "description.json").read_text())
-                 .get("val_accuracy") or 0.0, c) for c in list_cells(args.workdir)]
-      if not scored:
-        raise ValueError(f"no saved classifier in {args.workdir}")
-      cell = max(scored)[1]
+    out = _out_file(args.out, args.overwrite)
+    if args.max_value is not None and not args.max_value > 0:
+      raise ValueError(f"--max-value must be a positive number, got {args.max_value}")
+    cell = args.cell or _best_cell(args.workdir)
     clf = load_classifier(args.workdir, cell)
-    probs = clf.predict(read_images(args.images))
+    images = read_images(args.images)
+    probs = clf.predict(images.pixels, args.max_value or images.max_value)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
   names = clf.description["label_names"]
   buffer = io.StringIO()
   writer = csv.writer(buffer)
-  writer.writerow(["index", "predicted", "label_name", *[f"p_{n}" for n in names]])
+  folder = [] if images.folders is None else ["folder"]
+  writer.writerow(["index", "file", *folder, "predicted", "label_name",
+                   *[f"p_{n}" for n in names]])
   for i, p in enumerate(probs):
     k = int(p.argmax())
-    writer.writerow([i, k, names[k], *[f"{v:.6f}" for v in p]])
-  if args.out:
-    Path(args.out).write_text(buffer.getvalue())
-    print(f"{len(probs)} predictions of {cell} written to {args.out}", file=sys.stderr)
+    where = [] if images.folders is None else [images.folders[i]]
+    writer.writerow([i, images.names[i], *where, k, names[k], *[f"{v:.6f}" for v in p]])
+  if out is not None:
+    from aetl_jax.core.files import atomic_write_text
+    atomic_write_text(out, buffer.getvalue())
+    print(f"{len(probs)} predictions of {cell} written to {out}", file=sys.stderr)
   else:
     sys.stdout.write(buffer.getvalue())
   return 0

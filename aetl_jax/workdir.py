@@ -19,7 +19,7 @@ import fcntl
 import json
 import os
 import platform
-import shutil
+import re
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -30,9 +30,29 @@ from aetl_jax.core.files import atomic_write_text
 CONFIG_FILE = "config.json"
 MARKER = ".aetl_workdir"
 LOCK = ".lock"
-# Everything a run writes into its workdir (what --overwrite may remove).
+# The top-level entries a run writes into its workdir.
 OWNED = (CONFIG_FILE, "environment.json", "data.json", "pretrain", "metrics", "results",
          "transfer", "tensorboard", "classifiers", "one_class", MARKER)
+# Every file a run writes, by name, relative to the workdir: the only files --overwrite
+# removes. A file anywhere else in the folder (a user's notes beside the metrics) is named and
+# nothing is deleted. Orbax steps are the checkpoint folders ``<step>`` (and Orbax's temporary
+# ``<step>.orbax-checkpoint-tmp-*``) under a ``checkpoints`` folder of the run's.
+_STEP = r"\d+(\.orbax-checkpoint-tmp[^/]*)?/.+"
+_CKPT = rf"(model\.json|{_STEP})"
+WRITTEN = re.compile("|".join(rf"(?:{p})" for p in (
+    r"config\.json", r"environment\.json", r"data\.json", re.escape(MARKER),
+    r"metrics/(pretrain|finetune)\.jsonl", r"metrics/one_class/seed\d+\.jsonl",
+    r"results/(cells\.jsonl|results\.(md|csv|json)|summary\.png|timing\.json|vae\.json|"
+    r"roc\.png|histograms\.png|strangest\.png|confusion\.png|codes_map\.png)",
+    r"results/scores/(autoencoder|baselines)_seed\d+\.npz",
+    rf"pretrain/checkpoints/{_CKPT}", rf"pretrain/backbone/{_CKPT}",
+    r"pretrain/(tokenizer\.json|embeddings\.npy|vocab\.txt)",
+    r"pretrain/quarantine/[^/]+-\d+-\d+/.+",
+    r"tensorboard/.*events\.out\.tfevents\.[^/]+",
+    rf"classifiers/[^/]+/(description\.json|{_STEP})",
+    rf"transfer/[^/]+/(history\.jsonl|checkpoints/{_CKPT})", rf"one_class/checkpoints/seed\d+/{_CKPT}",
+    r".*\.\d+\.tmp",  # an atomic write a kill interrupted (core.files)
+)))
 
 
 class WorkdirError(ConfigError):
@@ -70,35 +90,44 @@ def _read_record(config_path: Path) -> dict:
 
 
 def is_own(workdir: Path) -> bool:
-  """Whether ``workdir`` was written by aetl_jax (its marker, or a config.json of ours)."""
-  if (workdir / MARKER).exists():
-    return True
-  try:
-    return "experiment" in json.loads((workdir / CONFIG_FILE).read_text())
-  except (OSError, ValueError, TypeError):
-    return False
+  """Whether ``workdir`` was written by aetl_jax: it carries the marker (a ``config.json``
+  alone proves nothing: a user's file may have that name)."""
+  return (workdir / MARKER).is_file()
+
+
+def _listing(names, limit: int = 8) -> str:
+  return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _clear(workdir: Path) -> None:
-  """Removes what a run wrote; anything else in the folder is left and named."""
-  if not is_own(workdir):
+  """Removes the files a run wrote (:data:`WRITTEN`), then the folders left empty. A folder
+  without the marker, or anything in the workdir that a run does not write, is named and
+  nothing is deleted."""
+  if not (workdir / MARKER).is_file():
     theirs = sorted(p.name for p in workdir.iterdir() if p.name != LOCK)
     raise WorkdirError(f"refusing --overwrite: {workdir} is not an aetl_jax workdir (no {MARKER}); "
-                       f"it holds {', '.join(theirs[:8])}{' ...' if len(theirs) > 8 else ''}, which "
-                       f"would be lost. Choose a new --workdir")
-  others = sorted(p.name for p in workdir.iterdir() if p.name not in OWNED + (LOCK,))
-  if others:
-    raise WorkdirError(f"refusing --overwrite: {workdir} also holds {', '.join(others[:8])}, which "
-                       f"aetl_jax did not write and would be lost. Move them out, or choose a new "
-                       f"--workdir")
-  for name in OWNED:
-    path = workdir / name
-    if path.is_symlink():  # a pretraining shared with another sweep point: only the link goes
-      path.unlink()
-    elif path.is_dir():
-      shutil.rmtree(path)
-    elif path.exists():
-      path.unlink()
+                       f"it holds {_listing(theirs)}, which would be lost. Choose a new --workdir")
+  ours, theirs, links = [], [], []
+  for path in sorted(workdir.rglob("*")):
+    rel = path.relative_to(workdir).as_posix()
+    if path.is_symlink() and rel in OWNED:  # a pretraining shared with another sweep point:
+      links.append(path)                    # the link goes (rglob does not enter it)
+    elif (path.is_dir() and not path.is_symlink()) or rel == LOCK:
+      continue
+    elif WRITTEN.fullmatch(rel):
+      ours.append(path)
+    else:
+      theirs.append(rel)
+  if theirs:
+    raise WorkdirError(f"refusing --overwrite: {workdir} also holds {_listing(theirs)}, which "
+                       f"aetl_jax did not write and would be lost. Move them out, or choose a "
+                       f"new --workdir")
+  for path in ours + links:
+    path.unlink()
+  for d in sorted((p for p in workdir.rglob("*") if p.is_dir() and not p.is_symlink()),
+                  key=lambda p: len(p.parts), reverse=True):
+    if not any(d.iterdir()):
+      d.rmdir()
 
 
 def prepare_workdir(workdir, config, *, experiment: str, overwrite: bool = False,

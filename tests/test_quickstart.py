@@ -80,7 +80,7 @@ def test_every_trained_cell_saved_a_classifier_that_predicts_its_recorded_accura
   assert main(["predict", "--workdir", str(workdir), "--cell", cells[0],
                "--images", str(tmp_path / "few.npz"), "--out", str(tmp_path / "p.csv")]) == 0
   lines = (tmp_path / "p.csv").read_text().splitlines()
-  assert lines[0].startswith("index,predicted,label_name,p_0") and len(lines) == 6
+  assert lines[0].startswith("index,file,predicted,label_name,p_0") and len(lines) == 6
   # Images that cannot be brought to the classifier's shape: one line with both shapes.
   np.savez(tmp_path / "big.npz", images=np.zeros((2, 28, 28), np.uint8))
   capsys.readouterr()
@@ -127,3 +127,82 @@ def test_overwrite_clears_everything_a_run_wrote(run, tmp_path):
   prepare_workdir(copy, digits_config("pretrain.epochs=1"), experiment="transfer", overwrite=True)
   assert sorted(p.name for p in copy.iterdir()) == [".aetl_workdir", ".lock", "config.json",
                                                     "environment.json"]
+
+
+def _png_folder(folder, images, classes=None):
+  """Images in [0, 1] written as 0-255 PNG files (in class sub-folders when ``classes``)."""
+  import numpy as np
+  from PIL import Image
+  for i, x in enumerate(images):
+    where = folder if classes is None else folder / str(classes[i])
+    where.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(x[..., 0] * 255).astype(np.uint8)).save(where / f"img{i:03d}.png")
+
+
+def test_predict_scales_image_files_as_0_to_255_and_reads_class_folders(run, tmp_path):
+  """A digits classifier (trained on 0..16 arrays) reading ordinary PNGs divides by 255, not by
+  16; class sub-folders (the folder: layout) are read with each file's name and folder."""
+  import csv
+  import numpy as np
+  from aetl_jax.data.domains import build_transfer_data
+  from aetl_jax.transfer.classifiers import list_cells, load_classifier
+  from tests.conftest import digits_config
+  workdir, _ = run
+  data = build_transfer_data(digits_config().data)
+  x = np.round(data.images[data.split.test][:12] * 255) / 255  # what a PNG can hold
+  y = data.labels[data.split.test][:12]
+  _png_folder(tmp_path / "flat", x)
+  _png_folder(tmp_path / "classes", x, classes=y)
+  cell = list_cells(workdir)[0]
+  expected = load_classifier(workdir, cell).predict(x.astype(np.float32))
+  for name in ("flat", "classes"):
+    out = tmp_path / f"{name}.csv"
+    assert main(["predict", "--workdir", str(workdir), "--cell", cell, "--images",
+                 str(tmp_path / name), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    probs = np.array([[float(r[f"p_{k}"]) for k in range(10)] for r in rows])
+    if name == "classes":  # files come class folder by class folder
+      order = np.argsort([f"{c}/img{i:03d}.png" for i, c in enumerate(y)], kind="stable")
+      assert [r["file"] for r in rows] == [f"{y[i]}/img{i:03d}.png" for i in order]
+      assert [r["folder"] for r in rows] == [str(y[i]) for i in order]
+      probs = probs[np.argsort(order)]
+    else:
+      assert [r["file"] for r in rows] == [f"img{i:03d}.png" for i in range(12)]
+    np.testing.assert_allclose(probs, expected, atol=2e-6)
+
+
+def test_predict_refuses_an_existing_out_file_a_path_as_cell_and_broken_images(run, tmp_path, capsys):
+  import numpy as np
+  from aetl_jax.transfer.classifiers import list_cells
+  workdir, _ = run
+  cell = list_cells(workdir)[0]
+  images = tmp_path / "x.npz"
+  np.savez(images, images=np.zeros((2, 8, 8), np.float32))
+  out = tmp_path / "mine.csv"
+  out.write_text("precious")
+  base = ["predict", "--workdir", str(workdir), "--images", str(images)]
+  capsys.readouterr()
+  assert main(base + ["--cell", cell, "--out", str(out)]) == 2
+  assert "exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == "precious"
+  assert main(base + ["--cell", cell, "--out", str(out), "--overwrite"]) == 0
+  assert out.read_text().startswith("index,file,")
+  for bad_out, says in ((tmp_path, "is a folder"), (tmp_path / "nope" / "p.csv", "does not exist")):
+    assert main(base + ["--cell", cell, "--out", str(bad_out)]) == 2
+    assert says in capsys.readouterr().err
+  # A cell is a name: a path into another workdir is refused before anything is read.
+  other = f"../../{workdir.name}/classifiers/{cell}"
+  assert main(base + ["--cell", other]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "is not a cell name" in err and len(err.splitlines()) == 1
+  # Broken image files: one line naming the file.
+  for content, name in ((b"", "empty.png"), (b"\x89PNG garbage", "corrupt.png")):
+    folder = tmp_path / name.split(".")[0]
+    folder.mkdir()
+    (folder / name).write_bytes(content)
+    assert main(["predict", "--workdir", str(workdir), "--cell", cell, "--images", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{name}: not a readable image" in err and len(err.splitlines()) == 1
+  np.savez(tmp_path / "s.npz", images=np.array([["a"]]))
+  assert main(["predict", "--workdir", str(workdir), "--cell", cell, "--images",
+               str(tmp_path / "s.npz")]) == 2
+  assert "must be numbers" in capsys.readouterr().err

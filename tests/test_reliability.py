@@ -246,3 +246,39 @@ def test_a_quoted_exception_is_its_first_line_or_its_type_name():
   assert first_line(KeyError()) == "KeyError"  # no text: the type says what happened
   assert described(ValueError("bad value\nmore"), 3) == "ValueError: bad"
   assert described(OSError()) == "OSError"
+
+
+def test_overwrite_needs_the_marker_not_a_config_json_of_the_same_shape(capsys, tmp_path):
+  """A user's folder with a config.json that has an "experiment" key (and results/, metrics/)
+  is not an aetl_jax workdir: --overwrite deletes nothing."""
+  folder = tmp_path / "mine"
+  (folder / "results").mkdir(parents=True)
+  (folder / "metrics").mkdir()
+  (folder / "config.json").write_text('{"experiment": "my own", "config": {}}')
+  (folder / "results" / "final.csv").write_text("precious")
+  (folder / "metrics" / "m.jsonl").write_text("{}\n")
+  before = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+  code, err = _main(capsys, folder, "--overwrite")
+  assert code == 2 and len(err.splitlines()) == 1 and f"no {MARKER}" in err
+  assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == before
+
+
+def test_overwrite_names_a_users_file_inside_a_run_folder_and_deletes_nothing(tmp_path):
+  config = digits_config()
+  prepare_workdir(tmp_path, config, experiment="transfer")
+  for rel in ("metrics/pretrain.jsonl", "results/cells.jsonl", "pretrain/checkpoints/3/x",
+              "tensorboard/pretrain/events.out.tfevents.1.host"):
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / rel).write_text("{}\n")
+  (tmp_path / "metrics" / "NOTES.md").write_text("mine")
+  (tmp_path / "pretrain" / "checkpoints" / "readme.txt").write_text("mine too")
+  other = digits_config("pretrain.epochs=3")
+  with pytest.raises(WorkdirError, match=r"also holds metrics/NOTES\.md, "
+                                         r"pretrain/checkpoints/readme\.txt, which aetl_jax did not"):
+    prepare_workdir(tmp_path, other, experiment="transfer", overwrite=True)
+  assert (tmp_path / "metrics" / "pretrain.jsonl").exists()
+  assert (tmp_path / "pretrain" / "checkpoints" / "3" / "x").exists()
+  (tmp_path / "metrics" / "NOTES.md").unlink()
+  (tmp_path / "pretrain" / "checkpoints" / "readme.txt").unlink()
+  prepare_workdir(tmp_path, other, experiment="transfer", overwrite=True)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [MARKER, "config.json", "environment.json"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +31,9 @@ from aetl_jax.models.registry import build_classifier
 from aetl_jax.models.variables import tree_of, variables
 
 DESCRIPTION = "description.json"
+CELL_NAME = re.compile(r"[A-Za-z0-9_.=+-]+")
+
+log = logging.getLogger(__name__)
 
 
 def cell_name(budget: int, strategy: str, seed: int) -> str:
@@ -78,16 +83,33 @@ class Classifier:
   def input_shape(self) -> tuple:
     return tuple(self.description["input_shape"])
 
-  def prepare(self, images) -> np.ndarray:
-    """Raw images (uint8 0..max or float [0, 1]; (N,H,W) or (N,H,W,C)) → the model's input."""
+  def prepare(self, images, max_value: float | None = None) -> np.ndarray:
+    """Raw images ((N,H,W) or (N,H,W,C)) → the model's input in [0, 1].
+
+    ``max_value`` is the pixel value that means white in ``images`` (255 for image files and
+    IDX, see :func:`read_images`); without it, floats in [0, 1] are taken as they are and
+    anything else is in the training data's own scale (its ``max_value``: 16 for sklearn's
+    digits, 255 otherwise). Inputs that leave [0, 1] once scaled are named in a warning.
+    """
     images = np.asarray(images)
+    if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
+      raise ValueError(f"images must be numbers, got dtype {images.dtype}")
     if images.ndim == 3:
       images = images[..., None]
     if images.ndim != 4:
       raise ValueError(f"images must be (N, H, W[, C]), got shape {images.shape}")
     p = self.description["preprocessing"]
-    if images.dtype == np.uint8 or images.max(initial=0) > 1.0:
-      images = preprocessing.to_unit(images, p["max_value"])
+    if max_value is None:
+      in_unit = np.issubdtype(images.dtype, np.floating) and images.max(initial=0) <= 1.0
+      max_value = 1.0 if in_unit else p["max_value"]
+    images = preprocessing.to_unit(images, max_value)
+    if not np.all(np.isfinite(images)):
+      raise ValueError(f"images hold {int(np.sum(~np.isfinite(images)))} non-finite pixel(s)")
+    low, high = float(images.min(initial=0)), float(images.max(initial=0))
+    if low < -1e-6 or high > 1 + 1e-6:
+      log.warning("predict: inputs span [%.3g, %.3g] after dividing by %g, outside the [0, 1] "
+                  "the classifier was trained on; give the pixel scale (--max-value)", low, high,
+                  max_value)
     if images.shape[1:] != self.input_shape:
       try:
         images = preprocessing.to_shape(images.astype(np.float32), self.input_shape, p["resize"])
@@ -98,9 +120,9 @@ class Classifier:
                          f"{'pad' if p['resize'] == 'pad' else 'resize'} to it") from None
     return images.astype(np.float32)
 
-  def predict(self, images) -> np.ndarray:
-    """Class probabilities, (N, num_classes)."""
-    logits = batched_apply(self.apply, self.params, jnp.asarray(self.prepare(images)))
+  def predict(self, images, max_value: float | None = None) -> np.ndarray:
+    """Class probabilities, (N, num_classes); ``max_value`` as in :meth:`prepare`."""
+    logits = batched_apply(self.apply, self.params, jnp.asarray(self.prepare(images, max_value)))
     return np.asarray(jax.nn.softmax(logits, -1))
 
   def features(self, images) -> np.ndarray:
@@ -117,6 +139,10 @@ def list_cells(workdir) -> list[str]:
 def load_classifier(workdir, cell: str) -> Classifier:
   """The classifier of ``cell`` saved in ``workdir`` (no torch, no TensorFlow needed)."""
   directory = Path(workdir) / "classifiers" / cell
+  if not CELL_NAME.fullmatch(cell) or cell in (".", ".."):
+    raise ValueError(f"--cell {cell[:100]!r} is not a cell name (budget<k>_<strategy>_seed<s>, "
+                     f"letters, digits and _.=+- only; a name, not a path); saved: "
+                     + (", ".join(list_cells(workdir)) or "none"))
   if not (directory / DESCRIPTION).exists():
     cells = list_cells(workdir)
     raise ValueError(f"no saved classifier {cell!r} in {workdir}; saved: "
@@ -137,27 +163,81 @@ def load_classifier(workdir, cell: str) -> Classifier:
   return Classifier(description, tree["params"], apply, encode)
 
 
-def read_images(path) -> np.ndarray:
-  """Images from a folder of image files, an .npz ('images'), or IDX (file or folder)."""
+@dataclasses.dataclass
+class Images:
+  """Images read for prediction: the pixels, a name per image (file, or index), the class
+  folder each came from (None when not read from class sub-folders) and the pixel value that
+  means white (255 for image files and IDX; None: the array's own, see
+  :meth:`Classifier.prepare`)."""
+
+  pixels: np.ndarray
+  names: list
+  folders: list | None = None
+  max_value: float | None = None
+
+
+IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def _open_image(path: Path) -> np.ndarray:
+  from PIL import Image, UnidentifiedImageError
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image)
+  except (OSError, UnidentifiedImageError, ValueError) as e:
+    raise ValueError(f"{path}: not a readable image ({type(e).__name__}: "
+                     f"{str(e)[:100] or 'empty file'})") from None
+
+
+def _image_folder(path: Path) -> Images:
+  """A folder of image files, or of class sub-folders of image files (the ``folder:``
+  training layout)."""
+  files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_FILES)
+  classes = sorted(p for p in path.iterdir() if p.is_dir())
+  folders = None
+  if not files and classes:
+    files = [f for c in classes for f in sorted(c.iterdir())
+             if f.is_file() and f.suffix.lower() in IMAGE_FILES]
+    folders = [f.parent.name for f in files]
+  if not files:
+    raise ValueError(f"{path}: no image files ({', '.join(IMAGE_FILES)}), class sub-folders of "
+                     f"them, .npz or IDX images")
+  pixels = [_open_image(f) for f in files]
+  shapes = sorted({p.shape for p in pixels})
+  if len(shapes) > 1:
+    raise ValueError(f"{path}: the images have different shapes ({', '.join(map(str, shapes[:4]))}); "
+                     f"give images of one size")
+  return Images(np.stack(pixels), [f.relative_to(path).as_posix() for f in files], folders, 255.0)
+
+
+def read_images(path) -> Images:
+  """Images from a folder of image files (or of class sub-folders), an .npz ('images'), or
+  IDX (file or folder)."""
   path = Path(path)
   if not path.exists():
     raise ValueError(f"{path} does not exist")
-  if path.suffix == ".npz":
-    with np.load(path) as z:
-      if "images" not in z.files:
-        raise ValueError(f"{path}: no 'images' array (it holds {', '.join(z.files)})")
-      return z["images"]
+  if path.is_file() and path.suffix == ".npz":
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        if "images" not in z.files:
+          raise ValueError(f"{path}: no 'images' array (it holds {', '.join(z.files)})")
+        pixels = z["images"]
+    except (OSError, EOFError, ValueError) as e:
+      if str(e).startswith(str(path)):
+        raise
+      raise ValueError(f"{path}: not a readable .npz file with numeric arrays") from None
+    return Images(pixels, [str(i) for i in range(len(pixels))])
+  from aetl_jax.data.idx import read_idx
   if path.is_file() and "idx" in path.name:
-    from aetl_jax.data.idx import read_idx
-    return read_idx(path)
+    pixels = read_idx(path)
+    return Images(pixels, [str(i) for i in range(len(pixels))], max_value=255.0)
   if path.is_dir():
     idx = sorted(p for p in path.iterdir() if "images-idx3" in p.name)
     if idx:
-      from aetl_jax.data.idx import read_idx
-      return read_idx(idx[0])
-    from PIL import Image
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
-    if not files:
-      raise ValueError(f"{path}: no image files (.png, .jpg, .bmp), .npz or IDX images")
-    return np.stack([np.asarray(Image.open(f)) for f in files])
-  raise ValueError(f"{path}: give a folder of images, an .npz with 'images', or an IDX file")
+      pixels = read_idx(idx[0])
+      return Images(pixels, [str(i) for i in range(len(pixels))], max_value=255.0)
+    return _image_folder(path)
+  if path.is_file() and path.suffix.lower() in IMAGE_FILES:
+    return Images(_open_image(path)[None], [path.name], max_value=255.0)
+  raise ValueError(f"{path}: give a folder of images (or of class sub-folders), an image file, "
+                   f"an .npz with 'images', or an IDX file")
