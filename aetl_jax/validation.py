@@ -21,7 +21,8 @@ from aetl_jax.strategies.registry import STRATEGIES
 
 OPTIMIZERS = ("adam", "sgd")
 LABEL_SPACES = ("auto", "shared", "different")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "linear_tail", "inverse_power")
+VALIDATION = ("extra", "within", "none")
 
 
 def _number(value, integer=False) -> bool:
@@ -129,6 +130,10 @@ def validate_pretrain_config(config) -> None:
   require(_number(p.grad_clip_norm) and p.grad_clip_norm >= 0, "pretrain.grad_clip_norm",
           "must be >= 0 (0 disables clipping)")
   _choice(p, "pretrain", "data_path", DATA_PATHS)
+  if "holdout_fraction" in p:
+    require(_number(p.holdout_fraction) and 0 <= p.holdout_fraction < 1, "pretrain.holdout_fraction",
+            f"must be in [0, 1) (the source's share pretraining is evaluated on), got "
+            f"{p.holdout_fraction!r}")
   _positive(p, "pretrain", "memory_limit_mb")
 
 
@@ -170,7 +175,18 @@ def validate_transfer_config(config) -> None:
           f"must be an integer >= 0, got {t.label_seed!r}")
   require(t.checkpoint_every >= 0, "transfer.checkpoint_every",
           "must be >= 0 epochs (0: cells are not checkpointed and a killed cell reruns)")
-  require(t.val_per_class >= 0, "transfer.val_per_class", f"must be >= 0, got {t.val_per_class}")
+  require(isinstance(t.val_per_class, int) and t.val_per_class >= 0, "transfer.val_per_class",
+          f"must be an integer >= 0, got {t.val_per_class!r}")
+  _choice(t, "transfer", "validation", VALIDATION)
+  if t.validation == "within":
+    low = [b for b in t.budgets if 0 < b <= t.val_per_class]
+    require(not low, "transfer.validation",
+            f"'within' keeps {t.val_per_class} of each budget's labels per class for validation "
+            f"(transfer.val_per_class), so every budget must exceed it; got {low}")
+  for key in ("min_steps", "probe_steps"):
+    require(isinstance(t[key], int) and not isinstance(t[key], bool) and t[key] >= 0,
+            f"transfer.{key}", f"must be an integer >= 0 (0: epochs alone), got {t[key]!r}")
+  _positive(t, "transfer", "probe_c")
   if "wd_rules" in t:
     from aetl_jax.strategies.custom import check_rule_list
     check_rule_list(t.wd_rules, "transfer.wd_rules", frozen_ok=False)

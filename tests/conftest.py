@@ -38,13 +38,15 @@ DIGITS_CONFIG = ROOT / "experiments" / "digits_transfer.py"
 TINY = [
     "pretrain.epochs=6", "pretrain.eval_every=3", "pretrain.checkpoint_every=3",
     "transfer.budgets=(3,)", "transfer.seeds=2", "transfer.epochs=4", "transfer.lp_epochs=2",
-    "transfer.val_per_class=2",
+    "transfer.val_per_class=2", "transfer.min_steps=0", "transfer.probe_steps=0",
 ]
 # Every built-in strategy, so their keys are in a tiny config.
 ALL_STRATEGIES = ("transfer.strategies=('scratch','linear_probe','finetune','partial',"
                   "'discriminative','layerwise','lp_ft','gradual_unfreeze','ridge_probe',"
                   "'knn_probe','bitfit','joint_finetune','rules','pseudo_label','source_only',"
-                  "'drcn','dann','coral','mmd','frozen_backbone','backbone_ae')")
+                  "'drcn','dann','coral','mmd','frozen_backbone','backbone_ae','adda','knn_pca',"
+                  "'knn_umap','spreading','spreading_pca','spreading_umap','ladder','ladder_gamma',"
+                  "'pseudo_label_scratch')")
 
 
 # A program a test compiles for itself only to compare arithmetic (two formulations of one

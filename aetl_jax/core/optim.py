@@ -69,9 +69,31 @@ def add_l1_decay(l1: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+# 'linear_tail': constant, then linearly to 0 over this last share of the steps (the Ladder
+# network's 100 + 50 epochs, Rasmus et al. 2015). 'inverse_power': lr / (1 + ALPHA p)^BETA over
+# training progress p in [0, 1] (DANN's annealing, Ganin et al. 2016, section 5.2.2).
+LINEAR_TAIL = 1 / 3
+INVERSE_POWER = (10.0, 0.75)
+
+
+def inverse_power_schedule(learning_rate: float, total_steps: int, alpha: float = 10.0,
+                           beta: float = 0.75):
+  """``learning_rate / (1 + alpha p)^beta`` with ``p = step / total_steps``."""
+  total = max(total_steps, 1)
+  return lambda step: learning_rate / (1.0 + alpha * step / total) ** beta
+
+
 def learning_rate_schedule(learning_rate: float, total_steps: int, *, schedule: str = "cosine",
                            warmup_steps: int = 0):
-  """Named schedules: 'constant' or 'cosine' (with optional linear warm-up)."""
+  """Named schedules: 'constant', 'cosine' (with optional linear warm-up), 'linear_tail'
+  and 'inverse_power' (see :data:`LINEAR_TAIL`, :data:`INVERSE_POWER`)."""
+  if schedule == "linear_tail":
+    flat = int(round(total_steps * (1 - LINEAR_TAIL)))
+    return optax.join_schedules(
+        [optax.constant_schedule(learning_rate),
+         optax.linear_schedule(learning_rate, 0.0, max(total_steps - flat, 1))], [flat])
+  if schedule == "inverse_power":
+    return inverse_power_schedule(learning_rate, total_steps, *INVERSE_POWER)
   if schedule == "constant":
     if warmup_steps:
       return optax.join_schedules(
@@ -82,12 +104,13 @@ def learning_rate_schedule(learning_rate: float, total_steps: int, *, schedule: 
     return optax.warmup_cosine_decay_schedule(
         0.0 if warmup_steps else learning_rate, learning_rate, warmup_steps,
         max(total_steps, warmup_steps + 1), end_value=0.0)
-  raise ValueError(f"unknown schedule {schedule!r}; valid: 'constant', 'cosine'")
+  raise ValueError(f"unknown schedule {schedule!r}; valid: 'constant', 'cosine', 'linear_tail', "
+                   f"'inverse_power'")
 
 
 def make_optimizer(*, learning_rate, optimizer: str = "adam", weight_decay: float = 0.0,
                    lr_multipliers=None, wd_multipliers=None, grad_clip_norm: float | None = None,
-                   momentum: float = 0.9, nesterov: bool = True,
+                   momentum: float = 0.9, nesterov: bool = True, beta1: float = 0.9,
                    l1_decay: float = 0.0) -> optax.GradientTransformation:
   """Base optimiser + per-leaf (L2) weight decay, L1 decay and learning-rate multipliers.
 
@@ -98,7 +121,7 @@ def make_optimizer(*, learning_rate, optimizer: str = "adam", weight_decay: floa
   if grad_clip_norm:
     parts.append(optax.clip_by_global_norm(grad_clip_norm))
   if optimizer == "adam":
-    parts.append(optax.scale_by_adam())
+    parts.append(optax.scale_by_adam(b1=beta1))
   elif optimizer == "sgd":
     parts.append(optax.trace(decay=momentum, nesterov=nesterov))
   else:

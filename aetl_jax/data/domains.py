@@ -10,6 +10,8 @@ shapes are brought to ``data.common_shape`` (pad or resize, grey↔RGB).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from aetl_jax.data import preprocessing
@@ -18,6 +20,8 @@ from aetl_jax.data.streaming import tfds_stream
 from aetl_jax.data.text import build_text_transfer_data, is_text
 from aetl_jax.data.splits import stratified_split, subsample
 from aetl_jax.data.transfer_split import TransferData, TransferSplit
+
+log = logging.getLogger(__name__)
 
 
 def build_transfer_data(d, batch_size: int = 128, *, progress: bool = True,
@@ -52,11 +56,33 @@ def build_transfer_data(d, batch_size: int = 128, *, progress: bool = True,
     stream, num = _source_stream(d, builder, batch_size, shape)
     return TransferData(None, images, labels, split, target.num_classes, description,
                         source_stream=stream, num_source=num)
-  return TransferData(prep(source_images, source.max_value), images, labels, split,
+  source_images = prep(source_images, source.max_value)
+  if d.source != d.target:
+    description["pixel_statistics"] = _compare_domains(d, source_images, images[split.target_pool])
+  return TransferData(source_images, images, labels, split,
                       target.num_classes, description, source_labels=source_labels,
                       source_classes=_classes(source_labels),
                       target_classes=tuple(range(target.num_classes)),
                       shared_labels=_shared(d, source_labels, target.num_classes))
+
+
+# Source and target differ "strongly" when their shares of ink pixels differ by this factor.
+INK_RATIO_HINT = 1.5
+
+
+def _compare_domains(d, source_images, target_images) -> dict:
+  """Pixel statistics of both domains as the model sees them; a one-line hint in the log when
+  their ink shares differ strongly under ``data.resize`` (the common shape decides much)."""
+  stats = {"source": preprocessing.ink_statistics(source_images[:20_000]),
+           "target": preprocessing.ink_statistics(target_images[:20_000])}
+  a, b = stats["source"]["ink_fraction"], stats["target"]["ink_fraction"]
+  if min(a, b) > 0 and max(a, b) / min(a, b) > INK_RATIO_HINT:
+    other = [m for m in preprocessing.RESIZE_MODES if m != d.resize]
+    log.warning("data: under data.resize=%r ink covers %.0f%% of the source's (%s) pixels and "
+                "%.0f%% of the target's (%s); domains this unlike each other make adaptation "
+                "harder: try data.resize=%s", d.resize, 100 * a, d.source, 100 * b, d.target,
+                " or ".join(repr(m) for m in other))
+  return stats
 
 
 def _source(d, target, kw) -> tuple:

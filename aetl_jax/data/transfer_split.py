@@ -47,25 +47,40 @@ def make_transfer_split(labels, *, test_fraction: float, source_fraction: float,
   return split
 
 
+# How a cell's validation labels relate to its budget: 'extra' (val_per_class more per class,
+# drawn beside the budget), 'within' (val_per_class of the budget's own labels, the rest train)
+# or 'none' (no validation labels: choices fall back to fixed defaults).
+VALIDATION_MODES = ("extra", "within", "none")
+
+
 def draw_target_labels(labels, split: TransferSplit, *, per_class: int, val_per_class: int,
-                       seed: int, num_classes: int):
+                       seed: int, num_classes: int, validation: str = "extra"):
   """Labelled train and validation indices for one (budget, seed) cell.
 
-  Validation is the split's fixed ``val`` when it has one, else a separate
-  stratified draw from the target pool (never from test), disjoint from the
-  training labels.
+  Budget 0 uses no target label at all: neither train nor validation. Otherwise, with
+  ``validation='extra'`` validation is the split's fixed ``val`` when it has one, else a
+  separate stratified draw of ``val_per_class`` from the target pool (never from test),
+  disjoint from the training labels; ``'within'`` carves ``val_per_class`` per class out of
+  the ``per_class`` drawn labels; ``'none'`` draws none.
   """
+  if validation not in VALIDATION_MODES:
+    raise ValueError(f"unknown validation mode {validation!r}; valid: {', '.join(VALIDATION_MODES)}")
+  empty = np.empty(0, np.int64)
   if per_class == 0:  # budget 0: no target labels (source-only and adaptation strategies)
-    train = np.empty(0, np.int64)
-  else:
-    train = label_budget(labels, per_class, seed, pool=split.target_pool, num_classes=num_classes)
-  val = np.empty(0, np.int64)
+    return empty, empty
+  train = label_budget(labels, per_class, seed, pool=split.target_pool, num_classes=num_classes)
+  if validation == "none" or not val_per_class:
+    return train, (split.val if split.val is not None and validation == "extra" else empty)
+  if validation == "within":
+    if val_per_class >= per_class:
+      raise ValueError(f"validation 'within' keeps {val_per_class} of the {per_class} labels per "
+                       f"class for validation; the budget must be larger")
+    val = label_budget(labels, val_per_class, seed + 10_000, pool=train, num_classes=num_classes)
+    return np.setdiff1d(train, val), val
   if split.val is not None:
-    val = split.val
-  elif val_per_class:
-    remaining = np.setdiff1d(split.target_pool, train)
-    val = label_budget(labels, val_per_class, seed + 10_000, pool=remaining,
-                       num_classes=num_classes)
+    return train, split.val
+  remaining = np.setdiff1d(split.target_pool, train)
+  val = label_budget(labels, val_per_class, seed + 10_000, pool=remaining, num_classes=num_classes)
   return train, val
 
 

@@ -23,7 +23,7 @@ from aetl_jax.core.errors import first_line
 
 log = logging.getLogger(__name__)
 
-CONV_FAMILIES = ("conv", "resnet")
+CONV_FAMILIES = ("conv", "resnet", "lenet")
 _CPU_CONV_OPTIONS = (("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_DOT"),)
 
 

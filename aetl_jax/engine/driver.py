@@ -46,6 +46,11 @@ def check_streams(phases: Sequence[Phase], data: dict) -> None:
                        f"experiment provides: {', '.join(data) or 'none'}")
 
 
+def resolve_lengths(phases: Sequence[Phase], data: dict) -> tuple[Phase, ...]:
+  """The phases with their lengths for these data streams (see :meth:`Phase.for_size`)."""
+  return tuple(p.for_size(_size(data[p.streams[0]])) for p in phases)
+
+
 def programs(phases, params, data, runtime: Runtime) -> list[Program]:
   spec = tree_spec(params)
   return [build_program(p, spec, _size(data[p.streams[0]]), runtime) for p in phases]
@@ -77,6 +82,7 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
   sees every phase boundary this run trains through; ``on_epoch(row)`` every epoch.
   """
   check_streams(phases, data)
+  phases = resolve_lengths(phases, data)
   progs = programs(phases, params, data, runtime)
   total = sum(p.epochs for p in phases)
   start, params, state = _resume(store, progs, params) if store else (0, params, None)
@@ -211,6 +217,7 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
   check_streams(phases, data)
   one = jax.tree.map(lambda a: a[0], params)
   one_data = {k: v if k in shared else jax.tree.map(lambda a: a[0], v) for k, v in data.items()}
+  phases = resolve_lengths(phases, one_data)
   runtime = runtime.single_device()
   progs = programs(phases, one, one_data, runtime)
   sizes = tuple(_size(one_data[p.streams[0]]) for p in phases)

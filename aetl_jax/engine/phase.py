@@ -23,13 +23,13 @@ import jax
 import optax
 
 from aetl_jax.core.optim import learning_rate_schedule, make_optimizer
-from aetl_jax.core.rules import (Rule, freeze_and_multipliers, split_by_mask,
+from aetl_jax.core.rules import (Rule, freeze_and_multipliers, split_by_mask, tree_paths,
                                  weight_decay_multipliers)
 from aetl_jax.core.statistics import statistics_mask
 from aetl_jax.engine.loop import Feed, epoch_body, make_epoch_fn, make_stream_epoch_fn
 from aetl_jax.engine.runtime import Runtime
 from aetl_jax.engine.state import TrainState
-from aetl_jax.engine.step import make_train_step
+from aetl_jax.engine.step import make_train_step, make_two_player_step
 
 EVERYTHING: tuple[Rule, ...] = ((".*", 1.0),)
 
@@ -47,6 +47,7 @@ class Optim:
   grad_clip_norm: float = 0.0
   momentum: float = 0.9  # 'sgd' only
   nesterov: bool = True  # 'sgd' only
+  beta1: float = 0.9  # 'adam' only (GANs: 0.5)
 
   @classmethod
   def from_config(cls, cfg) -> "Optim":
@@ -61,6 +62,20 @@ class Optim:
 
 
 @dataclasses.dataclass(frozen=True)
+class Adversary:
+  """The second player of a two-player phase (a discriminator, a domain critic): the leaves
+  its ``rules`` leave trainable, minimising its own ``loss`` with its own ``optim``. The
+  phase's ``rules`` and ``loss`` are the other player's; the two groups must not overlap.
+  ``order``: 'alternating' (the adversary steps first, the player against its update) or
+  'simultaneous' (both gradients at the same parameters)."""
+
+  loss: Callable
+  rules: tuple[Rule, ...]
+  optim: Optim
+  order: str = "alternating"
+
+
+@dataclasses.dataclass(frozen=True)
 class Phase:
   name: str
   loss: Callable  # (params, {role: batch}, rng) -> (scalar, {name: scalar})
@@ -71,10 +86,25 @@ class Phase:
   wd_rules: tuple[Rule, ...] = ()  # (regex, weight-decay multiplier); unnamed leaves: 1.0
   subtree: str | None = None  # train params[subtree] only (the loss sees that subtree)
   prepare: Callable | None = None  # (params, data) -> data, once at the phase start
+  # At least this many optimiser steps: a phase over 100 labelled images in batches of 32 is
+  # 3 steps an epoch, so its epochs are raised to reach min_steps (0: epochs as given).
+  min_steps: int = 0
+  adversary: Adversary | None = None  # a two-player phase (see Adversary)
+  # The losses get ``batches['progress']``: the step's share of the phase, in [0, 1) (for
+  # weights ramped over training, as DANN's gradient-reversal weight).
+  progress: bool = False
 
   @property
   def streams(self) -> tuple[str, ...]:
     return tuple(s for _, s, _ in self.feed)
+
+  def for_size(self, num_examples: int) -> "Phase":
+    """This phase with its length resolved for a first stream of ``num_examples``:
+    ``epochs``, or more to give ``min_steps`` optimiser steps."""
+    if not self.min_steps:
+      return self
+    need = -(-self.min_steps // steps_per_epoch(num_examples, self.feed[0][2]))
+    return self if need <= self.epochs else dataclasses.replace(self, epochs=need)
 
 
 class Program(NamedTuple):
@@ -112,15 +142,22 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return max(num_examples // min(batch_size, num_examples), 1)
 
 
-@functools.lru_cache(maxsize=64)
-def build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -> Program:
-  """The compiled pieces of ``phase`` for parameters of ``spec`` (see :func:`tree_spec`)."""
-  template = _template(spec)
-  mask, mults = freeze_and_multipliers(template, phase.rules)
-  wd = weight_decay_multipliers(template, phase.wd_rules) if phase.wd_rules else None
-  if phase.subtree is not None:
-    mask, mults = mask[phase.subtree], mults[phase.subtree]
-    wd = None if wd is None else wd[phase.subtree]
+class _Optimiser(NamedTuple):
+  tx: optax.GradientTransformation
+  mask: Any  # the differentiated leaves (running statistics never are)
+  step_mask: Any  # ``mask``, or None when every leaf trains
+  stats_mask: Any  # the rules' mask where running statistics are updated, or None
+  schedule: Callable
+
+
+def _optimiser(template, rules, wd_rules, o: Optim, subtree, total: int, per_epoch: int):
+  """The optimiser of one group of leaves: the rules' freeze mask and multipliers over
+  ``template`` (or its ``subtree``), the schedule over ``total`` steps."""
+  mask, mults = freeze_and_multipliers(template, rules)
+  wd = weight_decay_multipliers(template, wd_rules) if wd_rules else None
+  if subtree is not None:
+    mask, mults = mask[subtree], mults[subtree]
+    wd = None if wd is None else wd[subtree]
   stats = statistics_mask(mask)
   stats_mask = mask if any(jax.tree.leaves(stats)) else None  # BatchNorm statistics to update
   mask = jax.tree.map(lambda m, s: bool(m) and not s, mask, stats)  # never differentiated
@@ -128,18 +165,73 @@ def build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -
   if step_mask is not None:
     mults = split_by_mask(mults, mask)[0]
     wd = None if wd is None else split_by_mask(wd, mask)[0]
-  o = phase.optim
-  per_epoch = steps_per_epoch(lead_size, phase.feed[0][2])
-  schedule = learning_rate_schedule(o.learning_rate, per_epoch * phase.epochs, schedule=o.schedule,
+  schedule = learning_rate_schedule(o.learning_rate, total, schedule=o.schedule,
                                     warmup_steps=o.warmup_epochs * per_epoch)
   tx = make_optimizer(learning_rate=schedule, optimizer=o.optimizer, weight_decay=o.weight_decay,
                       l1_decay=o.l1_decay, grad_clip_norm=o.grad_clip_norm or None,
-                      momentum=o.momentum, nesterov=o.nesterov,
+                      momentum=o.momentum, nesterov=o.nesterov, beta1=o.beta1,
                       lr_multipliers=None if all(v == 1.0 for v in jax.tree.leaves(mults)) else mults,
                       wd_multipliers=wd)
-  step = make_train_step(phase.loss, tx, step_mask, axis_name=runtime.launcher.axis_name,
-                         stats_mask=stats_mask)
-  single = make_train_step(phase.loss, tx, step_mask, stats_mask=stats_mask)
+  return _Optimiser(tx, mask, step_mask, stats_mask, schedule)
+
+
+def _both(player: _Optimiser, adversary: _Optimiser) -> optax.GradientTransformation:
+  """The two players' optimiser states as one ``init`` (the step updates each itself)."""
+  def init(params):
+    return (player.tx.init(split_by_mask(params, player.mask)[0]),
+            adversary.tx.init(split_by_mask(params, adversary.mask)[0]))
+
+  def update(*_):
+    raise NotImplementedError("a two-player phase updates through its own step")
+
+  return optax.GradientTransformation(init, update)
+
+
+def _two_player_steps(phase: Phase, template, total: int, per_epoch: int, runtime: Runtime):
+  """(combined init, the step on the runtime's device axis, the step on one device, the
+  player's schedule) of a phase with an adversary."""
+  a = phase.adversary
+  if phase.subtree is not None or phase.wd_rules:
+    raise ValueError(f"phase '{phase.name}': a two-player phase trains the whole tree with "
+                     f"its rules (no subtree, no wd_rules)")
+  player = _optimiser(template, phase.rules, (), phase.optim, None, total, per_epoch)
+  adversary = _optimiser(template, a.rules, (), a.optim, None, total, per_epoch)
+  if player.stats_mask is not None or adversary.stats_mask is not None:
+    raise ValueError(f"phase '{phase.name}': two-player phases do not update BatchNorm statistics")
+  shared = [path for path, p, q in zip(tree_paths(template), jax.tree.leaves(player.mask),
+                                       jax.tree.leaves(adversary.mask)) if p and q]
+  if shared:
+    raise ValueError(f"phase '{phase.name}': the player's and the adversary's rules both train "
+                     f"{', '.join(shared[:5])}{' ...' if len(shared) > 5 else ''}; each "
+                     f"parameter belongs to one player")
+  progress = total if phase.progress else None
+
+  def make(axis_name):
+    return make_two_player_step(phase.loss, player.tx, player.mask, a.loss, adversary.tx,
+                                adversary.mask, order=a.order, axis_name=axis_name,
+                                progress_steps=progress)
+
+  return _both(player, adversary), make(runtime.launcher.axis_name), make(None), player.schedule
+
+
+@functools.lru_cache(maxsize=64)
+def build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -> Program:
+  """The compiled pieces of ``phase`` for parameters of ``spec`` (see :func:`tree_spec`)."""
+  template = _template(spec)
+  per_epoch = steps_per_epoch(lead_size, phase.feed[0][2])
+  total = per_epoch * phase.epochs
+  if phase.adversary is not None:
+    tx, step, single, schedule = _two_player_steps(phase, template, total, per_epoch, runtime)
+    step_mask = None
+  else:
+    o = _optimiser(template, phase.rules, phase.wd_rules, phase.optim, phase.subtree, total,
+                   per_epoch)
+    tx, step_mask, schedule = o.tx, o.step_mask, o.schedule
+    progress = total if phase.progress else None
+    step = make_train_step(phase.loss, tx, step_mask, axis_name=runtime.launcher.axis_name,
+                           stats_mask=o.stats_mask, progress_steps=progress)
+    single = make_train_step(phase.loss, tx, step_mask, stats_mask=o.stats_mask,
+                             progress_steps=progress)
   epoch_fn = make_epoch_fn(step, feed=phase.feed, runner=runtime.runner,
                            launcher=runtime.launcher, compiler_options=runtime.options)
   return Program(phase, tx, step_mask, step, epoch_body(single, feed=phase.feed), epoch_fn,

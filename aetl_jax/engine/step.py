@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax import lax
 
@@ -27,13 +28,24 @@ from aetl_jax.engine.state import TrainState
 LossFn = Callable[..., tuple[jax.Array, dict]]
 
 
+def with_progress(batch, step, progress_steps: int | None):
+  """``batch`` with ``'progress'``: the share of the phase's ``progress_steps`` done (for
+  losses that ramp a weight over training); unchanged when None."""
+  if progress_steps is None:
+    return batch
+  return {**batch, "progress": step.astype(jnp.float32) / progress_steps}
+
+
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, trainable_mask=None,
-                    *, axis_name: str | None = None, stats_mask=None):
+                    *, axis_name: str | None = None, stats_mask=None,
+                    progress_steps: int | None = None):
   """Builds the pure step. ``trainable_mask`` is a static bool tree of the differentiated
   leaves (None = all); ``stats_mask`` (static, None = no statistics) says which running
-  statistics are updated."""
+  statistics are updated; with ``progress_steps`` the loss's batch carries ``'progress'``
+  (see :func:`with_progress`)."""
 
   def step(state: TrainState, batch, rng):
+    batch = with_progress(batch, state.step, progress_steps)
     if axis_name is not None:  # independent dropout noise on every device
       rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
     if trainable_mask is None:
@@ -61,5 +73,50 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, trainable
       params = merge_updates(params, stats)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
+
+  return step
+
+
+def make_two_player_step(player_loss: LossFn, player_tx, player_mask, adversary_loss: LossFn,
+                         adversary_tx, adversary_mask, *, order: str = "alternating",
+                         axis_name: str | None = None, progress_steps: int | None = None):
+  """A step of a two-player game ``(state, batch, rng) -> (state, metrics)``.
+
+  Two disjoint groups of leaves (static bool masks over the full tree), each minimising its
+  own loss with its own optimiser; ``state.opt_state`` is ``(player's, adversary's)``. With
+  ``order='alternating'`` the adversary (a discriminator) steps first and the player
+  steps against the updated adversary; with ``'simultaneous'`` both gradients are taken at
+  the same parameters. Leaves in neither group stay as they are. Metrics: the player's
+  ``loss`` and terms, ``adversary_loss`` and the adversary's terms prefixed ``adversary_``.
+  """
+  if order not in ("alternating", "simultaneous"):
+    raise ValueError(f"unknown order {order!r}; valid: alternating, simultaneous")
+
+  def descend(loss_fn, tx, mask, params, opt_state, batch, rng):
+    trainable, frozen = split_by_mask(params, mask)
+    (loss, aux), grads = jax.value_and_grad(
+        lambda t: loss_fn(merge_split(t, frozen), batch, rng), has_aux=True)(trainable)
+    aux = {"loss": loss, **aux}
+    if axis_name is not None:
+      grads, aux = lax.pmean((grads, aux), axis_name)
+    updates, opt_state = tx.update(grads, opt_state, trainable)
+    aux["grad_norm"] = optax.global_norm(grads)
+    return merge_split(optax.apply_updates(trainable, updates), frozen), opt_state, aux
+
+  def step(state: TrainState, batch, rng):
+    batch = with_progress(batch, state.step, progress_steps)
+    if axis_name is not None:
+      rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
+    r_adv, r_player = jax.random.split(rng)
+    player_opt, adversary_opt = state.opt_state
+    after_adv, adversary_opt, adv = descend(adversary_loss, adversary_tx, adversary_mask,
+                                            state.params, adversary_opt, batch, r_adv)
+    start = after_adv if order == "alternating" else state.params
+    after_player, player_opt, metrics = descend(player_loss, player_tx, player_mask, start,
+                                                player_opt, batch, r_player)
+    params = jax.tree.map(lambda m, a, p: a if m else p, adversary_mask, after_adv, after_player)
+    metrics.update({f"adversary_{k}": v for k, v in adv.items()})
+    return state.replace(step=state.step + 1, params=params,
+                         opt_state=(player_opt, adversary_opt)), metrics
 
   return step

@@ -163,15 +163,27 @@ class AutoencoderClassifier(nn.Module):
     return self.head(code), self.decoder(code)
 
 
+class Discriminator(nn.Module):
+  """A domain classifier on codes: dense ReLU layers ``hidden``, then one logit."""
+
+  hidden: Sequence[int] = (100,)
+
+  @nn.compact
+  def __call__(self, z):
+    for i, width in enumerate(self.hidden):
+      z = nn.relu(nn.Dense(width, name=f"layers_{2 * i}")(z))
+    return nn.Dense(1, name=f"layers_{2 * len(self.hidden)}")(z)
+
+
 class DomainClassifier(Classifier):
   """A :class:`Classifier` with a domain classifier on its codes (``domain_logits``), for
   adversarial domain adaptation; ``{'encoder', 'head', 'domain'}``."""
 
-  domain_hidden: int = 64
+  domain_hidden: Sequence[int] = (100,)
 
   def setup(self):
     super().setup()
-    self.domain = nn.Sequential([nn.Dense(self.domain_hidden), nn.relu, nn.Dense(1)])
+    self.domain = Discriminator(tuple(self.domain_hidden))
 
   def domain_logits(self, features):
     return self.domain(features)
@@ -180,6 +192,24 @@ class DomainClassifier(Classifier):
     """Touches every submodule (for ``init``)."""
     code = self.encode(x)
     return self.head(code), self.domain(code)
+
+
+class AddaClassifier(DomainClassifier):
+  """ADDA's models (Tzeng et al. 2017) in one tree ``{'encoder', 'source_encoder', 'head',
+  'domain'}``: the target encoder (``encoder``, what the classifier uses), the source encoder
+  and the source classifier's head it is mapped to, and the discriminator between them."""
+
+  def setup(self):
+    super().setup()
+    self.source_encoder = self.encoder.clone(name="source_encoder")
+
+  def source_codes(self, x, *, train: bool = False):
+    h = self.source_encoder(x, train=train)
+    return h if self.feature_dim is None else h[..., : self.feature_dim]
+
+  def init_all(self, x):
+    code = self.encode(x)
+    return self.head(code), self.domain(code), self.source_codes(x)
 
 
 def encode(model: nn.Module, params, x):

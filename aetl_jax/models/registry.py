@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from aetl_jax.models import conv, mlp, resnet18, sequence, vit  # noqa: F401 - built-in families register
-from aetl_jax.models.autoencoder import (Autoencoder, AutoencoderClassifier, Classifier,
-                                         DomainClassifier, MaskedAutoencoder,
+from aetl_jax.models import conv, lenet, mlp, resnet18, sequence, vit  # noqa: F401 - built-ins register
+from aetl_jax.models.autoencoder import (AddaClassifier, Autoencoder, AutoencoderClassifier,
+                                         Classifier, DomainClassifier, MaskedAutoencoder,
                                          VariationalAutoencoder)
 from aetl_jax.models.family import FAMILIES
 from aetl_jax.models.sequence import SequenceAutoencoder
@@ -22,7 +22,7 @@ KINDS = ("autoencoder", "vae", "mae", "seq_autoencoder")
 
 
 # Models that classify carry a plain autoencoder's encoder (and decoder, for joint objectives).
-CLASSIFIER_KINDS = ("classifier", "autoencoder_classifier", "domain_classifier")
+CLASSIFIER_KINDS = ("classifier", "autoencoder_classifier", "domain_classifier", "adda")
 
 
 def encoder_kind(kind: str) -> str:
@@ -36,7 +36,7 @@ def input_kind(m) -> str:
 
 
 def _check_kind(m, kind: str) -> None:
-  classifies = kind in ("classifier", "domain_classifier")  # an encoder + heads only
+  classifies = kind in ("classifier", "domain_classifier", "adda")  # an encoder + heads only
   kind = encoder_kind(kind)
   if kind not in KINDS:
     raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(KINDS)}")
@@ -96,16 +96,19 @@ def build_autoencoder(m, image_shape: Sequence[int], kind: str = "autoencoder"):
 
 
 def build_classifier(m, num_classes: int, kind: str = "autoencoder", *,
-                     decoder_shape: Sequence[int] | None = None, domain_hidden: int | None = None):
+                     decoder_shape: Sequence[int] | None = None,
+                     domain_hidden: Sequence[int] | None = None, adda: bool = False):
   """Encoder + linear head; with ``decoder_shape`` also the decoder (joint objectives), with
-  ``domain_hidden`` a domain classifier on the codes (adversarial adaptation). ``kind`` is
-  the encoder's: that of the pretraining objective's model (``vae`` keeps the posterior mean)."""
+  ``domain_hidden`` (the hidden widths) a domain classifier on the codes (adversarial
+  adaptation; with ``adda``, ADDA's source encoder too). ``kind`` is the encoder's: that of
+  the pretraining objective's model (``vae`` keeps the posterior mean)."""
   kind = encoder_kind(kind)
   feature_dim = m.latent_dim if kind == "vae" else None
   encoder = build_encoder(m, kind)
   if domain_hidden is not None:
-    return DomainClassifier(encoder=encoder, num_classes=num_classes, feature_dim=feature_dim,
-                            domain_hidden=domain_hidden)
+    cls = AddaClassifier if adda else DomainClassifier
+    return cls(encoder=encoder, num_classes=num_classes, feature_dim=feature_dim,
+               domain_hidden=tuple(domain_hidden))
   if decoder_shape is not None:
     if kind != "autoencoder":
       raise ValueError(f"joint reconstruction + classification needs a plain autoencoder's "
@@ -116,7 +119,7 @@ def build_classifier(m, num_classes: int, kind: str = "autoencoder", *,
 
 
 def build_model(m, image_shape: Sequence[int], kind: str, num_classes: int | None = None, *,
-                domain_hidden: int = 64):
+                domain_hidden: Sequence[int] = (100,)):
   """The model of ``kind`` (an objective's or a strategy's): an autoencoder, or a classifier
   over ``num_classes`` with what the kind adds (decoder, domain classifier)."""
   if kind not in CLASSIFIER_KINDS:
@@ -127,7 +130,8 @@ def build_model(m, image_shape: Sequence[int], kind: str, num_classes: int | Non
   return build_classifier(
       m, num_classes, kind,
       decoder_shape=tuple(image_shape) if kind == "autoencoder_classifier" else None,
-      domain_hidden=domain_hidden if kind == "domain_classifier" else None)
+      domain_hidden=domain_hidden if kind in ("domain_classifier", "adda") else None,
+      adda=kind == "adda")
 
 
 def init_method(model) -> str | None:

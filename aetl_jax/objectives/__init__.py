@@ -5,5 +5,5 @@ function decorated with ``@OBJECTIVES.register(...)`` in any module.
 """
 
 from aetl_jax.objectives import (adaptation, augmentation, autoencoders,  # noqa: F401
-                                 classification, contractive, sequences)
+                                 classification, contractive, ladder, sequences)
 from aetl_jax.objectives.registry import OBJECTIVES, make_objective  # noqa: F401

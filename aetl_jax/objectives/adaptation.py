@@ -18,8 +18,6 @@ Every objective is cross-entropy on every labelled batch it is given plus
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -32,21 +30,29 @@ from aetl_jax.objectives.registry import OBJECTIVES
 LABELLED_ROLES = ("source", "labelled")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def reverse_gradient(x, scale: float):
-  """Identity forward; the gradient flowing back is multiplied by ``-scale``."""
+@jax.custom_vjp
+def reverse_gradient(x, scale):
+  """Identity forward; the gradient flowing back is multiplied by ``-scale`` (a number or a
+  traced scalar, e.g. a weight ramped over training; it receives no gradient)."""
   return x
 
 
 def _rg_fwd(x, scale):
-  return x, None
+  return x, scale
 
 
-def _rg_bwd(scale, _, g):
-  return (-scale * g,)
+def _rg_bwd(scale, g):
+  return -scale * g, jnp.zeros_like(scale)
 
 
 reverse_gradient.defvjp(_rg_fwd, _rg_bwd)
+
+
+def dann_ramp(progress, gamma: float = 10.0):
+  """DANN's gradient-reversal weight over training progress p in [0, 1]:
+  2 / (1 + exp(-gamma p)) - 1 (Ganin et al. 2016, section 5.2.2): 0 at the start, so the
+  domain classifier's noisy early gradients do not disturb the features, then towards 1."""
+  return 2.0 / (1.0 + jnp.exp(-gamma * progress)) - 1.0
 
 
 def coral_distance(a, b):
@@ -117,23 +123,74 @@ def drcn(model, o):
   return loss_fn
 
 
+def binary_cross_entropy(logits, targets):
+  """Mean sigmoid cross-entropy of logits against 0/1 targets (numerically stable)."""
+  return jnp.mean(jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+
+
 @OBJECTIVES.register("dann", model="domain_classifier", roles=("source", "images"),
-                     validate=_check_weight, defaults=dict(weight=1.0))
+                     validate=_check_weight, defaults=dict(weight=1.0, ramp=True))
 def dann(model, o):
   """Cross-entropy + domain classification of source (0) and target (1) codes through a
-  gradient-reversal layer scaled by ``weight``."""
+  gradient-reversal layer scaled by ``weight`` × the DANN ramp of training progress
+  (:func:`dann_ramp`; ``ramp=False``: ``weight`` throughout)."""
 
   def loss_fn(params, batches, rng):
     r_sup, r_tgt = jax.random.split(rng)
     ce, metrics, codes = _supervised(model, params, batches, r_sup)
     z_s = codes["source"]
     z_t = _target_codes(model, params, batches["images"]["image"], r_tgt)
-    z = reverse_gradient(jnp.concatenate([z_s, z_t]), o.weight)
+    scale = o.weight * (dann_ramp(batches["progress"]) if o.ramp else 1.0)
+    z = reverse_gradient(jnp.concatenate([z_s, z_t]), jnp.asarray(scale, z_s.dtype))
     domain = jnp.concatenate([jnp.zeros(len(z_s)), jnp.ones(len(z_t))])
     logits = model.apply({"params": params}, z, method="domain_logits")[:, 0]
-    bce = jnp.mean(jnp.maximum(logits, 0) - logits * domain + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+    bce = binary_cross_entropy(logits, domain)
     domain_acc = jnp.mean((logits > 0) == (domain > 0.5))
-    return ce + bce, {**metrics, "domain": bce, "domain_accuracy": domain_acc}
+    return ce + bce, {**metrics, "domain": bce, "domain_accuracy": domain_acc,
+                      "reversal_weight": jnp.asarray(scale, jnp.float32)}
+
+  return loss_fn
+
+
+@OBJECTIVES.register("adda_target", model="adda", roles=("source", "images"),
+                     defaults={})
+def adda_target(model, o):
+  """ADDA's target encoder (Tzeng et al. 2017, eq. 9): the GAN loss with inverted labels,
+  -log D(M_t(x_t)), so the target codes pass for source codes; + cross-entropy of the frozen
+  source head on the target's labelled batch when there is one."""
+  del o
+
+  def loss_fn(params, batches, rng):
+    r_t, r_l = jax.random.split(rng)
+    z_t = _target_codes(model, params, batches["images"]["image"], r_t)
+    logits = model.apply({"params": params}, z_t, method="domain_logits")[:, 0]
+    fool = binary_cross_entropy(logits, jnp.ones_like(logits))
+    metrics = {"mapping": fool}
+    loss = fool
+    if "labelled" in batches:
+      ce, sup, _ = _supervised(model, params, {"labelled": batches["labelled"]}, r_l)
+      loss, metrics = loss + ce, {**metrics, **sup}
+    return loss, metrics
+
+  return loss_fn
+
+
+@OBJECTIVES.register("adda_discriminator", model="adda", roles=("source", "images"),
+                     defaults={})
+def adda_discriminator(model, o):
+  """ADDA's discriminator (eq. 8): source codes M_s(x_s) are 1, target codes M_t(x_t) are 0."""
+  del o
+
+  def loss_fn(params, batches, rng):
+    r_s, r_t = jax.random.split(rng)
+    z_s = model.apply({"params": params}, batches["source"]["image"], train=True,
+                      rngs={"dropout": r_s}, method="source_codes")
+    z_t = _target_codes(model, params, batches["images"]["image"], r_t)
+    logits = model.apply({"params": params}, jnp.concatenate([z_s, z_t]),
+                         method="domain_logits")[:, 0]
+    domain = jnp.concatenate([jnp.ones(len(z_s)), jnp.zeros(len(z_t))])
+    return binary_cross_entropy(logits, domain), {
+        "domain_accuracy": jnp.mean((logits > 0) == (domain > 0.5))}
 
   return loss_fn
 

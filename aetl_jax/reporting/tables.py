@@ -16,11 +16,23 @@ import numpy as np
 from scipy import stats
 
 
+# A cell that ended below this accuracy on its own labelled training set did not fit them:
+# the table marks it (UNDERFIT_MARK) instead of reporting an unconverged run as a result.
+UNDERFIT_BELOW = 0.99
+UNDERFIT_MARK = "†"
+
+
 def summarise(rows: list[dict], *, metric: str = "test_accuracy",
               keys: tuple[str, ...] = ("budget", "strategy")) -> list[dict]:
-  groups = defaultdict(list)
+  """Mean, std, 95% CI, n, min and max of ``metric`` per group; for cells trained by gradient
+  steps (rows with ``phases``), the lowest training accuracy (``min_train_accuracy``; a k-NN
+  or spreading probe is not meant to reproduce its labels)."""
+  groups, train = defaultdict(list), defaultdict(list)
   for r in rows:
-    groups[tuple(r[k] for k in keys)].append(float(r[metric]))
+    group = tuple(r[k] for k in keys)
+    groups[group].append(float(r[metric]))
+    if r.get("phases") and r.get("train_accuracy") is not None:
+      train[group].append(float(r["train_accuracy"]))
   out = []
   for group, values in groups.items():
     v = np.asarray(values)
@@ -29,7 +41,14 @@ def summarise(rows: list[dict], *, metric: str = "test_accuracy",
     half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
     out.append({**dict(zip(keys, group)), "metric": metric, "mean": float(v.mean()), "std": std,
                 "ci95": half, "n": n, "min": float(v.min()), "max": float(v.max())})
+    if train[group]:
+      out[-1]["min_train_accuracy"] = min(train[group])
   return out
+
+
+def underfit(summary: list[dict]) -> list[dict]:
+  """The groups with a seed below :data:`UNDERFIT_BELOW` training accuracy."""
+  return [s for s in summary if s.get("min_train_accuracy", 1.0) < UNDERFIT_BELOW]
 
 
 def paired_differences(rows: list[dict], *, baseline: str, metric: str = "test_accuracy") -> list[dict]:
@@ -63,7 +82,8 @@ def markdown_table(summary: list[dict], strategies: list[str], budgets: list, *,
       else:
         mean = f"{scale * s['mean']:+.1f}" if signed else f"{scale * s['mean']:.1f}"
         spread = "" if math.isnan(s["ci95"]) else f" ± {scale * s['ci95']:.1f}"
-        cells.append(f"{mean}{spread}{unit} (n={s['n']})")
+        mark = UNDERFIT_MARK if s in underfit([s]) else ""
+        cells.append(f"{mean}{spread}{unit} (n={s['n']}){mark}")
     lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -79,6 +99,13 @@ def write_tables(summary: list[dict], directory, *, strategies, budgets, caption
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   md = markdown_table(summary, strategies, budgets)
+  flagged = underfit(summary)
+  if flagged:
+    md += (f"\n\n{UNDERFIT_MARK} a seed ended below {100 * UNDERFIT_BELOW:.0f}% accuracy on its own "
+           f"labelled training set (lowest: " + ", ".join(
+               f"{s['strategy']} at {s['budget']} labels/class {100 * s['min_train_accuracy']:.1f}%"
+               for s in flagged) + "): it did not fit its labels; train longer "
+           "(transfer.min_steps) before reading its number.")
   if caption:
     md = caption.rstrip() + "\n\n" + md
   for baseline, rows in (paired or {}).items():

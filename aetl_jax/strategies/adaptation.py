@@ -1,25 +1,39 @@
-"""Strategies that use more than the target's labels: the source classifier as it is,
-domain adaptation with the labelled source, and semi-supervised pseudo-labels.
+"""Strategies that use more than the target's labels: the source classifier as it is and
+domain adaptation with the labelled source.
 
-``source_only`` evaluates the classifier pretrained on the labelled source
-(encoder and head from the checkpoint) on the target without training: at
-budget 0 it is the source-only baseline. ``drcn``, ``dann``, ``coral`` and
-``mmd`` train on the labelled source and the target pool's images (and the
-target labels when the budget is above 0) for ``adaptation_epochs`` passes
-over the source; ``pseudo_label`` trains on the target labels and the pool's
-images for ``semi_epochs`` passes over the pool. Their unsupervised term is
-weighted by ``adaptation_weight`` / ``pseudo_label_weight``; the pool batch
-is ``unlabelled_ratio`` × ``batch_size``.
+``source_only`` evaluates the classifier pretrained on the labelled source (encoder and
+head from the checkpoint) on the target without training: at budget 0 it is the source-only
+baseline. ``drcn``, ``dann``, ``coral``, ``mmd`` and ``adda`` train on the labelled source
+and the target pool's images (and the target labels when the budget is above 0); one step
+reads a source batch of ``batch_size`` and a target batch of ``unlabelled_ratio`` ×
+``batch_size`` (1.0: balanced domains). Their length is ``adaptation_epochs`` passes over
+the source, or at least ``adaptation_steps`` optimiser steps.
+
+* ``dann`` as published (Ganin & Lempitsky 2015; Ganin et al. 2016, JMLR): the gradient-
+  reversal weight ramped 2/(1+exp(-10p))-1 over training progress p (times
+  ``adaptation_weight``), SGD with momentum 0.9 at ``dann_learning_rate`` annealed
+  μ0/(1+10p)^0.75, a domain classifier of ``domain_hidden`` units (the paper's 100 for
+  digits) on the encoder's codes.
+* ``adda`` (Tzeng et al. 2017): the target encoder starts as the source encoder and plays a
+  two-player game (:class:`aetl_jax.engine.phase.Adversary`) against a discriminator of
+  ``adda_discriminator`` units (the paper's 500-500): the discriminator learns to tell source
+  codes (the frozen source encoder) from target codes, the target encoder learns to fool it
+  (inverted labels); both Adam at ``adda_learning_rate`` with β1 = 0.5, for
+  ``adda_steps``. The frozen source head classifies the target codes.
 """
 
 from __future__ import annotations
 
-from aetl_jax.core.config import require
-from aetl_jax.objectives.augmentation import check_chain
-from aetl_jax.strategies.registry import EVERYTHING, STRATEGIES, Strategy, positive
+import dataclasses
 
-ADAPTATION_DEFAULTS = dict(adaptation_epochs=5, adaptation_weight=1.0, unlabelled_ratio=1.0,
-                           domain_hidden=64)
+from aetl_jax.core.config import require
+from aetl_jax.core.rules import FROZEN
+from aetl_jax.engine.phase import Adversary
+from aetl_jax.strategies.registry import (EVERYTHING, STRATEGIES, Strategy, objective_loss,
+                                          positive)
+
+ADAPTATION_DEFAULTS = dict(adaptation_epochs=5, adaptation_steps=0, adaptation_weight=1.0,
+                           unlabelled_ratio=1.0, domain_hidden=100, dann_learning_rate=0.01)
 
 
 @STRATEGIES.register("source_only", needs_target_labels=False, needs_source_labels=True,
@@ -32,21 +46,34 @@ def source_only(ctx):
 def _check_adaptation(t) -> None:
   positive(t, "adaptation_epochs", integer=True)
   positive(t, "unlabelled_ratio")
-  positive(t, "domain_hidden", integer=True)
+  hidden = (t.domain_hidden,) if isinstance(t.domain_hidden, int) else tuple(t.domain_hidden)
+  require(len(hidden) > 0 and all(isinstance(h, int) and h > 0 for h in hidden),
+          "transfer.domain_hidden", f"must be a positive integer or a tuple of them (hidden "
+          f"widths of the domain classifier), got {t.domain_hidden!r}")
+  require(isinstance(t.adaptation_steps, int) and t.adaptation_steps >= 0,
+          "transfer.adaptation_steps", f"must be an integer >= 0, got {t.adaptation_steps!r}")
   require(t.adaptation_weight >= 0, "transfer.adaptation_weight",
           f"must be >= 0, got {t.adaptation_weight}")
+  positive(t, "dann_learning_rate")
+
+
+def _roles(ctx) -> tuple[str, ...]:
+  return ("source", "images") + (("labelled",) if ctx.budget else ())
+
+
+def _length(cfg) -> dict:
+  return dict(min_steps=max(int(cfg.adaptation_steps), int(cfg.get("min_steps", 0))))
 
 
 def _adaptation(objective: str, doc: str, model: str = "classifier"):
   def strategy(ctx):
     cfg = ctx.cfg
-    roles = ("source", "images") + (("labelled",) if ctx.budget else ())
     ocfg = dict(weight=float(cfg.adaptation_weight))
     if objective == "drcn":
       ocfg["loss"] = cfg.get("reconstruction_loss", "bce")
     return Strategy(ctx.name, "pretrained", (ctx.phase(
         objective, EVERYTHING, cfg.adaptation_epochs, objective=objective, objective_cfg=ocfg,
-        roles=roles, batch_sizes={"images": _unlabelled_batch(cfg)}),))
+        roles=_roles(ctx), batch_sizes={"images": _unlabelled_batch(cfg)}, **_length(cfg)),))
 
   strategy.__doc__ = doc
   STRATEGIES.register(objective, model=model, validate=_check_adaptation,
@@ -61,33 +88,49 @@ def _unlabelled_batch(cfg) -> int:
 
 drcn = _adaptation("drcn", "DRCN: source classification + target reconstruction, shared encoder.",
                    model="autoencoder_classifier")
-dann = _adaptation("dann", "DANN: source classification + a gradient-reversed domain classifier.",
-                   model="domain_classifier")
 coral = _adaptation("coral", "CORAL: source classification + alignment of code covariances.")
 mmd = _adaptation("mmd", "MMD: source classification + RBF-kernel MMD between domain codes.")
 
 
-def _check_pseudo(t) -> None:
-  positive(t, "semi_epochs", integer=True)
-  positive(t, "unlabelled_ratio")
-  require(t.pseudo_label_weight >= 0, "transfer.pseudo_label_weight",
-          f"must be >= 0, got {t.pseudo_label_weight}")
-  require(0 <= t.confidence < 1, "transfer.confidence", f"must be in [0, 1), got {t.confidence}")
-  check_chain(t.weak_augment, "transfer.weak_augment")
-  check_chain(t.strong_augment, "transfer.strong_augment")
-
-
-@STRATEGIES.register("pseudo_label", validate=_check_pseudo, unlabelled=True,
-                     defaults=dict(semi_epochs=3, pseudo_label_weight=1.0, confidence=0.95,
-                                   unlabelled_ratio=1.0, weak_augment=(("translate", 0.1),),
-                                   strong_augment=(("translate", 0.125), ("rotate", 15),
-                                                   ("cutout", 0.25), ("noise", 0.1))))
-def pseudo_label(ctx):
-  """Fine-tune on the labels + confident pseudo-labels of the pool (FixMatch-style)."""
+@STRATEGIES.register("dann", model="domain_classifier", validate=_check_adaptation,
+                     defaults=ADAPTATION_DEFAULTS, needs_target_labels=False,
+                     needs_source_labels=True, unlabelled=True)
+def dann(ctx):
+  """DANN as published: ramped gradient reversal, SGD + momentum with the annealed rate."""
   cfg = ctx.cfg
-  ocfg = dict(weight=float(cfg.pseudo_label_weight), confidence=float(cfg.confidence),
-              weak=check_chain(cfg.weak_augment, "transfer.weak_augment"),
-              strong=check_chain(cfg.strong_augment, "transfer.strong_augment"))
-  return Strategy(ctx.name, "pretrained", (ctx.phase(
-      "pseudo_label", EVERYTHING, cfg.semi_epochs, objective="pseudo_label", objective_cfg=ocfg,
-      roles=("images", "labelled"), batch_sizes={"images": _unlabelled_batch(cfg)}),))
+  optim = dataclasses.replace(ctx.optim, optimizer="sgd", learning_rate=float(cfg.dann_learning_rate),
+                              momentum=0.9, nesterov=False, schedule="inverse_power",
+                              warmup_epochs=0)
+  phase = ctx.phase("dann", EVERYTHING, cfg.adaptation_epochs, objective="dann",
+                    objective_cfg=dict(weight=float(cfg.adaptation_weight), ramp=True),
+                    roles=_roles(ctx), batch_sizes={"images": _unlabelled_batch(cfg)},
+                    optim=optim, **_length(cfg))
+  return Strategy(ctx.name, "pretrained", (dataclasses.replace(phase, progress=True),))
+
+
+def _check_adda(t) -> None:
+  _check_adaptation(t)
+  require(len(t.adda_discriminator) > 0 and all(isinstance(h, int) and h > 0
+                                                for h in t.adda_discriminator),
+          "transfer.adda_discriminator", f"must be positive integers (hidden widths), got "
+          f"{t.adda_discriminator!r}")
+  positive(t, "adda_learning_rate")
+  positive(t, "adda_steps", integer=True)
+
+
+@STRATEGIES.register("adda", model="adda", validate=_check_adda, needs_target_labels=False,
+                     needs_source_labels=True, unlabelled=True, init="source",
+                     defaults={**ADAPTATION_DEFAULTS, "adda_discriminator": (500, 500),
+                               "adda_learning_rate": 2e-4, "adda_steps": 10_000})
+def adda(ctx):
+  """ADDA: a target encoder mapped onto the frozen source encoder's codes by a GAN game."""
+  cfg = ctx.cfg
+  optim = dataclasses.replace(ctx.optim, optimizer="adam", learning_rate=float(cfg.adda_learning_rate),
+                              beta1=0.5, schedule="constant", warmup_epochs=0, weight_decay=0.0)
+  discriminator = Adversary(objective_loss("adda_discriminator", ctx.model),
+                            (("domain/.*", 1.0), (".*", FROZEN)), optim)
+  phase = ctx.phase("adda", (("encoder/.*", 1.0), (".*", FROZEN)), 1, objective="adda_target",
+                    roles=_roles(ctx), batch_sizes={"images": _unlabelled_batch(cfg)},
+                    optim=optim, min_steps=int(cfg.adda_steps))
+  return Strategy(ctx.name, "source", (dataclasses.replace(phase, adversary=discriminator),),
+                  start=lambda p: {**p, "source_encoder": p["encoder"]})

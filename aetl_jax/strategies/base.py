@@ -98,9 +98,10 @@ def lp_ft(ctx):
 def gradual_unfreeze(ctx):
   """The head, then one more encoder block per phase, top down, ``unfreeze_epochs`` each."""
   blocks, epochs = ctx.blocks(), ctx.cfg.unfreeze_epochs
-  phases = [ctx.phase("unfreeze_0", HEAD_ONLY, epochs)]
+  share = ctx.cfg.get("min_steps", 0) // (len(blocks) + 1)  # transfer.min_steps over all phases
+  phases = [ctx.phase("unfreeze_0", HEAD_ONLY, epochs, min_steps=share)]
   for n in range(1, len(blocks) + 1):
     frozen = blocks[: len(blocks) - n]
     rules = ((block_rule(frozen, FROZEN),) if frozen else ()) + ((".*", 1.0),)
-    phases.append(ctx.phase(f"unfreeze_{n}", rules, epochs))
+    phases.append(ctx.phase(f"unfreeze_{n}", rules, epochs, min_steps=share))
   return Strategy(ctx.name, "pretrained", tuple(phases))

@@ -16,7 +16,9 @@ from aetl_jax.core.config import require
 from aetl_jax.core.registry import Registry
 from aetl_jax.strategies.registry import STRATEGIES, Strategy
 
-# A probe: fn(train, val, test, *, num_classes, cfg) -> result dict, each split (features, labels).
+# A probe: fn(train, val, test, *, num_classes, cfg) -> result dict, each split (features,
+# labels); a probe registered with pool=True also gets ``pool``: the codes of every target-pool
+# image (strategies.manifold.ProbePool).
 PROBES = Registry("probe", "transfer.strategies")
 
 
@@ -43,7 +45,7 @@ def ridge_predict(weights, features):
   return np.argmax(x @ weights, -1)
 
 
-def _select(candidates, score_fn, has_val):
+def select(candidates, score_fn, has_val):
   scores = [score_fn(c) for c in candidates]
   if not has_val:
     return candidates[len(candidates) // 2], None
@@ -63,7 +65,7 @@ def ridge_probe(train, val, test, *, num_classes: int, l2_grid: Sequence[float])
   def val_acc(l2):
     return float(np.mean(ridge_predict(ridge_fit(ftr, ytr, num_classes, l2), fva) == yva)) if has_val else 0.0
 
-  l2, val_accuracy = _select(list(l2_grid), val_acc, has_val)
+  l2, val_accuracy = select(list(l2_grid), val_acc, has_val)
   weights = ridge_fit(ftr, ytr, num_classes, l2)
   return {"test_accuracy": float(np.mean(ridge_predict(weights, fte) == yte)),
           "val_accuracy": val_accuracy, "train_accuracy": float(np.mean(ridge_predict(weights, ftr) == ytr)),
@@ -82,7 +84,7 @@ def knn_probe(train, val, test, *, k_grid: Sequence[int]) -> dict:
   def val_acc(k):
     return float(fit(k).score(fva, yva)) if has_val else 0.0
 
-  k, val_accuracy = _select(ks, val_acc, has_val)
+  k, val_accuracy = select(ks, val_acc, has_val)
   return {"test_accuracy": float(fit(k).score(fte, yte)), "val_accuracy": val_accuracy, "k": k}
 
 

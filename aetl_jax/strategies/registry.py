@@ -21,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 from aetl_jax.core.config import require
 from aetl_jax.core.registry import Registry
@@ -58,6 +59,9 @@ class Strategy:
   init: str
   phases: tuple[Phase, ...] = ()
   probe: str | None = None
+  # params -> params once the encoder (and head) are loaded, before training: e.g. ADDA's
+  # target encoder starts as a copy of the source encoder.
+  start: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +82,14 @@ class StrategyContext:
   def phase(self, name: str, rules, epochs: int, *, objective: str = "classification",
             lr_mult: float = 1.0, objective_cfg=None, batch_sizes: dict | None = None,
             wd_rules=None, roles: tuple[str, ...] | None = None,
-            optim: Optim | None = None) -> Phase:
+            optim: Optim | None = None, min_steps: int | None = None) -> Phase:
     """A phase of ``objective`` over the streams its roles name (``roles``: a subset or
     another order; the first one sets the epoch); weight-decay multipliers from
     ``wd_rules`` (default: the config's ``transfer.wd_rules``); ``optim`` replaces the
-    ``transfer`` section's optimiser settings."""
+    ``transfer`` section's optimiser settings; at least ``min_steps`` optimiser steps
+    (default: ``transfer.min_steps``)."""
+    if min_steps is None:
+      min_steps = int(self.cfg.get("min_steps", 0))
     rules = tuple(tuple(r) for r in rules)
     if wd_rules is None:
       wd_rules = tuple(tuple(r) for r in self.cfg.get("wd_rules", ()))
@@ -92,14 +99,24 @@ class StrategyContext:
     feed = tuple((role, TARGET_STREAMS[role], (batch_sizes or {}).get(role, bs))
                  for role in (roles or objective_roles(objective)))
     chain = check_chain(self.cfg.get("augment", ()), "transfer.augment")
-    if (objective == "classification" and self.cache_features and not chain
-        and self._head_only(rules)):
-      return Phase(name, _head_loss(self.model), feed, epochs, optim, rules, tuple(wd_rules),
-                   subtree="head", prepare=_features(self.model))
+    l2 = 0.0
+    if objective == "classification" and self._head_only(rules):
+      # A linear probe: logistic regression on the frozen codes, trained to convergence (on
+      # cached codes it is cheap) with scikit-learn's L2 penalty ||W||² / (2 C n), C =
+      # transfer.probe_c, n the labelled examples.
+      n = (self.budget or 0) * self.model.num_classes
+      l2 = 1.0 / (float(self.cfg.get("probe_c", 1.0)) * n) if n else 0.0
+      min_steps = max(min_steps, int(self.cfg.get("probe_steps", 0)))
+      if self.cache_features and not chain:
+        return Phase(name, _head_loss(self.model, l2), feed, epochs, optim, rules,
+                     tuple(wd_rules), subtree="head", prepare=_features(self.model),
+                     min_steps=min_steps)
     loss = _objective_loss(objective, self.model, _frozen(objective_cfg))
+    if l2:
+      loss = _with_l2(loss, l2, lambda params: params["head"]["kernel"])
     if chain:  # augmented labelled images: features cannot be cached
       loss = augmenting(loss, chain, ("labelled", "source"))
-    return Phase(name, loss, feed, epochs, optim, rules, tuple(wd_rules))
+    return Phase(name, loss, feed, epochs, optim, rules, tuple(wd_rules), min_steps=min_steps)
 
   def _head_only(self, rules) -> bool:
     mask = trainable_mask(self.params, rules)
@@ -121,6 +138,12 @@ def _frozen(cfg) -> tuple:
   return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items))
 
 
+def objective_loss(objective: str, model, cfg=None):
+  """The registered objective's loss for ``model`` with the keys ``cfg`` (a dict; shared with
+  every equal request, so equal phases share compilations)."""
+  return _objective_loss(objective, model, _frozen(cfg))
+
+
 @functools.lru_cache(maxsize=64)
 def _objective_loss(objective: str, model, cfg: tuple):
   """One loss function per (objective, model, keys): equal phases share compilations."""
@@ -129,9 +152,24 @@ def _objective_loss(objective: str, model, cfg: tuple):
 
 
 @functools.lru_cache(maxsize=32)
-def _head_loss(model):
-  return make_classification_loss(
+def _with_l2(loss_fn, l2: float, kernel):
+  """``loss_fn`` + ``l2`` × ||kernel(params)||² / 2 (the head's kernel; its bias is not
+  penalised, as scikit-learn's LogisticRegression does not)."""
+
+  def penalised(params, batches, rng):
+    loss, aux = loss_fn(params, batches, rng)
+    penalty = 0.5 * l2 * jnp.sum(kernel(params) ** 2)
+    return loss + penalty, {**aux, "l2_penalty": penalty}
+
+  return penalised
+
+
+@functools.lru_cache(maxsize=32)
+def _head_loss(model, l2: float = 0.0):
+  """Cross-entropy of the head on cached features (+ ``l2`` × ||kernel||² / 2)."""
+  ce = make_classification_loss(
       lambda head, f, rng: model.apply({"params": {"head": head}}, f, method="classify_features"))
+  return _with_l2(ce, l2, lambda head: head["kernel"]) if l2 else ce
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,9 +1,18 @@
-"""Semi-supervised fine-tuning: the target's unlabelled images train beside its few labels."""
+"""Semi-supervised strategies: the target's unlabelled images train beside its few labels
+(``joint_finetune``: the pretrained autoencoder's reconstruction; ``pseudo_label`` from the
+pretrained encoder and ``pseudo_label_scratch`` from a random one: FixMatch-style confident
+pseudo-labels for ``semi_epochs`` passes over the pool; ``ladder`` and ``ladder_gamma``: the
+Ladder network, Rasmus et al. 2015, trained from scratch)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from aetl_jax.core.config import require
-from aetl_jax.strategies.registry import EVERYTHING, STRATEGIES, Strategy
+from aetl_jax.models.ladder import COMBINATORS, LadderNetwork
+from aetl_jax.objectives.augmentation import check_chain
+from aetl_jax.objectives.ladder import PAPER_COSTS
+from aetl_jax.strategies.registry import EVERYTHING, STRATEGIES, Strategy, positive
 
 
 def _check(t) -> None:
@@ -25,3 +34,108 @@ def joint_finetune(ctx):
   return Strategy(ctx.name, "pretrained", (ctx.phase(
       "joint", EVERYTHING, cfg.epochs, objective="joint", objective_cfg=ocfg,
       batch_sizes={"images": unlabelled}),))
+
+
+def _check_ladder(t) -> None:
+  widths = tuple(t.ladder_widths)
+  require(len(widths) > 0 and all(isinstance(w, int) and w > 0 for w in widths),
+          "transfer.ladder_widths", f"must be positive integers (hidden layers), got {widths!r}")
+  levels = len(widths) + 2  # the input, every hidden layer, the class layer
+  require(len(t.ladder_costs) == levels and all(c >= 0 for c in t.ladder_costs),
+          "transfer.ladder_costs", f"must be {levels} weights >= 0 (input, {len(widths)} hidden "
+          f"layers, class layer), got {tuple(t.ladder_costs)!r}")
+  require(t.ladder_noise >= 0, "transfer.ladder_noise", f"must be >= 0, got {t.ladder_noise}")
+  require(t.ladder_combinator in COMBINATORS, "transfer.ladder_combinator",
+          f"unknown value {t.ladder_combinator!r}; valid: {', '.join(COMBINATORS)}")
+  require(isinstance(t.ladder_epochs, int) and t.ladder_epochs > 0, "transfer.ladder_epochs",
+          f"must be a positive integer (passes over the target pool), got {t.ladder_epochs!r}")
+  require(t.ladder_learning_rate > 0, "transfer.ladder_learning_rate",
+          f"must be > 0, got {t.ladder_learning_rate}")
+  require(isinstance(t.ladder_batch_size, int) and t.ladder_batch_size > 0,
+          "transfer.ladder_batch_size", f"must be a positive integer, got {t.ladder_batch_size!r}")
+
+
+def _ladder_model(variant: str):
+  def build(t, num_classes: int, input_shape):
+    del input_shape
+    return LadderNetwork(widths=tuple(t.ladder_widths), num_classes=num_classes,
+                         noise_std=float(t.ladder_noise), combinator=t.ladder_combinator,
+                         variant=variant)
+  return build
+
+
+LADDER_DEFAULTS = dict(ladder_widths=(1000, 500, 250, 250, 250), ladder_costs=PAPER_COSTS,
+                       ladder_noise=0.3, ladder_combinator="gauss", ladder_epochs=150,
+                       ladder_learning_rate=0.002, ladder_batch_size=100)
+
+
+def _ladder(ctx, costs):
+  """The ladder's one phase: ``ladder_epochs`` passes over the pool in batches of
+  ``ladder_batch_size``, each beside a labelled batch of that size (cycled); Adam at
+  ``ladder_learning_rate``, constant, then linearly to 0 over the last third (the paper's
+  100 + 50 epochs)."""
+  cfg = ctx.cfg
+  optim = dataclasses.replace(ctx.optim, learning_rate=float(cfg.ladder_learning_rate),
+                              optimizer="adam", schedule="linear_tail", warmup_epochs=0)
+  bs = int(cfg.ladder_batch_size)
+  return Strategy(ctx.name, "random", (ctx.phase(
+      "ladder", EVERYTHING, cfg.ladder_epochs, objective="ladder",
+      objective_cfg=dict(denoising_costs=tuple(float(c) for c in costs)),
+      roles=("images", "labelled"), batch_sizes={"images": bs, "labelled": bs}, optim=optim,
+      min_steps=0),))
+
+
+@STRATEGIES.register("ladder", model="ladder", validate=_check_ladder, defaults=LADDER_DEFAULTS,
+                     unlabelled=True, build_model=_ladder_model("full"))
+def ladder(ctx):
+  """Ladder network (Rasmus et al. 2015) from a random initialisation: every level denoised."""
+  return _ladder(ctx, ctx.cfg.ladder_costs)
+
+
+@STRATEGIES.register("ladder_gamma", model="ladder", validate=_check_ladder,
+                     defaults=LADDER_DEFAULTS, unlabelled=True, build_model=_ladder_model("gamma"))
+def ladder_gamma(ctx):
+  """The Γ-model: the ladder with the class layer's denoising cost only."""
+  costs = tuple(ctx.cfg.ladder_costs)
+  return _ladder(ctx, (0.0,) * (len(costs) - 1) + costs[-1:])
+
+
+def _check_pseudo(t) -> None:
+  positive(t, "semi_epochs", integer=True)
+  positive(t, "unlabelled_ratio")
+  require(t.pseudo_label_weight >= 0, "transfer.pseudo_label_weight",
+          f"must be >= 0, got {t.pseudo_label_weight}")
+  require(0 <= t.confidence < 1, "transfer.confidence", f"must be in [0, 1), got {t.confidence}")
+  check_chain(t.weak_augment, "transfer.weak_augment")
+  check_chain(t.strong_augment, "transfer.strong_augment")
+
+
+PSEUDO_DEFAULTS = dict(semi_epochs=3, pseudo_label_weight=1.0, confidence=0.95,
+                       unlabelled_ratio=1.0, weak_augment=(("translate", 0.1),),
+                       strong_augment=(("translate", 0.125), ("rotate", 15), ("cutout", 0.25),
+                                       ("noise", 0.1)))
+
+
+def _pseudo_label(ctx, init: str):
+  cfg = ctx.cfg
+  ocfg = dict(weight=float(cfg.pseudo_label_weight), confidence=float(cfg.confidence),
+              weak=check_chain(cfg.weak_augment, "transfer.weak_augment"),
+              strong=check_chain(cfg.strong_augment, "transfer.strong_augment"))
+  unlabelled = max(1, int(round(cfg.unlabelled_ratio * cfg.batch_size)))
+  return Strategy(ctx.name, init, (ctx.phase(
+      "pseudo_label", EVERYTHING, cfg.semi_epochs, objective="pseudo_label", objective_cfg=ocfg,
+      roles=("images", "labelled"), batch_sizes={"images": unlabelled}),))
+
+
+@STRATEGIES.register("pseudo_label", validate=_check_pseudo, unlabelled=True,
+                     defaults=PSEUDO_DEFAULTS)
+def pseudo_label(ctx):
+  """Fine-tune on the labels + confident pseudo-labels of the pool (FixMatch-style)."""
+  return _pseudo_label(ctx, "pretrained")
+
+
+@STRATEGIES.register("pseudo_label_scratch", validate=_check_pseudo, unlabelled=True,
+                     defaults=PSEUDO_DEFAULTS)
+def pseudo_label_scratch(ctx):
+  """``pseudo_label`` from a random initialisation: what the pretrained encoder adds to it."""
+  return _pseudo_label(ctx, "random")

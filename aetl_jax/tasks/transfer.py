@@ -16,6 +16,7 @@ import numpy as np
 
 from aetl_jax.core.config import ConfigError
 from aetl_jax.data.domains import build_transfer_data
+from aetl_jax.data.splits import stratified_split
 from aetl_jax.data.text import (check_vocabulary, export_embeddings, saved_tokenizer,
                                 vocabulary_hash, with_tokenizer)
 from aetl_jax.data.transfer_split import TransferData, draw_target_labels
@@ -54,11 +55,11 @@ def default_config() -> ml_collections.ConfigDict:
       epochs=200, batch_size=64, learning_rate=3e-3, optimizer="adam", weight_decay=0.0,
       l1_decay=0.0, schedule="cosine", warmup_epochs=0, runner="auto", seed=0, eval_every=25,
       checkpoint_every=25, keep_checkpoints=2, grad_clip_norm=0.0, data_path="auto",
-      memory_limit_mb=1024.0, include_target_pool=False)
+      memory_limit_mb=1024.0, include_target_pool=False, holdout_fraction=0.1)
   c.transfer = dict(
       strategies=("scratch", "linear_probe", "finetune", "lp_ft", "ridge_probe", "knn_probe"),
-      budgets=(10, 25, 50), seeds=5, val_per_class=5, label_seed=0, seed_offset=0,
-      epochs=100, learning_rate=3e-3, optimizer="adam", weight_decay=0.0, schedule="cosine",
+      budgets=(10, 25, 50), seeds=5, val_per_class=5, validation="extra", label_seed=0,
+      seed_offset=0, epochs=100, min_steps=1000, probe_steps=10000, probe_c=1.0, learning_rate=3e-3, optimizer="adam", weight_decay=0.0, schedule="cosine",
       warmup_epochs=0, batch_size=32, runner="auto", checkpoint_every=0, vmap_seeds=True,
       reinit=(), wd_rules=(), save_classifiers=True, augment=())
   c.launch = dict(launcher="jit", num_devices=0, distributed=False)
@@ -90,7 +91,7 @@ def check(config, data: TransferData) -> None:
     try:
       draw_target_labels(data.labels, data.split, per_class=budget,
                          val_per_class=config.transfer.val_per_class, seed=0,
-                         num_classes=data.num_classes)
+                         num_classes=data.num_classes, validation=config.transfer.validation)
     except ValueError as e:
       raise ConfigError(f"config key 'transfer.budgets': {e} (the target pool after "
                         f"{config.transfer.val_per_class} validation labels per class)") from None
@@ -153,20 +154,22 @@ def _check_strategies(config, data: TransferData) -> None:
   import jax.numpy as jnp
   from aetl_jax.core.rules import reinit_paths
   from aetl_jax.engine.phase import Optim
-  from aetl_jax.strategies.registry import StrategyContext, build_strategy, target_model_kind
-  from aetl_jax.transfer.encoder import target_model
+  from aetl_jax.strategies.registry import StrategyContext, build_strategy
+  from aetl_jax.transfer.encoder import strategy_model
   shape = tuple(data.images.shape[1:])
   for name in config.transfer.strategies:
-    model = target_model(config, data.num_classes, target_model_kind(name), shape)
+    model = strategy_model(config, name, data.num_classes, shape)
     method = "init_all" if hasattr(model, "init_all") else None
     params = jax.eval_shape(lambda m=model: tree_of(
         m.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), method=method)))
     try:
-      build_strategy(name, StrategyContext(name, config.transfer, model, params,
-                                           Optim.from_config(config.transfer)))
+      strategy = build_strategy(name, StrategyContext(name, config.transfer, model, params,
+                                                      Optim.from_config(config.transfer)))
     except ValueError as e:
       raise ConfigError(f"config key 'transfer.strategies': strategy {name!r} does not fit the "
                         f"model: {e}") from None
+    if strategy.init == "random":  # transfer.reinit applies to a pretrained encoder
+      continue
     try:
       reinit_paths({"encoder": params["encoder"]}, tuple(config.transfer.reinit))
     except ValueError as e:
@@ -183,13 +186,12 @@ def run(config, workdir, data: TransferData, *, progress: bool = True) -> dict:
     data, vocabulary = _text_vocabulary(config, workdir, data)
   if is_main_process():
     (workdir / "data.json").write_text(json.dumps(data.describe(), indent=2))
-  test_images = data.images[data.split.test]
-  source_images, labelled = _pretraining_data(config, data)
-  model, params, pretrain_history = pretrain(config, source_images, test_images, workdir,
+  source_images, held_out, labelled = _pretraining_data(config, data)
+  model, params, pretrain_history = pretrain(config, source_images, held_out, workdir,
                                              progress=progress, train_stream=data.source_stream,
                                              num_train=data.num_source, vocabulary=vocabulary,
                                              **labelled)
-  recon = (reconstruction_metrics(model, params, test_images) if hasattr(model, "reconstruct")
+  recon = (reconstruction_metrics(model, params, held_out) if hasattr(model, "reconstruct")
            else {})
   if data.tokenizer is not None and is_main_process():
     export_embeddings(checkpoint_dir(workdir).parent, data.tokenizer,
@@ -234,17 +236,59 @@ def _preprocessing(config, data: TransferData) -> dict:
 
 
 def _pretraining_data(config, data: TransferData):
-  """(images, and keywords of :func:`pretrain`): the source (with the target pool's images
-  when ``pretrain.include_target_pool``), its labels when the objective classifies, and the
-  target's test labels to log source-only accuracy when the label spaces are shared."""
-  images = data.source_images
-  if config.pretrain.include_target_pool and images is not None:
-    images = np.concatenate([images, data.images[data.split.target_pool]])
+  """(training images, held-out images, keywords of :func:`pretrain`).
+
+  The source (with the target pool's images when ``pretrain.include_target_pool``) loses a
+  stratified ``pretrain.holdout_fraction`` that pretraining is evaluated on (reconstruction,
+  and accuracy when the objective classifies): the target's test set is read only for the
+  final scores. A source streamed from disk is evaluated on target-pool images (no labels).
+  """
+  images, labels = data.source_images, data.source_labels
+  classifies = "labelled" in objective_roles(config.objective.name)
+  if images is None:
+    return None, data.images[data.split.target_pool][:HELD_OUT_STREAMED], {}
+  if config.pretrain.include_target_pool:
+    images, labels = np.concatenate([images, data.images[data.split.target_pool]]), None
+  fraction = config.pretrain.holdout_fraction
+  strata = labels if labels is not None else np.zeros(len(images), np.int64)
+  train, held = stratified_split(strata, fraction, config.data.split_seed + 5) if fraction else (
+      np.arange(len(images)), np.arange(min(len(images), HELD_OUT_STREAMED)))
   kw = {}
-  if "labelled" in objective_roles(config.objective.name):
-    kw = dict(train_labels=data.source_labels, num_classes=max(data.source_classes) + 1,
-              eval_labels=data.labels[data.split.test] if data.shared_labels else None)
-  return images, kw
+  if classifies:
+    kw = dict(train_labels=labels[train], num_classes=max(data.source_classes) + 1,
+              eval_labels=labels[held])
+  return images[train], images[held], kw
+
+
+def _labels_caption(t, data: TransferData) -> str:
+  """Every target label a cell uses, validation included."""
+  v = t.val_per_class
+  if t.validation == "none" or not v:
+    text = ("Labels: k per class for training, none for validation (choices fall back to fixed "
+            "defaults)")
+  elif t.validation == "within":
+    text = (f"Labels: k per class in all, of which {v} per class are held out for validation "
+            f"(k - {v} train)")
+  elif data.split.val is not None:
+    text = (f"Labels: k per class for training + the dataset's fixed validation split "
+            f"({len(data.split.val)} labelled examples)")
+  else:
+    text = (f"Labels: k per class for training + {v} per class for validation, so k + {v} "
+            f"labels per class in all")
+  if 0 in t.budgets:
+    text += "; budget 0 uses no target label at all (no validation either)"
+  if any(s in MANIFOLD_STRATEGIES for s in t.strategies):
+    text += (". Manifold probes (" + ", ".join(s for s in t.strategies if s in MANIFOLD_STRATEGIES)
+             + f") ran {t.manifold_mode}: their embedding and graph were fitted on the target "
+             + ("pool and the test images together (test labels unread)"
+                if t.manifold_mode == "transductive" else "pool only, the test set mapped after"))
+  return text + "."
+
+
+MANIFOLD_STRATEGIES = ("knn_pca", "knn_umap", "spreading", "spreading_pca", "spreading_umap")
+# Held-out images pretraining is evaluated on when it cannot hold any out (streamed source,
+# holdout_fraction 0: then they are also training images, and the log says "train").
+HELD_OUT_STREAMED = 5000
 
 
 def _title(config) -> str:
@@ -261,15 +305,23 @@ def _pretraining_summary(config, data, recon) -> str:
   size = data.describe()["source"]["size"]
   if config.pretrain.include_target_pool:
     size = f"{size} source + {len(data.split.target_pool)} target-pool"
+  held = config.pretrain.holdout_fraction
   text = (f"Pretraining: {config.pretrain.epochs} epochs on {size} "
-          f"{'labelled' if labelled else 'unlabelled'} images")
+          f"{'labelled' if labelled else 'unlabelled'} images"
+          + (f" less {100 * held:.0f}% held out to evaluate it" if held and data.source_images
+             is not None else ""))
   if data.tokenizer is not None:
     text = text.replace(" images", " sentences")
+  where = "held-out source" if held and data.source_images is not None else "target-pool"
   if recon and "mse" in recon:
-    text += f", held-out reconstruction MSE {recon['mse']:.4f}, PSNR {recon['psnr']:.1f} dB"
+    text += f", {where} reconstruction MSE {recon['mse']:.4f}, PSNR {recon['psnr']:.1f} dB"
   elif recon:
-    text += (f", held-out token accuracy {100 * recon['token_accuracy']:.1f}% (perplexity "
+    text += (f", {where} token accuracy {100 * recon['token_accuracy']:.1f}% (perplexity "
              f"{recon['perplexity']:.1f}, teacher-forced)")
+  d = config.data
+  if d.source != d.target:
+    text += (f"; both domains brought to {tuple(data.description.get('common_shape', ()))} by "
+             f"data.resize={d.resize!r}")
   moved = "params/encoder" + (" (source_only: + params/head)"
                               if "source_only" in config.transfer.strategies else "")
   return text + f"; the target receives {moved}."
@@ -285,9 +337,10 @@ def _report(config, workdir, data, rows, recon, model, params, pretrain_history)
             if b in strategies}
   caption = (f"{_title(config)}. Test accuracy, mean ± 95% CI over {config.transfer.seeds} seeds "
              f"(seeds vary the labelled subset and the initialisation). "
+             f"{_labels_caption(config.transfer, data)} "
              f"{_pretraining_summary(config, data, recon)}")
   shown = (None if data.tokenizer is not None  # text: no pictures to show
-           else data.images[data.split.test][: config.report.num_figure_images])
+           else data.images[data.split.target_pool][: config.report.num_figure_images])
   figure = workdir / "results" / "summary.png"
   table = markdown_table(summary, strategies, budgets)
   if is_main_process():  # tables and figures are written once in a multi-host run

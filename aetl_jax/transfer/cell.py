@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aetl_jax.engine.driver import run_phases, run_phases_vmapped
+from aetl_jax.engine.driver import resolve_lengths, run_phases, run_phases_vmapped
 from aetl_jax.engine.metrics_log import JsonlLog
 from aetl_jax.engine.store import CheckpointStore
 from aetl_jax.evaluation.batched import batched_apply
@@ -35,7 +35,9 @@ def _encode(model):
 
 
 def score(model, params, splits: dict) -> list[dict]:
-  """Accuracy on each split for K stacked parameter trees: K dicts ``{split}_accuracy``.
+  """Accuracy on each split for K stacked parameter trees: K dicts ``{split}_accuracy``, and
+  the final ``train_loss`` (mean cross-entropy of the trained model on its labelled set, in
+  inference mode).
 
   ``splits[name] = (images, labels)`` shared by every seed, or stacked with a
   leading seed axis (``labels.ndim == 2``); an empty split scores None.
@@ -46,13 +48,22 @@ def score(model, params, splits: dict) -> list[dict]:
     if y.shape[-1] == 0:
       for o in out:
         o[f"{name}_accuracy"] = None
+        if name == "train":
+          o["train_loss"] = None
       continue
     if y.ndim == 1:
       x, y = jnp.broadcast_to(x, (k, *x.shape)), np.broadcast_to(y, (k, *y.shape))
-    logits = np.asarray(_predict(model)(params, x))
-    acc = np.mean(np.argmax(logits, -1) == np.asarray(y), axis=1)
+    logits = np.asarray(_predict(model)(params, x), np.float64)
+    y = np.asarray(y)
+    acc = np.mean(np.argmax(logits, -1) == y, axis=1)
     for o, a in zip(out, acc):
       o[f"{name}_accuracy"] = float(a)
+    if name == "train":
+      logp = logits - logits.max(-1, keepdims=True)
+      logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+      nll = -np.take_along_axis(logp, y[..., None], -1)[..., 0].mean(-1)
+      for o, v in zip(out, nll):
+        o["train_loss"] = float(v)
   return out
 
 
@@ -60,11 +71,14 @@ def _stack1(tree):
   return jax.tree.map(lambda a: jnp.asarray(a)[None], tree)
 
 
-def _phase_log(strategy: Strategy, rows, resumed_from: int = 0) -> list[dict]:
+def _phase_log(phases, rows, resumed_from: int = 0) -> list[dict]:
+  """Per phase (lengths resolved for the cell's data): its name, epochs, whether it trained on
+  cached features, its last epoch's training loss."""
   out, first = [], 0
-  for phase in strategy.phases:
+  for phase in phases:
     mine = [r for r in rows if r["phase"] == phase.name]
-    entry = {"phase": phase.name, "cached_features": phase.subtree is not None}
+    entry = {"phase": phase.name, "epochs": phase.epochs,
+             "cached_features": phase.subtree is not None}
     if mine:
       entry["final_train_loss"] = mine[-1]["loss"]
     if first + phase.epochs <= resumed_from:
@@ -90,7 +104,8 @@ def run_cell(strategy: Strategy, model, params, data: dict, splits: dict, rng, *
                             log=log, label=strategy.name, on_phase_end=on_phase_end,
                             on_epoch=on_epoch)
   history = log.read() if log is not None else rows
-  result = {**score(model, _stack1(params), splits)[0], "phases": _phase_log(strategy, history)}
+  phases = resolve_lengths(strategy.phases, data)
+  result = {**score(model, _stack1(params), splits)[0], "phases": _phase_log(phases, history)}
   return params, result, history
 
 
@@ -101,13 +116,17 @@ def run_cells_vmapped(strategy: Strategy, model, params, data: dict, splits: dic
   params, rows = run_phases_vmapped(strategy.phases, params, data, rngs, runtime=runtime,
                                     label=strategy.name, shared=shared)
   results = score(model, params, splits)
+  one = {k: v if k in shared else jax.tree.map(lambda a: a[0], v) for k, v in data.items()}
+  phases = resolve_lengths(strategy.phases, one)
   for result, seed_rows in zip(results, rows):
-    result.update(phases=_phase_log(strategy, seed_rows), vmapped_seeds=len(rows))
+    result.update(phases=_phase_log(phases, seed_rows), vmapped_seeds=len(rows))
   return params, results, rows
 
 
-def run_probe(strategy: Strategy, model, params, splits: dict, *, num_classes: int, cfg) -> dict:
-  """Fits ``strategy.probe`` on frozen encoder features of each split."""
+def run_probe(strategy: Strategy, model, params, splits: dict, *, num_classes: int, cfg,
+              pool=None) -> dict:
+  """Fits ``strategy.probe`` on frozen encoder features of each split; a probe that reads the
+  pool gets ``pool = (pool images, train positions, val positions, cache)`` as features."""
   def features(x):
     if len(x) == 0:
       return None
@@ -116,8 +135,14 @@ def run_probe(strategy: Strategy, model, params, splits: dict, *, num_classes: i
   feats = {name: (features(x), np.asarray(y)) for name, (x, y) in splits.items()}
   dim = feats["train"][0].shape[1]
   feats = {n: (np.zeros((0, dim), np.float32) if f is None else f, y) for n, (f, y) in feats.items()}
-  return PROBES.get(strategy.probe).fn(feats["train"], feats["val"], feats["test"],
-                                       num_classes=num_classes, cfg=cfg)
+  entry = PROBES.get(strategy.probe)
+  kw = {}
+  if entry.info.get("pool"):
+    from aetl_jax.strategies.manifold import ProbePool
+    images, train_at, val_at, cache = pool
+    kw["pool"] = ProbePool(features(images), train_at, val_at, cache)
+  return entry.fn(feats["train"], feats["val"], feats["test"], num_classes=num_classes, cfg=cfg,
+                  **kw)
 
 
 def train_strategy(name: str, tcfg, model, params, splits: dict, rng, *, runtime=None,
@@ -133,10 +158,15 @@ def train_strategy(name: str, tcfg, model, params, splits: dict, rng, *, runtime
   from aetl_jax.engine.runtime import make_runtime
   from aetl_jax.strategies.registry import StrategyContext, build_strategy
   runtime = runtime or make_runtime(runner="scan")
-  ctx = StrategyContext(name, tcfg, model, params, Optim.from_config(tcfg), cache_features)
+  classes = num_classes or model.num_classes
+  ctx = StrategyContext(name, tcfg, model, params, Optim.from_config(tcfg), cache_features,
+                        budget=len(splits["train"][1]) // classes)
   strategy = build_strategy(name, ctx)
-  if strategy.probe is not None:
-    return params, run_probe(strategy, model, params, splits, cfg=tcfg,
+  if strategy.probe is not None:  # the pool: the labelled images (no others are given here)
+    n_train, n_val = len(splits["train"][1]), len(splits["val"][1])
+    pool = (np.concatenate([splits["train"][0], splits["val"][0]]), np.arange(n_train),
+            n_train + np.arange(n_val), {})
+    return params, run_probe(strategy, model, params, splits, cfg=tcfg, pool=pool,
                              num_classes=num_classes or model.num_classes), []
   x, y = splits["train"]
   data = {"target_labelled": {"image": jnp.asarray(x), "label": jnp.asarray(y)},

@@ -27,11 +27,14 @@ from aetl_jax.data import preprocessing
 from aetl_jax.engine import checkpoint
 from aetl_jax.engine.launchers import is_main_process
 from aetl_jax.evaluation.batched import batched_apply
+from aetl_jax.models.ladder import LadderNetwork
 from aetl_jax.models.registry import build_classifier
 from aetl_jax.models.variables import tree_of, variables
 
 DESCRIPTION = "description.json"
 CELL_NAME = re.compile(r"[A-Za-z0-9_.=+-]+")
+
+LADDER_FIELDS = ("widths", "num_classes", "noise_std", "combinator", "variant")
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +64,17 @@ def make_saver(workdir, config, *, input_shape, num_classes: int, label_names, p
     # does not need it.
     params = {k: v for k, v in params.items() if k != "domain"}
     kind = "autoencoder_classifier" if "decoder" in params else "classifier"
+    architecture = None
+    if isinstance(model, LadderNetwork):  # a model of its own, not the pretrained encoder's
+      kind, architecture = "ladder", {f: getattr(model, f) for f in LADDER_FIELDS}
     description = {
         "cell": cell_name(budget, strategy, seed), "strategy": strategy, "budget": budget,
         "seed": seed, "model": config.model.to_dict(), "objective": config.objective.name,
         "kind": kind, "num_classes": num_classes, "label_names": list(label_names),
         "input_shape": list(input_shape), "preprocessing": preprocessing_,
         "test_accuracy": result.get("test_accuracy"), "val_accuracy": result.get("val_accuracy")}
+    if architecture is not None:
+      description["architecture"] = architecture
     save_classifier(root / description["cell"], jax.device_get(params), description)
 
   return save
@@ -148,14 +156,10 @@ def load_classifier(workdir, cell: str) -> Classifier:
     raise ValueError(f"no saved classifier {cell!r} in {workdir}; saved: "
                      + (", ".join(cells) if cells else "none (run with transfer.save_classifiers=True)"))
   description = json.loads((directory / DESCRIPTION).read_text())
-  m = ml_collections.ConfigDict(description["model"])
-  kind = {"vae": "vae"}.get(description["objective"], "autoencoder")
-  model = build_classifier(m, description["num_classes"], kind,
-                           decoder_shape=(tuple(description["input_shape"])
-                                          if description["kind"] == "autoencoder_classifier" else None))
+  model = _model(description)
   template = jax.eval_shape(lambda: tree_of(model.init(
       jax.random.PRNGKey(0), jnp.zeros((1, *description["input_shape"])),
-      method="init_all" if description["kind"] == "autoencoder_classifier" else None)))
+      method="init_all" if description["kind"] in ("autoencoder_classifier", "ladder") else None)))
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
   tree = checkpoint.restore_step(directory, 0, {"params": template})
   apply = jax.jit(lambda params, x: model.apply(variables(params), x))
@@ -208,6 +212,18 @@ def _image_folder(path: Path) -> Images:
     raise ValueError(f"{path}: the images have different shapes ({', '.join(map(str, shapes[:4]))}); "
                      f"give images of one size")
   return Images(np.stack(pixels), [f.relative_to(path).as_posix() for f in files], folders, 255.0)
+
+
+def _model(description: dict):
+  """The module a saved description names."""
+  if description["kind"] == "ladder":
+    a = description["architecture"]
+    return LadderNetwork(**{**a, "widths": tuple(a["widths"])})
+  m = ml_collections.ConfigDict(description["model"])
+  kind = {"vae": "vae"}.get(description["objective"], "autoencoder")
+  return build_classifier(m, description["num_classes"], kind,
+                          decoder_shape=(tuple(description["input_shape"])
+                                         if description["kind"] == "autoencoder_classifier" else None))
 
 
 def read_images(path) -> Images:

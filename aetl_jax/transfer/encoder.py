@@ -22,22 +22,37 @@ ENCODER_SUBTREE = ("params", "encoder")
 HEAD_SUBTREE = ("params", "head")
 
 
+def strategy_model(config, name: str, num_classes: int, input_shape):
+  """The model strategy ``name`` trains: its own (a strategy registered with ``build_model``,
+  e.g. the Ladder network, built from the ``transfer`` section) or the target classifier of
+  its model kind around the pretrained encoder."""
+  from aetl_jax.strategies.registry import STRATEGIES, target_model_kind
+  build = STRATEGIES.get(name).info.get("build_model")
+  if build is not None:
+    return build(config.transfer, num_classes, tuple(input_shape))
+  return target_model(config, num_classes, target_model_kind(name), input_shape)
+
+
 def target_model(config, num_classes: int, kind: str, input_shape):
   """The classifier a strategy trains: encoder + head (+ decoder for joint objectives, + a
   domain classifier for adversarial adaptation)."""
-  hidden = config.transfer.get("domain_hidden", 64) if "transfer" in config else 64
+  t = config.get("transfer", {})
+  key = "adda_discriminator" if kind == "adda" else "domain_hidden"
+  hidden = t.get(key, (100,))
+  hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
   return _target_model(config.model.to_json(), config.objective.name, num_classes, kind,
-                       tuple(input_shape), int(hidden))
+                       tuple(input_shape), hidden)
 
 
 @functools.lru_cache(maxsize=16)
 def _target_model(model_json: str, objective: str, num_classes: int, kind: str, input_shape,
-                  domain_hidden: int):
+                  domain_hidden: tuple):
   import ml_collections
   m = ml_collections.ConfigDict(__import__("json").loads(model_json))
+  adversarial = kind in ("domain_classifier", "adda")
   return build_classifier(m, num_classes, model_kind(objective),
                           decoder_shape=input_shape if kind == "autoencoder_classifier" else None,
-                          domain_hidden=domain_hidden if kind == "domain_classifier" else None)
+                          domain_hidden=domain_hidden if adversarial else None, adda=kind == "adda")
 
 
 def load_head(ckpt_dir, template):

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm.auto import tqdm
 
 from aetl_jax.data.splits import class_counts
@@ -25,7 +26,7 @@ from aetl_jax.engine.runtime import Runtime
 from aetl_jax.strategies.registry import (StrategyContext, build_strategy, needs_target_labels,
                                           target_model_kind)
 from aetl_jax.transfer.cell import run_cell, run_cells_vmapped, run_probe
-from aetl_jax.transfer.encoder import load_encoder, load_head, target_model
+from aetl_jax.transfer.encoder import load_encoder, load_head, strategy_model
 from aetl_jax.models.variables import tree_of
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class _Cell:
   splits: dict  # name -> (images, labels)
   rng: object
   info: dict
+  labelled_at: tuple = ()  # (train, val) positions of the cell's labelled images in the pool
 
 
 class Sweep:
@@ -81,10 +83,12 @@ class Sweep:
     self.test = (jax.device_put(data.images[data.split.test]), data.labels[data.split.test])
     self.unlabelled = jax.device_put(data.images[data.split.target_pool])
     self._source = None  # the labelled source on the device, once a strategy reads it
+    self._pool_at = np.full(len(data.labels), -1, np.int64)  # dataset index -> pool position
+    self._pool_at[data.split.target_pool] = np.arange(len(data.split.target_pool))
+    self.probe_cache = {}  # what probes fit on the pool without labels (embeddings), shared
 
   def model_for(self, name: str):
-    kind = target_model_kind(name)
-    return target_model(self.config, self.d.num_classes, kind, self.input_shape)
+    return strategy_model(self.config, name, self.d.num_classes, self.input_shape)
 
   def pretrained(self, name: str, model, template):
     kind = target_model_kind(name)
@@ -109,18 +113,21 @@ class Sweep:
     train_idx, val_idx = draw_target_labels(d.labels, d.split, per_class=budget,
                                             val_per_class=t.val_per_class,
                                             seed=t.label_seed + 1000 * seed + budget,
-                                            num_classes=d.num_classes)
+                                            num_classes=d.num_classes, validation=t.validation)
     init_key, train_key = jax.random.split(jax.random.PRNGKey(t.seed_offset + seed))
     model = self.model_for(name)
     params = tree_of(model.init(init_key, jnp.zeros((1, *self.input_shape)),
                                  method=_init_method(model)))
     ctx = StrategyContext(name, t, model, params, Optim.from_config(t), budget=budget)
     strategy = build_strategy(name, ctx)
-    step, encoder, reinit = self.pretrained(name, model, params)
+    step = reinit = None
     if strategy.init in ("pretrained", "source"):
+      step, encoder, reinit = self.pretrained(name, model, params)
       params = {**params, "encoder": encoder}
     if strategy.init == "source":
       params = {**params, "head": self.source_head(params)}
+    if strategy.start is not None:
+      params = strategy.start(params)
     splits = {"train": (d.images[train_idx], d.labels[train_idx]),
               "val": (d.images[val_idx], d.labels[val_idx]), "test": self.test}
     data = {"target_labelled": {"image": d.images[train_idx], "label": d.labels[train_idx]},
@@ -129,14 +136,16 @@ class Sweep:
       data["source_labelled"] = self.labelled_source()
     info = {"train_per_class": class_counts(d.labels, train_idx, d.num_classes),
             "val_size": int(len(val_idx)), "checkpoint_step": step, "reinit": reinit}
-    return _Cell(seed, strategy, model, params, data, splits, train_key, info)
+    return _Cell(seed, strategy, model, params, data, splits, train_key, info,
+                 (self._pool_at[train_idx], self._pool_at[val_idx]))
 
   def run_one(self, budget, name, seed):
     c = self.prepare(budget, name, seed)
     start = time.perf_counter()
     if c.strategy.probe is not None:
+      pool = (self.d.images[self.d.split.target_pool], *c.labelled_at, self.probe_cache)
       result = run_probe(c.strategy, c.model, c.params, c.splits, num_classes=self.d.num_classes,
-                         cfg=self.tcfg)
+                         cfg=self.tcfg, pool=pool)
       return [Done(c, result, [], time.perf_counter() - start, None)]
     cell_dir = None
     if self.tcfg.checkpoint_every:

@@ -1,0 +1,188 @@
+"""Manifold probes: k-NN and label spreading on the frozen encoder's codes of the whole
+target pool, optionally after a PCA or UMAP embedding of those codes.
+
+The codes of an autoencoder can hold the classes on a curved manifold that a linear head on
+a hundred labels does not find; a neighbourhood graph over every pool image does (label
+spreading, Zhou et al. 2004; UMAP then k-NN, as N2D clusters). Each probe is registered as a
+strategy (``knn_pca``, ``knn_umap``, ``spreading``, ``spreading_pca``, ``spreading_umap``)
+owning the keys below:
+
+* ``manifold_mode``: ``'inductive'`` fits the embedding and the graph on the target pool only
+  (labelled and unlabelled training images) and maps the test set through them afterwards;
+  ``'transductive'`` fits them on the pool and the test images together (the test labels are
+  never read; the table caption says which mode ran).
+* ``manifold_dim``: the embedding's dimensions; ``manifold_k_grid`` (k-NN's k),
+  ``spreading_alpha_grid`` and ``spreading_neighbors`` (label spreading's clamping factor
+  and graph degree): chosen on the validation labels (the middle value without any).
+
+The embedding depends on the pool's codes only, not on any label, so a sweep fits it once
+and every budget and seed reuses it (``ProbePool.cache``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Sequence
+
+import numpy as np
+
+from aetl_jax.core.config import require
+from aetl_jax.strategies.probes import PROBES, select
+from aetl_jax.strategies.registry import STRATEGIES, Strategy
+
+MODES = ("inductive", "transductive")
+EMBEDDINGS = ("none", "pca", "umap")
+
+
+@dataclasses.dataclass
+class ProbePool:
+  """The codes of every target-pool image, where the cell's labelled training and validation
+  images sit among them, and a cache shared by the cells of a sweep."""
+
+  features: np.ndarray
+  train_at: np.ndarray
+  val_at: np.ndarray
+  cache: dict = dataclasses.field(default_factory=dict)
+
+
+def _embedder(kind: str, dim: int, seed: int):
+  if kind == "pca":
+    from sklearn.decomposition import PCA
+    return PCA(n_components=dim, random_state=seed)
+  import umap as umap_learn
+  return umap_learn.UMAP(n_components=dim, random_state=seed, n_jobs=1)
+
+
+def embed(kind: str, pool: np.ndarray, test: np.ndarray, *, dim: int, mode: str,
+          seed: int = 0, cache: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(pool, test) in the embedding: fitted on the pool (inductive; the test set is mapped
+  through the fitted embedding) or on pool + test (transductive)."""
+  if kind == "none":
+    return pool, test
+  key = (kind, dim, mode, seed, hashlib.sha1(np.ascontiguousarray(pool)).hexdigest(),
+         hashlib.sha1(np.ascontiguousarray(test)).hexdigest())
+  if cache is not None and key in cache:
+    return cache[key]
+  dim = min(dim, pool.shape[1])
+  model = _embedder(kind, dim, seed)
+  if mode == "transductive":
+    both = model.fit_transform(np.concatenate([pool, test]))
+    out = both[: len(pool)], both[len(pool):]
+  else:
+    out = model.fit_transform(pool), model.transform(test)
+  out = tuple(np.asarray(a, np.float32) for a in out)
+  if cache is not None:
+    cache[key] = out
+  return out
+
+
+def knn(pool_x, train_at, y_train, val_at, y_val, test_x, *, k_grid: Sequence[int]):
+  """k-NN (Euclidean) on the embedded training labels; k chosen on validation."""
+  from sklearn.neighbors import KNeighborsClassifier
+  ks = [k for k in k_grid if k <= len(train_at)] or [1]
+
+  def fit(k):
+    return KNeighborsClassifier(n_neighbors=k).fit(pool_x[train_at], y_train)
+
+  def val_acc(k):
+    return float(fit(k).score(pool_x[val_at], y_val))
+
+  k, val_accuracy = select(ks, val_acc, len(val_at) > 0)
+  clf = fit(k)
+  return clf.predict(test_x), val_accuracy, float(clf.score(pool_x[train_at], y_train)), {"k": k}
+
+
+def spread(pool_x, train_at, y_train, val_at, y_val, test_x, *, alpha_grid: Sequence[float],
+           neighbors: int, transductive: bool):
+  """Label spreading (scikit-learn, k-NN kernel) over the pool graph (+ the test images when
+  transductive) from the training labels; alpha chosen on the validation images' labels
+  as spread (they are unlabelled in the graph)."""
+  from sklearn.semi_supervised import LabelSpreading
+  x = np.concatenate([pool_x, test_x]) if transductive else pool_x
+  y = np.full(len(x), -1, np.int64)
+  y[train_at] = y_train
+
+  def fit(alpha):
+    return LabelSpreading(kernel="knn", n_neighbors=neighbors, alpha=alpha, max_iter=100).fit(x, y)
+
+  fitted = {}
+
+  def val_acc(alpha):
+    fitted[alpha] = fit(alpha)
+    return float(np.mean(fitted[alpha].transduction_[val_at] == y_val))
+
+  alpha, val_accuracy = select(list(alpha_grid), val_acc, len(val_at) > 0)
+  model = fitted.get(alpha) or fit(alpha)
+  test = model.transduction_[len(pool_x):] if transductive else model.predict(test_x)
+  train = float(np.mean(model.transduction_[train_at] == y_train))
+  return test, val_accuracy, train, {"alpha": alpha}
+
+
+def manifold_probe(method: str, embedding: str):
+  """The probe ``fn(train, val, test, *, num_classes, cfg, pool)`` of one method on one
+  embedding of the pool's codes."""
+
+  def probe(train, val, test, *, num_classes: int, cfg, pool: ProbePool) -> dict:
+    del num_classes
+    mode = cfg.manifold_mode
+    pool_x, test_x = embed(embedding, pool.features, test[0], dim=cfg.manifold_dim, mode=mode,
+                           cache=pool.cache)
+    args = (pool_x, pool.train_at, np.asarray(train[1]), pool.val_at, np.asarray(val[1]), test_x)
+    if method == "knn":
+      pred, val_acc, train_acc, chosen = knn(*args, k_grid=tuple(cfg.manifold_k_grid))
+    else:
+      pred, val_acc, train_acc, chosen = spread(
+          *args, alpha_grid=tuple(cfg.spreading_alpha_grid), neighbors=cfg.spreading_neighbors,
+          transductive=mode == "transductive")
+    return {"test_accuracy": float(np.mean(pred == np.asarray(test[1]))), "val_accuracy": val_acc,
+            "train_accuracy": train_acc, "manifold_mode": mode, "embedding": embedding, **chosen}
+
+  return probe
+
+
+def _check(t) -> None:
+  require(t.manifold_mode in MODES, "transfer.manifold_mode",
+          f"unknown value {t.manifold_mode!r}; valid: {', '.join(MODES)}")
+  require(isinstance(t.manifold_dim, int) and t.manifold_dim >= 1, "transfer.manifold_dim",
+          f"must be an integer >= 1, got {t.manifold_dim!r}")
+  require(len(t.manifold_k_grid) > 0 and all(isinstance(k, int) and k > 0 for k in t.manifold_k_grid),
+          "transfer.manifold_k_grid", "must be a non-empty list of positive integers")
+  require(len(t.spreading_alpha_grid) > 0 and all(0 < a < 1 for a in t.spreading_alpha_grid),
+          "transfer.spreading_alpha_grid", "must be a non-empty list of numbers in (0, 1)")
+  require(isinstance(t.spreading_neighbors, int) and t.spreading_neighbors >= 1,
+          "transfer.spreading_neighbors", f"must be an integer >= 1, got {t.spreading_neighbors!r}")
+
+
+def _check_umap(t) -> None:
+  _check(t)
+  try:
+    import umap  # noqa: F401
+  except ImportError:
+    require(False, "transfer.strategies", "the *_umap probes need umap-learn; pip install "
+                                          "'aetl_jax[cluster]', or use the *_pca ones")
+  except Exception as e:  # noqa: BLE001 - a broken install (e.g. numba against numpy)
+    require(False, "transfer.strategies", f"umap-learn is installed but does not import here "
+                                          f"({type(e).__name__}); repair it, or use *_pca")
+
+
+DEFAULTS = dict(manifold_mode="inductive", manifold_dim=10, manifold_k_grid=(1, 3, 5, 10),
+                spreading_alpha_grid=(0.2, 0.5, 0.8, 0.99), spreading_neighbors=10)
+
+
+def _register(name: str, method: str, embedding: str, doc: str) -> None:
+  PROBES.register(name, pool=True)(manifold_probe(method, embedding))
+
+  def strategy(ctx):
+    return Strategy(ctx.name, "pretrained", probe=name)
+
+  strategy.__doc__ = doc
+  STRATEGIES.register(name, defaults=DEFAULTS, validate=_check_umap if embedding == "umap" else _check,
+                      unlabelled=True)(strategy)
+
+
+_register("knn_pca", "knn", "pca", "k-NN on a PCA embedding of the pool's codes (manifold_dim).")
+_register("knn_umap", "knn", "umap", "k-NN on a UMAP embedding of the pool's codes (manifold_dim).")
+_register("spreading", "spreading", "none", "Label spreading over a k-NN graph of the pool's codes.")
+_register("spreading_pca", "spreading", "pca", "Label spreading over the PCA-embedded pool's codes.")
+_register("spreading_umap", "spreading", "umap", "Label spreading over the UMAP-embedded pool's codes.")
