@@ -20,6 +20,8 @@ import ml_collections
 
 from aetl_jax import objectives, strategies, tasks  # noqa: F401 - built-ins register
 from aetl_jax.core.config import ConfigError, apply_overrides
+from aetl_jax.core.errors import described
+from aetl_jax.data.fingerprint import data_fingerprint
 from aetl_jax.engine.launchers import from_main, initialize_distributed, is_main_process
 from aetl_jax.models.family import FAMILIES
 from aetl_jax.objectives.registry import OBJECTIVES
@@ -43,17 +45,39 @@ def load_config_module(path):
   sys.path.insert(0, str(path.resolve().parent))  # a config may import its neighbours
   try:
     spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"config file {path}, line {e.lineno}: {e.msg}") from None
+  except Exception as e:  # noqa: BLE001 - the user's code: name where it failed, in one line
+    raise ConfigError(f"config file {path} failed to load: {_where(e, path)}") from None
   finally:
     sys.path.pop(0)
   return module
 
 
+def _where(error: BaseException, path) -> str:
+  """``line N: Type: message`` of an exception raised by the code of the file at ``path``."""
+  import traceback
+  frames = [f for f in traceback.extract_tb(error.__traceback__)
+            if Path(f.filename).resolve() == Path(path).resolve()]
+  line = f"line {frames[-1].lineno}: " if frames else ""
+  return f"{line}{described(error, 200)}"
+
+
 def load_config_file(path) -> ml_collections.ConfigDict:
-  """``get_config()`` of the Python file at ``path``."""
+  """``get_config()`` of the Python file at ``path``; a ConfigError (one line naming the file
+  and line) when it fails or returns anything but an ml_collections ConfigDict."""
   module = load_config_module(path)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {path} defines no get_config()")
-  return module.get_config()
+  try:
+    config = module.get_config()
+  except Exception as e:  # noqa: BLE001 - the user's code
+    raise ConfigError(f"config file {path}: get_config() raised {_where(e, path)}") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"config file {path}: get_config() returned a {type(config).__name__}; it "
+                      f"must return an ml_collections.ConfigDict (e.g. aetl_jax.tasks.transfer."
+                      f"default_config() with your changes)")
+  return config
 
 
 def _add(section, defaults) -> None:
@@ -128,21 +152,24 @@ def join_processes(config) -> None:
     able = [n for n in TASKS.names() if TASKS.get(n).info.get("distributed", False)]
     raise ConfigError(f"config key 'launch.distributed': the {task} task runs in one process; "
                       f"multi-process runs are for the task(s) {', '.join(able)}")
-  initialize_distributed()
+  initialize_distributed(launch.get("timeout_s"))
 
 
 @contextlib.contextmanager
-def open_workdir(config, workdir, *, overwrite: bool = False):
-  """Locks and prepares ``workdir`` for ``config`` (resume or refuse); yields
-  ``(workdir, resuming)``. In a multi-process run process 0 alone locks and prepares it; the
-  others wait for its answer, and its refusal stops them too."""
+def open_workdir(config, workdir, *, overwrite: bool = False, data=None):
+  """Locks and prepares ``workdir`` for ``config`` (resume or refuse; a rerun on data whose
+  content changed is refused); yields ``(workdir, resuming)``. In a multi-process run process
+  0 alone locks and prepares it; the others wait for its answer, and its refusal stops them
+  too."""
   lock = WorkdirLock(workdir) if is_main_process() else None
   try:
     if lock is not None:
       try:
         lock.acquire()
-        workdir, resuming = prepare_workdir(workdir, config, experiment=config.task,
-                                            overwrite=overwrite, defaults=task_defaults(config))
+        workdir, resuming = prepare_workdir(
+            workdir, config, experiment=config.task, overwrite=overwrite,
+            defaults=task_defaults(config),
+            fingerprint=None if data is None else data_fingerprint(data))
       except Exception:
         from_main((0, 0))  # the other processes stop instead of waiting
         raise
@@ -163,7 +190,7 @@ def run(config, workdir, *, overwrite: bool = False, progress: bool = True) -> d
   config = load_config(config)
   join_processes(config)
   task, data = prepare(config, progress=progress)
-  with open_workdir(config, workdir, overwrite=overwrite) as (workdir, resuming):
+  with open_workdir(config, workdir, overwrite=overwrite, data=data) as (workdir, resuming):
     if resuming:
       log.info("resuming the run in %s", workdir)
     return task.fn(config, workdir, data, progress=progress and is_main_process())

@@ -83,7 +83,8 @@ def main(argv=None) -> int:
     if points:
       return _sweep(hyper, config, args, points)
     task, data = api.prepare(config, progress=not args.no_progress)
-    with api.open_workdir(config, args.workdir, overwrite=args.overwrite) as (workdir, resuming):
+    with api.open_workdir(config, args.workdir, overwrite=args.overwrite,
+                          data=data) as (workdir, resuming):
       return _run(task, config, workdir, data, resuming,
                   progress=not args.no_progress and is_main_process())
   except (ConfigError, CheckpointError) as e:
@@ -289,5 +290,18 @@ def _predict(args) -> int:
   return 0
 
 
+def entry() -> None:
+  """The ``aetl`` command (and ``python -m aetl_jax``): :func:`main`, then the process ends.
+  After Ctrl-C it ends without the interpreter's shutdown, in which Orbax's background
+  checkpoint threads would print tracebacks under the one line already said (the lock is
+  the kernel's; an unfinished checkpoint step is never taken for a finished one)."""
+  code = main()
+  if code == EXIT_INTERRUPTED:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  entry()

@@ -65,8 +65,10 @@ def point_name(point: dict) -> str:
 
 
 def point_configs(config, points: list[dict]) -> list[tuple[str, ml_collections.ConfigDict]]:
-  """(name, completed and validated config) of every point, before anything runs."""
-  out = []
+  """(name, completed and validated config) of every point, before anything runs. Two points
+  that resolve to one config (``1e-3`` and ``0.001``, a value given twice) are refused: one
+  run would be listed twice."""
+  out, seen = [], {}
   for point in points:
     try:
       c = apply_overrides(config, [f"{k}={v if isinstance(v, str) else repr(v)}"
@@ -74,7 +76,16 @@ def point_configs(config, points: list[dict]) -> list[tuple[str, ml_collections.
       api.validate(c)
     except ConfigError as e:
       raise ConfigError(f"sweep point {point_name(point)}: {e}") from None
-    out.append((point_name(point), c))
+    key = json.dumps(c.to_dict(), sort_keys=True, default=str)
+    if key in seen:
+      raise ConfigError(f"sweep points {seen[key]} and {point_name(point)} are the same config; "
+                        f"give each value once")
+    name = point_name(point)
+    if name in {n for n, _ in out}:
+      raise ConfigError(f"two sweep points are both named {name}; give values that differ "
+                        f"in letters, digits or ._=,+-")
+    seen[key] = name
+    out.append((name, c))
   return out
 
 

@@ -64,6 +64,10 @@ def _launch(config, sections):
     return
   _choice(launch, "launch", "launcher", LAUNCHERS)
   require(launch.num_devices >= 0, "launch.num_devices", "must be >= 0 (0: every device)")
+  if "timeout_s" in launch:
+    require(_number(launch.timeout_s, integer=True) and launch.timeout_s > 0, "launch.timeout_s",
+            f"must be a positive integer (seconds the processes of a multi-process run wait for "
+            f"each other), got {launch.timeout_s!r}")
   import jax
   present = len(jax.devices())
   require(launch.num_devices <= present, "launch.num_devices",

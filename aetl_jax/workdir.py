@@ -28,11 +28,12 @@ from aetl_jax.core.config import ConfigError, diff, flatten
 from aetl_jax.core.files import atomic_write_text
 
 CONFIG_FILE = "config.json"
+FINGERPRINT_FILE = "data_fingerprint.json"
 MARKER = ".aetl_workdir"
 LOCK = ".lock"
 # The top-level entries a run writes into its workdir.
-OWNED = (CONFIG_FILE, "environment.json", "data.json", "pretrain", "metrics", "results",
-         "transfer", "tensorboard", "classifiers", "one_class", MARKER)
+OWNED = (CONFIG_FILE, "environment.json", "data.json", FINGERPRINT_FILE, "pretrain", "metrics",
+         "results", "transfer", "tensorboard", "classifiers", "one_class", MARKER)
 # Every file a run writes, by name, relative to the workdir: the only files --overwrite
 # removes. A file anywhere else in the folder (a user's notes beside the metrics) is named and
 # nothing is deleted. Orbax steps are the checkpoint folders ``<step>`` (and Orbax's temporary
@@ -40,7 +41,8 @@ OWNED = (CONFIG_FILE, "environment.json", "data.json", "pretrain", "metrics", "r
 _STEP = r"\d+(\.orbax-checkpoint-tmp[^/]*)?/.+"
 _CKPT = rf"(model\.json|{_STEP})"
 WRITTEN = re.compile("|".join(rf"(?:{p})" for p in (
-    r"config\.json", r"environment\.json", r"data\.json", re.escape(MARKER),
+    r"config\.json", r"environment\.json", r"data\.json", re.escape(FINGERPRINT_FILE),
+    re.escape(MARKER),
     r"metrics/(pretrain|finetune)\.jsonl", r"metrics/one_class/seed\d+\.jsonl",
     r"results/(cells\.jsonl|results\.(md|csv|json)|summary\.png|timing\.json|vae\.json|"
     r"roc\.png|histograms\.png|strangest\.png|confusion\.png|codes_map\.png)",
@@ -130,13 +132,32 @@ def _clear(workdir: Path) -> None:
       d.rmdir()
 
 
+def _check_data(workdir: Path, fingerprint: str | None) -> None:
+  """A run that produced anything resumes only on data of the same content."""
+  saved = workdir / FINGERPRINT_FILE
+  if fingerprint is None or not saved.exists() or not produced_anything(workdir):
+    return
+  try:
+    old = json.loads(saved.read_text()).get("fingerprint")
+  except (OSError, ValueError, AttributeError):
+    old = None
+  if old != fingerprint:
+    raise WorkdirError(f"workdir {workdir} holds results of other data (fingerprint {old}; the "
+                       f"data named now has {fingerprint}): a dataset's content changed. Restore "
+                       f"it, pass --overwrite to start over on the new data, or choose a new "
+                       f"--workdir")
+
+
 def prepare_workdir(workdir, config, *, experiment: str, overwrite: bool = False,
-                    defaults: dict | None = None) -> tuple[Path, bool]:
+                    defaults: dict | None = None,
+                    fingerprint: str | None = None) -> tuple[Path, bool]:
   """Creates or validates ``workdir``. Returns (path, resuming).
 
   ``defaults`` (flattened) are the values keys take when a config does not set them: a key
   the saved config lacks (written by a version without it) matches its default, so a run
-  resumes across versions that add defaulted keys.
+  resumes across versions that add defaulted keys. ``fingerprint`` (of the loaded data,
+  :func:`aetl_jax.data.fingerprint.data_fingerprint`) must equal the one a run that produced
+  anything recorded.
   """
   workdir = Path(workdir)
   if workdir.exists() and not workdir.is_dir():
@@ -167,8 +188,10 @@ def prepare_workdir(workdir, config, *, experiment: str, overwrite: bool = False
                            + "); rerun with the same config to resume, pass --overwrite to "
                              "discard it, or choose a new --workdir")
       resuming = not changes
+      if resuming:
+        _check_data(workdir, fingerprint)
   for name in OWNED:
-    if name not in (CONFIG_FILE, "environment.json", "data.json", MARKER) and \
+    if name not in (CONFIG_FILE, "environment.json", "data.json", FINGERPRINT_FILE, MARKER) and \
         (workdir / name).exists() and not (workdir / name).is_dir():
       raise WorkdirError(f"{workdir / name} is a file, but a run writes a folder there; move it "
                          f"out of the workdir, or choose a new --workdir")
@@ -177,6 +200,8 @@ def prepare_workdir(workdir, config, *, experiment: str, overwrite: bool = False
     (workdir / MARKER).write_text("aetl_jax workdir\n")
     if not resuming:
       atomic_write_text(config_path, json.dumps(record, indent=2, sort_keys=True))
+    if fingerprint is not None:
+      atomic_write_text(workdir / FINGERPRINT_FILE, json.dumps({"fingerprint": fingerprint}))
     atomic_write_text(workdir / "environment.json", json.dumps(_versions(), indent=2, sort_keys=True))
   except OSError as e:
     raise WorkdirError(f"cannot write to workdir {workdir}: {e.strerror or e}") from None

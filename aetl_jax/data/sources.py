@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import hashlib
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,9 @@ CATALOGUE = ("mnist", "fashion_mnist", "kmnist", "emnist/digits", "svhn_cropped"
 # NHWC, labels int)}, class names or None)``; the result is stored as a TFDS dataset.
 DATASET_KINDS = Registry("local dataset kind", "data.source")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# Classes a local dataset may have (labels 0..C-1): a stray huge label is refused instead of
+# building a dataset of that many classes.
+MAX_CLASSES = 100_000
 
 log = logging.getLogger(__name__)
 
@@ -136,24 +140,39 @@ def _labels(path: Path, labels) -> np.ndarray:
                      f"{', '.join(str(v) for v in bad)}")
   if len(labels) and labels.min() < 0:
     raise ValueError(f"{path}: labels must be integers 0..C-1, got {labels.min()} (negative)")
+  top = int(labels.max()) if len(labels) else -1
+  if top + 1 > max(len(labels), 1) or top + 1 > MAX_CLASSES:
+    raise ValueError(f"{path}: labels must be integers 0..C-1 with C at most the number of "
+                     f"images ({len(labels)}) and at most {MAX_CLASSES}; got label {top}")
   return labels.astype(np.int32)
 
 
 def _read_npz(path: Path) -> dict:
   try:
-    with np.load(path) as z:
+    with np.load(path, allow_pickle=False) as z:
       missing = [k for k in ("images", "labels") if k not in z.files]
       if missing:
         raise ValueError(f"{path}: missing array(s) {missing}; it holds {z.files}, needs "
                          f"'images' (N,H,W[,C]) and 'labels' (N,)")
       images, labels = z["images"], z["labels"]
-  except (OSError, EOFError) as e:
-    raise ValueError(f"{path}: not a readable .npz file: {e}") from None
+  except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+    if str(e).startswith(str(path)):
+      raise
+    raise ValueError(f"{path}: not a readable .npz file of numeric arrays 'images' and "
+                     f"'labels' ({type(e).__name__})") from None
+  if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+    raise ValueError(f"{path}: images must be numbers (uint8 0..255 or floats in [0, 1]), got "
+                     f"dtype {images.dtype}")
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4 or len(images) != len(labels):
     raise ValueError(f"{path}: images {images.shape} and labels {labels.shape} do not match "
                      f"(need (N,H,W[,C]) and (N,))")
+  if len(images) == 0 or images[0].size == 0:
+    raise ValueError(f"{path}: holds no images (shape {images.shape})")
+  if np.issubdtype(images.dtype, np.floating) and not np.all(np.isfinite(images)):
+    raise ValueError(f"{path}: {int(np.sum(~np.isfinite(images)))} pixel(s) are NaN or infinite; "
+                     f"images must be finite floats in [0, 1] or uint8")
   if images.dtype != np.uint8:
     if images.min() < 0 or images.max() > 1.0 + 1e-6:
       raise ValueError(f"{path}: non-uint8 images must be floats in [0, 1], got range "
@@ -282,6 +301,8 @@ def _prepare_local(kind: str, value: str, splits, data_dir):
   path = Path(value).expanduser()
   if not path.exists():
     raise ValueError(f"dataset '{kind}:{value}': {path} does not exist")
+  if not (path.is_dir() or path.is_file()):  # a FIFO or a device would block or never end
+    raise ValueError(f"dataset '{kind}:{value}': {path} is not a regular file or a folder")
   arrays, classes = DATASET_KINDS.get(kind).fn(path, splits)
   num_classes = int(max(int(y.max()) for _, y in arrays.values()) + 1)
   builder_name = f"local_{kind}_{_fingerprint(path)}"

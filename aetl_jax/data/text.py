@@ -105,7 +105,8 @@ def read_tsv(path) -> tuple[list[str], np.ndarray]:
       raise ValueError(f"{path}:{number}: a row needs a label and a text separated by a tab, "
                        f"got {line[:60]!r}")
     if not value.isdigit():
-      raise ValueError(f"{path}:{number}: label {value!r} is not a class id (0, 1, ...)")
+      raise ValueError(f"{path}:{number}: label {value[:100]!r}{'...' if len(value) > 100 else ''} "
+                       f"is not a class id (0, 1, ...)")
     texts.append(body)
     labels.append(int(value))
   if not texts:

@@ -8,8 +8,10 @@ finished, so a step killed mid-write is never listed as finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 import zlib
 from pathlib import Path
 
@@ -54,13 +56,29 @@ def save(manager: ocp.CheckpointManager, step: int, tree) -> None:
   """
   manifest = _manifest(tree)
   try:
-    manager.save(int(step), args=ocp.args.PyTreeSave(tree), force=True,
-                 custom_metadata={MANIFEST_KEY: manifest})
-    manager.wait_until_finished()
+    with _quiet_orbax():  # its threads log a traceback each when a write fails: we say it once
+      manager.save(int(step), args=ocp.args.PyTreeSave(tree), force=True,
+                   custom_metadata={MANIFEST_KEY: manifest})
+      manager.wait_until_finished()
   except Exception as e:  # noqa: BLE001 - Orbax raises many types; the cause is in the text
     cause = first_line(e)
+    if is_main_process():  # the unfinished step is ours: it must not keep the disk full
+      for partial in Path(manager.directory).glob(f"{int(step)}.orbax-checkpoint-tmp*"):
+        shutil.rmtree(partial, ignore_errors=True)
     raise CheckpointSaveError(f"cannot save checkpoint step {step} in {manager.directory}: {cause}; "
                               f"the previous steps are intact and a rerun resumes from them") from None
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax's (absl's) log records below CRITICAL are dropped while it saves."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 def _crc(x) -> int:
@@ -80,7 +98,7 @@ def _read_manifest(directory, step) -> dict | None:
     return None
   try:
     custom = json.loads(meta_file.read_text()).get("custom_metadata") or {}
-  except (json.JSONDecodeError, AttributeError):
+  except (ValueError, OSError, AttributeError):  # undecodable bytes, bad JSON, unreadable
     return None
   return custom.get(MANIFEST_KEY)
 
@@ -90,7 +108,7 @@ def _verify(tree, manifest: dict | None, prefix: str, where: str) -> None:
   or when the step's manifest is gone (every step this project writes has one)."""
   if manifest is None:
     raise CheckpointError(f"checkpoint {where} is damaged: its manifest (_CHECKPOINT_METADATA) "
-                          f"is missing, so its contents cannot be verified")
+                          f"is missing or unreadable, so its contents cannot be verified")
   bad = []
   for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
     entry = manifest.get(prefix + path_str(p))
@@ -213,8 +231,10 @@ def restore_subtree(directory, target, *, subtree: tuple[str, ...] = ("params", 
   """
   directory = Path(directory)
   step = _finished_step(directory, step)
-  manager = make_manager(directory)
   reinit = set(reinit)
+  if set(_leaf_shapes(target)) <= reinit:  # nothing to read: the whole subtree is re-initialised
+    return step, target
+  manager = make_manager(directory)
   problems = _misfits(_saved_subtree_shapes(manager, step, subtree, directory),
                       _leaf_shapes(target), reinit)
   if problems:
@@ -256,4 +276,10 @@ def write_sidecar(directory, payload: dict) -> None:
 
 def read_sidecar(directory) -> dict | None:
   path = Path(directory) / SIDECAR
-  return json.loads(path.read_text()) if path.exists() else None
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except (ValueError, OSError) as e:
+    raise CheckpointError(f"{path} is damaged ({type(e).__name__}); it records which model the "
+                          f"checkpoints hold. Rerun with --overwrite to pretrain again") from None

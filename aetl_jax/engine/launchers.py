@@ -109,32 +109,90 @@ def make_launcher(kind: str = "jit", num_devices: int | None = None) -> Launcher
   return Launcher(kind, tuple(available[:num_devices]))
 
 
-def initialize_distributed() -> None:
-  """``jax.distributed.initialize()`` once per process (multi-host).
+# How long processes wait for each other to form a run (launch.timeout_s; the environment
+# variable AETL_DISTRIBUTED_TIMEOUT overrides it).
+DEFAULT_TIMEOUT_S = 300
+
+
+def distributed_settings(timeout_s: int | None = None) -> dict:
+  """The keywords of ``jax.distributed.initialize`` from the environment, checked: a value
+  that cannot be right is a ConfigError naming the variable (exit 2), before anything joins."""
+  from aetl_jax.core.config import ConfigError
+  kw = {}
+  address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if address:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+      raise ConfigError(f"JAX_COORDINATOR_ADDRESS={address[:100]!r} must be HOST:PORT, e.g. "
+                        f"host0:1234")
+    kw["coordinator_address"] = address
+  for env, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id"),
+                   ("AETL_DISTRIBUTED_TIMEOUT", "heartbeat_timeout_seconds")):
+    text = os.environ.get(env)
+    if text:
+      if not text.strip().isdigit():
+        raise ConfigError(f"{env}={text[:100]!r} must be a non-negative integer")
+      kw[key] = int(text)
+  if kw.get("num_processes") == 0:
+    raise ConfigError("JAX_NUM_PROCESSES=0: a run has at least one process")
+  if "process_id" in kw and "num_processes" in kw and kw["process_id"] >= kw["num_processes"]:
+    raise ConfigError(f"JAX_PROCESS_ID={kw['process_id']} must be below JAX_NUM_PROCESSES="
+                      f"{kw['num_processes']} (processes are numbered 0..{kw['num_processes'] - 1})")
+  # AETL_DISTRIBUTED_TIMEOUT sets both waits (joining, and a silent peer's heartbeat).
+  timeout = kw.get("heartbeat_timeout_seconds") or timeout_s or DEFAULT_TIMEOUT_S
+  return {**kw, "timeout": timeout}
+
+
+def _watchdog(kw: dict, timeout: int):
+  """Ends this process with one line and exit code 3 when the run has not formed after
+  ``timeout`` seconds (XLA's own wait, set longer, would abort natively, or hang)."""
+  import sys
+  import threading
+  n, me = kw.get("num_processes", "?"), kw.get("process_id", "?")
+  where = kw.get("coordinator_address", "the discovered coordinator")
+
+  def fire():
+    if me == 0:
+      text = (f"process 0 waited {timeout} s at the coordinator {where} for the other "
+              f"{n - 1 if isinstance(n, int) else '?'} process(es) of the {n}-process run; at "
+              f"least one did not start or cannot reach {where}")
+    else:
+      text = (f"process {me} of the {n}-process run could not join the coordinator at {where} "
+              f"within {timeout} s: it is unreachable, or process 0 did not start")
+    print(f"error: {text} (launch.timeout_s); start the same command on every process",
+          file=sys.stderr, flush=True)
+    os._exit(3)
+
+  timer = threading.Timer(timeout, fire)
+  timer.daemon = True
+  return timer
+
+
+def initialize_distributed(timeout_s: int | None = None) -> None:
+  """``jax.distributed.initialize()`` once per process (multi-host), within ``timeout_s``.
 
   On Cloud TPU and under SLURM/Open MPI the coordinator address, process count
   and id are discovered from the environment; elsewhere set
   JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (JAX itself
-  reads only the first; the other two are passed on here).
+  reads only the first; the other two are passed on here). A run that has not formed after
+  ``timeout_s`` ends this process with one line and exit code 3.
   """
   if jax.distributed.is_initialized():
     return
-  kw = {}
-  for env, key, cast in (("JAX_COORDINATOR_ADDRESS", "coordinator_address", str),
-                         ("JAX_NUM_PROCESSES", "num_processes", int),
-                         ("JAX_PROCESS_ID", "process_id", int),
-                         ("AETL_DISTRIBUTED_TIMEOUT", "initialization_timeout", int),
-                         ("AETL_DISTRIBUTED_TIMEOUT", "heartbeat_timeout_seconds", int)):
-    if os.environ.get(env):
-      kw[key] = cast(os.environ[env])
+  kw = distributed_settings(timeout_s)
+  timeout = kw.pop("timeout")
+  watchdog = _watchdog(kw, timeout)
+  watchdog.start()
   try:
-    jax.distributed.initialize(**kw)
+    jax.distributed.initialize(**kw, initialization_timeout=timeout + 30)
   except Exception as e:  # noqa: BLE001 - XLA raises its own runtime errors here
     where = kw.get("coordinator_address", "the discovered coordinator")
     raise DistributedError(
         f"could not join the multi-process run at {where} (process {kw.get('process_id', '?')} "
         f"of {kw.get('num_processes', '?')}): {first_line(e, 200)}; "
         f"check that every process started and can reach the coordinator") from None
+  finally:
+    watchdog.cancel()
 
 
 def is_main_process() -> bool:

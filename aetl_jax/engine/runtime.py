@@ -68,7 +68,7 @@ def runtime_from_config(config, section: str) -> Runtime:
   launch = config.get("launch")
   if launch is not None and launch.get("distributed", False):
     from aetl_jax.engine.launchers import initialize_distributed
-    initialize_distributed()
+    initialize_distributed(launch.get("timeout_s"))
   return make_runtime(family=config.model.family, runner=config[section].runner,
                       launcher=launch.launcher if launch is not None else "jit",
                       num_devices=(launch.num_devices or None) if launch is not None else None)

@@ -45,10 +45,19 @@ def load_run(workdir) -> dict:
 
 
 def _same(runs, what: str, value) -> None:
-  values = {json.dumps(value(r), sort_keys=True, default=str) for r in runs}
-  if len(values) > 1:
-    detail = "; ".join(f"{r['workdir']}: {json.dumps(value(r), default=str)[:120]}" for r in runs)
-    raise ValueError(f"cannot compare runs whose {what} differ ({detail})")
+  """A ValueError naming what differs between the runs' ``value`` (for dicts: the keys whose
+  values differ, each with every run's value)."""
+  values = [value(r) for r in runs]
+  if len({json.dumps(v, sort_keys=True, default=str) for v in values}) == 1:
+    return
+  if all(isinstance(v, dict) for v in values):
+    keys = sorted(k for k in set().union(*values)
+                  if len({json.dumps(v.get(k), sort_keys=True, default=str) for v in values}) > 1)
+    detail = "; ".join(f"{k}: " + " vs ".join(json.dumps(v.get(k), default=str)[:80] for v in values)
+                       for k in keys)
+  else:
+    detail = "; ".join(f"{r['workdir']}: {json.dumps(v, default=str)[:120]}" for r, v in zip(runs, values))
+  raise ValueError(f"cannot compare runs whose {what} differ ({detail})")
 
 
 def differing_keys(runs) -> list[str]:

@@ -62,7 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
       seed_offset=0, epochs=100, min_steps=1000, probe_steps=10000, probe_c=1.0, learning_rate=3e-3, optimizer="adam", weight_decay=0.0, schedule="cosine",
       warmup_epochs=0, batch_size=32, runner="auto", checkpoint_every=0, vmap_seeds=True,
       reinit=(), wd_rules=(), save_classifiers=True, augment=())
-  c.launch = dict(launcher="jit", num_devices=0, distributed=False)
+  c.launch = dict(launcher="jit", num_devices=0, distributed=False, timeout_s=300)
   c.report = dict(num_figure_images=10)
   return c
 
@@ -75,9 +75,26 @@ def load(config, *, progress: bool = True) -> TransferData:
     raise ConfigError(f"config key 'data': {e}") from None
 
 
+def _check_classes(config, data: TransferData) -> None:
+  """A classification target (and a labelled source that an objective or strategy
+  classifies) holds at least two classes: with one, every accuracy is 100% and means nothing."""
+  present = np.unique(data.labels[data.split.target_pool])
+  if len(present) < 2:
+    raise ConfigError(f"config key 'data.target': {config.data.target} has {len(present)} class "
+                      f"(labels {present.tolist()}) in its training split; a classification "
+                      f"target needs at least two")
+  if data.source_labels is not None and "labelled" in objective_roles(config.objective.name):
+    source = np.unique(data.source_labels)
+    if len(source) < 2:
+      raise ConfigError(f"config key 'data.source': {config.data.source} has {len(source)} "
+                        f"class (labels {source.tolist()}); objective "
+                        f"{config.objective.name!r} classifies it, which needs at least two")
+
+
 def check(config, data: TransferData) -> None:
   """Config checks that need the data: the encoder fits the images and every
   budget fits the target pool."""
+  _check_classes(config, data)
   try:
     check_input_shape(config.model, data.images.shape[1:], model_kind(config.objective.name))
   except ValueError as e:
@@ -86,6 +103,7 @@ def check(config, data: TransferData) -> None:
     raise ConfigError("config key 'transfer.augment': augmentations transform images; the target "
                       "here is text (token ids), leave it empty")
   _check_sources(config, data)
+  _check_pretraining_memory(config, data)
   _check_strategies(config, data)
   for budget in config.transfer.budgets:
     try:
@@ -147,11 +165,27 @@ def _check_sources(config, data: TransferData) -> None:
                       f"{_label_sets(config, data)}{shared_hint}")
 
 
+def _check_pretraining_memory(config, data: TransferData) -> None:
+  """The pretraining model's parameters fit this device (shapes only, nothing allocated)."""
+  import jax
+  import jax.numpy as jnp
+  from aetl_jax.core.memory import check_fits
+  from aetl_jax.models.registry import init_method
+  from aetl_jax.tasks.pretrain import pretrain_model
+  shape = tuple(data.images.shape[1:])
+  classes = max(data.source_classes) + 1 if data.source_classes else data.num_classes
+  model = pretrain_model(config, shape, classes)
+  check_fits(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)),
+                                               method=init_method(model))),
+             f"{config.model.family} {model_kind(config.objective.name)} model", "model")
+
+
 def _check_strategies(config, data: TransferData) -> None:
   """Builds every strategy's phases on the target model's shapes (nothing trains), so a rule
   that does not fit the model fails now, not after pretraining."""
   import jax
   import jax.numpy as jnp
+  from aetl_jax.core.memory import check_fits
   from aetl_jax.core.rules import reinit_paths
   from aetl_jax.engine.phase import Optim
   from aetl_jax.strategies.registry import StrategyContext, build_strategy
@@ -162,6 +196,7 @@ def _check_strategies(config, data: TransferData) -> None:
     method = "init_all" if hasattr(model, "init_all") else None
     params = jax.eval_shape(lambda m=model: tree_of(
         m.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), method=method)))
+    check_fits(params, f"model of strategy {name!r}", "transfer.strategies")
     try:
       strategy = build_strategy(name, StrategyContext(name, config.transfer, model, params,
                                                       Optim.from_config(config.transfer)))

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -47,6 +48,9 @@ def save_classifier(directory, params, description: dict) -> None:
   """Orbax step 0 of ``{'params'}`` + ``description.json`` (written last, atomically; by
   process 0 of a multi-process run, after every process took part in the Orbax save)."""
   directory = Path(directory)
+  if checkpoint.finished_steps(directory):  # a cell retrained because its row was lost
+    shutil.rmtree(directory / "0")
+    (directory / DESCRIPTION).unlink(missing_ok=True)
   manager = checkpoint.make_manager(directory, max_to_keep=1)
   checkpoint.save(manager, 0, {"params": params})
   manager.close()
