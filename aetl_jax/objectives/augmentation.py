@@ -47,7 +47,13 @@ def translate(rng, image, strength):
 @AUGMENTATIONS.register("rotate")
 def rotate(rng, image, strength):
   """Rotate about the centre by an angle uniform in [-strength, strength] degrees."""
-  angle = jax.random.uniform(rng, (), minval=-strength, maxval=strength) * math.pi / 180
+  return rotate_by(image, jax.random.uniform(rng, (), minval=-strength, maxval=strength))
+
+
+def rotate_by(image, degrees):
+  """``image`` (H, W, C) rotated about its centre by ``degrees`` (bilinear, zero fill);
+  +90 on a square image is ``np.rot90(image, -1)``."""
+  angle = degrees * math.pi / 180
   h, w, c = image.shape
   yy, xx = jnp.meshgrid(jnp.arange(h) - (h - 1) / 2, jnp.arange(w) - (w - 1) / 2, indexing="ij")
   cos, sin = jnp.cos(angle), jnp.sin(angle)
