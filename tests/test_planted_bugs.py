@@ -58,6 +58,9 @@ def test_pseudo_labels_come_from_the_weak_view(digits):
   images, labels = digits
   x = jnp.asarray(images[:32] / 16.0, jnp.float32)
   params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
+  # biases away from 0, so a blank image's logits are not all equal
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(0, 0.5, p.shape), p.dtype), params)
   loss = pseudo_label(model, _Section(weight=1.0, confidence=0.0, weak=(),
                                       strong=(("cutout", 2.0),)))  # a hole twice the side: blank
   batches = {"labelled": {"image": x[:4], "label": jnp.asarray(labels[:4])}, "images": {"image": x}}
@@ -67,6 +70,8 @@ def test_pseudo_labels_come_from_the_weak_view(digits):
   hand = optax.softmax_cross_entropy_with_integer_labels(blank, clean).mean()
   assert float(aux["pseudo_label"]) == pytest.approx(float(hand), rel=1e-5)
   assert len(set(np.asarray(clean).tolist())) > 1  # the clean view's labels vary, blank's don't
+  wrong = optax.softmax_cross_entropy_with_integer_labels(blank, blank.argmax(-1)).mean()
+  assert abs(float(hand) - float(wrong)) > 0.1  # labels from the strong view would show
 
 
 def test_rotation_is_in_degrees():
