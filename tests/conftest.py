@@ -126,3 +126,23 @@ def pytest_unconfigure(config):
   removes it; a cache the user set is theirs."""
   if os.environ.get("JAX_COMPILATION_CACHE_DIR") == _run_compilation_cache():
     shutil.rmtree(_run_compilation_cache(), ignore_errors=True)
+
+
+# CI has ../shared beside the checkout, so a test that skips for lack of it there hides a
+# broken path, not a missing dataset: with AETL_REQUIRE_SHARED=1 (set by .ci/run) such a skip
+# fails the run. Users without ../shared still see a skip with its reason.
+_SHARED_SKIPS = []
+
+
+def pytest_runtest_logreport(report):
+  if report.skipped and isinstance(report.longrepr, tuple):
+    reason = str(report.longrepr[2])
+    if "shared" in reason and os.environ.get("AETL_REQUIRE_SHARED") == "1":
+      _SHARED_SKIPS.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if _SHARED_SKIPS:
+    print("\nAETL_REQUIRE_SHARED=1 but these tests skipped for lack of ../shared:\n  "
+          + "\n  ".join(_SHARED_SKIPS))
+    session.exitstatus = 1

@@ -111,6 +111,33 @@ def test_logits_and_running_statistics_equal_torchvision(impl):
   assert all(v < 1e-4 for v in errors.values()), errors
 
 
+@pytest.mark.parametrize("impl", ["im2col", "xla"])
+def test_logits_and_running_statistics_equal_torchvisions_recorded_outputs(impl):
+  """Without torch: torchvision's outputs on NumPy-seeded weights, recorded by
+  tests/fixtures/torchvision_resnet18.py, against the Flax ResNet-18 on the same weights
+  (rebuilt from the key names): eval and train logits, updated running statistics."""
+  from aetl_jax.core.statistics import merge_updates
+  from tests.fixtures import torchvision_resnet18 as fixture
+  ref = np.load(fixture.FIXTURE)
+  fm = ResNet18(num_classes=fixture.NUM_CLASSES, input_norm="none", conv_impl=impl)
+  template = tree_of(jax.eval_shape(lambda: fm.init(jax.random.PRNGKey(0),
+                                                    jnp.zeros((1, *fixture.SHAPE)))))
+  layout = _state_dict_of(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template))
+  tree = convert_state_dict({k: fixture.seeded_value(k, v.shape) for k, v in layout.items()},
+                            template)
+  x = fixture.inputs()
+  np.testing.assert_allclose(np.asarray(apply(fm, tree, x)), ref["eval_logits"], atol=1e-4)
+  out_train, state = apply_train(fm, tree, x)
+  np.testing.assert_allclose(np.asarray(out_train), ref["train_logits"], atol=1e-4)
+  updated = _state_dict_of(merge_updates(tree, state["batch_stats"]))
+  names = [k.removeprefix("stat:") for k in ref.files if k.startswith("stat:")]
+  assert len(names) == 40  # 20 BatchNorms' running means and variances
+  for name in names:
+    np.testing.assert_allclose(updated[name], ref[f"stat:{name}"], rtol=1e-4, atol=1e-5,
+                               err_msg=name)
+  assert np.abs(ref["eval_logits"] - ref["train_logits"]).max() > 0.01
+
+
 def test_im2col_and_xla_convolutions_are_the_same_resnet():
   """CPU's default convolution (im2col) and XLA's: the same training-mode logits, running
   statistics and gradients from the same tree (without torch: the test above needs it)."""
