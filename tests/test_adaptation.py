@@ -114,21 +114,20 @@ def test_every_new_strategy_trains_and_reports(adapted):
   cells = {(r["budget"], r["strategy"]) for r in out["rows"]}
   needs_labels = {"scratch", "pseudo_label"}
   assert cells == {(b, s) for b in (0, 2) for s in NEW if b > 0 or s not in needs_labels}
-  for r in out["rows"]:
-    assert 0.0 <= r["test_accuracy"] <= 1.0
   logged = {r["strategy"]: r for r in out["rows"] if r["budget"] == 2 and r["seed"] == 0}
   assert logged["source_only"]["phases"] == []
   for name in ("dann", "drcn", "coral", "mmd", "pseudo_label"):
     assert logged[name]["phases"][0]["final_train_loss"] > 0
-  # the saved classifiers predict what the sweep scored (the DANN one without its domain head)
+  # every cell's recorded accuracy is its saved classifier's on the test set (the DANN ones
+  # without their domain head)
   from aetl_jax.data.domains import build_transfer_data
   from aetl_jax.transfer.classifiers import load_classifier
   data = build_transfer_data(config.data, progress=False)
   x, y = data.images[data.split.test], data.labels[data.split.test]
-  for cell in ("budget0_dann_seed1", "budget2_drcn_seed0", "budget0_source_only_seed0"):
-    clf = load_classifier(workdir, cell)
-    row = next(r for r in out["rows"] if f"budget{r['budget']}_{r['strategy']}_seed{r['seed']}" == cell)
-    assert np.mean(clf.predict(x).argmax(1) == y) == pytest.approx(row["test_accuracy"], abs=1 / len(y))
+  for row in out["rows"]:
+    clf = load_classifier(workdir, f"budget{row['budget']}_{row['strategy']}_seed{row['seed']}")
+    assert float(np.mean(clf.predict(x).argmax(1) == y)) == pytest.approx(row["test_accuracy"],
+                                                                           abs=1e-9)
   md = (workdir / "results" / "results.md").read_text()
   assert "| 0 labels/class | 2 labels/class |" in md
   assert "Difference to `source_only`" in md and "Difference to `scratch`" in md

@@ -210,8 +210,17 @@ def test_one_class_task_end_to_end_resumes_without_retraining(tmp_path):
       *((m, c, s) for m in ("reconstruction_mse", "latent_knn", "isolation_forest")
         for c in (0, 1, 7) for s in (0, 1)),
       *(("pca", c, 0) for c in (0, 1, 7))}
+  # every row's AUROC and FPR, recomputed with scikit-learn from the saved test scores
+  from sklearn.metrics import roc_auc_score
+  _, data = api.prepare(config, progress=False)
+  y_test = data.test[1]
   for r in out["rows"]:
-    assert 0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["fpr"] <= 1.0
+    kind = "autoencoder" if r["kind"] == "autoencoder" else "baselines"
+    with np.load(tmp_path / "results" / "scores" / f"{kind}_seed{r['seed']}.npz") as saved:
+      scores = saved[f"{r['method']}/{r['class']}"]
+    normal = y_test == r["class"]
+    assert r["auroc"] == pytest.approx(roc_auc_score(~normal, scores), abs=1e-6)
+    assert r["fpr"] == pytest.approx(np.mean(scores[normal] > r["threshold"]), abs=1e-6)
   # digits are easy: the latent kNN score separates a digit from the others well above chance
   knn = [r["auroc"] for r in out["rows"] if r["method"] == "latent_knn"]
   assert np.mean(knn) > 0.8
@@ -241,6 +250,14 @@ def test_vae_one_class_scores_by_negative_elbo(tmp_path):
   out = api.run(config, tmp_path, progress=False)
   methods = {r["method"] for r in out["rows"]}
   assert methods == {"neg_elbo", "reconstruction_bce"}
+  from sklearn.metrics import roc_auc_score
+  _, data = api.prepare(config, progress=False)
+  with np.load(tmp_path / "results" / "scores" / "autoencoder_seed0.npz") as saved:
+    for r in out["rows"]:
+      scores = saved[f"{r['method']}/{r['class']}"]
+      assert r["auroc"] == pytest.approx(roc_auc_score(data.test[1] != r["class"], scores), abs=1e-6)
+      if r["method"] == "neg_elbo":  # a negative ELBO of binary pixels is at least -log p(x) > 0
+        assert scores.min() > 0
 
 
 def test_clustering_task_end_to_end(tmp_path):
@@ -254,9 +271,21 @@ def test_clustering_task_end_to_end(tmp_path):
   assert ("codes (reconstruction)", "umap", "kmeans") in got
   assert ("pixels", "none", "kmeans") in got and ("PCA-10 of pixels", "none", "kmeans") in got
   assert ("pixels", "none", "gmm") not in got  # baselines cluster with clustering.baseline_methods
-  assert len(out["rows"]) == len(got) * 2
-  for r in out["rows"]:
-    assert 0.1 <= r["accuracy"] <= 1.0 and r["k"] == 10
+  assert len(out["rows"]) == len(got) * 2 and all(r["k"] == 10 for r in out["rows"])
+  # seed 0's scores, recomputed from its saved clusters: the best one-to-one matching by
+  # scipy's Hungarian solver, NMI and ARI by scikit-learn
+  from scipy.optimize import linear_sum_assignment
+  from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+  _, data = api.prepare(config, progress=False)
+  rows = [json.loads(l) for l in (tmp_path / "results" / "cells.jsonl").read_text().splitlines()]
+  for r in (r for r in rows if r["seed"] == 0):
+    clusters, labels = np.asarray(r["clusters"]), np.asarray(data.labels)
+    table = np.zeros((10, 10))
+    np.add.at(table, (clusters, labels), 1)
+    matched = table[linear_sum_assignment(-table)].sum() / len(labels)
+    assert r["accuracy"] == pytest.approx(matched, abs=1e-9)
+    assert r["nmi"] == pytest.approx(normalized_mutual_info_score(labels, clusters), abs=1e-9)
+    assert r["ari"] == pytest.approx(adjusted_rand_score(labels, clusters), abs=1e-9)
   pixels = [r["accuracy"] for r in out["rows"] if r["features"] == "pixels"]
   assert np.mean(pixels) > 0.5  # k-means on digits' pixels is far above chance (0.1)
   md = (tmp_path / "results" / "results.md").read_text()

@@ -106,9 +106,13 @@ def test_ridge_probe_picks_the_l2_with_the_best_validation_accuracy():
   tr, va, te = (x[:60], y[:60]), (x[60:120], y[60:120]), (x[120:], y[120:])
   grid = (1e-3, 1e2, 1e6)
   res = probes.ridge_probe(tr, va, te, num_classes=2, l2_grid=grid)
-  ftr, fva, _ = probes._standardise(tr[0], va[0], te[0])
-  accs = [np.mean(probes.ridge_predict(probes.ridge_fit(ftr, tr[1], 2, l2), fva) == va[1])
-          for l2 in grid]
+  # scikit-learn's ridge (intercept not penalised) on standardised features, ±1 targets
+  from sklearn.linear_model import Ridge
+  from sklearn.preprocessing import StandardScaler
+  scale = StandardScaler().fit(tr[0])
+  targets = 2.0 * np.eye(2)[tr[1]] - 1.0
+  accs = [np.mean(Ridge(alpha=l2).fit(scale.transform(tr[0]), targets)
+                  .predict(scale.transform(va[0])).argmax(1) == va[1]) for l2 in grid]
   assert res["l2"] == grid[int(np.argmax(accs))] and res["val_accuracy"] == pytest.approx(max(accs))
 
 

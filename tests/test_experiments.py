@@ -33,3 +33,24 @@ def test_mnist_vae_end_to_end_on_mock_mnist(tmp_path):
   assert record["neg_elbo_nats"] > 0 and record["nll_is_nats"] > 0
   assert "| dense VAE, 2 epochs |" in out["table"]
   assert (tmp_path / "work" / "results" / "results.md").read_text().strip() == out["table"]
+
+
+def test_vae_bounds_of_a_model_that_knows_nothing_are_d_log_2():
+  """All weights 0: q(z|x) is the prior (KL 0) and every pixel has p = 1/2, whatever z; so
+  the negative ELBO and the importance-sampled NLL are both exactly D log 2 nats."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from aetl_jax.evaluation.vae import vae_bounds
+  from aetl_jax.models.registry import build_autoencoder
+  from aetl_jax.models.variables import tree_of
+  config = api.load_config(ROOT / "experiments" / "mnist_vae.py", ["model.widths=(16,)",
+                                                                   "model.latent_dim=3"])
+  model = build_autoencoder(config.model, (6, 5, 1), "vae")
+  params = tree_of(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 5, 1)), jax.random.PRNGKey(1),
+                              method="__call__"))
+  zero = jax.tree.map(jnp.zeros_like, params)
+  x = (np.random.default_rng(0).random((7, 6, 5, 1)) > 0.5).astype(np.float32)
+  out = vae_bounds(model, zero, x, jax.random.PRNGKey(2), num_samples=5, batch_size=3)
+  assert out["neg_elbo_nats"] == pytest.approx(30 * math.log(2), rel=1e-6)
+  assert out["nll_is_nats"] == pytest.approx(30 * math.log(2), rel=1e-6)

@@ -37,7 +37,8 @@ def _update(h, value) -> None:
 
 def data_fingerprint(data) -> str:
   """A short hex digest of every array, number and string in ``data`` (a task's loaded data:
-  dataclasses, dicts and sequences of them), in order."""
+  dataclasses, dicts and sequences of them), in order; of ``data.content()`` when it defines
+  one (what the data is made of, without what is derived from it, e.g. token ids)."""
   h = hashlib.blake2b(digest_size=12)
-  _update(h, data)
+  _update(h, data.content() if hasattr(data, "content") else data)
   return h.hexdigest()

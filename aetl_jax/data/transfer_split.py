@@ -118,6 +118,14 @@ class TransferData:
   tokenizer: object = None
   texts: dict | None = None  # {'source': sentences, 'target': sentences in the rows' order}
 
+  def content(self) -> dict:
+    """What the run's data is made of (its fingerprint's input): for text the sentences and
+    labels, not the token ids a trained vocabulary derives from them; for images all of it."""
+    if self.texts is None:
+      return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    return {"texts": self.texts, "labels": self.labels, "split": self.split,
+            "source_labels": self.source_labels}
+
   def describe(self) -> dict:
     if self.source_images is None:
       out = {"source": {"size": self.num_source, "streamed": True}}
