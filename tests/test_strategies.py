@@ -163,3 +163,36 @@ def test_probes_beat_chance_on_digit_pixels(digits):
   # Chance is 10%; a least-squares classifier on raw 8x8 pixels gets ~0.75-0.8.
   assert ridge["test_accuracy"] > 0.6 and knn["test_accuracy"] > 0.8
   assert ridge["l2"] in (0.1, 1.0, 10.0) and knn["k"] in (1, 3, 5)
+
+
+def test_cells_log_parameter_counts_and_a_validation_curve(tmp_path):
+  """Every phase records how many parameters it trains and freezes (by hand for the digits
+  MLP 64-128-64-32 + a 10-way head), and every epoch its validation loss and accuracy; the
+  last epoch's validation accuracy is the cell's, on the vmapped and the sequential path."""
+  import json
+  from aetl_jax import api
+  from tests.conftest import digits_config
+  config = digits_config("pretrain.epochs=2", "transfer.strategies=('partial','lp_ft')",
+                         "transfer.budgets=(5,)", "transfer.seeds=2", "transfer.epochs=3",
+                         "transfer.lp_epochs=2", "transfer.min_steps=0", "transfer.probe_steps=0")
+  sizes = {"block_0": 64 * 128 + 128, "block_1": 128 * 64 + 64, "block_2": 64 * 32 + 32,
+           "head": 32 * 10 + 10}
+  total = sum(sizes.values())
+  for vmapped in (True, False):
+    out = api.run(api.load_config(config, [f"transfer.vmap_seeds={vmapped}"]),
+                  tmp_path / str(vmapped), progress=False)
+    rows = {(r["strategy"], r["seed"]): r for r in out["rows"]}
+    partial = rows[("partial", 0)]["phases"][0]
+    assert (partial["frozen_parameters"], partial["trainable_parameters"]) == (
+        sizes["block_0"], total - sizes["block_0"])
+    probe, finetune = rows[("lp_ft", 1)]["phases"]
+    assert (probe["trainable_parameters"], probe["frozen_parameters"]) == (sizes["head"],
+                                                                           total - sizes["head"])
+    assert (finetune["trainable_parameters"], finetune["frozen_parameters"]) == (total, 0)
+    histories = [json.loads(l) for l in (tmp_path / str(vmapped) / "metrics" /
+                                         "finetune.jsonl").read_text().splitlines()]
+    for h in histories:
+      assert len(h["history"]) == (3 if h["strategy"] == "partial" else 5)
+      assert all({"val_loss", "val_accuracy"} <= set(e) for e in h["history"])
+      final = rows[(h["strategy"], h["seed"])]["val_accuracy"]
+      assert h["history"][-1]["val_accuracy"] == pytest.approx(final, abs=1e-6)

@@ -71,20 +71,23 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
                store: CheckpointStore | None = None, log: JsonlLog | None = None,
                evaluate: Callable[[dict], dict] | None = None, eval_every: int = 0,
                metric_prefix: str = "", label: str = "",
-               on_phase_end: Callable | None = None, on_epoch: Callable | None = None):
+               on_phase_end: Callable | None = None, on_epoch: Callable | None = None,
+               epoch_metrics: Callable | None = None, epoch_data=None):
   """Trains ``params`` through ``phases``; returns (params, per-epoch rows).
 
   ``data`` maps stream names to pytrees of arrays (or :class:`HostStream`).
   With ``store``, a rerun resumes from its latest intact checkpoint; ``log``
   is truncated to the epochs before that point and receives every new row.
   ``evaluate(params, epoch)`` adds keys to the row every ``eval_every``
-  epochs and after the last one. ``on_phase_end(name, params_at_start, params_at_end)``
+  epochs and after the last one; ``epoch_metrics(params, epoch_data)`` (pure, jittable: a
+  cell's validation loss and accuracy) adds its keys to every row, on both paths. ``on_phase_end(name, params_at_start, params_at_end)``
   sees every phase boundary this run trains through; ``on_epoch(row)`` every epoch.
   """
   check_streams(phases, data)
   phases = resolve_lengths(phases, data)
   progs = programs(phases, params, data, runtime)
   total = sum(p.epochs for p in phases)
+  per_epoch = _jitted_metrics(epoch_metrics)
   start, params, state = _resume(store, progs, params) if store else (0, params, None)
   if log is not None:
     log.repair()
@@ -102,6 +105,9 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
       state, metrics = _epoch(prog, state, pdata, jax.random.fold_in(rng, epoch), epoch, runtime,
                               f"{label}/{phase.name}" if label else phase.name)
       done = epoch + 1
+      if per_epoch is not None:
+        metrics.update({k: float(v) for k, v in per_epoch(
+            _merged(prog, params, state, runtime), epoch_data).items()})
       rows.append(_row(phase, epoch, metrics, metric_prefix))
       if evaluate and (done == total or (eval_every and done % eval_every == 0)):
         rows[-1].update({f"eval_{k}": v for k, v in
@@ -118,6 +124,11 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
   if store is not None:
     store.close()
   return params, rows
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_metrics(fn):
+  return None if fn is None else jax.jit(fn)
 
 
 def _epoch(prog: Program, state, data, rng, epoch, runtime, label):
@@ -183,18 +194,22 @@ def _resume(store: CheckpointStore, progs, params):
 
 
 @functools.lru_cache(maxsize=32)
-def _vmapped_cell(phases: tuple, spec: tuple, sizes: tuple, runtime: Runtime, data_axes: tuple):
+def _vmapped_cell(phases: tuple, spec: tuple, sizes: tuple, runtime: Runtime, data_axes: tuple,
+                  epoch_metrics=None):
   progs = [build_program(p, spec, n, runtime) for p, n in zip(phases, sizes)]
 
-  def cell(params, data, rng):
+  def cell(params, data, rng, epoch_data):
     history = []
     epoch = 0
     for prog in progs:
       phase = prog.phase
       pdata = phase.prepare(params, data) if phase.prepare else data
 
-      def one_epoch(state, e, prog=prog, pdata=pdata):
-        return prog.body(state, pdata, jax.random.fold_in(rng, e))
+      def one_epoch(state, e, prog=prog, pdata=pdata, params=params):
+        state, metrics = prog.body(state, pdata, jax.random.fold_in(rng, e))
+        if epoch_metrics is not None:
+          metrics = {**metrics, **epoch_metrics(prog.merge(params, state.params), epoch_data)}
+        return state, metrics
 
       state, metrics = jax.lax.scan(one_epoch, prog.init_state(params),
                                     jnp.arange(epoch, epoch + phase.epochs))
@@ -203,13 +218,16 @@ def _vmapped_cell(phases: tuple, spec: tuple, sizes: tuple, runtime: Runtime, da
       epoch += phase.epochs
     return params, history
 
-  return jax.jit(jax.vmap(cell, in_axes=(0, dict(data_axes), 0)), compiler_options=runtime.options)
+  return jax.jit(jax.vmap(cell, in_axes=(0, dict(data_axes), 0, 0)),
+                 compiler_options=runtime.options)
 
 
 def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, runtime: Runtime,
-                       metric_prefix: str = "", label: str = "", shared: Sequence[str] = ()):
+                       metric_prefix: str = "", label: str = "", shared: Sequence[str] = (),
+                       epoch_metrics: Callable | None = None, epoch_data=None):
   """K seeds at once: every leaf of ``params``, ``rngs`` and of the streams of
-  ``data`` (except those named in ``shared``) has a leading seed axis.
+  ``data`` (except those named in ``shared``) has a leading seed axis, and so has every leaf
+  of ``epoch_data`` (what ``epoch_metrics`` reads, as in :func:`run_phases`).
 
   Returns (stacked params, K lists of per-epoch rows). Raises NonFiniteError
   naming the seed, phase, epoch and step of the first non-finite loss.
@@ -222,8 +240,8 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
   progs = programs(phases, one, one_data, runtime)
   sizes = tuple(_size(one_data[p.streams[0]]) for p in phases)
   axes = tuple(sorted((k, None if k in shared else 0) for k in data))
-  cell = _vmapped_cell(tuple(phases), tree_spec(one), sizes, runtime, axes)
-  params, history = cell(params, data, rngs)
+  cell = _vmapped_cell(tuple(phases), tree_spec(one), sizes, runtime, axes, epoch_metrics)
+  params, history = cell(params, data, rngs, epoch_data)
   rows = [[] for _ in range(int(rngs.shape[0]))]
   for prog, metrics, (phase, first, _) in zip(progs, history, _spans(phases)):
     metrics = jax.tree.map(np.asarray, metrics)  # (K, epochs)

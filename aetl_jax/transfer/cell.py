@@ -10,11 +10,15 @@ with :func:`score`, and probes fit on frozen features with
 from __future__ import annotations
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from aetl_jax.core.rules import freeze_and_multipliers, tree_paths
+from aetl_jax.core.statistics import statistics_mask
 from aetl_jax.engine.driver import resolve_lengths, run_phases, run_phases_vmapped
 from aetl_jax.engine.metrics_log import JsonlLog
 from aetl_jax.engine.store import CheckpointStore
@@ -24,9 +28,32 @@ from aetl_jax.strategies.registry import Strategy
 from aetl_jax.models.variables import variables
 
 
+log = logging.getLogger(__name__)
+
+
 @functools.lru_cache(maxsize=32)
 def _predict(model):
   return jax.jit(jax.vmap(lambda params, x: model.apply(variables(params), x)))
+
+
+@functools.lru_cache(maxsize=32)
+def _val_metrics(model):
+  """``(params, (images, labels)) -> {val_loss, val_accuracy}``: the cell's validation curve,
+  computed after every epoch (pure: the vmapped seeds compute it inside their program)."""
+  def metrics(params, val):
+    x, y = val
+    logits = model.apply(variables(params), x)
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+    return {"val_loss": loss, "val_accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+  return metrics
+
+
+def _validation(model, splits) -> dict:
+  """The driver's per-epoch validation keywords (none without validation labels)."""
+  x, y = splits["val"]
+  if y.shape[-1] == 0:
+    return {}
+  return {"epoch_metrics": _val_metrics(model), "epoch_data": (jnp.asarray(x), jnp.asarray(y))}
 
 
 @functools.lru_cache(maxsize=32)
@@ -71,14 +98,31 @@ def _stack1(tree):
   return jax.tree.map(lambda a: jnp.asarray(a)[None], tree)
 
 
-def _phase_log(phases, rows, resumed_from: int = 0) -> list[dict]:
+def parameter_counts(phase, params) -> dict:
+  """How many parameters ``phase`` trains and how many it keeps frozen (running statistics
+  count as frozen: they are never differentiated); the frozen paths go to the debug log."""
+  mask = freeze_and_multipliers(params, phase.rules)[0]
+  if phase.adversary is not None:
+    other = freeze_and_multipliers(params, phase.adversary.rules)[0]
+    mask = jax.tree.map(lambda a, b: bool(a) or bool(b), mask, other)
+  stats = statistics_mask(params)
+  sizes = [int(np.prod(np.shape(x))) for x in jax.tree.leaves(params)]
+  trains = [bool(m) and not s for m, s in zip(jax.tree.leaves(mask), jax.tree.leaves(stats))]
+  frozen = [p for p, t in zip(tree_paths(params), trains) if not t]
+  log.debug("phase %s freezes %d of %d parameter arrays: %s (rules %s)", phase.name, len(frozen),
+            len(sizes), ", ".join(frozen) or "none", phase.rules)
+  trainable = sum(n for n, t in zip(sizes, trains) if t)
+  return {"trainable_parameters": trainable, "frozen_parameters": sum(sizes) - trainable}
+
+
+def _phase_log(phases, rows, params, resumed_from: int = 0) -> list[dict]:
   """Per phase (lengths resolved for the cell's data): its name, epochs, whether it trained on
-  cached features, its last epoch's training loss."""
+  cached features, its trainable and frozen parameter counts, its last epoch's training loss."""
   out, first = [], 0
   for phase in phases:
     mine = [r for r in rows if r["phase"] == phase.name]
     entry = {"phase": phase.name, "epochs": phase.epochs,
-             "cached_features": phase.subtree is not None}
+             "cached_features": phase.subtree is not None, **parameter_counts(phase, params)}
     if mine:
       entry["final_train_loss"] = mine[-1]["loss"]
     if first + phase.epochs <= resumed_from:
@@ -102,10 +146,11 @@ def run_cell(strategy: Strategy, model, params, data: dict, splits: dict, rng, *
     log = JsonlLog(cell_dir / "history.jsonl")
   params, rows = run_phases(strategy.phases, params, data, rng, runtime=runtime, store=store,
                             log=log, label=strategy.name, on_phase_end=on_phase_end,
-                            on_epoch=on_epoch)
+                            on_epoch=on_epoch, **_validation(model, splits))
   history = log.read() if log is not None else rows
   phases = resolve_lengths(strategy.phases, data)
-  result = {**score(model, _stack1(params), splits)[0], "phases": _phase_log(phases, history)}
+  result = {**score(model, _stack1(params), splits)[0],
+            "phases": _phase_log(phases, history, params)}
   return params, result, history
 
 
@@ -114,12 +159,14 @@ def run_cells_vmapped(strategy: Strategy, model, params, data: dict, splits: dic
   """K seeds as one program; every leaf of ``params``/``rngs`` has a seed axis, and so
   does every stream of ``data`` except those named in ``shared``."""
   params, rows = run_phases_vmapped(strategy.phases, params, data, rngs, runtime=runtime,
-                                    label=strategy.name, shared=shared)
+                                    label=strategy.name, shared=shared,
+                                    **_validation(model, splits))
   results = score(model, params, splits)
   one = {k: v if k in shared else jax.tree.map(lambda a: a[0], v) for k, v in data.items()}
   phases = resolve_lengths(strategy.phases, one)
+  first = jax.tree.map(lambda a: a[0], params)
   for result, seed_rows in zip(results, rows):
-    result.update(phases=_phase_log(phases, seed_rows), vmapped_seeds=len(rows))
+    result.update(phases=_phase_log(phases, seed_rows, first), vmapped_seeds=len(rows))
   return params, results, rows
 
 
