@@ -1,8 +1,8 @@
 """The Python API: load a config file, complete it from the registries, run it.
 
-    import aetl_jax
-    config = aetl_jax.load_config("experiments/digits_transfer.py", ["transfer.seeds=2"])
-    out = aetl_jax.run(config, "runs/digits")
+    from aetl_jax import api
+    config = api.load_config("experiments/digits_transfer.py", ["transfer.seeds=2"])
+    out = api.run(config, "runs/digits")
 
 :func:`run` applies the same checks, workdir guard and resume as the command
 line (``aetl run --config ... --workdir ...``).

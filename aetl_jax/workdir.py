@@ -223,7 +223,7 @@ class WorkdirLock:
       raise WorkdirError(f"--workdir {workdir} is a file, not a folder")
     if workdir.is_dir() and any(p.name != LOCK for p in workdir.iterdir()) and not is_own(workdir):
       raise WorkdirError(f"workdir {workdir} is not empty and is not an aetl_jax workdir (no "
-                         f"{CONFIG_FILE}); choose a new --workdir")
+                         f"{MARKER}); choose a new --workdir")
     try:
       workdir.mkdir(parents=True, exist_ok=True)
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

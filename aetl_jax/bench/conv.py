@@ -12,7 +12,7 @@ transposed convolutions are sub-pixel phases as patches @ kernel for 'im2col'
 and 'matmul', matmul + overlap-add for 'shift_add') × epoch runner (whole epoch
 in one ``lax.scan``, one jitted call per batch), and prints examples/s (median of timed epochs after a warm-up
 epoch). The default ``model.conv_impl``/``runner`` per backend follow these
-numbers (``conv_ops.resolve_conv_impl``, ``training.loop.resolve_runner``).
+numbers (``conv_ops.resolve_conv_impl``, ``engine.runtime.resolve_runner``).
 """
 
 from __future__ import annotations

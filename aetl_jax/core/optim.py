@@ -1,6 +1,6 @@
 """Optax pieces that turn path-rule values into per-leaf optimiser behaviour.
 
-Frozen leaves never reach the optimiser (see ``training.step``): the optimiser
+Frozen leaves never reach the optimiser (see ``aetl_jax.engine.step``): the optimiser
 is built over the trainable subtree only, so it keeps no state for them. What
 remains per leaf is *how fast* it trains (learning-rate multipliers) and *how
 hard it is pulled to zero* (weight-decay multipliers). Both are stateless,

@@ -1,6 +1,7 @@
 """Contractive autoencoder (Rifai et al. 2011): reconstruction + λ‖∂h/∂x‖²_F.
 
-Registered here and nowhere else: this file is the whole addition.
+Registered here: this function and its decorator are the whole addition (a built-in is imported
+by its package's __init__; your own module is imported by your config file).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """BitFit (Ben Zaken et al. 2022): only the biases of the pretrained encoder and the head train.
 
-Registered here and nowhere else: this file is the whole addition.
+Registered here: this function and its decorator are the whole addition (a built-in is imported
+by its package's __init__; your own module is imported by your config file).
 """
 
 from __future__ import annotations
