@@ -82,7 +82,8 @@ def compare(workdirs) -> tuple[str, list[dict]]:
       out.append({"workdir": run["workdir"], **{k: run["config"].get(k) for k in keys},
                   "strategy": s["strategy"], "budget": s["budget"], "mean": s["mean"],
                   "ci95": s["ci95"], "n": s["n"]})
-  out.sort(key=lambda r: (r["strategy"], r["budget"], r["workdir"]))
+  out.sort(key=lambda r: (r["strategy"], r["budget"], *(_natural(r[k]) for k in keys),
+                          r["workdir"]))
   header = "| run | " + " | ".join(keys) + " | strategy | labels/class | test accuracy |"
   lines = [header, "|" + "---|" * (len(keys) + 4)]
   for r in out:
@@ -92,29 +93,34 @@ def compare(workdirs) -> tuple[str, list[dict]]:
   return "\n".join(lines), out
 
 
-def compare_figure(path, rows) -> Path:
-  """Accuracy vs budget, one line per (run, strategy), 95% CI bars clipped to [0, 100]."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
-  groups = {}
-  for r in rows:
-    groups.setdefault((Path(r["workdir"]).name, r["strategy"]), []).append(r)
-  for (run, strategy), rs in sorted(groups.items()):
-    rs.sort(key=lambda r: r["budget"])
-    ys = [100 * r["mean"] for r in rs]
-    half = [0.0 if math.isnan(r["ci95"]) else 100 * r["ci95"] for r in rs]
-    lo = [min(h, y) for h, y in zip(half, ys)]
-    hi = [min(h, 100 - y) for h, y in zip(half, ys)]
-    ax.errorbar([r["budget"] for r in rs], ys, yerr=[lo, hi], marker="o", capsize=3,
-                label=f"{run}: {strategy}")
-  ax.set_xscale("log")
-  ax.set_xlabel("labels per class")
-  ax.set_ylabel("test accuracy (%), mean ± 95% CI")
-  ax.set_ylim(0, 100)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+def _natural(value):
+  """A sort key that orders numbers by value (1e-3 before 1e-2) and other values as text."""
+  try:
+    return (0, float(value), "")
+  except (TypeError, ValueError):
+    return (1, 0.0, str(value))
+
+
+def compare_figure(path, rows, title: str | None = None) -> Path:
+  """One panel per label budget: each (run, strategy)'s test accuracy with its 95% CI, on an
+  axis zoomed to them, runs in their table order; the title names the keys that differ."""
+  from aetl_jax.reporting.figures import _dot_panel, plt
+  if title is None:
+    fixed = {"workdir", "strategy", "budget", "mean", "ci95", "n"}
+    keys = list(dict.fromkeys(k for r in rows for k in r if k not in fixed))
+    runs = len({r["workdir"] for r in rows})
+    title = f"{runs} runs compared" + (f" by {', '.join(keys)}" if keys else "")
+  budgets = sorted({r["budget"] for r in rows})
+  labels = list(dict.fromkeys(f"{Path(r['workdir']).name}: {r['strategy']}" for r in rows))
+  fig, axes = plt.subplots(1, len(budgets), figsize=(max(6, 4.5 * len(budgets)),
+                                                     1.5 + 0.35 * len(labels)),
+                           constrained_layout=True, squeeze=False)
+  for ax, b in zip(axes[0], budgets):
+    _dot_panel(ax, [{**r, "strategy": f"{Path(r['workdir']).name}: {r['strategy']}"}
+                    for r in rows if r["budget"] == b], labels)
+    ax.set_title(f"{b} labels per class", fontsize=9)
+    ax.set_xlabel("test accuracy (%), mean ± 95% CI", fontsize=8)
+  fig.suptitle(title, fontsize=10)
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=110)

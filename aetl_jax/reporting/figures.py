@@ -13,52 +13,81 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _interval(s) -> tuple[float, float, float]:
+  """(mean, lower, upper) in %, the 95% CI clipped to what accuracy can be."""
+  mean = 100 * s["mean"]
+  half = 0.0 if math.isnan(s["ci95"]) else 100 * s["ci95"]
+  return mean, max(mean - half, -100.0 if s.get("metric") == "delta" else 0.0), min(mean + half, 100.0)
+
+
+def _dot_panel(ax, rows, order, *, zero_line: bool = False) -> None:
+  """One horizontal dot per strategy (``order``, top to bottom) with its 95% CI, the axis
+  zoomed to the intervals; with ``zero_line``, differences whose CI excludes 0 are marked."""
+  index = {r["strategy"]: r for r in rows}
+  shown = [s for s in order if s in index]
+  lows, highs = [], []
+  for y, strategy in enumerate(reversed(shown)):
+    mean, lo, hi = _interval(index[strategy])
+    lows.append(lo)
+    highs.append(hi)
+    significant = zero_line and (lo > 0 or hi < 0)
+    color = ("tab:green" if mean > 0 else "tab:red") if significant else "tab:blue"
+    ax.errorbar([mean], [y], xerr=[[mean - lo], [hi - mean]], fmt="o", color=color, capsize=3)
+    ax.annotate(f"{mean:+.1f}" if zero_line else f"{mean:.1f}", (mean, y), xytext=(0, 6),
+                textcoords="offset points", ha="center", fontsize=7)
+  ax.set_yticks(range(len(shown)))
+  ax.set_yticklabels(list(reversed(shown)), fontsize=8)
+  ax.set_ylim(-0.7, len(shown) - 0.3)
+  if lows:
+    lo, hi = min(lows + ([0.0] if zero_line else [])), max(highs + ([0.0] if zero_line else []))
+    pad = max(0.5, 0.08 * (hi - lo))
+    ax.set_xlim(lo - pad, hi + pad)
+  if zero_line:
+    ax.axvline(0, color="gray", lw=1)
+  ax.grid(axis="x", alpha=0.3)
+
+
 def summary_figure(path, *, originals, reconstructions, summary, strategies, budgets,
-                   title: str = "") -> Path:
-  """Top: originals over reconstructions (none for text: ``originals=None``). Bottom:
-  accuracy vs budget, 95% CI bars."""
+                   title: str = "", paired: dict | None = None) -> Path:
+  """Top: originals over reconstructions (none for text: ``originals=None``). Then one panel
+  per budget: each strategy's test accuracy with its 95% CI, on an axis zoomed to them; and
+  below each, the paired differences to the baseline (``paired``: {baseline: rows}; the
+  first with rows), differences whose CI excludes 0 in colour."""
   k = 0 if originals is None else min(10, len(originals))
-  fig = plt.figure(figsize=(max(8, 1.0 * k), 7.5 if k else 4.5), constrained_layout=True)
-  grid = fig.add_gridspec(3, max(k, 1), height_ratios=[1, 1, 3.2] if k else [0.001, 0.001, 1])
-  for i in range(k):
-    for row, imgs, label in ((0, originals, "test image"), (1, reconstructions, "reconstruction")):
-      if imgs is None:  # a classifier pretrained on labels reconstructs nothing
-        continue
-      ax = fig.add_subplot(grid[row, i])
-      img = np.asarray(imgs[i])
-      ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if i == 0:
-        ax.set_ylabel(label, fontsize=8)
-  ax = fig.add_subplot(grid[2, :])
-  index = {(s["strategy"], s["budget"]): s for s in summary}
-  for strategy in strategies:
-    xs, ys, es = [], [], []
-    for b in budgets:
-      s = index.get((strategy, b))
-      if s is not None:
-        xs.append(b)
-        ys.append(100 * s["mean"])
-        es.append(0.0 if math.isnan(s["ci95"]) else 100 * s["ci95"])
-    # A t-interval at small n can run past 0 or 100%; accuracy cannot.
-    lower = [min(e, y) for e, y in zip(es, ys)]
-    upper = [min(e, 100.0 - y) for e, y in zip(es, ys)]
-    ax.errorbar(xs, ys, yerr=[lower, upper], marker="o", capsize=3, label=strategy)
-  if 0 in budgets:  # budget 0 (no target labels) on a log-like axis
-    ax.set_xscale("symlog", linthresh=1)
-  else:
-    ax.set_xscale("log")
-  ax.set_xticks(list(budgets))
-  ax.set_xticklabels([str(b) for b in budgets])
-  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-  ax.set_xlabel("labels per class (target task)")
-  ax.set_ylabel("test accuracy (%), mean ± 95% CI")
-  ax.set_ylim(0, 100)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, ncol=2)
+  baseline, diffs = next(((b, rows) for b, rows in (paired or {}).items() if rows), (None, []))
+  panels = [b for b in budgets if any(s["budget"] == b for s in summary)] or list(budgets)
+  rows = 2 + (1 if diffs else 0)
+  height = 1.1 * k / max(len(panels), 1) if k else 0
+  fig = plt.figure(figsize=(max(8, 3.6 * len(panels)), 1.6 + 0.32 * len(strategies) * (rows - 1)
+                            + (2.2 if k else 0)), constrained_layout=True)
+  outer = fig.add_gridspec(2 if k else 1, 1, height_ratios=[1, 3.2] if k else [1])
+  if k:
+    pictures = outer[0].subgridspec(2, k)
+    for i in range(k):
+      for row, imgs, label in ((0, originals, "image"), (1, reconstructions, "reconstruction")):
+        if imgs is None:  # a classifier pretrained on labels reconstructs nothing
+          continue
+        ax = fig.add_subplot(pictures[row, i])
+        img = np.asarray(imgs[i])
+        ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i == 0:
+          ax.set_ylabel(label, fontsize=8)
+  del height
+  charts = outer[-1].subgridspec(rows - 1, len(panels))
+  for j, b in enumerate(panels):
+    ax = fig.add_subplot(charts[0, j])
+    _dot_panel(ax, [s for s in summary if s["budget"] == b], strategies)
+    ax.set_title(f"{b} labels per class", fontsize=9)
+    ax.set_xlabel("test accuracy (%), mean ± 95% CI", fontsize=8)
+    if diffs:
+      ax = fig.add_subplot(charts[1, j])
+      _dot_panel(ax, [{**d, "metric": "delta"} for d in diffs if d["budget"] == b],
+                 [s for s in strategies if s != baseline], zero_line=True)
+      ax.set_xlabel(f"difference to {baseline} (points), paired by seed", fontsize=8)
   if title:
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=110)

@@ -384,6 +384,7 @@ def _report(config, workdir, data, rows, recon, model, params, pretrain_history)
     summary_figure(figure, originals=shown,
                    reconstructions=reconstruct(model, params, shown) if recon and shown is not None
                    else None,
-                   summary=summary, strategies=strategies, budgets=budgets, title=_title(config))
+                   summary=summary, strategies=strategies, budgets=budgets, title=_title(config),
+                   paired=paired)
   return {"table": table, "summary": summary, "reconstruction": recon, "figure": str(figure),
           "pretrain_history": pretrain_history, "rows": rows}
