@@ -125,6 +125,46 @@ def prepare(config, *, progress: bool = True):
   return task, data
 
 
+def key_docs(config) -> dict:
+  """One-line descriptions of ``config``'s keys, flattened (``'transfer.min_steps'``): the
+  task's and those of every registered part the config names."""
+  docs = dict(TASKS.get(config.get("task", "transfer")).info.get("key_docs", {}))
+  parts = (("model", FAMILIES, [config.model.get("family")] if "model" in config else []),
+           ("objective", OBJECTIVES, [config.objective.get("name")] if "objective" in config else []),
+           ("transfer", STRATEGIES, list(config.transfer.get("strategies", ()))
+            if "transfer" in config else []))
+  for section, registry, names in parts:
+    for name in names:
+      if name in registry:
+        for k, v in registry.get(name).key_docs.items():
+          docs.setdefault(f"{section}.{k}", v)
+  if "objective" in config and config.objective.get("name") in OBJECTIVES:
+    entry = OBJECTIVES.get(config.objective.name)
+    for k in entry.info.get("model_defaults", {}):
+      docs.setdefault(f"model.{k}", f"needed by objective {config.objective.name!r}")
+  return docs
+
+
+def describe_config(config) -> str:
+  """The config as ``section:`` / ``  key: value  # description`` lines (--print-config)."""
+  docs = key_docs(config)
+  lines = []
+
+  def walk(node, prefix, depth):
+    for k in node:
+      v = node[k]
+      key = f"{prefix}{k}"
+      if isinstance(v, ml_collections.ConfigDict):
+        lines.append("  " * depth + f"{k}:")
+        walk(v, key + ".", depth + 1)
+      else:
+        text = "  " * depth + f"{k}: {v!r}"
+        lines.append(text + (f"  # {docs[key]}" if key in docs else ""))
+
+  walk(config, "", 0)
+  return "\n".join(lines)
+
+
 def task_defaults(config) -> dict:
   """Flattened default values of every key ``config`` may hold: its task's defaults completed
   with the registered parts the config names (to let older workdirs resume)."""

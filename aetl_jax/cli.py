@@ -17,6 +17,16 @@ from pathlib import Path
 from aetl_jax.core.config import ConfigError
 
 DEFAULT_CONFIG = "experiments/digits_transfer.py"
+# aetl list WHAT: the registry of each (module path, attribute) and the config key naming it.
+LISTS = {
+    "strategies": ("aetl_jax.strategies.registry", "STRATEGIES", "transfer.strategies"),
+    "objectives": ("aetl_jax.objectives.registry", "OBJECTIVES", "objective.name"),
+    "families": ("aetl_jax.models.family", "FAMILIES", "model.family"),
+    "datasets": ("aetl_jax.data.sources", "DATASET_KINDS", "data.source / data.target (KIND:PATH)"),
+    "tasks": ("aetl_jax.tasks.registry", "TASKS", "task"),
+    "augmentations": ("aetl_jax.objectives.augmentation", "AUGMENTATIONS", "transfer.augment"),
+    "probes": ("aetl_jax.strategies.probes", "PROBES", "(used by the probe strategies)"),
+}
 EXIT_BAD_INPUT, EXIT_TRAINING, EXIT_INTERRUPTED = 2, 3, 130
 
 
@@ -39,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
   compare = sub.add_parser("compare", help="one table and figure over finished workdirs")
   compare.add_argument("workdirs", nargs="+", help="finished runs (or a sweep's folder)")
   compare.add_argument("--out", help="folder for compare.md and compare.png (default: print only)")
+  listing = sub.add_parser("list", help="what is registered: names, what each does, its keys")
+  listing.add_argument("what", nargs="?", default="all", choices=("all", *LISTS),
+                       help="which registry (default: all)")
   predict = sub.add_parser("predict", help="class probabilities from a saved classifier")
   predict.add_argument("--workdir", required=True, help="a finished run's workdir")
   predict.add_argument("--cell", help="budget<k>_<strategy>_seed<s> (default: the saved cell with "
@@ -57,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] == ["list"]:
+    return _list(_parser().parse_args(argv))
   if argv[:1] == ["predict"]:
     return _predict(_parser().parse_args(argv))
   if argv[:1] == ["compare"]:
@@ -73,7 +88,7 @@ def main(argv=None) -> int:
                         f"--no-progress, --print-config")
     config = api.load_config(args.config, overrides)
     if args.print_config:
-      print(config)
+      print(api.describe_config(config))
       return 0
     if not args.workdir:
       raise ConfigError("--workdir is required (where checkpoints, metrics and results go)")
@@ -96,6 +111,25 @@ def main(argv=None) -> int:
   except KeyboardInterrupt:
     print("interrupted before anything ran", file=sys.stderr)
     return EXIT_INTERRUPTED
+
+
+def _list(args) -> int:
+  """``aetl list [WHAT]``: every registered name, its one-line docstring and its keys (with
+  type, default and description)."""
+  import importlib
+  from aetl_jax import api  # noqa: F401 - the built-ins register
+  for what in LISTS if args.what == "all" else (args.what,):
+    module, attr, key = LISTS[what]
+    registry = getattr(importlib.import_module(module), attr)
+    print(f"{what} ({key}):")
+    for name in registry.names():
+      entry = registry.get(name)
+      print(f"  {name}: {entry.doc or '(no description)'}")
+      for k, v in entry.defaults.items():
+        doc = entry.key_docs.get(k, "")
+        print(f"      {k} ({type(v).__name__}, default {v!r})" + (f": {doc}" if doc else ""))
+    print()
+  return 0
 
 
 def _run(task, config, workdir, data, resuming, *, progress: bool) -> int:

@@ -160,3 +160,29 @@ def test_lp_ft_needs_whole_probe_epochs():
   check(ml_collections.ConfigDict(dict(lp_epochs=2, ft_lr_mult=0.3)))
   with pytest.raises(ConfigError, match=r"'transfer\.lp_epochs': must be a positive integer, got 2\.5"):
     check(ml_collections.ConfigDict(dict(lp_epochs=2.5, ft_lr_mult=0.3)))
+
+
+def test_every_key_is_described_and_aetl_list_shows_them(capsys):
+  """Every key of the transfer task's sections and of every registered strategy, objective
+  and family has a one-line description; --print-config and aetl list print them."""
+  from aetl_jax import api
+  from aetl_jax.core.config import flatten
+  from aetl_jax.models.family import FAMILIES
+  from aetl_jax.objectives.registry import OBJECTIVES
+  from aetl_jax.strategies.registry import STRATEGIES
+  from tests.conftest import ALL_STRATEGIES, DIGITS_CONFIG
+  for registry in (STRATEGIES, OBJECTIVES, FAMILIES):
+    for name in registry.names():
+      entry = registry.get(name)
+      assert set(entry.defaults) <= set(entry.key_docs), (registry.kind, name)
+  config = api.load_config(DIGITS_CONFIG, [ALL_STRATEGIES])
+  docs = api.key_docs(config)
+  assert set(flatten(config.to_dict())) <= set(docs)
+  assert main(["run", "--config", str(DIGITS_CONFIG), "--print-config"]) == 0
+  out = capsys.readouterr().out
+  assert "  min_steps: 1000  # every phase runs at least this many optimiser steps" in out
+  assert "!!python" not in out
+  assert main(["list", "strategies"]) == 0
+  out = capsys.readouterr().out
+  assert "  ladder: Ladder network (Rasmus et al. 2015)" in out
+  assert "      ladder_noise (float, default 0.3): std of the Gaussian noise" in out

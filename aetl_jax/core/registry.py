@@ -26,6 +26,16 @@ from aetl_jax.core.config import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
+class Key:
+  """A config key an entry owns: its default and a one-line description (what ``aetl list``
+  and ``--print-config`` show). ``defaults={'k': Key(0.1, "what k does")}``; a bare value
+  is a key without a description."""
+
+  default: Any
+  doc: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Entry:
   name: str
   fn: Callable
@@ -33,6 +43,7 @@ class Entry:
   validate: Callable | None  # (section config) -> None, raises ConfigError
   info: Mapping[str, Any]  # anything else the owner of the registry reads (roles, model kind ...)
   doc: str
+  key_docs: Mapping[str, str] = dataclasses.field(default_factory=dict)  # key -> description
 
 
 class Registry:
@@ -56,8 +67,11 @@ class Registry:
         raise ValueError(f"{self.kind} {entry_name!r} is registered twice "
                          f"({self._entries[entry_name].fn.__module__} and {fn.__module__})")
       doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-      self._entries[entry_name] = Entry(entry_name, fn, MappingProxyType(dict(defaults or {})),
-                                        validate, MappingProxyType(info), doc)
+      keys = dict(defaults or {})
+      values = {k: v.default if isinstance(v, Key) else v for k, v in keys.items()}
+      docs = {k: v.doc for k, v in keys.items() if isinstance(v, Key) and v.doc}
+      self._entries[entry_name] = Entry(entry_name, fn, MappingProxyType(values), validate,
+                                        MappingProxyType(info), doc, MappingProxyType(docs))
       return fn
 
     return add
@@ -79,6 +93,14 @@ class Registry:
     return (f"config key '{self.key}': unknown {self.kind} {name!r}"
             + (f" (did you mean {', '.join(close)}?)" if close else "")
             + f"; registered: {', '.join(self._entries)}")
+
+  def key_docs(self) -> dict:
+    """Every entry's key descriptions: {key: description} (the first entry that has one)."""
+    out = {}
+    for entry in self._entries.values():
+      for k, v in entry.key_docs.items():
+        out.setdefault(k, v)
+    return out
 
   def defaults(self, names) -> dict:
     """The merged default keys of the named entries (first one wins on a shared key)."""

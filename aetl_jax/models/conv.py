@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from aetl_jax.models.conv_ops import (CONV_IMPLS, conv_class, conv_transpose_class,
                                       depth_to_space)
 from aetl_jax.models.family import FAMILIES
+from aetl_jax.core.registry import Key
 
 UPSAMPLING = ("transpose", "resize", "subpixel")
 NORMS = ("none", "layer", "group")
@@ -175,8 +176,13 @@ def _validate(m) -> None:
           f"unknown value {m.conv_impl!r}; valid: {', '.join(CONV_IMPLS)}")
 
 
-_CONV = dict(channels=(32, 64), code_dim=32, norm="none", dropout_rate=0.0,
-             upsampling="transpose", conv_impl="auto")
+_CONV = dict(
+    channels=Key((32, 64), "channels of the conv blocks, input to code"),
+    code_dim=Key(32, "size of the code (0: the trunk's own features)"),
+    norm=Key("none", "normalisation after each conv: none, layer or group"),
+    dropout_rate=Key(0.0, "dropout after each hidden layer"),
+    upsampling=Key("transpose", "the decoder's upsampling: transpose, resize or subpixel"),
+    conv_impl=Key("auto", "convolution formulation: auto, xla, hybrid, im2col, shift_add, matmul"))
 
 
 @FAMILIES.register("conv", defaults=_CONV, validate=_validate, decoder=_conv_decoder,
@@ -187,7 +193,9 @@ def conv(m, code_dim: int):
                      dropout_rate=m.dropout_rate, conv_impl=m.conv_impl)
 
 
-@FAMILIES.register("resnet", defaults={**_CONV, "blocks_per_stage": 1}, validate=_validate,
+@FAMILIES.register("resnet", defaults={
+    **_CONV,
+    "blocks_per_stage": Key(1, "residual blocks per stage")}, validate=_validate,
                    decoder=_conv_decoder, check=_check_resnet)
 def resnet(m, code_dim: int):
   """Residual conv stages ``model.channels`` (``blocks_per_stage`` each) → dense code."""

@@ -17,6 +17,7 @@ import jax
 
 from aetl_jax.models.conv_ops import CONV_IMPLS, conv_class
 from aetl_jax.models.family import FAMILIES
+from aetl_jax.core.registry import Key
 
 KERNEL = 5
 
@@ -92,8 +93,11 @@ def _validate(m) -> None:
           f"unknown value {m.conv_impl!r}; valid: {', '.join(CONV_IMPLS)}")
 
 
-@FAMILIES.register("lenet", defaults=dict(channels=(20, 50), code_dim=500, dropout_rate=0.0,
-                                          conv_impl="auto"),
+@FAMILIES.register("lenet", defaults=dict(
+    channels=Key((20, 50), "channels of the conv blocks, input to code"),
+    code_dim=Key(500, "size of the code (0: the trunk's own features)"),
+    dropout_rate=Key(0.0, "dropout after each hidden layer"),
+    conv_impl=Key("auto", "convolution formulation: auto, xla, hybrid, im2col, shift_add, matmul")),
                    validate=_validate, check=_check,
                    decoder=lambda m, shape: LeNetDecoder(image_shape=tuple(shape),
                                                          channels=tuple(reversed(tuple(m.channels))),

@@ -8,6 +8,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from aetl_jax.models.family import FAMILIES
+from aetl_jax.core.registry import Key
 
 
 class MLPEncoder(nn.Module):
@@ -46,7 +47,10 @@ def _check(m, image_shape) -> None:
   del m, image_shape  # a dense encoder takes any image shape
 
 
-@FAMILIES.register("mlp", defaults=dict(widths=(128, 64), code_dim=32, dropout_rate=0.0),
+@FAMILIES.register("mlp", defaults=dict(
+    widths=Key((128, 64), "hidden layer widths, input to code"),
+    code_dim=Key(32, "size of the code (0: the trunk's own features)"),
+    dropout_rate=Key(0.0, "dropout after each hidden layer")),
                    decoder=lambda m, shape: MLPDecoder(image_shape=tuple(shape),
                                                        widths=tuple(reversed(tuple(m.widths)))),
                    check=_check)

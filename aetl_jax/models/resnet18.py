@@ -24,6 +24,7 @@ from jax import lax
 from aetl_jax.models.conv import ConvDecoder, UPSAMPLING, check_downsampling
 from aetl_jax.models.conv_ops import patches_conv
 from aetl_jax.models.family import FAMILIES
+from aetl_jax.core.registry import Key
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -208,8 +209,13 @@ def _validate(m) -> None:
   check_weights(m.weights)
 
 
-_DEFAULTS = dict(code_dim=0, input_norm="imagenet", weights="", decoder_channels=(256, 128, 64, 32),
-                 upsampling="transpose", conv_impl="auto")
+_DEFAULTS = dict(
+    code_dim=Key(0, "size of the code (0: the trunk's own features)"),
+    input_norm=Key("imagenet", "standardise inputs inside the model: imagenet or none"),
+    weights=Key("", "start from torchvision:NAME or checkpoint:DIR ('' : random)"),
+    decoder_channels=Key((256, 128, 64, 32), "channels of the decoder's upsampling blocks"),
+    upsampling=Key("transpose", "the decoder's upsampling: transpose, resize or subpixel"),
+    conv_impl=Key("auto", "convolution formulation: auto, xla, hybrid, im2col, shift_add, matmul"))
 
 
 @FAMILIES.register("resnet18", defaults=_DEFAULTS, validate=_validate, decoder=_decoder,

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from aetl_jax.models.family import FAMILIES
+from aetl_jax.core.registry import Key
 
 PAD, UNK, BOS, EOS, MASK = 0, 1, 2, 3, 4
 CELLS = ("lstm", "gru")
@@ -247,8 +248,15 @@ def _decoder(m, shape):
 
 
 @FAMILIES.register("rnn", input="tokens", decoder=_decoder, check=_check,
-                   defaults=dict(vocab_size=8000, embed_dim=128, hidden=256, cell="lstm",
-                                 code_dim=0, dropout_rate=0.0, chunk=8, tie_output=True))
+                   defaults=dict(
+                       vocab_size=Key(8000, "most tokens of the WordPiece vocabulary"),
+                       embed_dim=Key(128, "token embedding size"),
+                       hidden=Key(256, "recurrent state size"),
+                       cell=Key("lstm", "lstm or gru"),
+                       code_dim=Key(0, "size of the code (0: the trunk's own features)"),
+                       dropout_rate=Key(0.0, "dropout after each hidden layer"),
+                       chunk=Key(8, "time steps per rematerialised chunk"),
+                       tie_output=Key(True, "tie the output layer to the embedding")))
 def rnn(m, code_dim: int):
   """Token ids → ``block_0`` embedding → ``block_1`` LSTM/GRU (→ ``block_2`` dense code)."""
   return RNNEncoder(vocab_size=m.vocab_size, embed_dim=m.embed_dim, hidden=m.hidden, cell=m.cell,

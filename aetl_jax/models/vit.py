@@ -12,6 +12,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from aetl_jax.models.family import FAMILIES
+from aetl_jax.core.registry import Key
 import jax
 import jax.numpy as jnp
 
@@ -149,8 +150,12 @@ def _validate(m) -> None:
           f"must divide model.vit_dim={m.vit_dim}, got {m.vit_heads}")
 
 
-@FAMILIES.register("vit", defaults=dict(patch=4, vit_dim=64, vit_depth=4, vit_heads=4,
-                                        dropout_rate=0.0),
+@FAMILIES.register("vit", defaults=dict(
+    patch=Key(4, "patch side in pixels"),
+    vit_dim=Key(64, "token width"),
+    vit_depth=Key(4, "transformer blocks"),
+    vit_heads=Key(4, "attention heads"),
+    dropout_rate=Key(0.0, "dropout after each hidden layer")),
                    validate=_validate, decoder=None,
                    check=lambda m, shape: check_patches(shape, m.patch))
 def vit(m, code_dim: int):

@@ -26,6 +26,7 @@ from aetl_jax.objectives.augmentation import augment, check_chain
 from aetl_jax.objectives.classification import cross_entropy
 from aetl_jax.objectives.reconstruction import RECONSTRUCTION_LOSSES, reconstruction_error
 from aetl_jax.objectives.registry import OBJECTIVES
+from aetl_jax.core.registry import Key
 
 LABELLED_ROLES = ("source", "labelled")
 
@@ -107,7 +108,9 @@ def _check_drcn(o) -> None:
 
 
 @OBJECTIVES.register("drcn", model="autoencoder_classifier", roles=("source", "images"),
-                     validate=_check_drcn, defaults=dict(weight=1.0, loss="bce"))
+                     validate=_check_drcn, defaults=dict(
+                         weight=Key(1.0, "weight of the unsupervised term"),
+                         loss=Key("bce", "reconstruction loss: bce (pixels as probabilities) or mse")))
 def drcn(model, o):
   """Cross-entropy on labelled batches + ``weight`` × reconstruction of the target images."""
 
@@ -129,7 +132,9 @@ def binary_cross_entropy(logits, targets):
 
 
 @OBJECTIVES.register("dann", model="domain_classifier", roles=("source", "images"),
-                     validate=_check_weight, defaults=dict(weight=1.0, ramp=True))
+                     validate=_check_weight, defaults=dict(
+                         weight=Key(1.0, "weight of the unsupervised term"),
+                         ramp=Key(True, "ramp the gradient-reversal weight 2/(1+exp(-10p))-1 over training progress p")))
 def dann(model, o):
   """Cross-entropy + domain classification of source (0) and target (1) codes through a
   gradient-reversal layer scaled by ``weight`` × the DANN ramp of training progress
@@ -208,9 +213,11 @@ def _alignment(distance):
 
 
 OBJECTIVES.register("coral", model="classifier", roles=("source", "images"), validate=_check_weight,
-                    defaults=dict(weight=1.0))(_alignment(coral_distance))
+                    defaults=dict(
+                        weight=Key(1.0, "weight of the unsupervised term")))(_alignment(coral_distance))
 OBJECTIVES.register("mmd", model="classifier", roles=("source", "images"), validate=_check_weight,
-                    defaults=dict(weight=1.0))(_alignment(mmd2))
+                    defaults=dict(
+                        weight=Key(1.0, "weight of the unsupervised term")))(_alignment(mmd2))
 
 
 def _check_pseudo(o) -> None:
@@ -222,9 +229,11 @@ def _check_pseudo(o) -> None:
 
 @OBJECTIVES.register("pseudo_label", model="classifier", roles=("labelled", "images"),
                      validate=_check_pseudo,
-                     defaults=dict(weight=1.0, confidence=0.95, weak=(("translate", 0.1),),
-                                   strong=(("translate", 0.125), ("rotate", 15), ("cutout", 0.25),
-                                           ("noise", 0.1))))
+                     defaults=dict(
+                         weight=Key(1.0, "weight of the unsupervised term"),
+                         confidence=Key(0.95, "a pseudo-label counts when its probability is at least this"),
+                         weak=Key((("translate", 0.1),), "augmentation chain of the pseudo-labelled views"),
+                         strong=Key((("translate", 0.125), ("rotate", 15), ("cutout", 0.25), ("noise", 0.1)), "augmentation chain of the learned views")))
 def pseudo_label(model, o):
   """Cross-entropy on weakly augmented labelled batches + ``weight`` × cross-entropy of the
   strongly augmented target images against the model's own confident (``confidence``)

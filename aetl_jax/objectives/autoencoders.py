@@ -20,6 +20,7 @@ from aetl_jax.objectives.reconstruction import (RECONSTRUCTION_LOSSES, make_reco
                                                 mean_squared_error, reconstruction_error,
                                                 reconstruction_sum)
 from aetl_jax.objectives.registry import OBJECTIVES
+from aetl_jax.core.registry import Key
 
 SPARSITY = ("l1", "kl")
 
@@ -29,7 +30,8 @@ def _loss_key(o) -> None:
           f"unknown value {o.loss!r}; valid: {', '.join(RECONSTRUCTION_LOSSES)}")
 
 
-@OBJECTIVES.register("reconstruction", defaults=dict(loss="bce"), validate=_loss_key,
+@OBJECTIVES.register("reconstruction", defaults=dict(
+    loss=Key("bce", "reconstruction loss: bce (pixels as probabilities) or mse")), validate=_loss_key,
                      batch_norm=True)
 def reconstruction(model, o):
   """Reconstruct the image (BCE on logits, or MSE of the sigmoid)."""
@@ -47,7 +49,10 @@ def _check_denoising(o) -> None:
 
 
 @OBJECTIVES.register("denoising", validate=_check_denoising, batch_norm=True,
-                     defaults=dict(loss="bce", corruption="gaussian", corruption_level=0.3))
+                     defaults=dict(
+                         loss=Key("bce", "reconstruction loss: bce (pixels as probabilities) or mse"),
+                         corruption=Key("gaussian", "input corruption: gaussian, masking or salt_pepper"),
+                         corruption_level=Key(0.3, "its strength (noise std or share of pixels)")))
 def denoising(model, o):
   """Reconstruct the clean image from a corrupted one (Vincent et al. 2008)."""
   return make_reconstruction_loss(
@@ -72,8 +77,11 @@ def _check_sparse(o) -> None:
 
 
 @OBJECTIVES.register("sparse", validate=_check_sparse, batch_norm=True,
-                     defaults=dict(loss="bce", sparsity="l1", sparsity_weight=1e-3,
-                                   sparsity_target=0.05))
+                     defaults=dict(
+                         loss=Key("bce", "reconstruction loss: bce (pixels as probabilities) or mse"),
+                         sparsity=Key("l1", "sparsity penalty: l1 on the code or kl to sparsity_target"),
+                         sparsity_weight=Key(1e-3, "weight of the sparsity penalty"),
+                         sparsity_target=Key(0.05, "target mean activation (kl)")))
 def sparse(model, o):
   """Reconstruction + ``sparsity_weight`` × an L1 or KL sparsity penalty on the code."""
 
@@ -106,7 +114,9 @@ def _check_vae(o) -> None:
 
 
 @OBJECTIVES.register("vae", model="vae", batch_norm=True, validate=_check_vae,
-                     defaults=dict(loss="bce", beta=1.0),
+                     defaults=dict(
+                         loss=Key("bce", "reconstruction loss: bce (pixels as probabilities) or mse"),
+                         beta=Key(1.0, "weight of the KL term (beta-VAE)")),
                      model_defaults=dict(latent_dim=16))
 def vae(model, o):
   """Negative ELBO with a β weight on the KL term (nats per image)."""

@@ -11,6 +11,7 @@ from aetl_jax.objectives.reconstruction import (RECONSTRUCTION_LOSSES, mean_squa
                                                 reconstruction_error)
 from aetl_jax.models.variables import apply_train
 from aetl_jax.objectives.registry import OBJECTIVES
+from aetl_jax.core.registry import Key
 
 
 def cross_entropy(logits, labels):
@@ -57,7 +58,9 @@ def _check_joint(o) -> None:
 
 
 @OBJECTIVES.register("joint", model="autoencoder_classifier", roles=("labelled", "images"),
-                     validate=_check_joint, defaults=dict(loss="bce", reconstruction_weight=1.0))
+                     validate=_check_joint, defaults=dict(
+                         loss=Key("bce", "reconstruction loss: bce (pixels as probabilities) or mse"),
+                         reconstruction_weight=Key(1.0, "weight of the reconstruction term beside classification")))
 def joint(model, o):
   """Cross-entropy on ``labelled`` + ``reconstruction_weight`` × reconstruction of ``images``.
 

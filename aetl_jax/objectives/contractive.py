@@ -13,6 +13,7 @@ from aetl_jax.core.config import require
 from aetl_jax.objectives.reconstruction import (RECONSTRUCTION_LOSSES, mean_squared_error,
                                                 reconstruction_error)
 from aetl_jax.objectives.registry import OBJECTIVES
+from aetl_jax.core.registry import Key
 
 
 def jacobian_penalty(encode, x):
@@ -35,7 +36,9 @@ def _check(o) -> None:
 
 
 @OBJECTIVES.register("contractive", validate=_check,
-                     defaults=dict(loss="bce", contractive_weight=0.1))
+                     defaults=dict(
+                         loss=Key("bce", "reconstruction loss: bce (pixels as probabilities) or mse"),
+                         contractive_weight=Key(0.1, "weight of the encoder Jacobian's Frobenius norm")))
 def contractive(model, o):
   """Reconstruction + ``contractive_weight`` × ‖∂code/∂x‖²_F (encoder Jacobian)."""
 

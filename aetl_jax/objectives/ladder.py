@@ -7,6 +7,7 @@ from aetl_jax.core.config import require
 from aetl_jax.models.variables import apply_train
 from aetl_jax.objectives.classification import cross_entropy
 from aetl_jax.objectives.registry import OBJECTIVES
+from aetl_jax.core.registry import Key
 
 # λ per level, input first: the paper's MNIST values (Rasmus et al. 2015, section 4.1).
 PAPER_COSTS = (1000.0, 10.0, 0.1, 0.1, 0.1, 0.1, 0.1)
@@ -19,7 +20,8 @@ def _check(o) -> None:
 
 
 @OBJECTIVES.register("ladder", model="ladder", roles=("images", "labelled"), batch_norm=True,
-                     validate=_check, defaults=dict(denoising_costs=PAPER_COSTS))
+                     validate=_check, defaults=dict(
+                         denoising_costs=Key(PAPER_COSTS, "weight of each level's denoising cost, input first")))
 def ladder(model, o):
   """Cross-entropy of the corrupted encoder on ``labelled`` + Σ_l λ_l × the denoising cost of
   level l on ``images`` (λ: ``denoising_costs``, input first); the clean pass's statistics

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from aetl_jax.core.config import require
 from aetl_jax.models.sequence import EOS, MASK, PAD, by_width, masked_mean
 from aetl_jax.objectives.registry import OBJECTIVES
+from aetl_jax.core.registry import Key
 
 
 def mask_tokens(tokens, rng, level: float):
@@ -57,7 +58,8 @@ def _check_denoising(o) -> None:
 
 
 @OBJECTIVES.register("seq_denoising", model="seq_autoencoder", validate=_check_denoising,
-                     defaults=dict(corruption_level=0.2))
+                     defaults=dict(
+                         corruption_level=Key(0.2, "its strength (noise std or share of pixels)")))
 def seq_denoising(model, o):
   """Reconstruct the clean sequence from one with masked tokens (word dropout)."""
   return token_loss(model, lambda t, rng: mask_tokens(t, rng, o.corruption_level))

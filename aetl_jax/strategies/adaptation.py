@@ -31,9 +31,15 @@ from aetl_jax.core.rules import FROZEN
 from aetl_jax.engine.phase import Adversary
 from aetl_jax.strategies.registry import (EVERYTHING, STRATEGIES, Strategy, objective_loss,
                                           positive)
+from aetl_jax.core.registry import Key
 
-ADAPTATION_DEFAULTS = dict(adaptation_epochs=5, adaptation_steps=0, adaptation_weight=1.0,
-                           unlabelled_ratio=1.0, domain_hidden=100, dann_learning_rate=0.01)
+ADAPTATION_DEFAULTS = dict(
+    adaptation_epochs=Key(5, "passes over the source"),
+    adaptation_steps=Key(0, "at least this many optimiser steps (0: adaptation_epochs alone)"),
+    adaptation_weight=Key(1.0, "weight of the unsupervised alignment term"),
+    unlabelled_ratio=Key(1.0, "target-pool batch = ratio x batch_size"),
+    domain_hidden=Key(100, "hidden width(s) of DANN's domain classifier"),
+    dann_learning_rate=Key(0.01, "DANN's initial SGD learning rate (annealed lr/(1+10p)^0.75)"))
 
 
 @STRATEGIES.register("source_only", needs_target_labels=False, needs_source_labels=True,
@@ -120,8 +126,11 @@ def _check_adda(t) -> None:
 
 @STRATEGIES.register("adda", model="adda", validate=_check_adda, needs_target_labels=False,
                      needs_source_labels=True, unlabelled=True, init="source",
-                     defaults={**ADAPTATION_DEFAULTS, "adda_discriminator": (500, 500),
-                               "adda_learning_rate": 2e-4, "adda_steps": 10_000})
+                     defaults={
+                         **ADAPTATION_DEFAULTS,
+                         "adda_discriminator": Key((500, 500), "hidden widths of ADDA's discriminator"),
+                         "adda_learning_rate": Key(2e-4, "Adam learning rate of ADDA's encoder and discriminator (beta1 0.5)"),
+                         "adda_steps": Key(10_000, "optimiser steps of ADDA's adversarial phase")})
 def adda(ctx):
   """ADDA: a target encoder mapped onto the frozen source encoder's codes by a GAN game."""
   cfg = ctx.cfg

@@ -16,6 +16,7 @@ import dataclasses
 from aetl_jax.core.config import require
 from aetl_jax.core.rules import FROZEN
 from aetl_jax.strategies.registry import EVERYTHING, HEAD_ONLY, STRATEGIES, Strategy, positive
+from aetl_jax.core.registry import Key
 
 
 def _check_recipe(t) -> None:
@@ -29,8 +30,11 @@ def _check_recipe(t) -> None:
 
 
 @STRATEGIES.register("frozen_backbone", validate=_check_recipe,
-                     defaults=dict(recipe_lr=1e-3, recipe_momentum=0.9, recipe_ft_lr=1e-4,
-                                   recipe_ft_epochs=10))
+                     defaults=dict(
+                         recipe_lr=Key(1e-3, "learning rate of the new head on the frozen backbone (SGD)"),
+                         recipe_momentum=Key(0.9, "SGD momentum of both phases"),
+                         recipe_ft_lr=Key(1e-4, "learning rate when everything fine-tunes afterwards"),
+                         recipe_ft_epochs=Key(10, "epochs of that fine-tuning (0: the head alone)")))
 def frozen_backbone(ctx):
   """Frozen backbone + new head by SGD (``recipe_momentum``, ``recipe_lr``; plain momentum,
   as torch's SGD) for ``transfer.epochs``, then everything at ``recipe_ft_lr`` for
@@ -52,7 +56,10 @@ def _check_ae(t) -> None:
 
 
 @STRATEGIES.register("backbone_ae", model="autoencoder_classifier", validate=_check_ae,
-                     defaults=dict(ae_epochs=20, ae_lr_mult=1.0, ae_loss="bce"))
+                     defaults=dict(
+                         ae_epochs=Key(20, "epochs the new decoder reconstructs the target pool (head frozen)"),
+                         ae_lr_mult=Key(1.0, "learning-rate multiplier of that reconstruction phase"),
+                         ae_loss=Key("bce", "its reconstruction loss: bce or mse")))
 def backbone_ae(ctx):
   """The pretrained encoder + a new decoder reconstruct the target's unlabelled images
   (``ae_epochs``, ``ae_lr_mult`` × lr, head frozen), then encoder + head fine-tune

@@ -11,6 +11,7 @@ from aetl_jax.core.config import require
 from aetl_jax.core.rules import FROZEN
 from aetl_jax.strategies.registry import (EVERYTHING, HEAD_ONLY, STRATEGIES, Strategy, block_rule,
                                           positive)
+from aetl_jax.core.registry import Key
 
 
 @STRATEGIES.register("scratch")
@@ -41,7 +42,9 @@ def _check_partial(t) -> None:
       require(False, "transfer.partial_freeze_regex", f"invalid regex {t.partial_freeze_regex!r}: {e}")
 
 
-@STRATEGIES.register("partial", defaults=dict(partial_freeze_blocks=1, partial_freeze_regex=""),
+@STRATEGIES.register("partial", defaults=dict(
+    partial_freeze_blocks=Key(1, "how many encoder blocks, from the input, stay frozen"),
+    partial_freeze_regex=Key("", "or: a regex of the parameter paths that stay frozen")),
                      validate=_check_partial)
 def partial(ctx):
   """All but the first ``partial_freeze_blocks`` encoder blocks (or ``partial_freeze_regex``)."""
@@ -57,7 +60,8 @@ def partial(ctx):
       "partial", (block_rule(blocks[:k], FROZEN), (".*", 1.0)), cfg.epochs),))
 
 
-@STRATEGIES.register("discriminative", defaults=dict(encoder_lr_mult=0.1),
+@STRATEGIES.register("discriminative", defaults=dict(
+    encoder_lr_mult=Key(0.1, "the encoder's learning rate as a multiple of the head's")),
                      validate=lambda t: positive(t, "encoder_lr_mult"))
 def discriminative(ctx):
   """Everything trains; the encoder at ``encoder_lr_mult`` × the learning rate."""
@@ -69,7 +73,8 @@ def _check_decay(t) -> None:
   require(0 < t.layer_decay <= 1, "transfer.layer_decay", f"must be in (0, 1], got {t.layer_decay}")
 
 
-@STRATEGIES.register("layerwise", defaults=dict(layer_decay=0.5), validate=_check_decay)
+@STRATEGIES.register("layerwise", defaults=dict(
+    layer_decay=Key(0.5, "block i of L trains at layer_decay^(L-i) x the learning rate")), validate=_check_decay)
 def layerwise(ctx):
   """Block i of L trains at ``layer_decay``^(L−i) × the learning rate."""
   blocks, decay = ctx.blocks(), ctx.cfg.layer_decay
@@ -84,7 +89,9 @@ def _check_lp_ft(t) -> None:
   positive(t, "ft_lr_mult")
 
 
-@STRATEGIES.register("lp_ft", defaults=dict(lp_epochs=50, ft_lr_mult=0.3), validate=_check_lp_ft)
+@STRATEGIES.register("lp_ft", defaults=dict(
+    lp_epochs=Key(50, "epochs of the linear probe before fine-tuning"),
+    ft_lr_mult=Key(0.3, "fine-tuning's learning rate as a multiple of transfer.learning_rate")), validate=_check_lp_ft)
 def lp_ft(ctx):
   """Linear probe for ``lp_epochs``, then fine-tune at ``ft_lr_mult`` × lr (Kumar et al. 2022)."""
   cfg = ctx.cfg
@@ -93,7 +100,8 @@ def lp_ft(ctx):
       ctx.phase("finetune", ((".*", cfg.ft_lr_mult),), cfg.epochs)))
 
 
-@STRATEGIES.register("gradual_unfreeze", defaults=dict(unfreeze_epochs=25),
+@STRATEGIES.register("gradual_unfreeze", defaults=dict(
+    unfreeze_epochs=Key(25, "epochs per phase; one more encoder block unfreezes per phase")),
                      validate=lambda t: positive(t, "unfreeze_epochs", integer=True))
 def gradual_unfreeze(ctx):
   """The head, then one more encoder block per phase, top down, ``unfreeze_epochs`` each."""

@@ -11,6 +11,7 @@ import re
 from aetl_jax.core.config import require
 from aetl_jax.core.rules import FROZEN
 from aetl_jax.strategies.registry import STRATEGIES, Strategy
+from aetl_jax.core.registry import Key
 
 
 def check_rule_list(rules, key: str, *, frozen_ok: bool) -> None:
@@ -37,7 +38,8 @@ def _check(t) -> None:
   check_rule_list(t.rules, "transfer.rules", frozen_ok=True)
 
 
-@STRATEGIES.register("rules", defaults=dict(rules=((".*", 1.0),)), validate=_check)
+@STRATEGIES.register("rules", defaults=dict(
+    rules=Key(((".*", 1.0),), "your (regex, 'frozen' | lr multiplier) rules of one phase")), validate=_check)
 def rules(ctx):
   """One phase of ``transfer.rules``: (regex, 'frozen' | lr multiplier), first match wins."""
   return Strategy(ctx.name, "pretrained",

@@ -30,6 +30,7 @@ import numpy as np
 from aetl_jax.core.config import require
 from aetl_jax.strategies.probes import PROBES, select
 from aetl_jax.strategies.registry import STRATEGIES, Strategy
+from aetl_jax.core.registry import Key
 
 MODES = ("inductive", "transductive")
 EMBEDDINGS = ("none", "pca", "umap")
@@ -166,8 +167,12 @@ def _check_umap(t) -> None:
                                           f"({type(e).__name__}); repair it, or use *_pca")
 
 
-DEFAULTS = dict(manifold_mode="inductive", manifold_dim=10, manifold_k_grid=(1, 3, 5, 10),
-                spreading_alpha_grid=(0.2, 0.5, 0.8, 0.99), spreading_neighbors=10)
+DEFAULTS = dict(
+    manifold_mode=Key("inductive", "inductive (fitted on the pool only) or transductive (pool + test images)"),
+    manifold_dim=Key(10, "dimensions of the PCA / UMAP embedding"),
+    manifold_k_grid=Key((1, 3, 5, 10), "k-NN's neighbour counts tried on validation"),
+    spreading_alpha_grid=Key((0.2, 0.5, 0.8, 0.99), "label spreading's clamping factors tried on validation"),
+    spreading_neighbors=Key(10, "neighbours per node of label spreading's graph"))
 
 
 def _register(name: str, method: str, embedding: str, doc: str) -> None:

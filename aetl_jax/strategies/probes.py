@@ -15,6 +15,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from aetl_jax.core.config import require
 from aetl_jax.core.registry import Registry
 from aetl_jax.strategies.registry import STRATEGIES, Strategy
+from aetl_jax.core.registry import Key
 
 # A probe: fn(train, val, test, *, num_classes, cfg) -> result dict, each split (features,
 # labels); a probe registered with pool=True also gets ``pool``: the codes of every target-pool
@@ -109,14 +110,16 @@ def _check_knn(t) -> None:
           "transfer.knn_k_grid", "must be a non-empty list of positive integers")
 
 
-@STRATEGIES.register("ridge_probe", defaults=dict(ridge_l2_grid=(0.01, 0.1, 1.0, 10.0, 100.0)),
+@STRATEGIES.register("ridge_probe", defaults=dict(
+    ridge_l2_grid=Key((0.01, 0.1, 1.0, 10.0, 100.0), "L2 strengths tried; the best on validation wins")),
                      validate=_check_ridge)
 def ridge_probe_strategy(ctx):
   """Closed-form ridge on frozen features, L2 picked on validation."""
   return Strategy(ctx.name, "pretrained", probe="ridge")
 
 
-@STRATEGIES.register("knn_probe", defaults=dict(knn_k_grid=(1, 3, 5, 10)), validate=_check_knn)
+@STRATEGIES.register("knn_probe", defaults=dict(
+    knn_k_grid=Key((1, 3, 5, 10), "neighbour counts tried; the best on validation wins")), validate=_check_knn)
 def knn_probe_strategy(ctx):
   """Cosine k-NN on frozen features, k picked on validation."""
   return Strategy(ctx.name, "pretrained", probe="knn")

@@ -13,6 +13,7 @@ from aetl_jax.models.ladder import COMBINATORS, LadderNetwork
 from aetl_jax.objectives.augmentation import check_chain
 from aetl_jax.objectives.ladder import PAPER_COSTS
 from aetl_jax.strategies.registry import EVERYTHING, STRATEGIES, Strategy, positive
+from aetl_jax.core.registry import Key
 
 
 def _check(t) -> None:
@@ -23,8 +24,10 @@ def _check(t) -> None:
 
 
 @STRATEGIES.register("joint_finetune", model="autoencoder_classifier", validate=_check,
-                     defaults=dict(reconstruction_weight=1.0, unlabelled_ratio=1.0,
-                                   reconstruction_loss="bce"))
+                     defaults=dict(
+                         reconstruction_weight=Key(1.0, "weight of the reconstruction term beside classification"),
+                         unlabelled_ratio=Key(1.0, "target-pool batch = ratio x batch_size"),
+                         reconstruction_loss=Key("bce", "reconstruction loss: bce or mse")))
 def joint_finetune(ctx):
   """Fine-tune encoder + head on the labels and the decoder's reconstruction of the
   target pool's images (labels unused), ``reconstruction_weight`` × reconstruction."""
@@ -64,9 +67,14 @@ def _ladder_model(variant: str):
   return build
 
 
-LADDER_DEFAULTS = dict(ladder_widths=(1000, 500, 250, 250, 250), ladder_costs=PAPER_COSTS,
-                       ladder_noise=0.3, ladder_combinator="gauss", ladder_epochs=150,
-                       ladder_learning_rate=0.002, ladder_batch_size=100)
+LADDER_DEFAULTS = dict(
+    ladder_widths=Key((1000, 500, 250, 250, 250), "hidden widths of the ladder (the class layer follows)"),
+    ladder_costs=Key(PAPER_COSTS, "denoising cost weight per level: input, every hidden layer, class layer"),
+    ladder_noise=Key(0.3, "std of the Gaussian noise of the corrupted pass"),
+    ladder_combinator=Key("gauss", "the decoder's combinator: gauss (Rasmus et al.) or amlp (Pezeshki et al.)"),
+    ladder_epochs=Key(150, "passes over the target pool"),
+    ladder_learning_rate=Key(0.002, "Adam learning rate (constant, then linearly to 0 over the last third)"),
+    ladder_batch_size=Key(100, "labelled and unlabelled batch size of one step"))
 
 
 def _ladder(ctx, costs):
@@ -110,10 +118,13 @@ def _check_pseudo(t) -> None:
   check_chain(t.strong_augment, "transfer.strong_augment")
 
 
-PSEUDO_DEFAULTS = dict(semi_epochs=3, pseudo_label_weight=1.0, confidence=0.95,
-                       unlabelled_ratio=1.0, weak_augment=(("translate", 0.1),),
-                       strong_augment=(("translate", 0.125), ("rotate", 15), ("cutout", 0.25),
-                                       ("noise", 0.1)))
+PSEUDO_DEFAULTS = dict(
+    semi_epochs=Key(3, "passes over the target pool"),
+    pseudo_label_weight=Key(1.0, "weight of the pseudo-label term"),
+    confidence=Key(0.95, "a pseudo-label counts when its probability is at least this"),
+    unlabelled_ratio=Key(1.0, "target-pool batch = ratio x batch_size"),
+    weak_augment=Key((("translate", 0.1),), "augmentation chain of the views pseudo-labels are predicted on"),
+    strong_augment=Key((("translate", 0.125), ("rotate", 15), ("cutout", 0.25), ("noise", 0.1)), "augmentation chain of the views they are learned on"))
 
 
 def _pseudo_label(ctx, init: str):
