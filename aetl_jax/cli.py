@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
   compare = sub.add_parser("compare", help="one table and figure over finished workdirs")
   compare.add_argument("workdirs", nargs="+", help="finished runs (or a sweep's folder)")
   compare.add_argument("--out", help="folder for compare.md and compare.png (default: print only)")
+  export = sub.add_parser("export", help="a saved classifier as Flax msgpack + JSON, for use "
+                                          "without aetl_jax")
+  export.add_argument("--workdir", required=True, help="a finished run's workdir")
+  export.add_argument("--cell", help="budget<k>_<strategy>_seed<s> (default: the best validated)")
+  export.add_argument("--out", required=True, help="folder for params.msgpack and model.json")
+  export.add_argument("--overwrite", action="store_true", help="replace an earlier export there")
   listing = sub.add_parser("list", help="what is registered: names, what each does, its keys")
   listing.add_argument("what", nargs="?", default="all", choices=("all", *LISTS),
                        help="which registry (default: all)")
@@ -72,6 +78,8 @@ def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv[:1] == ["list"]:
     return _list(_parser().parse_args(argv))
+  if argv[:1] == ["export"]:
+    return _export(_parser().parse_args(argv))
   if argv[:1] == ["predict"]:
     return _predict(_parser().parse_args(argv))
   if argv[:1] == ["compare"]:
@@ -111,6 +119,19 @@ def main(argv=None) -> int:
   except KeyboardInterrupt:
     print("interrupted before anything ran", file=sys.stderr)
     return EXIT_INTERRUPTED
+
+
+def _export(args) -> int:
+  """``aetl export``: params.msgpack + model.json of a saved classifier."""
+  from aetl_jax.transfer.classifiers import export_classifier
+  try:
+    cell = args.cell or _best_cell(args.workdir)
+    out = export_classifier(args.workdir, cell, args.out, overwrite=args.overwrite)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  print(f"{cell} exported to {out / 'params.msgpack'} and {out / 'model.json'}", file=sys.stderr)
+  return 0
 
 
 def _list(args) -> int:

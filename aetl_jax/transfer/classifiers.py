@@ -218,6 +218,30 @@ def _image_folder(path: Path) -> Images:
   return Images(np.stack(pixels), [f.relative_to(path).as_posix() for f in files], folders, 255.0)
 
 
+def export_classifier(workdir, cell: str, out, *, overwrite: bool = False) -> Path:
+  """Writes ``out/params.msgpack`` (the classifier's parameters, ``flax.serialization``) and
+  ``out/model.json`` (its description: architecture, classes, preprocessing, parameter
+  shapes), so it can be used with Flax alone; an existing folder is refused unless
+  ``overwrite`` (and then only those two files are replaced)."""
+  from flax import serialization
+  from aetl_jax.core.rules import tree_paths
+  clf = load_classifier(workdir, cell)
+  out = Path(out)
+  files = (out / "params.msgpack", out / "model.json")
+  if any(f.exists() for f in files) and not overwrite:
+    raise ValueError(f"--out {out} already holds an export; pass --overwrite to replace it")
+  if out.exists() and not out.is_dir():
+    raise ValueError(f"--out {out} is a file; name a folder")
+  out.mkdir(parents=True, exist_ok=True)
+  params = jax.tree.map(np.asarray, clf.params)
+  description = {**clf.description, "format": "flax.serialization msgpack of the params tree",
+                 "parameters": {p: list(np.shape(x)) for p, x in
+                                zip(tree_paths(params), jax.tree.leaves(params))}}
+  files[0].write_bytes(serialization.msgpack_serialize(params))
+  atomic_write_text(files[1], json.dumps(description, indent=2, sort_keys=True))
+  return out
+
+
 def _model(description: dict):
   """The module a saved description names."""
   if description["kind"] == "ladder":
