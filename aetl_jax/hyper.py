@@ -10,6 +10,7 @@ to its checkpoints).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -59,9 +60,20 @@ def _split_values(text: str) -> list[str]:
   return out + [cur]
 
 
+def _readable(value) -> str:
+  """A value as a folder name's part: a path by its last part (``idx:../shared/datasets/mnist``
+  → ``mnist``), any run of other characters than letters, digits and ``._+-`` as one ``-``."""
+  text = str(value).strip().strip("'\"")
+  if re.match(r"^([a-z]+:|\.{0,2}/|~)", text):  # a dataset or file path: its last part
+    text = text.rstrip("/").rsplit("/", 1)[-1]
+  return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-.") or "empty"
+
+
 def point_name(point: dict) -> str:
-  text = ",".join(f"{k}={v}" for k, v in point.items())
-  return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)[:180] or "default"
+  """A readable folder name of a sweep point: ``key=value`` with each key's last part
+  (``learning_rate=1e-3``); the exact values are in ``DIR/sweep.json``."""
+  text = ",".join(f"{k.rsplit('.', 1)[-1]}={_readable(v)}" for k, v in point.items())
+  return text[:120] or "default"
 
 
 def point_configs(config, points: list[dict]) -> list[tuple[str, ml_collections.ConfigDict]]:
@@ -81,9 +93,9 @@ def point_configs(config, points: list[dict]) -> list[tuple[str, ml_collections.
       raise ConfigError(f"sweep points {seen[key]} and {point_name(point)} are the same config; "
                         f"give each value once")
     name = point_name(point)
-    if name in {n for n, _ in out}:
-      raise ConfigError(f"two sweep points are both named {name}; give values that differ "
-                        f"in letters, digits or ._=,+-")
+    if name in {n for n, _ in out}:  # readable names that collide: the exact values decide
+      name += "-" + hashlib.sha1(json.dumps(point, sort_keys=True, default=str).encode()
+                                 ).hexdigest()[:6]
     seen[key] = name
     out.append((name, c))
   return out

@@ -81,8 +81,13 @@ def test_validation_names_the_key(override, key):
 
 def test_budget_larger_than_target_pool_fails_before_training(capsys, tmp_path):
   err = _err(capsys, ["--workdir", str(tmp_path / "w"), "--config.transfer.budgets=(500,)"])
-  assert "larger than class" in err
+  assert "500 labels per class + 5 validation labels (transfer.validation='extra') needs 505" in err
   assert not (tmp_path / "w").exists()
+  # the budget asked for is named even when only its validation draw does not fit (the digits'
+  # smallest pool class has 61 images: 58 fit, 58 + 5 do not)
+  err = _err(capsys, ["--workdir", str(tmp_path / "w"), "--config.transfer.budgets=(58,)"])
+  assert "58 labels per class + 5 validation labels" in err and "needs 63" in err
+  assert "validation='within' or 'none'" in err
 
 
 def test_workdir_with_other_config_refuses_then_overwrite(tmp_path):

@@ -122,7 +122,7 @@ def test_a_killed_process_stops_the_other_and_the_rerun_equals_one_process(tmp_p
   the one-process one, written by process 0 alone."""
   workdir = tmp_path / "w"
   procs = _aetl_two(workdir)
-  first_cells = workdir / "transfer.learning_rate=1e-3" / "results" / "cells.jsonl"
+  first_cells = workdir / "learning_rate=1e-3" / "results" / "cells.jsonl"
   deadline = time.monotonic() + 240
   while not (first_cells.exists() and first_cells.read_text()) and time.monotonic() < deadline:
     assert procs[0].poll() is None and procs[1].poll() is None, procs[0].stderr.read()[-3000:]

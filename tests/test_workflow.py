@@ -27,6 +27,7 @@ def test_a_sweep_runs_every_point_in_its_own_workdir_and_shares_the_pretraining(
   points = json.loads((swept / "sweep.json").read_text())
   assert [p["point"] for p in points] == [{"transfer.learning_rate": "1e-3"},
                                           {"transfer.learning_rate": "1e-2"}]
+  assert [p["name"] for p in points] == ["learning_rate=1e-3", "learning_rate=1e-2"]
   first, second = (swept / p["name"] for p in points)
   for d, lr in ((first, 1e-3), (second, 1e-2)):
     assert json.loads((d / "config.json").read_text())["config"]["transfer"]["learning_rate"] == lr

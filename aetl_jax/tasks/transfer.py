@@ -175,14 +175,30 @@ def check(config, data: TransferData) -> None:
   _check_sources(config, data)
   _check_pretraining_memory(config, data)
   _check_strategies(config, data)
-  for budget in config.transfer.budgets:
+  _check_budgets(config.transfer, data)
+
+
+def _check_budgets(t, data: TransferData) -> None:
+  """Every budget (with its validation labels) fits every class of the target pool; the
+  error names the budget asked for and what the validation draw adds to it."""
+  counts = np.bincount(data.labels[data.split.target_pool], minlength=data.num_classes)
+  extra = t.val_per_class if t.validation == "extra" and data.split.val is None else 0
+  for budget in t.budgets:
+    need = budget + (extra if budget else 0)
+    short = [(c, int(n)) for c, n in enumerate(counts) if n < need]
+    if short:
+      c, n = min(short, key=lambda cn: cn[1])
+      plus = f" + {extra} validation labels (transfer.validation='extra')" if extra and budget else ""
+      raise ConfigError(f"config key 'transfer.budgets': {budget} labels per class{plus} needs "
+                        f"{need} images of every class in the target pool, but class {c} has "
+                        f"{n}; lower the budget" + (", transfer.val_per_class, or use "
+                        f"transfer.validation='within' or 'none'" if plus else ""))
+  for budget in t.budgets:  # whatever else a draw refuses (a budget within validation ...)
     try:
-      draw_target_labels(data.labels, data.split, per_class=budget,
-                         val_per_class=config.transfer.val_per_class, seed=0,
-                         num_classes=data.num_classes, validation=config.transfer.validation)
+      draw_target_labels(data.labels, data.split, per_class=budget, val_per_class=t.val_per_class,
+                         seed=0, num_classes=data.num_classes, validation=t.validation)
     except ValueError as e:
-      raise ConfigError(f"config key 'transfer.budgets': {e} (the target pool after "
-                        f"{config.transfer.val_per_class} validation labels per class)") from None
+      raise ConfigError(f"config key 'transfer.budgets': {e}") from None
 
 
 def _label_sets(config, data: TransferData) -> str:
