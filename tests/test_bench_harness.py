@@ -17,6 +17,10 @@ def test_bench_harness_runs_and_counts_no_recompiles(tmp_path):
              for r in rows["sequence"])
   assert [(r["model"], r["size"]) for r in rows["backbone"]] == [("aetl_jax (im2col)", 32)]
   assert all(r["examples_per_s"] > 0 for r in rows["backbone"])
+  assert [(r["row"], r["step"]) for r in rows["steps"]] == [
+      ("ladder", "ladder"), ("ladder", "classifier"), ("two_player", "two_player"),
+      ("two_player", "one_player")]
+  assert all(r["examples_per_s"] > 0 for r in rows["steps"])
   assert rows["compiles_during_timed_parts"] == 0
   assert (tmp_path / "b.json").stat().st_size > 0
 

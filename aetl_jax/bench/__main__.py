@@ -21,6 +21,8 @@ In one run, after warm-up, medians of 5 repeats, compile time excluded:
   PyTorch LSTM autoencoder of the same size (:mod:`aetl_jax.bench.sequence`);
 * ResNet-18's train step at 64×64 and 224×224 against torchvision's
   (:mod:`aetl_jax.bench.backbone`);
+* the Ladder network's step against a plain classifier step, and ADDA's two-player step
+  against a one-player classification step (:mod:`aetl_jax.bench.steps`);
 * the number of XLA compilations during the timed parts (must be 0).
 """
 
@@ -34,61 +36,14 @@ import jax
 import jax.numpy as jnp
 
 from aetl_jax.bench.ceiling import LOOP, kernels_thunk
-from aetl_jax.bench.timing import (block, hlo_flops, time_calls, time_interleaved,
-                                   write_json)
-
-_compiles = [0]
-
-
-def _count_compiles(event, duration, **kwargs):
-  if event == "/jax/core/compile/backend_compile_duration":
-    _compiles[0] += 1
-
-
-def _count_cache_loads(event, **kwargs):
-  """A program loaded from JAX's persistent compilation cache was compiled all the same (a
-  recompile that hits the disk cache fires no backend-compile event)."""
-  if event == "/jax/compilation_cache/cache_hits":
-    _compiles[0] += 1
-
-
-jax.monitoring.register_event_duration_secs_listener(_count_compiles)
-jax.monitoring.register_event_listener(_count_cache_loads)
-
+from aetl_jax.bench.timing import (COMPILES, timed, timed_interleaved, block, hlo_flops,
+                                   time_calls, write_json)
 
 def matmul_peak(n: int, repeats: int) -> float:
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
   f = jax.jit(lambda a, b: a @ b)
   t = time_calls(lambda: f(a, a), repeats=repeats)
   return 2 * n ** 3 / t["median_s"] / 1e9
-
-
-def _timed(fn, repeats):
-  """Median seconds of fn() and the compilations it caused after warm-up."""
-  fn()  # warm-up (compiles)
-  before = _compiles[0]
-  t = time_calls(fn, repeats=repeats, warmup=0)
-  return t["median_s"], _compiles[0] - before
-
-
-def _timed_interleaved(fns: dict, repeats: int) -> dict:
-  """{name: (median seconds, compilations after warm-up)}, timed round-robin
-  (:func:`aetl_jax.bench.timing.time_interleaved`)."""
-  for fn in fns.values():
-    block(fn())  # warm-up (compiles)
-  compiles = dict.fromkeys(fns, 0)
-
-  def counted(name, fn):
-    def run():
-      before = _compiles[0]
-      out = block(fn())
-      compiles[name] += _compiles[0] - before
-      return out
-    return run
-
-  medians = time_interleaved({name: counted(name, fn) for name, fn in fns.items()},
-                             repeats=repeats, warmup=False)
-  return {name: (medians[name], compiles[name]) for name in fns}
 
 
 # Each runner with the conv implementation the library recommends for it
@@ -213,7 +168,7 @@ def jax_finetune(mode: str, batch: int, n: int, repeats: int):
     holder["s"], m = epoch(holder["s"], data, jax.random.PRNGKey(1))
     return m
 
-  seconds, compiles = _timed(run, repeats)
+  seconds, compiles = timed(run, repeats)
   return (n // batch) * batch / seconds, compiles
 
 
@@ -273,8 +228,8 @@ def main(argv=None):
         contenders[f"{runner} kernels"] = kernels
       for f in formats if use_torch else ():
         contenders[f"torch {f}"] = torch_pretrain(family, batch, n, f)
-      timed = _timed_interleaved(contenders, repeats)
-      rate_of = {name: used / seconds for name, (seconds, _) in timed.items()}
+      results = timed_interleaved(contenders, repeats)
+      rate_of = {name: used / seconds for name, (seconds, _) in results.items()}
       torch_rates = {f: rate_of[f"torch {f}"] for f in formats if f"torch {f}" in rate_of}
       torch_format = max(torch_rates, key=torch_rates.get) if torch_rates else None
       torch_rate = torch_rates.get(torch_format)
@@ -282,10 +237,10 @@ def main(argv=None):
         print("  torch " + ", ".join(f"{f} {r:.0f} ex/s" for f, r in torch_rates.items())
               + f" (baseline: {torch_format})")
       for runner in ("scan", "per_batch"):
-        rate, flops, compiles = rate_of[runner], flops_of[runner], timed[runner][1]
+        rate, flops, compiles = rate_of[runner], flops_of[runner], results[runner][1]
         total_compiles += compiles
         gflops = rate * flops / 1e9
-        kernel_s, step_s = timed[f"{runner} kernels"][0] / LOOP, batch / rate
+        kernel_s, step_s = results[f"{runner} kernels"][0] / LOOP, batch / rate
         kernel_gflops = kernel_flops[runner] / kernel_s / 1e9 if kernel_s else float("nan")
         row = {"family": family, "batch": batch, "runner": runner,
                "conv_impl": CONV_IMPL_FOR_RUNNER[runner] if family != "mlp" else None,
@@ -325,6 +280,10 @@ def main(argv=None):
                                    ("auto",) if quick else tuple(backbone.IMPLS))
   backbone.print_rows(rows["backbone"])
   total_compiles += sum(r["compiles"] for r in rows["backbone"])
+  from aetl_jax.bench import steps
+  print()
+  rows["steps"] = steps.rows(repeats)  # the Ladder step, the two-player (ADDA) step
+  total_compiles += sum(r["compiles"] for r in rows["steps"])
   rows["compiles_during_timed_parts"] = total_compiles
   print(f"\ncompilations during the timed parts: {total_compiles}")
   write_json(args.json, rows)

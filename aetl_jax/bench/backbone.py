@@ -87,15 +87,15 @@ IMPLS = {"auto": "aetl_jax (im2col)", "xla": "aetl_jax (xla conv)"}
 
 
 def rows(sizes, batch: int, repeats: int, use_torch: bool, impls=tuple(IMPLS)) -> list[dict]:
-  from aetl_jax.bench.__main__ import _timed_interleaved
+  from aetl_jax.bench.timing import timed_interleaved
   out = []
   for size in sizes:
     contenders = {IMPLS[impl]: jax_step(size, batch, impl) for impl in impls}
     if use_torch:
       contenders["torchvision"] = torch_step(size, batch)
-    timed = _timed_interleaved(contenders, repeats)
-    torch_s = timed.get("torchvision", (None,))[0]
-    for name, (seconds, compiles) in timed.items():
+    results = timed_interleaved(contenders, repeats)
+    torch_s = results.get("torchvision", (None,))[0]
+    for name, (seconds, compiles) in results.items():
       out.append({"model": name, "size": size, "batch": batch, "examples_per_s": batch / seconds,
                   "compiles": compiles,
                   "ratio_vs_torch": (torch_s / seconds) if torch_s and name != "torchvision"

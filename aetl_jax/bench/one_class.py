@@ -19,7 +19,8 @@ import os
 import jax
 import jax.numpy as jnp
 
-from aetl_jax.bench.__main__ import _timed_interleaved, torch_pretrain
+from aetl_jax.bench.__main__ import torch_pretrain
+from aetl_jax.bench.timing import timed_interleaved
 from aetl_jax.bench.timing import write_json
 
 
@@ -70,14 +71,14 @@ def main(argv=None):
       fns["torch sequential"] = torch_sequential(a.models, a.examples, a.batch, a.epochs)
     except ImportError:
       pass
-  timed = _timed_interleaved(fns, a.repeats)
+  results = timed_interleaved(fns, a.repeats)
   examples = a.models * a.epochs * (a.examples // a.batch) * a.batch
   print(f"{a.models} dense AEs × {a.epochs} epochs × {a.examples} examples, batch {a.batch}, "
         f"backend={jax.default_backend()}, cpu_count={os.cpu_count()}")
   print(f"{'contender':<18} {'seconds':>8} {'ex/s':>9} {'vs sequential':>13} {'compiles':>8}")
   rows = []
-  for name, (seconds, compiles) in timed.items():
-    speedup = timed["sequential"][0] / seconds
+  for name, (seconds, compiles) in results.items():
+    speedup = results["sequential"][0] / seconds
     rows.append({"contender": name, "seconds": seconds, "examples_per_s": examples / seconds,
                  "speedup_vs_sequential": speedup, "compiles": compiles, "models": a.models,
                  "epochs": a.epochs, "examples": a.examples, "batch": a.batch})

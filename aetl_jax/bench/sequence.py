@@ -133,16 +133,16 @@ def contenders(ids, batch: int, use_torch: bool, dims: dict, plain: bool = True)
 
 
 def rows(n: int, batch: int, repeats: int, use_torch: bool, quick: bool = False) -> list[dict]:
-  from aetl_jax.bench.__main__ import _timed_interleaved
+  from aetl_jax.bench.timing import timed_interleaved
   dims = QUICK if quick else dict(vocab=VOCAB, embed=EMBED, hidden=HIDDEN)
   ids = sentences(n, vocab=dims["vocab"])
   used = n // batch * batch
   tokens = int(np.sum(ids != 0)) * used / n
   # --quick checks the harness: the plain-shuffle row would run the bucketed row's code again
-  timed = _timed_interleaved(contenders(ids, batch, use_torch, dims, plain=not quick), repeats)
-  torch_s = timed.get("torch", (None,))[0]
+  results = timed_interleaved(contenders(ids, batch, use_torch, dims, plain=not quick), repeats)
+  torch_s = results.get("torch", (None,))[0]
   out = []
-  for name, (seconds, compiles) in timed.items():
+  for name, (seconds, compiles) in results.items():
     out.append({"model": name, "batch": batch, "sentences_per_s": used / seconds,
                 "tokens_per_s": tokens / seconds, "compiles": compiles,
                 "ratio_vs_torch": (torch_s / seconds) if torch_s and name != "torch" else None})

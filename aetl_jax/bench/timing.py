@@ -77,3 +77,51 @@ def write_json(path: str | None, rows) -> None:
   if path:
     with open(path, "w") as f:
       json.dump(rows, f, indent=2)
+
+
+# XLA compilations, counted for the timed parts of every benchmark (must stay 0).
+COMPILES = [0]
+
+
+def _count_compiles(event, duration, **kwargs):
+  if event == "/jax/core/compile/backend_compile_duration":
+    COMPILES[0] += 1
+
+
+def _count_cache_loads(event, **kwargs):
+  """A program loaded from JAX's persistent compilation cache was compiled all the same (a
+  recompile that hits the disk cache fires no backend-compile event)."""
+  if event == "/jax/compilation_cache/cache_hits":
+    COMPILES[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+jax.monitoring.register_event_listener(_count_cache_loads)
+
+
+def timed(fn, repeats: int):
+  """Median seconds of fn() and the compilations it caused after warm-up."""
+  fn()  # warm-up (compiles)
+  before = COMPILES[0]
+  t = time_calls(fn, repeats=repeats, warmup=0)
+  return t["median_s"], COMPILES[0] - before
+
+
+def timed_interleaved(fns: dict, repeats: int) -> dict:
+  """{name: (median seconds, compilations after warm-up)}, timed round-robin
+  (:func:`aetl_jax.bench.timing.time_interleaved`)."""
+  for fn in fns.values():
+    block(fn())  # warm-up (compiles)
+  compiles = dict.fromkeys(fns, 0)
+
+  def counted(name, fn):
+    def run():
+      before = COMPILES[0]
+      out = block(fn())
+      compiles[name] += COMPILES[0] - before
+      return out
+    return run
+
+  medians = time_interleaved({name: counted(name, fn) for name, fn in fns.items()},
+                             repeats=repeats, warmup=False)
+  return {name: (medians[name], compiles[name]) for name in fns}
