@@ -8,9 +8,7 @@ and the valid values.
 
 from __future__ import annotations
 
-import math
-
-from aetl_jax.core.config import require
+from aetl_jax.core.config import is_number, require, require_positive
 from aetl_jax.data.streaming import DATA_PATHS
 from aetl_jax.engine.launchers import LAUNCHERS
 from aetl_jax.engine.runtime import RUNNERS
@@ -25,18 +23,6 @@ SCHEDULES = ("constant", "cosine", "linear_tail", "inverse_power")
 VALIDATION = ("extra", "within", "none")
 
 
-def _number(value, integer=False) -> bool:
-  kind = int if integer else (int, float)
-  return isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _positive(cfg, prefix, *names, integer=False):
-  for name in names:
-    value = cfg[name]
-    require(_number(value, integer) and value > 0, f"{prefix}.{name}",
-            f"must be a finite positive {'integer' if integer else 'number'}, got {value!r}")
-
-
 def _choice(cfg, prefix, name, choices):
   require(cfg[name] in choices, f"{prefix}.{name}",
           f"unknown value {cfg[name]!r}; valid: {', '.join(choices)}")
@@ -44,16 +30,16 @@ def _choice(cfg, prefix, name, choices):
 
 def _optim(cfg, prefix, zero_epochs: str = ""):
   """``zero_epochs``: why 0 epochs is valid here too ('' : it is not)."""
-  _positive(cfg, prefix, "learning_rate")
-  _positive(cfg, prefix, "batch_size", integer=True)
+  require_positive(cfg, prefix, "learning_rate")
+  require_positive(cfg, prefix, "batch_size", integer=True)
   _choice(cfg, prefix, "optimizer", OPTIMIZERS)
   _choice(cfg, prefix, "schedule", SCHEDULES)
   _choice(cfg, prefix, "runner", RUNNERS)
-  require(_number(cfg.weight_decay) and cfg.weight_decay >= 0, f"{prefix}.weight_decay",
+  require(is_number(cfg.weight_decay) and cfg.weight_decay >= 0, f"{prefix}.weight_decay",
           f"must be >= 0, got {cfg.weight_decay}")
   if zero_epochs and cfg.epochs == 0:
     return
-  _positive(cfg, prefix, "epochs", integer=True)
+  require_positive(cfg, prefix, "epochs", integer=True)
   require(0 <= cfg.warmup_epochs < cfg.epochs, f"{prefix}.warmup_epochs",
           f"must be in [0, {prefix}.epochs), got {cfg.warmup_epochs}")
 
@@ -65,7 +51,7 @@ def _launch(config, sections):
   _choice(launch, "launch", "launcher", LAUNCHERS)
   require(launch.num_devices >= 0, "launch.num_devices", "must be >= 0 (0: every device)")
   if "timeout_s" in launch:
-    require(_number(launch.timeout_s, integer=True) and launch.timeout_s > 0, "launch.timeout_s",
+    require(is_number(launch.timeout_s, integer=True) and launch.timeout_s > 0, "launch.timeout_s",
             f"must be a positive integer (seconds the processes of a multi-process run wait for "
             f"each other), got {launch.timeout_s!r}")
   import jax
@@ -100,11 +86,11 @@ def _model_and_objective(config) -> None:
               f"model.{key}", f"must be a non-empty tuple of positive integers, got {m[key]!r}")
   if "code_dim" in m and not (m.code_dim == 0 and (family.info.get("input") == "tokens"
                                                     or family.info.get("zero_code_dim"))):
-    _positive(m, "model", "code_dim", integer=True)  # (0: a recurrent encoder's last state)
+    require_positive(m, "model", "code_dim", integer=True)  # (0: a recurrent encoder's last state)
   if "dropout_rate" in m:
     require(0.0 <= m.dropout_rate < 1.0, "model.dropout_rate", f"must be in [0, 1), got {m.dropout_rate}")
   if "latent_dim" in m:
-    _positive(m, "model", "latent_dim", integer=True)
+    require_positive(m, "model", "latent_dim", integer=True)
   if "mask_ratio" in m:
     require(0.0 < m.mask_ratio < 1.0, "model.mask_ratio", f"must be in (0, 1), got {m.mask_ratio}")
   for part, section in ((family, m), (objective, o)):
@@ -130,15 +116,15 @@ def validate_pretrain_config(config) -> None:
   _model_and_objective(config)
   p = config.pretrain
   _optim(p, "pretrain", zero_epochs=config.model.get("weights", ""))
-  _positive(p, "pretrain", "eval_every", "checkpoint_every", "keep_checkpoints", integer=True)
-  require(_number(p.grad_clip_norm) and p.grad_clip_norm >= 0, "pretrain.grad_clip_norm",
+  require_positive(p, "pretrain", "eval_every", "checkpoint_every", "keep_checkpoints", integer=True)
+  require(is_number(p.grad_clip_norm) and p.grad_clip_norm >= 0, "pretrain.grad_clip_norm",
           "must be >= 0 (0 disables clipping)")
   _choice(p, "pretrain", "data_path", DATA_PATHS)
   if "holdout_fraction" in p:
-    require(_number(p.holdout_fraction) and 0 <= p.holdout_fraction < 1, "pretrain.holdout_fraction",
+    require(is_number(p.holdout_fraction) and 0 <= p.holdout_fraction < 1, "pretrain.holdout_fraction",
             f"must be in [0, 1) (the source's share pretraining is evaluated on), got "
             f"{p.holdout_fraction!r}")
-  _positive(p, "pretrain", "memory_limit_mb")
+  require_positive(p, "pretrain", "memory_limit_mb")
 
 
 def validate_transfer_config(config) -> None:
@@ -173,7 +159,7 @@ def validate_transfer_config(config) -> None:
           f"{', '.join(unlabelled_ok)}")
   require(len(set(t.budgets)) == len(t.budgets), "transfer.budgets",
           f"lists a budget twice ({t.budgets!r}); each (budget, strategy, seed) cell runs once")
-  _positive(t, "transfer", "seeds", integer=True)
+  require_positive(t, "transfer", "seeds", integer=True)
   check_chain(t.get("augment", ()), "transfer.augment")
   require(isinstance(t.label_seed, int) and t.label_seed >= 0, "transfer.label_seed",
           f"must be an integer >= 0, got {t.label_seed!r}")
@@ -190,10 +176,10 @@ def validate_transfer_config(config) -> None:
   for key in ("min_steps", "probe_steps"):
     require(isinstance(t[key], int) and not isinstance(t[key], bool) and t[key] >= 0,
             f"transfer.{key}", f"must be an integer >= 0 (0: epochs alone), got {t[key]!r}")
-  _positive(t, "transfer", "probe_c")
+  require_positive(t, "transfer", "probe_c")
   if "wd_rules" in t:
     from aetl_jax.strategies.custom import check_rule_list
     check_rule_list(t.wd_rules, "transfer.wd_rules", frozen_ok=False)
   r = config.get("report")
   if r is not None:
-    _positive(r, "report", "num_figure_images", integer=True)
+    require_positive(r, "report", "num_figure_images", integer=True)

@@ -192,7 +192,7 @@ def test_joint_source_pretraining_transfers_its_encoder(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["transfer.adaptation_weight=-1.0"], r"transfer.adaptation_weight.*must be >= 0"),
-    (["transfer.unlabelled_ratio=0.0"], r"transfer.unlabelled_ratio.*must be a positive number"),
+    (["transfer.unlabelled_ratio=0.0"], r"transfer.unlabelled_ratio.*must be a finite positive number"),
     (["transfer.confidence=1.0"], r"transfer.confidence.*\[0, 1\)"),
     (["transfer.strong_augment=(('warp',0.1),)"], r"unknown augmentation 'warp'.*translate"),
     (["objective.name='reconstruction'"], r"strategy 'source_only' evaluates the classifier "

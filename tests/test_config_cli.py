@@ -163,7 +163,7 @@ def test_lp_ft_needs_whole_probe_epochs():
   from aetl_jax.strategies.registry import STRATEGIES
   check = STRATEGIES.get("lp_ft").validate
   check(ml_collections.ConfigDict(dict(lp_epochs=2, ft_lr_mult=0.3)))
-  with pytest.raises(ConfigError, match=r"'transfer\.lp_epochs': must be a positive integer, got 2\.5"):
+  with pytest.raises(ConfigError, match=r"'transfer\.lp_epochs': must be a finite positive integer, got 2\.5"):
     check(ml_collections.ConfigDict(dict(lp_epochs=2.5, ft_lr_mult=0.3)))
 
 

@@ -122,6 +122,22 @@ def require(condition: bool, key: str, message: str) -> None:
     raise ConfigError(f"config key '{key}': {message}")
 
 
+def is_number(value, integer: bool = False) -> bool:
+  """A finite int (or float unless ``integer``), not a bool."""
+  import math
+  kind = int if integer else (int, float)
+  return isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def require_positive(section, prefix: str, *names: str, integer: bool = False) -> None:
+  """ConfigError naming ``prefix.name`` for each of ``names`` that is not a finite positive
+  number (an integer with ``integer``)."""
+  for name in names:
+    value = section[name]
+    require(is_number(value, integer) and value > 0, f"{prefix}.{name}",
+            f"must be a finite positive {'integer' if integer else 'number'}, got {value!r}")
+
+
 def _as_tuples(value):
   """Lists (as JSON stores tuples) to tuples, at every depth: (('a', 1),) == [['a', 1]]."""
   return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -9,15 +9,9 @@ tree-shaped scalings composed with ``optax.chain``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import optax
-
-
-class _Empty(NamedTuple):
-  pass
 
 
 def scale_by_tree(multipliers) -> optax.GradientTransformation:
@@ -27,23 +21,15 @@ def scale_by_tree(multipliers) -> optax.GradientTransformation:
   exactly its multiplier times the global learning rate.
   """
 
-  def init_fn(params):
-    del params
-    return _Empty()
-
   def update_fn(updates, state, params=None):
     del params
     return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, multipliers), state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def add_scaled_weight_decay(weight_decay: float, multipliers) -> optax.GradientTransformation:
   """Decoupled weight decay ``wd * m_leaf * param`` with a per-leaf factor."""
-
-  def init_fn(params):
-    del params
-    return _Empty()
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -51,22 +37,18 @@ def add_scaled_weight_decay(weight_decay: float, multipliers) -> optax.GradientT
     return jax.tree.map(lambda u, p, m: u + weight_decay * m * p, updates, params,
                         multipliers), state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def add_l1_decay(l1: float) -> optax.GradientTransformation:
   """Decoupled L1 weight decay: adds ``l1 * sign(param)`` to the update."""
-
-  def init_fn(params):
-    del params
-    return _Empty()
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("add_l1_decay needs params in update()")
     return jax.tree.map(lambda u, p: u + l1 * jnp.sign(p), updates, params), state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 # 'linear_tail': constant, then linearly to 0 over this last share of the steps (the Ladder

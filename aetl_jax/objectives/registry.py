@@ -28,8 +28,7 @@ def check_batch_norm(name: str, model) -> None:
   (registered with ``batch_norm=True``)."""
   if uses_batch_norm(model) and name not in batch_norm_objectives():
     raise ValueError(f"objective {name!r} does not update BatchNorm statistics, which this "
-                     f"model (family 'resnet18') keeps; valid with BatchNorm: "
-                     f"{', '.join(batch_norm_objectives())}")
+                     f"model keeps; valid with BatchNorm: {', '.join(batch_norm_objectives())}")
 
 
 def batch_norm_objectives() -> tuple[str, ...]:

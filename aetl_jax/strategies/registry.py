@@ -26,10 +26,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from aetl_jax.core.config import require
+from aetl_jax.core.config import require, require_positive
 from aetl_jax.core.registry import Registry
 from aetl_jax.core.rules import FROZEN, Rule, trainable_mask
-from aetl_jax.engine.phase import Optim, Phase
+from aetl_jax.engine.phase import EVERYTHING, Optim, Phase  # noqa: F401 - strategies use it
 from aetl_jax.models.family import FAMILIES
 from aetl_jax.objectives.augmentation import augmenting, check_chain
 from aetl_jax.objectives.classification import make_classification_loss
@@ -40,7 +40,6 @@ from aetl_jax.models.variables import variables
 STRATEGIES = Registry("strategy", "transfer.strategies")
 
 HEAD_ONLY: tuple[Rule, ...] = (("encoder/.*", FROZEN), ("head/.*", 1.0))
-EVERYTHING: tuple[Rule, ...] = ((".*", 1.0),)
 # Which data stream plays which role of an objective in a target task.
 TARGET_STREAMS = {"labelled": "target_labelled", "images": "target_unlabelled",
                   "source": "source_labelled"}
@@ -221,8 +220,5 @@ def needs_source_labels(name: str) -> bool:
 
 
 def positive(cfg, key: str, integer: bool = False) -> None:
-  v = cfg[key]
-  ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-  if integer:
-    ok = ok and isinstance(v, int)
-  require(ok, f"transfer.{key}", f"must be a positive {'integer' if integer else 'number'}, got {v!r}")
+  """``transfer.key`` is a finite positive number (an integer with ``integer``)."""
+  require_positive(cfg, "transfer", key, integer=integer)
