@@ -39,6 +39,17 @@ from aetl_jax.bench.ceiling import LOOP, kernels_thunk
 from aetl_jax.bench.timing import (COMPILES, timed, timed_interleaved, block, hlo_flops,
                                    time_calls, write_json)
 
+# The one command that installs CPU builds of the PyTorch baselines (a plain `pip install
+# torch torchvision` takes CUDA builds of several GB on Linux).
+BASELINES_COMMAND = ("install the CPU builds: pip install torch torchvision --index-url "
+                     "https://download.pytorch.org/whl/cpu")
+
+
+def backbone_usable():
+  from aetl_jax.bench.backbone import torchvision_usable
+  return torchvision_usable()
+
+
 def matmul_peak(n: int, repeats: int) -> float:
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
   f = jax.jit(lambda a, b: a @ b)
@@ -202,6 +213,9 @@ def main(argv=None):
       torch.set_num_threads(os.cpu_count() or 1)
     except ImportError:
       use_torch = False
+      print(f"no PyTorch baselines: torch is not installed; {BASELINES_COMMAND}\n")
+  if use_torch and (why := backbone_usable()) is not None:
+    print(f"no torchvision baseline for ResNet-18 ({why}); {BASELINES_COMMAND}\n")
   rows = {"machine": {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
                       "cpu_count": os.cpu_count(), "platform": platform.platform(),
                       "jax": jax.__version__,
