@@ -67,5 +67,5 @@ def get_sweep():
   protocol) and ``bbox``. A USPS source gets the same ~10,000 steps of 128 (175 epochs)."""
   return [{"data.source": source, "data.target": target, "pretrain.epochs": epochs,
            "data.resize": resize}
-          for source, target, epochs in ((MNIST, USPS, 22), (USPS, MNIST, 175))
-          for resize in ("resize", "bbox")]
+          for resize in ("resize", "bbox")
+          for source, target, epochs in ((MNIST, USPS, 22), (USPS, MNIST, 175))]

@@ -19,7 +19,8 @@ import numpy as np
 
 from aetl_jax.engine.guard import check_finite, first_nonfinite
 from aetl_jax.engine.metrics_log import JsonlLog
-from aetl_jax.engine.phase import Phase, Program, build_program, steps_per_epoch, tree_spec
+from aetl_jax.engine.phase import (Phase, Program, build_program, compile_key, learning_rates,
+                                   steps_per_epoch, tree_spec)
 from aetl_jax.engine.runtime import Runtime
 from aetl_jax.engine.store import CheckpointStore
 from aetl_jax.engine.loop import num_examples
@@ -198,10 +199,11 @@ def _vmapped_cell(phases: tuple, spec: tuple, sizes: tuple, runtime: Runtime, da
                   epoch_metrics=None):
   progs = [build_program(p, spec, n, runtime) for p, n in zip(phases, sizes)]
 
-  def cell(params, data, rng, epoch_data):
+  def cell(params, data, rng, epoch_data, rates):
     history = []
     epoch = 0
-    for prog in progs:
+    for prog, prog_rates in zip(progs, rates):
+      prog = prog.with_rates(prog_rates)  # arguments, not constants: one program for any rates
       phase = prog.phase
       pdata = phase.prepare(params, data) if phase.prepare else data
 
@@ -218,7 +220,7 @@ def _vmapped_cell(phases: tuple, spec: tuple, sizes: tuple, runtime: Runtime, da
       epoch += phase.epochs
     return params, history
 
-  return jax.jit(jax.vmap(cell, in_axes=(0, dict(data_axes), 0, 0)),
+  return jax.jit(jax.vmap(cell, in_axes=(0, dict(data_axes), 0, 0, None)),
                  compiler_options=runtime.options)
 
 
@@ -240,8 +242,10 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
   progs = programs(phases, one, one_data, runtime)
   sizes = tuple(_size(one_data[p.streams[0]]) for p in phases)
   axes = tuple(sorted((k, None if k in shared else 0) for k in data))
-  cell = _vmapped_cell(tuple(phases), tree_spec(one), sizes, runtime, axes, epoch_metrics)
-  params, history = cell(params, data, rngs, epoch_data)
+  cell = _vmapped_cell(tuple(compile_key(p) for p in phases), tree_spec(one), sizes, runtime,
+                       axes, epoch_metrics)
+  rates = tuple(tuple(jnp.float32(r) for r in learning_rates(p)) for p in phases)
+  params, history = cell(params, data, rngs, epoch_data, rates)
   rows = [[] for _ in range(int(rngs.shape[0]))]
   for prog, metrics, (phase, first, _) in zip(progs, history, _spans(phases)):
     metrics = jax.tree.map(np.asarray, metrics)  # (K, epochs)

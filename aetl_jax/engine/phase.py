@@ -20,6 +20,7 @@ import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from aetl_jax.core.optim import learning_rate_schedule, make_optimizer
@@ -107,6 +108,27 @@ class Phase:
     return self if need <= self.epochs else dataclasses.replace(self, epochs=need)
 
 
+def compile_key(phase: Phase) -> Phase:
+  """``phase`` without the values that are arguments of its compiled programs, not constants
+  (the learning rates: held in the optimiser state, ``optax.inject_hyperparams``); phases equal
+  but for them share one set of programs (a learning-rate sweep compiles once per shape)."""
+  unit = lambda o: dataclasses.replace(o, learning_rate=1.0)
+  adversary = phase.adversary and dataclasses.replace(phase.adversary,
+                                                      optim=unit(phase.adversary.optim))
+  return dataclasses.replace(phase, optim=unit(phase.optim), adversary=adversary)
+
+
+def learning_rates(phase: Phase) -> tuple[float, ...]:
+  """The values :func:`compile_key` takes out: (player's,) or (player's, adversary's)."""
+  rates = (float(phase.optim.learning_rate),)
+  return rates + ((float(phase.adversary.optim.learning_rate),) if phase.adversary else ())
+
+
+def _with_rate(opt_state, rate):
+  return opt_state._replace(hyperparams={**opt_state.hyperparams,
+                                         "learning_rate": jnp.asarray(rate, jnp.float32)})
+
+
 class Program(NamedTuple):
   phase: Phase
   tx: optax.GradientTransformation
@@ -115,13 +137,26 @@ class Program(NamedTuple):
   body: Callable  # pure (state, data, rng) -> (state, metrics), one device
   epoch_fn: Callable  # the runtime's runner and launcher
   stream_epoch_fn: Callable  # (state, iterator of device batches, rng), one device
-  schedule: Callable  # optimiser step -> learning rate (before per-leaf multipliers)
+  unit: Callable  # optimiser step -> the schedule's shape at learning rate 1
+  rates: tuple = (1.0,)  # the learning rates the state starts with (learning_rates)
+
+  def schedule(self, step):
+    """Optimiser step -> learning rate (before per-leaf multipliers)."""
+    return self.rates[0] * self.unit(step)
+
+  def with_rates(self, rates) -> "Program":
+    """The same compiled pieces for other learning rates (numbers or traced arrays)."""
+    return self._replace(rates=tuple(rates))
 
   def trained(self, params):
     return params if self.phase.subtree is None else params[self.phase.subtree]
 
   def init_state(self, params) -> TrainState:
-    return TrainState.create(self.trained(params), self.tx, self.mask)
+    state = TrainState.create(self.trained(params), self.tx, self.mask)
+    if self.phase.adversary is None:
+      return state.replace(opt_state=_with_rate(state.opt_state, self.rates[0]))
+    return state.replace(opt_state=tuple(_with_rate(s, r) for s, r in
+                                         zip(state.opt_state, self.rates)))
 
   def merge(self, params, trained):
     return trained if self.phase.subtree is None else {**params, self.phase.subtree: trained}
@@ -143,11 +178,11 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 
 class _Optimiser(NamedTuple):
-  tx: optax.GradientTransformation
+  tx: optax.GradientTransformation  # its learning rate a hyperparameter in its state
   mask: Any  # the differentiated leaves (running statistics never are)
   step_mask: Any  # ``mask``, or None when every leaf trains
   stats_mask: Any  # the rules' mask where running statistics are updated, or None
-  schedule: Callable
+  unit: Callable  # the schedule at learning rate 1
 
 
 def _optimiser(template, rules, wd_rules, o: Optim, subtree, total: int, per_epoch: int):
@@ -165,14 +200,19 @@ def _optimiser(template, rules, wd_rules, o: Optim, subtree, total: int, per_epo
   if step_mask is not None:
     mults = split_by_mask(mults, mask)[0]
     wd = None if wd is None else split_by_mask(wd, mask)[0]
-  schedule = learning_rate_schedule(o.learning_rate, total, schedule=o.schedule,
-                                    warmup_steps=o.warmup_epochs * per_epoch)
-  tx = make_optimizer(learning_rate=schedule, optimizer=o.optimizer, weight_decay=o.weight_decay,
-                      l1_decay=o.l1_decay, grad_clip_norm=o.grad_clip_norm or None,
-                      momentum=o.momentum, nesterov=o.nesterov, beta1=o.beta1,
-                      lr_multipliers=None if all(v == 1.0 for v in jax.tree.leaves(mults)) else mults,
-                      wd_multipliers=wd)
-  return _Optimiser(tx, mask, step_mask, stats_mask, schedule)
+  unit = learning_rate_schedule(1.0, total, schedule=o.schedule,
+                                warmup_steps=o.warmup_epochs * per_epoch)
+
+  def optimiser(learning_rate):
+    return make_optimizer(learning_rate=lambda count: learning_rate * unit(count),
+                          optimizer=o.optimizer, weight_decay=o.weight_decay, l1_decay=o.l1_decay,
+                          grad_clip_norm=o.grad_clip_norm or None, momentum=o.momentum,
+                          nesterov=o.nesterov, beta1=o.beta1,
+                          lr_multipliers=(None if all(v == 1.0 for v in jax.tree.leaves(mults))
+                                          else mults), wd_multipliers=wd)
+
+  tx = optax.inject_hyperparams(optimiser)(learning_rate=o.learning_rate)
+  return _Optimiser(tx, mask, step_mask, stats_mask, unit)
 
 
 def _both(player: _Optimiser, adversary: _Optimiser) -> optax.GradientTransformation:
@@ -211,22 +251,28 @@ def _two_player_steps(phase: Phase, template, total: int, per_epoch: int, runtim
                                 adversary.mask, order=a.order, axis_name=axis_name,
                                 progress_steps=progress)
 
-  return _both(player, adversary), make(runtime.launcher.axis_name), make(None), player.schedule
+  return _both(player, adversary), make(runtime.launcher.axis_name), make(None), player.unit
+
+
+def build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -> Program:
+  """The compiled pieces of ``phase`` for parameters of ``spec`` (see :func:`tree_spec`),
+  shared by every phase with the same :func:`compile_key`, its learning rates bound."""
+  return _build_program(compile_key(phase), spec, lead_size, runtime)._replace(
+      phase=phase, rates=learning_rates(phase))
 
 
 @functools.lru_cache(maxsize=64)
-def build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -> Program:
-  """The compiled pieces of ``phase`` for parameters of ``spec`` (see :func:`tree_spec`)."""
+def _build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -> Program:
   template = _template(spec)
   per_epoch = steps_per_epoch(lead_size, phase.feed[0][2])
   total = per_epoch * phase.epochs
   if phase.adversary is not None:
-    tx, step, single, schedule = _two_player_steps(phase, template, total, per_epoch, runtime)
+    tx, step, single, unit = _two_player_steps(phase, template, total, per_epoch, runtime)
     step_mask = None
   else:
     o = _optimiser(template, phase.rules, phase.wd_rules, phase.optim, phase.subtree, total,
                    per_epoch)
-    tx, step_mask, schedule = o.tx, o.step_mask, o.schedule
+    tx, step_mask, unit = o.tx, o.step_mask, o.unit
     progress = total if phase.progress else None
     step = make_train_step(phase.loss, tx, step_mask, axis_name=runtime.launcher.axis_name,
                            stats_mask=o.stats_mask, progress_steps=progress)
@@ -235,4 +281,4 @@ def build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -
   epoch_fn = make_epoch_fn(step, feed=phase.feed, runner=runtime.runner,
                            launcher=runtime.launcher, compiler_options=runtime.options)
   return Program(phase, tx, step_mask, step, epoch_body(single, feed=phase.feed), epoch_fn,
-                 make_stream_epoch_fn(single, runtime.options), schedule)
+                 make_stream_epoch_fn(single, runtime.options), unit)
