@@ -1,4 +1,5 @@
-"""jit, pmap and shard_map run one step and agree; vmapped seeds equal sequential runs."""
+"""jit and the data-parallel path (shard_map; pmap is its other name) run one step and agree;
+vmapped seeds equal sequential runs."""
 
 import json
 import os
@@ -67,7 +68,8 @@ def test_single_device_launchers_degenerate_gracefully(caplog, kind):
   import logging
   with caplog.at_level(logging.DEBUG, logger="aetl_jax.engine.launchers"):
     launcher = make_launcher(kind, 1)
-  assert launcher.num_devices == 1 and launcher.kind == kind
+  # 'pmap' is a name of the one data-parallel path: jit(shard_map) over a data mesh
+  assert launcher.num_devices == 1 and launcher.kind == "shard_map"
   assert f"launcher '{kind}' on a single device" in caplog.text
   with pytest.raises(ValueError, match="unknown launcher"):
     make_launcher("tpu_pod")

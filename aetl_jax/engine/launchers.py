@@ -1,14 +1,15 @@
-"""Three ways to launch one per-device step: jit, pmap, shard_map over a mesh.
+"""One data-parallel path: jit on one device, or jit(shard_map) over a data mesh.
 
 The step is written once with a named data axis (``lax.pmean`` over
 ``DATA_AXIS``); a :class:`Launcher` says how many devices run it and how state
 and batches are laid out:
 
 * ``jit``: one device, no named axis;
-* ``pmap``: state replicated with a leading device axis, batch split on it;
 * ``shard_map``: ``jax.jit(jax.shard_map(...))`` over a ``Mesh`` with a
   ``data`` axis; state replicated (``P()``), batch sharded (``P('data')``).
-  This is the current JAX recommendation and the path to multi-host.
+  This is the current JAX recommendation (since JAX 0.8 ``jax.pmap`` is itself
+  built on jit + shard_map and is in maintenance mode) and the path to multi-host.
+* ``pmap`` is kept as a name (``launch.launcher='pmap'``): it runs the shard_map path.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import logging
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -55,20 +55,13 @@ class Launcher:
 
   def replicate(self, tree):
     """Places a (host or single-device) tree where the launched step wants it."""
-    if self.kind == "pmap":  # a leading device axis, one slice per device
-      sharding = NamedSharding(self.mesh, P(DATA_AXIS))
-      n = self.num_devices
-      return jax.tree.map(
-          lambda x: jax.device_put(jnp.broadcast_to(x, (n, *jnp.shape(x))), sharding), tree)
     if self.kind == "shard_map":
       return jax.device_put(tree, NamedSharding(self.mesh, P()))
     return jax.device_put(tree, self.devices[0])
 
   def unreplicate(self, tree):
-    """The inverse of :meth:`replicate`: one copy on the first device (a pmap
-    state loses its device axis), ready for evaluation and checkpoints."""
-    if self.kind == "pmap":
-      return jax.device_put(jax.tree.map(lambda x: x[0], tree), self.devices[0])
+    """The inverse of :meth:`replicate`: one copy on the first device, ready for
+    evaluation and checkpoints."""
     if self.kind == "shard_map":  # replicated: this process's first copy (multi-host safe)
       local = jax.local_devices()[0]
       return jax.tree.map(
@@ -87,10 +80,12 @@ class Launcher:
 
 
 def make_launcher(kind: str = "jit", num_devices: int | None = None) -> Launcher:
-  """Builds a launcher over the first ``num_devices`` local devices (all if None)."""
+  """Builds a launcher over the first ``num_devices`` devices (all if None); ``'pmap'`` is
+  the shard_map launcher under its older name."""
   if kind not in LAUNCHERS:
     raise ValueError(f"unknown launcher {kind!r}; valid: {', '.join(LAUNCHERS)}")
-  # pmap runs over this process's devices; a mesh spans every process's (multi-host).
+  asked, kind = kind, "shard_map" if kind == "pmap" else kind
+  # A mesh spans every process's devices (multi-host); jit runs on this process's first.
   available = jax.devices() if kind == "shard_map" else jax.local_devices()
   if kind == "jit":
     if num_devices not in (None, 1):
@@ -105,7 +100,7 @@ def make_launcher(kind: str = "jit", num_devices: int | None = None) -> Launcher
                      + ", ".join(str(d) for d in available))
   if num_devices == 1:
     log.debug("launcher '%s' on a single device: runs as a one-device %s (same results as jit)",
-             kind, kind)
+              asked, kind)
   return Launcher(kind, tuple(available[:num_devices]))
 
 

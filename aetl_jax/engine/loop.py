@@ -178,10 +178,10 @@ def make_epoch_fn(step, *, batch_size: int | None = None, feed: Feed | None = No
   ``metrics`` holds the epoch mean of each step metric and
   ``first_nonfinite_step`` (index within the epoch, -1 when all finite). The
   batch sizes are global (split over the launcher's devices) and the first
-  stream's is capped at its size. The state passed in is donated; with a pmap
-  or shard_map launcher it must come from ``launcher.replicate``, and the step
+  stream's is capped at its size. The state passed in is donated; with a
+  shard_map launcher it must come from ``launcher.replicate``, and the step
   must be built with ``axis_name=launcher.axis_name``. ``compiler_options``
-  reach every ``jax.jit`` that compiles the step (``jax.pmap`` takes none).
+  reach every ``jax.jit`` that compiles the step.
   """
   if runner not in ("scan", "per_batch"):
     raise ValueError(f"unknown runner {runner!r}; valid: scan, per_batch (resolve 'auto' with "
@@ -234,7 +234,7 @@ def make_stream_epoch_fn(step, compiler_options: dict | None = None):
 
 
 def _multi_device(step, reader: _Reader, runner, launcher: Launcher, jit):
-  """pmap or shard_map epochs.
+  """shard_map epochs over the launcher's data mesh.
 
   shard_map runs with ``check_vma=False``: with it on, JAX differentiates
   replicated parameters by inserting its own ``psum`` of the gradients, which
@@ -259,47 +259,7 @@ def _multi_device(step, reader: _Reader, runner, launcher: Launcher, jit):
                        f"its size is not divisible by the {n_dev} devices")
     return reader.gather(data, idx), rngs
 
-  if launcher.kind == "pmap":
-    return _pmap_epoch(step, scan_body, shuffled_batches, reader, runner, launcher)
   return _shard_map_epoch(step, scan_body, shuffled_batches, reader, runner, launcher, jit)
-
-
-def _pmap_epoch(step, scan_body, shuffled_batches, reader, runner, launcher):
-  n_dev = launcher.num_devices
-  per_device = NamedSharding(launcher.mesh, P(DATA_AXIS))
-  everywhere = NamedSharding(launcher.mesh, P())
-
-  if runner == "scan":
-    run = jax.pmap(scan_body, axis_name=DATA_AXIS, in_axes=(0, 0, None), donate_argnums=0,
-                   devices=launcher.devices)
-
-    def to_devices(batches):  # (nb, B, ...) -> (n_dev, nb, B / n_dev, ...), one slice per device
-      return jax.device_put(jax.tree.map(lambda a: jnp.swapaxes(
-          a.reshape(a.shape[0], n_dev, a.shape[1] // n_dev, *a.shape[2:]), 0, 1), batches),
-          per_device)
-
-    def epoch(state, data, rng):
-      batches, rngs = shuffled_batches(data, rng, reader.sizes(data))
-      state, metrics = run(state, to_devices(batches), jax.device_put(rngs, everywhere))
-      return state, jax.tree.map(lambda m: m[0], metrics)
-    return epoch
-
-  run_step = jax.pmap(step, axis_name=DATA_AXIS, in_axes=(0, 0, None), donate_argnums=0,
-                      devices=launcher.devices)
-
-  def split(batch):
-    return jax.device_put(jax.tree.map(
-        lambda a: a.reshape(n_dev, a.shape[0] // n_dev, *a.shape[1:]), batch), per_device)
-
-  def epoch(state, data, rng):
-    batches, rngs = shuffled_batches(data, rng, reader.sizes(data))
-    history = []
-    for i in range(rngs.shape[0]):
-      state, metrics = run_step(state, split(jax.tree.map(lambda a: a[i], batches)),
-                                jax.device_put(rngs[i], everywhere))
-      history.append(jax.tree.map(lambda m: m[0], metrics))
-    return state, summarise(_stack(history))
-  return epoch
 
 
 def _shard_map_epoch(step, scan_body, shuffled_batches, reader, runner, launcher, jit):

@@ -192,7 +192,7 @@ def _check_budgets(t, data: TransferData) -> None:
       raise ConfigError(f"config key 'transfer.budgets': {budget} labels per class{plus} needs "
                         f"{need} images of every class in the target pool, but class {c} has "
                         f"{n}; lower the budget" + (", transfer.val_per_class, or use "
-                        f"transfer.validation='within' or 'none'" if plus else ""))
+                        "transfer.validation='within' or 'none'" if plus else ""))
   for budget in t.budgets:  # whatever else a draw refuses (a budget within validation ...)
     try:
       draw_target_labels(data.labels, data.split, per_class=budget, val_per_class=t.val_per_class,
