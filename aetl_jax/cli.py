@@ -345,13 +345,20 @@ def _predict(args) -> int:
   return 0
 
 
+def _in_multi_process_run() -> bool:
+  jax = sys.modules.get("jax")
+  return jax is not None and jax.distributed.is_initialized()
+
+
 def entry() -> None:
   """The ``aetl`` command (and ``python -m aetl_jax``): :func:`main`, then the process ends.
   After Ctrl-C it ends without the interpreter's shutdown, in which Orbax's background
   checkpoint threads would print tracebacks under the one line already said (the lock is
   the kernel's; an unfinished checkpoint step is never taken for a finished one)."""
   code = main()
-  if code == EXIT_INTERRUPTED:
+  if code == EXIT_INTERRUPTED or (code != 0 and _in_multi_process_run()):
+    # (a failed multi-process run also skips the distributed runtime's shutdown barrier,
+    # which would wait for a dead peer and then abort this process)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

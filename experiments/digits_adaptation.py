@@ -36,6 +36,30 @@ training images, no target labels)::
 (the MNIST → USPS entries were checked against the paper; the USPS → MNIST ones are as the
 table is commonly quoted.) This experiment trains on the full training sets (60,000 MNIST,
 7,291 USPS images) and tests on the full test sets (10,000 / 2,007).
+
+What it gave (2026-12-04, 2-core CPU, MNIST → USPS, ``data.resize='resize'`` (the papers'
+protocol), budget 0, 5 seeds, mean ± 95% CI, paired differences to source only)::
+
+    aetl run --config experiments/digits_adaptation.py --workdir runs/da \
+        --config.transfer.budgets='(0,)'
+
+    | method | MNIST → USPS | vs source only | worst seed | paper (ADDA, Table 2) |
+    |---|---|---|---|---|
+    | source only | 79.5% (one classifier) | — | 79.5% | 75.2 ± 1.6% |
+    | DANN | 84.3 ± 1.6% | +4.9 ± 1.6 | 82.0% | 77.1 ± 1.8% |
+    | ADDA | 91.9 ± 1.1% | +12.4 ± 1.1 | 90.7% | 89.4 ± 0.2% |
+
+DANN is above source only on every seed and above its published number; ADDA reaches its
+paper (≥ 89.4% on every seed). One DANN cell (5 seeds as one vmapped program) took 253 s and
+one ADDA cell 200 s; the LeNet source classifier ~10,000 steps of 128 images. What mattered:
+the training length in optimiser steps (DANN's schedules are functions of training progress;
+ADDA needs its thousands of adversarial steps), DANN's published recipe (SGD with momentum,
+the annealed rate, the ramped reversal weight: with Adam and a constant weight it diverged to
+22% in the earlier measurement), and the common shape: under ``data.resize='bbox'`` a one-seed
+smoke run gave 97.4% source only on MNIST → USPS, so that geometry alone does more than any
+adaptation method under ``resize``. Not yet measured (CPU time): DRCN, CORAL and MMD in this
+setting, USPS → MNIST, the ``bbox`` points and budgets 1 and 10; the command above runs them
+(a rerun resumes the finished cells).
 """
 
 from aetl_jax.tasks.transfer import default_config

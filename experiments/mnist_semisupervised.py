@@ -29,7 +29,41 @@ Published test errors at 100 labels (reference rows): NN baseline 25.81%, CAE 13
 M1+TSVM 11.82%, M1+M2 3.33% (Kingma et al. 2014, Table 1); Ladder 1.06% (Rasmus et al.
 2015), Ladder with the improved combinator 1.0% (Pezeshki et al. 2016).
 
-RESULTS_PLACEHOLDER
+What it gave (2026-12-04, 2-core CPU, offline IDX MNIST as in the second command; 10 labels
+per class + 5 validation labels per class; 5 seeds; mean ± 95% CI; paired differences to
+``scratch`` by seed)::
+
+    | strategy | test accuracy | error | vs scratch | worst seed |
+    |---|---|---|---|---|
+    | scratch | 77.8 ± 2.5% | 22.2% | — | 76.0% |
+    | linear_probe | 78.0 ± 2.5% | 22.0% | +0.3 ± 0.4 | 75.9% |
+    | finetune | 79.3 ± 2.6% | 20.7% | +1.6 ± 1.1 | 77.8% |
+    | lp_ft | 79.8 ± 2.7% | 20.2% | +2.0 ± 0.8 | 77.5% |
+    | joint_finetune | 78.2 ± 2.9% | 21.8% | +0.4 ± 0.9 | 76.0% |
+    | knn_probe | 77.9 ± 4.1% | 22.1% | +0.1 ± 2.8 | 73.4% |
+    | spreading | 92.1 ± 1.5% | 7.9% | +14.4 ± 1.1 | 90.7% |
+    | knn_umap (inductive) | 95.5 ± 1.0% | 4.5% | +17.7 ± 2.4 | 94.5% |
+    | spreading_umap (inductive) | 95.2 ± 1.3% | 4.8% | +17.5 ± 2.3 | 93.6% |
+    | pseudo_label | 93.0 ± 1.1% | 7.0% | +15.2 ± 2.7 | 91.9% |
+    | pseudo_label_scratch | 93.1 ± 0.9% | 6.9% | +15.4 ± 2.3 | 92.2% |
+    LADDER_ROWS
+
+Every gradient-trained cell fits its 100 labels (training accuracy 100%, so no † flag). What
+moved since the cells were trained for 100 passes over 100 images: the linear probe now
+converges (it fit 63-81% of its own labels before, 52.4% test; now 100% and 78.0%; it
+matches scikit-learn's logistic regression in tests/test_semi_supervised.py), and the autoencoder transfer now beats
+scratch with a paired CI above 0 (``lp_ft`` +2.0 ± 0.8, ``finetune`` +1.6 ± 1.1), but far from
+the CAE's 86.5% (13.47% error). Pretraining adds nothing to pseudo-labelling (−0.2 ± 0.7 for
+the pretrained start against the random one). The codes hold the classes for a graph method: UMAP then k-NN or
+label spreading reaches 95% inductively (the worst seed 94.5%: the ≤ 5% error target holds on
+4 of 5 seeds).
+
+Levers measured for the autoencoder recipe (3 seeds, 10 labels/class, the same draws; earlier
+runs of this file): a plain AE 784-512-256-64, finetune 77.4% vs scratch 76.9%; the denoising
+AE 784-1000-500-250 (this default) 80.2% vs 78.4%; random translations while fine-tuning lift
+both alike (scratch 83.5%, finetune 82.6%; with the denoising AE 83.9% / 83.7%); 4,000 steps
+instead of 1,000 with both: finetune 84.0% vs scratch 83.1% (+1.0 ± 1.0); joint_finetune 83.9%.
+UMAP with min_dist 0 or 20 neighbours did not beat the defaults. None of these reached the CAE.
 """
 
 from aetl_jax.tasks.transfer import default_config

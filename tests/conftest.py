@@ -104,11 +104,11 @@ def classifier_and_params(config, num_classes=10, input_shape=(8, 8, 1), seed=0)
 # leaves short files for the end, so neither worker idles while the other finishes a long one
 # (simulated from the measured times: about 50 s of wall time). Order only: the files not
 # listed follow in their usual order, and a stale list only costs that time again.
-HEAVIEST_FIRST = ("test_bench_harness.py", "test_models.py", "test_conv_ops.py",
-                  "test_launchers.py", "test_backbone.py", "test_text.py", "test_multihost.py",
-                  "test_adaptation.py", "test_preemption.py", "test_data_sources.py",
-                  "test_strategies.py", "test_applications.py", "test_workflow.py",
-                  "test_engine.py", "test_quickstart.py")
+HEAVIEST_FIRST = ("test_bench_harness.py", "test_models.py", "test_backbone.py", "test_text.py",
+                  "test_conv_ops.py", "test_semi_supervised.py", "test_launchers.py",
+                  "test_adaptation.py", "test_multihost.py", "test_preemption.py",
+                  "test_applications.py", "test_strategies.py", "test_data_sources.py",
+                  "test_hostile.py", "test_quickstart.py", "test_engine.py")
 
 
 def pytest_configure(config):

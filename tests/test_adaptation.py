@@ -47,6 +47,7 @@ def test_coral_and_mmd_are_zero_for_identical_batches_and_positive_otherwise():
 
 @pytest.mark.parametrize("name, strength", [("translate", 0.25), ("rotate", 20), ("noise", 0.2),
                                             ("cutout", 0.5)])
+@pytest.mark.slow
 def test_augmentations_are_deterministic_per_key_and_stay_images(name, strength, digits):
   images, _ = digits
   x = jnp.asarray(images[:16] / 16.0, jnp.float32)
@@ -69,6 +70,7 @@ def test_translate_moves_pixels_without_changing_them():
   assert abs(y - 3) <= 2 and abs(xx - 4) <= 2
 
 
+@pytest.mark.slow
 def test_pseudo_label_term_uses_only_confident_predictions_and_keeps_labels(digits):
   from aetl_jax.models.registry import build_classifier
   from aetl_jax.objectives.adaptation import pseudo_label
@@ -109,6 +111,7 @@ def adapted(tmp_path_factory):
   return config, workdir, api.run(config, workdir, progress=False)
 
 
+@pytest.mark.slow
 def test_every_new_strategy_trains_and_reports(adapted):
   config, workdir, out = adapted
   cells = {(r["budget"], r["strategy"]) for r in out["rows"]}
@@ -136,6 +139,7 @@ def test_every_new_strategy_trains_and_reports(adapted):
   assert "labelled images" in md  # the caption says the source was labelled
 
 
+@pytest.mark.slow
 def test_budget_zero_evaluates_the_source_classifier_without_training(adapted):
   """source_only at budget 0 is the pretrained source classifier as it is: its recorded
   accuracy is that of the checkpoint's encoder + head on the target test set."""
@@ -166,6 +170,7 @@ def test_budget_zero_evaluates_the_source_classifier_without_training(adapted):
   assert last["eval_accuracy"] == pytest.approx(on_source, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_dann_logs_its_domain_classifier(adapted):
   _, workdir, _ = adapted
   import json
@@ -177,6 +182,7 @@ def test_dann_logs_its_domain_classifier(adapted):
   assert "reconstruction" in drcn["history"][-1] and "labelled_classification" not in drcn["history"][-1]
 
 
+@pytest.mark.slow
 def test_joint_source_pretraining_transfers_its_encoder(tmp_path):
   config = digits_config(*TINY, "objective.name='joint'", "transfer.budgets=(0,2)",
                          "transfer.strategies=('source_only','finetune')", "model.widths=(32,)",
@@ -265,6 +271,7 @@ def test_a_rerun_with_nested_tuple_keys_resumes(tmp_path):
   assert resuming
 
 
+@pytest.mark.slow
 def test_any_strategy_can_augment_its_labelled_images(digits):
   """transfer.augment wraps every phase's objective; a head-only phase then trains on images
   (features of augmented images cannot be cached). Off by default."""

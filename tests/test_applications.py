@@ -153,6 +153,7 @@ def _tiny_autoencoder(shape=(8, 8, 1)):
   return model, params
 
 
+@pytest.mark.slow
 def test_reconstruction_and_knn_scores_equal_their_definitions(digits):
   images, _ = digits
   x = (images[:40] / 16.0).astype(np.float32)
@@ -172,6 +173,7 @@ def test_reconstruction_and_knn_scores_equal_their_definitions(digits):
 # --- vmapped one-class models == one by one ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_vmapped_one_class_models_equal_sequential_ones(digits):
   config = oc_config()
   data = one_class.load(config, progress=False)
@@ -203,6 +205,7 @@ def test_vmapped_one_class_models_equal_sequential_ones(digits):
 # --- the tasks end to end ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_one_class_task_end_to_end_resumes_without_retraining(tmp_path):
   config = oc_config()
   out = api.run(config, tmp_path, progress=False)
@@ -244,6 +247,7 @@ def test_one_class_task_end_to_end_resumes_without_retraining(tmp_path):
     assert r["auroc"] == pytest.approx(before[key(r)], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_vae_one_class_scores_by_negative_elbo(tmp_path):
   config = oc_config("objective.name='vae'", "one_class.scores=('neg_elbo','reconstruction_bce')",
                      "one_class.seeds=1", "one_class.baselines=()", "model.latent_dim=4")
@@ -260,6 +264,7 @@ def test_vae_one_class_scores_by_negative_elbo(tmp_path):
         assert scores.min() > 0
 
 
+@pytest.mark.slow
 def test_clustering_task_end_to_end(tmp_path):
   config = api.load_config(clustering.default_config(), [
       "data.max_examples=400", "pretrain.epochs=3", "pretrain.batch_size=64", "clustering.seeds=2",

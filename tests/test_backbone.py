@@ -111,6 +111,7 @@ def test_logits_and_running_statistics_equal_torchvision(impl):
   assert all(v < 1e-4 for v in errors.values()), errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["im2col", "xla"])
 def test_logits_and_running_statistics_equal_torchvisions_recorded_outputs(impl):
   """Without torch: torchvision's outputs on NumPy-seeded weights, recorded by
@@ -138,6 +139,7 @@ def test_logits_and_running_statistics_equal_torchvisions_recorded_outputs(impl)
   assert np.abs(ref["eval_logits"] - ref["train_logits"]).max() > 0.01
 
 
+@pytest.mark.slow
 def test_im2col_and_xla_convolutions_are_the_same_resnet():
   """CPU's default convolution (im2col) and XLA's: the same training-mode logits, running
   statistics and gradients from the same tree (without torch: the test above needs it)."""
@@ -243,6 +245,7 @@ def _stem_batch_mean(params, x):
   return y.mean((0, 1, 2))
 
 
+@pytest.mark.slow
 def test_trainable_blocks_update_statistics_and_frozen_blocks_keep_them():
   model, params = classifier()
   params = randomised_statistics(params)
@@ -261,6 +264,7 @@ def test_trainable_blocks_update_statistics_and_frozen_blocks_keep_them():
   assert not np.allclose(enc1["conv1"]["kernel"], enc0["conv1"]["kernel"])
 
 
+@pytest.mark.slow
 def test_a_frozen_block_normalises_with_its_running_statistics():
   """With the encoder frozen, the training loss is the cross-entropy of the inference-mode
   logits; with it trainable, batch statistics make it differ."""
@@ -280,6 +284,7 @@ def test_a_frozen_block_normalises_with_its_running_statistics():
   assert abs(rows[0]["loss"] - expected) > 1e-3
 
 
+@pytest.mark.slow
 def test_mark_frozen_renames_only_frozen_statistics():
   _, params = classifier()
   trainable = jax.tree_util.tree_map_with_path(
@@ -292,6 +297,7 @@ def test_mark_frozen_renames_only_frozen_statistics():
   assert sum(jax.tree.leaves(statistics_mask(params))) == 2 * 20  # 20 BatchNorms
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_carry_statistics_like_separate_runs():
   model = classifier()[0]
   seeds = [randomised_statistics(classifier(seed=s)[1], seed=s) for s in (0, 1)]
@@ -311,6 +317,7 @@ def test_vmapped_seeds_carry_statistics_like_separate_runs():
                            seeds[k]["encoder"]["bn1"]["running_mean"])
 
 
+@pytest.mark.slow
 def test_statistics_survive_checkpoints_resume_and_the_encoder_transplant(tmp_path):
   from aetl_jax.transfer.encoder import load_encoder
   model, params = classifier()
@@ -387,6 +394,7 @@ def test_frozen_backbone_recipe_phases():
   assert len(build_strategy("frozen_backbone", ctx).phases) == 1
 
 
+@pytest.mark.slow
 def test_backbone_ae_reconstructs_then_finetunes_and_trains_on_the_pool():
   from aetl_jax.core.rules import trainable_mask
   from aetl_jax.strategies.registry import build_strategy
@@ -456,6 +464,7 @@ def test_zero_pretraining_epochs_are_valid_with_weights():
       "model.weights='torchvision:IMAGENET1K_V1'", "pretrain.epochs=0"]))
 
 
+@pytest.mark.slow
 def test_torchvision_weights_are_converted_once_and_cached_with_orbax(tmp_path, monkeypatch):
   """torchvision faked by a module whose resnet18 returns a known state_dict: the encoder gets
   it (fc dropped), and a rerun reads the Orbax copy without torchvision."""
@@ -497,6 +506,7 @@ class _torch_tensor:
     return self.x
 
 
+@pytest.mark.slow
 def test_zero_epochs_make_the_loaded_backbone_the_pretrained_encoder(tmp_path):
   from aetl_jax import api
   from aetl_jax.tasks.pretrain import checkpoint_dir, pretrain

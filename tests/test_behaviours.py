@@ -71,6 +71,7 @@ def test_sparse_kl_penalty_equals_the_formula():
       np.mean(np.abs(np.asarray(code)).sum(1)), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_mae_loss_is_the_mean_error_over_masked_patches_only(digits):
   """The loss equals the per-patch MSE averaged over the masked patches (by hand), and the
   mask it uses has the configured ratio."""

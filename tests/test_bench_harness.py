@@ -3,6 +3,7 @@
 import pytest
 
 
+@pytest.mark.slow
 def test_bench_harness_runs_and_counts_no_recompiles(tmp_path):
   from aetl_jax.bench.__main__ import main
   rows = main(["--quick", "--no-torch", "--json", str(tmp_path / "b.json")])
@@ -25,6 +26,7 @@ def test_bench_harness_runs_and_counts_no_recompiles(tmp_path):
   assert (tmp_path / "b.json").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_conv_bench_runs_its_grid():
   from aetl_jax.bench.conv import main
   rows = main(["--batch", "8", "--examples", "16", "--epochs", "1", "--impls", "xla,matmul",
@@ -35,6 +37,7 @@ def test_conv_bench_runs_its_grid():
   assert all(r["examples_per_s"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_conv_layer_bench_times_every_layer_and_formulation():
   from aetl_jax.bench.conv_layers import LAYERS, main
   rows = main(["--batch", "2", "--repeats", "1", "--no-torch"])
@@ -78,6 +81,7 @@ def test_kernel_ceiling_replays_exactly_the_steps_matmuls_and_convolutions():
       jnp.ones((2, 3, 3, 3)), jnp.ones((1, 3, 5, 5))))] == ["conv_general_dilated"] * 2
 
 
+@pytest.mark.slow
 def test_one_class_bench_times_vmapped_against_sequential_without_recompiling():
   from aetl_jax.bench.one_class import main
   rows = main(["--models", "3", "--examples", "64", "--batch", "32", "--epochs", "1",

@@ -115,6 +115,7 @@ def test_foreign_nonempty_workdir_refuses(tmp_path):
   assert (tmp_path / "precious.txt").exists()
 
 
+@pytest.mark.slow
 def test_cli_is_a_module_entry_point(tmp_path):
   out = subprocess.run([sys.executable, "-m", "aetl_jax", "run", "--config", str(DIGITS_CONFIG),
                         "--workdir", str(tmp_path), "--config.transfer.strategies=('nope',)"],
@@ -122,6 +123,7 @@ def test_cli_is_a_module_entry_point(tmp_path):
   assert out.returncode == 2 and "unknown strategy 'nope'" in out.stderr
 
 
+@pytest.mark.slow
 def test_experiments_folder_is_not_an_installed_package(tmp_path):
   """A user's own experiments/ package in the working directory shadows nothing of ours."""
   (tmp_path / "experiments").mkdir()

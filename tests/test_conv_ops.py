@@ -59,6 +59,7 @@ GEOMETRIES = [((8, 8), 3, 1, "SAME"), ((8, 8), 3, 2, "SAME"), ((7, 9), 3, 2, "SA
               ((8, 8), 2, 2, "VALID"), ((5, 6), 5, 3, "SAME")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hw, k, stride, padding", GEOMETRIES)
 def test_conv_formulations_match_nn_conv(hw, k, stride, padding):
   """cout 1 takes the spatial-minor shift-add layout (narrow outputs)."""
@@ -74,6 +75,7 @@ STRIDE_1 = [g for g in GEOMETRIES if g[2] == 1] + [((6, 5), 2, 1, "SAME"), ((6, 
                                                    ((5, 7), 1, 1, "VALID")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hw, k, stride, padding", STRIDE_1)
 def test_narrow_formulation_matches_nn_conv(hw, k, stride, padding):
   """Its backward is hand-written (custom_vjp): even kernels put the padding off-centre."""
@@ -116,6 +118,7 @@ def test_depth_to_space_is_the_textbook_transpose(factor, channels):
 @pytest.mark.parametrize("hw, k, stride, padding", GEOMETRIES + [((7, 7), 4, 2, "VALID"),
                                                                  ((4, 5), 2, 3, "SAME"),
                                                                  ((5, 4), 3, 2, "VALID")])
+@pytest.mark.slow
 def test_transposed_formulations_match_nn_conv_transpose(hw, k, stride, padding):
   x = normal(0, (2, *hw, 3))
   conv = dict(strides=(stride, stride), padding=padding)
@@ -142,6 +145,7 @@ def test_per_layer_choice_takes_the_smaller_intermediate():
   assert choose_formulation((28, 28), (14, 14), 1, 32) == "patches"  # stride 2: 4× fewer rows
 
 
+@pytest.mark.slow
 def test_bad_formulation_and_padding_are_named():
   x = jnp.zeros((1, 4, 4, 2))
   with pytest.raises(ValueError, match="auto, xla, patches, shift_add, narrow, hybrid"):
@@ -154,6 +158,7 @@ def test_bad_formulation_and_padding_are_named():
     subpixel_conv_transpose(x, jnp.zeros((4, 4, 2, 3)), phase_conv="fft")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("upsampling", ["transpose", "subpixel", "resize"])
 def test_conv_autoencoder_is_the_same_function_with_every_impl(upsampling):
   from aetl_jax.models.registry import build_autoencoder

@@ -21,6 +21,7 @@ def test_unknown_name_lists_close_matches():
     load_dataset("zip:/tmp/x")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "svhn_cropped"])
 def test_catalogue_route_with_mock_data(name, tmp_path):
   import tensorflow_datasets as tfds
@@ -31,6 +32,7 @@ def test_catalogue_route_with_mock_data(name, tmp_path):
   assert d.num_classes == 10 and d.max_value == 255
 
 
+@pytest.mark.slow
 @needs_shared
 def test_fashion_mnist_through_the_real_builder_offline(tmp_path):
   d = load_dataset("fashion_mnist", splits=("test",), data_dir=tmp_path,
@@ -41,6 +43,7 @@ def test_fashion_mnist_through_the_real_builder_offline(tmp_path):
   assert "prepared from raw files" in d.route
 
 
+@pytest.mark.slow
 @needs_shared
 def test_mnist_through_the_local_idx_route(tmp_path):
   d = load_dataset(f"idx:{SHARED / 'mnist'}", splits=("train", "test"), data_dir=tmp_path)

@@ -31,6 +31,7 @@ def test_dann_ramp_and_annealing_equal_their_formulas():
   assert float(tail(125)) == pytest.approx(0.001, rel=1e-6) and float(tail(150)) == 0.0
 
 
+@pytest.mark.slow
 def test_the_dann_objective_reverses_the_ramped_gradient_into_the_encoder():
   """The encoder's gradient of the domain term is -λ_p × that of plain domain classification;
   the domain classifier's own gradient is not reversed."""
@@ -101,6 +102,7 @@ def test_the_two_player_step_moves_each_players_own_leaves_by_its_own_loss(order
   assert float(metrics["gap"]) == pytest.approx(g - d_seen)
 
 
+@pytest.mark.slow
 def test_a_two_player_phase_trains_vmapped_and_resumable_through_the_driver(tmp_path):
   """The same phase through run_phases (checkpointed, resumed) and run_phases_vmapped gives
   the same parameters; overlapping players are refused."""

@@ -29,6 +29,7 @@ def test_layers_have_no_upward_imports():
   assert "1 kept, 0 broken" in out.stdout
 
 
+@pytest.mark.slow
 def test_joint_objective_reads_two_streams_and_logs_each_term(digits):
   """One step: cross-entropy on a few labels + λ·reconstruction of many unlabelled images."""
   images, labels = digits
@@ -65,6 +66,7 @@ def test_a_phase_reading_a_missing_stream_fails_before_compiling(digits):
                jax.random.PRNGKey(0), runtime=make_runtime())
 
 
+@pytest.mark.slow
 def test_joint_finetune_strategy_trains_through_the_sweep(digits):
   images, labels = digits
   config = tiny_config("transfer.epochs=2", "transfer.batch_size=16")
@@ -79,6 +81,7 @@ def test_joint_finetune_strategy_trains_through_the_sweep(digits):
   assert not tree_equal(out["decoder"], params["decoder"])
 
 
+@pytest.mark.slow
 def test_bitfit_trains_only_biases_and_the_head(digits):
   images, labels = digits
   config = tiny_config("transfer.epochs=3", "transfer.learning_rate=1e-2")
@@ -102,6 +105,7 @@ def test_contractive_penalty_equals_the_jacobian_norm_by_hand():
   assert float(jacobian_penalty(encode, x)) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_contractive_objective_trains_and_is_its_own_config_key(digits):
   from tests.conftest import digits_config
   config = digits_config("objective.name='contractive'", "objective.contractive_weight=0.5")
@@ -191,6 +195,7 @@ def test_a_checkpoint_past_the_phases_is_one_error_naming_both_epoch_counts(tmp_
       run(phases)
 
 
+@pytest.mark.slow
 def test_tensorboard_events_hold_every_term_and_the_learning_rate(tmp_path, digits):
   from tensorboardX.event_file_writer import EventFileWriter  # noqa: F401 - the writer used
   from aetl_jax.tasks.pretrain import pretrain
@@ -212,6 +217,7 @@ def test_tensorboard_events_hold_every_term_and_the_learning_rate(tmp_path, digi
           "eval_psnr", "reconstructions"} <= tags, tags
 
 
+@pytest.mark.slow
 def test_a_short_stream_beside_a_long_one_costs_one_vmapped_draw_not_a_sort_per_cycle():
   """10 labels beside 60,000 unlabelled images: the labelled order is ~1,900 permutations;
   the program must hold a constant number of sorts, not one per permutation (the old Python
@@ -224,6 +230,7 @@ def test_a_short_stream_beside_a_long_one_costs_one_vmapped_draw_not_a_sort_per_
   assert counts.max() - counts.min() <= 1 and idx[1].shape == (468, 32)  # cycled evenly
 
 
+@pytest.mark.slow
 def test_phases_that_differ_only_in_learning_rate_share_their_compiled_programs():
   """The learning rate is a value in the optimiser state, not a constant: a second phase
   with another rate trains with the first one's programs (no compilation), on both the

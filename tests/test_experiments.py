@@ -19,6 +19,7 @@ def test_config_file_loads_validates_and_says_how_to_run_it(path):
   assert f"aetl run --config experiments/{path.name}" in doc
 
 
+@pytest.mark.slow
 def test_mnist_vae_end_to_end_on_mock_mnist(tmp_path):
   import tensorflow_datasets as tfds
   config = api.load_config(ROOT / "experiments" / "mnist_vae.py", [
@@ -35,6 +36,7 @@ def test_mnist_vae_end_to_end_on_mock_mnist(tmp_path):
   assert (tmp_path / "work" / "results" / "results.md").read_text().strip() == out["table"]
 
 
+@pytest.mark.slow
 def test_vae_bounds_of_a_model_that_knows_nothing_are_d_log_2():
   """All weights 0: q(z|x) is the prior (KL 0) and every pixel has p = 1/2, whatever z; so
   the negative ELBO and the importance-sampled NLL are both exactly D log 2 nats."""

@@ -44,6 +44,7 @@ def test_linear_probe_leaves_encoder_bitwise_unchanged_and_stateless(digits):
   assert len(moment_leaves) == len(jax.tree.leaves(params["head"]))
 
 
+@pytest.mark.slow
 def test_frozen_gradients_are_not_computed(digits):
   """The compiled head-only step does less work than the full step."""
   def flops(rules):
@@ -58,6 +59,7 @@ def test_frozen_gradients_are_not_computed(digits):
   assert frozen < 0.6 * full, (frozen, full)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rules", [HEAD_ONLY, ((".*", 1.0),)])
 def test_scan_and_per_batch_runners_agree(digits, rules):
   results = []

@@ -43,6 +43,7 @@ def _digits_npz(path, n=300, seed=0):
   return _npz(path, (images[pick] * 255 / 16).round().astype(np.uint8), labels[pick])
 
 
+@pytest.mark.slow
 def test_a_rerun_on_data_whose_content_changed_is_refused_naming_both_fingerprints(capsys, tmp_path):
   data = _digits_npz(tmp_path / "d.npz")
   args = [f"--config.data.source={data}", f"--config.data.target={data}",
@@ -89,6 +90,7 @@ def test_bad_npz_data_is_one_line_before_anything_trains(capsys, tmp_path, case,
   assert not (tmp_path / "w" / "pretrain").exists()
 
 
+@pytest.mark.slow
 def test_a_fifo_as_dataset_is_refused_at_once(tmp_path):
   """A named pipe would block the reader forever: refused as not a regular file."""
   fifo = tmp_path / "pipe.npz"
@@ -116,6 +118,7 @@ def test_duplicate_sweep_values_are_refused(capsys, tmp_path):
   assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_bad_multi_process_settings_are_exit_2_and_an_absent_coordinator_exit_3(capsys, tmp_path,
                                                                                monkeypatch):
   monkeypatch.setenv("JAX_NUM_PROCESSES", "abc")
@@ -147,6 +150,7 @@ def test_bad_multi_process_settings_are_exit_2_and_an_absent_coordinator_exit_3(
   assert "Traceback" not in out.stderr and time.time() - start < 60
 
 
+@pytest.mark.slow
 def test_a_finished_run_whose_results_are_gone_or_torn_reruns_to_the_end(capsys, tmp_path):
   """The classifiers of cells whose rows are missing are retrained (same program, same
   numbers) instead of failing on every rerun because their checkpoint exists."""
@@ -165,6 +169,7 @@ def test_a_finished_run_whose_results_are_gone_or_torn_reruns_to_the_end(capsys,
   assert key((tmp_path / "results" / "cells.jsonl").read_text()) == key(cells)
 
 
+@pytest.mark.slow
 def test_undecodable_checkpoint_metadata_is_quarantined_like_any_damage(capsys, tmp_path):
   assert _run(capsys, tmp_path, "--config.pretrain.checkpoint_every=1")[0] == 0
   meta = tmp_path / "pretrain" / "checkpoints" / "3" / "_CHECKPOINT_METADATA"
@@ -195,6 +200,7 @@ def test_a_broken_config_file_is_one_line_naming_the_file_and_line(capsys, tmp_p
   assert str(config) in err and says in err
 
 
+@pytest.mark.slow
 def test_reinitialising_the_whole_encoder_is_pseudo_labelling_from_scratch(capsys, tmp_path):
   code, err = _run(capsys, tmp_path, "--config.transfer.reinit=('encoder/.*',)")
   assert code == 0, err
@@ -236,6 +242,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial_step(
   assert not [r for r in caplog.records if r.name == "absl"]  # the writer's traceback unsaid
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_pretraining_is_exit_130_and_one_line(tmp_path):
   """Orbax's background checkpoint threads print no tracebacks after the line."""
   env = {**os.environ, "PYTHONPATH": str(ROOT)}

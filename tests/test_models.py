@@ -93,6 +93,7 @@ def _overfit(name, images, steps=300):
   return first, last
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_each_variant_overfits_a_small_batch(digits, name):
   images = jnp.asarray(digits[0][:16])
@@ -107,6 +108,7 @@ def test_each_variant_overfits_a_small_batch(digits, name):
 @pytest.mark.parametrize("shape", [(28, 28, 1), (8, 8, 1), (32, 32, 3)])
 @pytest.mark.parametrize("name", ["mlp/plain", "mlp/vae", "conv/transpose", "conv/resize",
                                   "conv/subpixel", "resnet/plain", "vit/mae"])
+@pytest.mark.slow
 def test_output_shapes_and_transplantable_encoder(shape, name):
   patch = {8: 2, 28: 4, 32: 4}[shape[0]]
   config = config_for(name, f"model.patch={patch}")
@@ -187,6 +189,7 @@ def test_encoder_that_does_not_fit_says_what_would(overrides, shape, message):
     build_autoencoder(config.model, shape, model_kind(config.objective.name))
 
 
+@pytest.mark.slow
 def test_vae_importance_sampled_nll_is_a_tighter_bound(digits):
   from aetl_jax.evaluation.vae import vae_bounds
   images = (np.asarray(digits[0][:400]) > 0.5).astype(np.float32)  # binarised

@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import DIGITS_CONFIG, ROOT, TINY
 
+pytestmark = pytest.mark.slow  # python -m pytest -m "not slow": the fast tier
+
 WORKER = ROOT / "tests" / "multihost_worker.py"
 
 

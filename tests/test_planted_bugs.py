@@ -47,6 +47,7 @@ class _Section(dict):
   __getattr__ = dict.__getitem__
 
 
+@pytest.mark.slow
 def test_pseudo_labels_come_from_the_weak_view(digits):
   """weak = (), strong = a cutout twice the image side: the unlabelled term is the cross-entropy of
   the model on blank images against its argmax on the clean ones (confidence 0: every one)."""
@@ -82,6 +83,7 @@ def test_rotation_is_in_degrees():
   assert one.max() < 0.1  # 1 degree moves an inner pixel's source by < 0.06 pixel
 
 
+@pytest.mark.slow
 def test_one_class_thresholds_come_from_held_out_normals(tmp_path):
   """A stub score (each image's mean pixel) registered for the test: each row's threshold is
   the (1 - fpr) quantile of the stub on that class's held-out training normals."""

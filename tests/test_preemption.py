@@ -26,7 +26,8 @@ ARGS = ["--no-progress", f"--config.pretrain.epochs={EPOCHS}",
         "--config.pretrain.checkpoint_every=4",
         "--config.pretrain.eval_every=10", "--config.transfer.budgets=(3,)",
         "--config.transfer.seeds=2", "--config.transfer.epochs=8", "--config.transfer.lp_epochs=3",
-        "--config.transfer.strategies=('scratch','linear_probe','lp_ft')"]
+        "--config.transfer.strategies=('scratch','linear_probe','lp_ft')",
+        "--config.transfer.min_steps=0", "--config.transfer.probe_steps=0"]
 
 
 def _cmd(workdir):
@@ -87,6 +88,7 @@ def _run_until(workdir, log, need):
   proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0])
 def test_sigkill_three_times_then_resume_is_bitwise_identical(reference, tmp_path, seed):
   """Killed before the first checkpoint, rerun and killed after several, rerun and killed
@@ -120,6 +122,7 @@ def _pretrain(workdir, *extra):
   return pretrain(config, images[:300], images[300:400], workdir, progress=False)
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
   _pretrain(tmp_path)
   ckpt = checkpoint_dir(tmp_path)
@@ -136,6 +139,7 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
   assert "checkpoint" in caplog.text and "damaged" in caplog.text
 
 
+@pytest.mark.slow
 def test_silently_corrupted_array_is_caught_by_checksum(tmp_path, caplog):
   _pretrain(tmp_path, "pretrain.keep_checkpoints=2")
   ckpt = checkpoint_dir(tmp_path)
@@ -187,6 +191,7 @@ def test_nan_guard_names_the_exact_step_and_keeps_the_good_checkpoints(tmp_path)
     np.testing.assert_allclose(biases, 4.0 * step, rtol=1e-4)  # 4 steps of +1 (Adam, eps 1e-8)
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_is_deterministic(tmp_path):
   _, p1, h1 = _pretrain(tmp_path / "a")
   _, p2, h2 = _pretrain(tmp_path / "b")
@@ -197,6 +202,7 @@ class _Kill(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_sweep_cell_resumes_inside_a_phase(tmp_path):
   """A cell killed mid-phase resumes from its checkpoint, bitwise identical."""
   import jax.numpy as jnp

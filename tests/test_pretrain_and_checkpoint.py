@@ -30,6 +30,7 @@ def pretrained(tmp_path_factory, digits):
               images=images, split=split)
 
 
+@pytest.mark.slow
 def test_pretraining_lowers_heldout_reconstruction_error(pretrained):
   p = pretrained
   init = p["model"].init(jax.random.PRNGKey(123), p["images"][:1])["params"]

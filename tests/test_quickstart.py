@@ -17,6 +17,7 @@ def run(tmp_path_factory):
   return workdir, argv
 
 
+@pytest.mark.slow
 def test_writes_every_artifact(run, capsys):
   workdir, _ = run
   for rel in ("config.json", "environment.json", "data.json", "metrics/pretrain.jsonl",
@@ -35,6 +36,7 @@ def test_writes_every_artifact(run, capsys):
   assert (workdir / "results/summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_rerun_resumes_without_recomputing(run, capsys):
   workdir, argv = run
   cells = (workdir / "results/cells.jsonl").read_text()
@@ -47,12 +49,14 @@ def test_rerun_resumes_without_recomputing(run, capsys):
   assert (workdir / "metrics/pretrain.jsonl").read_text() == pretrain_log
 
 
+@pytest.mark.slow
 def test_more_seeds_on_rerun_is_a_different_config(run, capsys):
   workdir, argv = run
   assert main(argv + ["--config.transfer.seeds=3"]) == 2
   assert "transfer.seeds: 2 -> 3" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_every_trained_cell_saved_a_classifier_that_predicts_its_recorded_accuracy(run, tmp_path, capsys):
   import numpy as np
   from aetl_jax.data.domains import build_transfer_data
@@ -89,6 +93,7 @@ def test_every_trained_cell_saved_a_classifier_that_predicts_its_recorded_accura
   assert "(28, 28, 1) do not fit the classifier's input (8, 8, 1)" in err and "resize='pad'" in err
 
 
+@pytest.mark.slow
 def test_fine_tuned_encoders_of_a_run_can_be_clustered(run, tmp_path):
   """clustering.classifiers: the features of a saved fine-tuned encoder, clustered beside the
   autoencoder codes; they are the classifier's own encoder outputs."""
@@ -115,6 +120,7 @@ def test_fine_tuned_encoders_of_a_run_can_be_clustered(run, tmp_path):
     api.prepare(bad, progress=False)
 
 
+@pytest.mark.slow
 def test_overwrite_clears_everything_a_run_wrote(run, tmp_path):
   """TensorBoard events and saved classifiers are the run's own: --overwrite removes them."""
   import shutil
@@ -139,6 +145,7 @@ def _png_folder(folder, images, classes=None):
     Image.fromarray(np.round(x[..., 0] * 255).astype(np.uint8)).save(where / f"img{i:03d}.png")
 
 
+@pytest.mark.slow
 def test_predict_scales_image_files_as_0_to_255_and_reads_class_folders(run, tmp_path):
   """A digits classifier (trained on 0..16 arrays) reading ordinary PNGs divides by 255, not by
   16; class sub-folders (the folder: layout) are read with each file's name and folder."""
@@ -171,6 +178,7 @@ def test_predict_scales_image_files_as_0_to_255_and_reads_class_folders(run, tmp
     np.testing.assert_allclose(probs, expected, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_predict_refuses_an_existing_out_file_a_path_as_cell_and_broken_images(run, tmp_path, capsys):
   import numpy as np
   from aetl_jax.transfer.classifiers import list_cells

@@ -2,9 +2,13 @@
 
 import re
 
+import pytest
+
 from aetl_jax.cli import main
 from tests.conftest import ROOT
 
+
+pytestmark = pytest.mark.slow  # python -m pytest -m "not slow": the fast tier
 
 def _files():
   text = (ROOT / "README.md").read_text()

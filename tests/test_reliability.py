@@ -126,6 +126,7 @@ def test_invalid_partial_regex_fails_before_anything_trains(capsys, tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_nan_guard_is_one_line_with_exit_code_3(capsys, tmp_path):
   code, err = _main(capsys, tmp_path, "--config.pretrain.learning_rate=1e12",
                     "--config.objective.loss='mse'")
@@ -133,6 +134,7 @@ def test_nan_guard_is_one_line_with_exit_code_3(capsys, tmp_path):
   assert "non-finite loss or gradient in phase 'pretrain' at step" in err
 
 
+@pytest.mark.slow
 def test_missing_manifest_is_damage_not_a_reason_to_skip_the_checksum(tmp_path, digits, caplog):
   images = digits[0]
   config = tiny_config("pretrain.epochs=6", "pretrain.checkpoint_every=2",
@@ -172,6 +174,7 @@ def test_results_being_a_file_is_refused_before_training(tmp_path):
     prepare_workdir(tmp_path, digits_config(), experiment="transfer")
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_rerun_finishes(capsys, tmp_path, monkeypatch):
   """The checkpoint writer fails with ENOSPC on its second save: exit 3, one line, and the
   same command afterwards resumes from the saved step and finishes."""
@@ -197,6 +200,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_finishes(capsys, tmp_path, monkey
   assert [r["epoch"] for r in rows] == list(range(6))
 
 
+@pytest.mark.slow
 def test_a_kill_before_the_first_checkpoint_leaves_no_duplicated_epochs(tmp_path, digits):
   config = tiny_config("pretrain.epochs=5", "pretrain.checkpoint_every=4")
   log = tmp_path / "metrics" / "pretrain.jsonl"

@@ -177,6 +177,7 @@ def sweep(tmp_path_factory, digits):
   return s, params, data
 
 
+@pytest.mark.slow
 def test_cells_of_a_budget_and_seed_share_labels_across_strategies(sweep):
   s, _, data = sweep
   for budget in (2, 4):

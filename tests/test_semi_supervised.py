@@ -35,6 +35,7 @@ def _fit_combinator(z_noisy, u, z, steps=400):
   return float(loss(params))
 
 
+@pytest.mark.slow
 def test_the_lateral_connection_lets_the_decoder_denoise_beyond_the_top_down_signal():
   """z ~ N(0, 1), z̃ = z + 0.5 noise, u a weak top-down hint (sign(z) + noise): with the lateral
   z̃ the combinator reaches about the Bayes shrinkage error; from u alone (z̃ zeroed) it
@@ -49,6 +50,7 @@ def test_the_lateral_connection_lets_the_decoder_denoise_beyond_the_top_down_sig
   assert with_lateral < 0.5 * without  # the lateral carries what u cannot
 
 
+@pytest.mark.slow
 def test_ladder_costs_and_statistics_against_a_hand_computation():
   model = LadderNetwork(widths=(6,), num_classes=3, noise_std=0.0)
   x = normal(3, (16, 2, 2, 1))
@@ -76,6 +78,7 @@ def test_ladder_costs_and_statistics_against_a_hand_computation():
   assert sorted(gcosts) == [2]
 
 
+@pytest.mark.slow
 def test_ladder_evaluates_with_its_running_statistics():
   model = LadderNetwork(widths=(4,), num_classes=2)
   x = normal(4, (8, 3, 1, 1))
@@ -225,6 +228,7 @@ def test_validation_labels_extra_within_or_none_and_never_at_budget_zero():
     assert len(train) == 0 and len(val) == 0
 
 
+@pytest.mark.slow
 def test_linear_probe_matches_scikit_learns_logistic_regression_on_the_same_codes(tmp_path):
   """Five label draws of 5 per class on the codes of a small digits autoencoder: the probe
   (logistic regression with scikit-learn's L2, C = transfer.probe_c, trained to convergence)
@@ -267,6 +271,7 @@ def test_linear_probe_matches_scikit_learns_logistic_regression_on_the_same_code
   assert abs(diff.mean()) <= max(half, 0.01), (ours, theirs)
 
 
+@pytest.mark.slow
 def test_ladder_umap_spreading_and_pseudo_labels_from_scratch_in_a_sweep(tmp_path):
   """End to end on digits: the ladder's saved classifier predicts what its cell scored
   (recomputed from the saved parameters), the inductive UMAP probe is named in the caption,

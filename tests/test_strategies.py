@@ -53,6 +53,7 @@ def _changed_blocks(before, after):
   return out
 
 
+@pytest.mark.slow
 def test_every_strategy_builds_and_runs(setup):
   for name in STRATEGIES.names():
     # joint_finetune and backbone_ae need the decoder (tests/test_engine.py,
@@ -85,6 +86,7 @@ def test_linear_probe_uses_cached_features_and_matches_masked_path(setup):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_lp_ft_second_phase_starts_from_probed_head(setup):
   _, _, params, _ = setup
   _, _, phases = _run(setup, "lp_ft", lp_epochs=3, epochs=2)
@@ -96,6 +98,7 @@ def test_lp_ft_second_phase_starts_from_probed_head(setup):
   assert _changed_blocks(ft_start, ft_end) == {"block_0", "block_1", "block_2", "head"}
 
 
+@pytest.mark.slow
 def test_gradual_unfreeze_changes_trainable_set_per_phase(setup):
   _, _, phases = _run(setup, "gradual_unfreeze", unfreeze_epochs=1)
   assert [p[0] for p in phases] == ["unfreeze_0", "unfreeze_1", "unfreeze_2", "unfreeze_3"]
@@ -111,6 +114,7 @@ def test_partial_freezes_first_k_blocks(setup):
   assert _changed_blocks(start, end) == {"block_2", "head"}
 
 
+@pytest.mark.slow
 def test_partial_by_regex(setup):
   _, _, phases = _run(setup, "partial", partial_freeze_regex="encoder/block_1/.*")
   (_, start, end), = phases
@@ -165,6 +169,7 @@ def test_probes_beat_chance_on_digit_pixels(digits):
   assert ridge["l2"] in (0.1, 1.0, 10.0) and knn["k"] in (1, 3, 5)
 
 
+@pytest.mark.slow
 def test_cells_log_parameter_counts_and_a_validation_curve(tmp_path):
   """Every phase records how many parameters it trains and freezes (by hand for the digits
   MLP 64-128-64-32 + a 10-way head), and every epoch its validation loss and accuracy; the

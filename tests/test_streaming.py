@@ -64,6 +64,7 @@ def test_choose_data_path():
     choose_data_path("disk", 1, 1)
 
 
+@pytest.mark.slow
 def test_pretraining_on_the_stream_path_learns_and_resumes(tmp_path, digits):
   from aetl_jax.tasks.pretrain import pretrain
   from tests.conftest import tiny_config
@@ -77,6 +78,7 @@ def test_pretraining_on_the_stream_path_learns_and_resumes(tmp_path, digits):
   assert again == history
 
 
+@pytest.mark.slow
 def test_transfer_experiment_streams_its_source_from_tfds(tmp_path, digits):
   """Source read from disk batch by batch (mock TFDS mnist), target sklearn digits in memory."""
   import json
@@ -88,7 +90,8 @@ def test_transfer_experiment_streams_its_source_from_tfds(tmp_path, digits):
       f"data.data_dir='{tmp_path / 'tfds'}'", "data.stream_source=True",
       "data.common_shape=(28, 28, 1)", "pretrain.epochs=2", "pretrain.batch_size=32",
       "transfer.budgets=(3,)", "transfer.seeds=1", "transfer.epochs=2", "transfer.lp_epochs=1",
-      "transfer.strategies=('scratch','linear_probe')"])
+      "transfer.strategies=('scratch','linear_probe')", "transfer.min_steps=0",
+      "transfer.probe_steps=0"])
   with tfds.testing.mock_data(num_examples=96, data_dir=str(tmp_path / "mock")):
     out = api.run(config, tmp_path / "work", progress=False)
   described = json.loads((tmp_path / "work" / "data.json").read_text())

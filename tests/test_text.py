@@ -131,6 +131,7 @@ def random_tokens(n, max_len, seed=0, vocab=40):
   return ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_padding_never_counts_and_skipped_chunks_change_nothing(cell):
   ids = random_tokens(8, 12)
@@ -171,6 +172,7 @@ def test_word_masking_touches_only_words_at_the_given_rate():
   assert 0.22 < rate < 0.28
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["seq_reconstruction", "seq_denoising"])
 def test_sequence_autoencoder_overfits_a_few_sentences(objective):
   ids = random_tokens(6, 12, seed=5)
@@ -196,6 +198,7 @@ def test_sequence_autoencoder_overfits_a_few_sentences(objective):
   assert float(clean["token_accuracy"]) > 0.95
 
 
+@pytest.mark.slow
 def test_token_epochs_batch_sentences_of_similar_length():
   ids = random_tokens(2048, 40, seed=6)
   lengths = _token_lengths({"image": jnp.asarray(ids)})
@@ -236,6 +239,7 @@ def text_run(tiny_text, tmp_path_factory):
   return workdir, out
 
 
+@pytest.mark.slow
 def test_text_transfer_runs_every_strategy_and_saves_the_vocabulary(text_run):
   workdir, out = text_run
   rows = out["rows"]
@@ -278,6 +282,7 @@ def test_text_transfer_runs_every_strategy_and_saves_the_vocabulary(text_run):
   assert [tok.id_to_token(i) for i in range(len(vocab))] == vocab
 
 
+@pytest.mark.slow
 def test_text_encoder_transplants_from_the_checkpoint(text_run, tiny_text):
   from aetl_jax.transfer.encoder import load_encoder, target_model
   workdir, _ = text_run
@@ -305,6 +310,7 @@ def test_text_encoder_transplants_from_the_checkpoint(text_run, tiny_text):
       autoencoder.apply({"params": {"encoder": saved}}, ids, method="encode"), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_rerun_resumes_with_the_saved_vocabulary_and_a_foreign_one_is_refused(text_run, tiny_text):
   workdir, first = text_run
   again = api.run(text_config(tiny_text), workdir, progress=False)  # a fresh tokenizer is trained...
@@ -348,6 +354,7 @@ def test_an_rnn_on_images_and_a_text_source_for_an_image_target_are_refused(tiny
             tmp_path / "b", progress=False)
 
 
+@pytest.mark.slow
 def test_tfds_text_datasets_load_through_their_real_builders():
   import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=24):

@@ -23,6 +23,7 @@ def swept(tmp_path_factory):
   return root
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_every_point_in_its_own_workdir_and_shares_the_pretraining(swept):
   points = json.loads((swept / "sweep.json").read_text())
   assert [p["point"] for p in points] == [{"transfer.learning_rate": "1e-3"},
@@ -39,6 +40,7 @@ def test_a_sweep_runs_every_point_in_its_own_workdir_and_shares_the_pretraining(
   assert "| 0.001 |" in table and "| 0.01 |" in table
 
 
+@pytest.mark.slow
 def test_a_rerun_of_the_sweep_resumes_every_point(swept, capsys):
   cells = [(swept / p["name"] / "results" / "cells.jsonl").read_text()
            for p in json.loads((swept / "sweep.json").read_text())]
@@ -48,6 +50,7 @@ def test_a_rerun_of_the_sweep_resumes_every_point(swept, capsys):
   assert again == cells
 
 
+@pytest.mark.slow
 def test_compare_command_reads_a_sweep_folder(swept, tmp_path, capsys):
   assert main(["compare", str(swept), "--out", str(tmp_path)]) == 0
   out = capsys.readouterr().out
@@ -67,6 +70,7 @@ def test_a_bad_sweep_fails_before_anything_runs(tmp_path, capsys, flag, message)
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_compare_refuses_runs_on_different_test_sets(swept, tmp_path, capsys):
   other = tmp_path / "other"
   assert _run("--workdir", str(other), "--config.data.split_seed=5") == 0

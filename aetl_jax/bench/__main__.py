@@ -296,7 +296,7 @@ def main(argv=None):
   total_compiles += sum(r["compiles"] for r in rows["backbone"])
   from aetl_jax.bench import steps
   print()
-  rows["steps"] = steps.rows(repeats)  # the Ladder step, the two-player (ADDA) step
+  rows["steps"] = steps.rows(repeats, quick)  # the Ladder step, the two-player (ADDA) step
   total_compiles += sum(r["compiles"] for r in rows["steps"])
   rows["compiles_during_timed_parts"] = total_compiles
   print(f"\ncompilations during the timed parts: {total_compiles}")

@@ -102,13 +102,13 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
     # The epoch runner donates its state: train on a copy so the caller's trees survive.
     state = runtime.launcher.replicate(
         state if state is not None else prog.init_state(jax.tree.map(jnp.copy, params)))
-    for epoch in range(max(first, start), last):
-      state, metrics = _epoch(prog, state, pdata, jax.random.fold_in(rng, epoch), epoch, runtime,
+    lo = max(first, start)
+    for epoch, key in zip(range(lo, last), _epoch_keys(rng, lo, last)):
+      state, metrics = _epoch(prog, state, pdata, key, epoch, runtime,
                               f"{label}/{phase.name}" if label else phase.name)
       done = epoch + 1
       if per_epoch is not None:
-        metrics.update({k: float(v) for k, v in per_epoch(
-            _merged(prog, params, state, runtime), epoch_data).items()})
+        metrics.update(_floats(per_epoch(_merged(prog, params, state, runtime), epoch_data)))
       rows.append(_row(phase, epoch, metrics, metric_prefix))
       if evaluate and (done == total or (eval_every and done % eval_every == 0)):
         rows[-1].update({f"eval_{k}": v for k, v in
@@ -132,6 +132,19 @@ def _jitted_metrics(fn):
   return None if fn is None else jax.jit(fn)
 
 
+def _epoch_keys(rng, lo: int, hi: int):
+  """``fold_in(rng, epoch)`` for every epoch of [lo, hi), in one dispatch (many short epochs
+  otherwise pay one host round trip each)."""
+  if hi <= lo:
+    return []
+  return list(jax.vmap(lambda e: jax.random.fold_in(rng, e))(jnp.arange(lo, hi)))
+
+
+def _floats(tree: dict) -> dict:
+  """A dict of scalars from the device, in one transfer."""
+  return {k: float(v) for k, v in jax.device_get(tree).items()}
+
+
 def _epoch(prog: Program, state, data, rng, epoch, runtime, label):
   first_step = int(runtime.launcher.unreplicate(state.step))
   stream = data[prog.phase.streams[0]]
@@ -141,10 +154,11 @@ def _epoch(prog: Program, state, data, rng, epoch, runtime, label):
     state, metrics = prog.stream_epoch_fn(state, batches, rng)
   else:
     state, metrics = prog.epoch_fn(state, data, rng)
-  metrics = {k: float(v) for k, v in metrics.items()}
+  step = runtime.launcher.unreplicate(state.step)
+  metrics = _floats({**metrics, "learning_rate": _jitted_metrics(prog.unit)(step)})
+  metrics["learning_rate"] *= prog.rates[0]
   check_finite(metrics, phase=label, epoch=epoch, first_step=first_step)
   metrics.pop("first_nonfinite_step")
-  metrics["learning_rate"] = float(prog.schedule(int(runtime.launcher.unreplicate(state.step))))
   return state, metrics
 
 
@@ -249,17 +263,20 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
   rows = [[] for _ in range(int(rngs.shape[0]))]
   for prog, metrics, (phase, first, _) in zip(progs, history, _spans(phases)):
     metrics = jax.tree.map(np.asarray, metrics)  # (K, epochs)
+    steps = _epoch_steps(prog, one_data)
+    unit = _jitted_metrics(prog.unit)
+    rates = prog.rates[0] * np.asarray(jax.device_get(
+        [unit(np.int32((e + 1) * steps)) for e in range(phase.epochs)]))
     for k, seed_rows in enumerate(rows):
       where = first_nonfinite(metrics["first_nonfinite_step"][k])
       if where is not None:
         e, index = where
         check_finite({"first_nonfinite_step": index},
                      phase=(f"{label}/{phase.name}" if label else phase.name) + f" (seed {k})",
-                     epoch=first + e, first_step=e * _epoch_steps(prog, one_data))
-      steps = _epoch_steps(prog, one_data)
+                     epoch=first + e, first_step=e * steps)
       seed_rows.extend(_row(phase, first + e, {
           **{n: float(v[k, e]) for n, v in metrics.items() if n != "first_nonfinite_step"},
-          "learning_rate": float(prog.schedule((e + 1) * steps))}, metric_prefix)
+          "learning_rate": float(rates[e])}, metric_prefix)
           for e in range(phase.epochs))
   return params, rows
 

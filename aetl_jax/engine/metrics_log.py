@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +75,12 @@ class TensorBoard:
   training path), one folder per run part; only process 0 writes.
   View with ``pip install tensorboard && tensorboard --logdir WORKDIR/tensorboard``."""
 
+  FLUSH_EVERY_S = 2.0  # a live TensorBoard lags at most this; many short epochs cost no flushes
+
   def __init__(self, directory):
     self.directory = Path(directory)
     self._writer = None
+    self._flushed = 0.0
 
   def writer(self):
     if self._writer is None:
@@ -91,7 +95,9 @@ class TensorBoard:
     for key, value in row.items():
       if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
         self.writer().add_scalar(key, float(value), step)
-    self.writer().flush()
+    if time.monotonic() - self._flushed >= self.FLUSH_EVERY_S:
+      self.writer().flush()
+      self._flushed = time.monotonic()
 
   def images(self, name: str, images, step: int) -> None:
     """A batch of images in [0, 1], (N, H, W, C)."""
