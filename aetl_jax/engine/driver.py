@@ -149,7 +149,7 @@ def _epoch(prog: Program, state, data, rng, epoch, runtime, label):
   first_step = int(runtime.launcher.unreplicate(state.step))
   stream = data[prog.phase.streams[0]]
   if isinstance(stream, HostStream):
-    role = prog.phase.feed[0][0]
+    role = prog.phase.feed[0].role
     batches = ({role: b} for b in stream.epoch(epoch))
     state, metrics = prog.stream_epoch_fn(state, batches, rng)
   else:
@@ -282,5 +282,5 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
 
 
 def _epoch_steps(prog: Program, data) -> int:
-  return steps_per_epoch(num_examples(data[prog.phase.streams[0]]), prog.phase.feed[0][2])
+  return steps_per_epoch(num_examples(data[prog.phase.streams[0]]), prog.phase.feed[0].batch_size)
 

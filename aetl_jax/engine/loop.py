@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +28,21 @@ from jax.sharding import PartitionSpec as P
 
 from aetl_jax.engine.launchers import DATA_AXIS, Launcher, make_launcher
 
-# ((role, stream, batch_size), ...): the first role sets the epoch length.
-Feed = tuple[tuple[str, str, int], ...]
+class Source(NamedTuple):
+  """One entry of a :data:`Feed`: each step's batch under ``role`` is ``batch_size`` examples
+  of ``data[stream]``. A plain ``(role, stream, batch_size)`` tuple is the same thing."""
+  role: str
+  stream: str
+  batch_size: int
+
+
+# (Source, ...): the first one sets the epoch length.
+Feed = tuple[Source, ...]
+
+
+def as_feed(feed) -> Feed:
+  """A feed of :class:`Source` entries from any ``((role, stream, batch_size), ...)``."""
+  return tuple(Source(*entry) for entry in feed)
 
 
 def num_examples(data) -> int:
@@ -119,6 +132,7 @@ class _Reader:
     if batch_size is not None and batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if feed is not None:
+      feed = as_feed(feed)
       for role, stream, b in feed:
         if b < 1:
           raise ValueError(f"batch size of role {role!r} (stream {stream!r}) must be >= 1, got {b}")
@@ -127,19 +141,19 @@ class _Reader:
 
   @property
   def batch_sizes(self) -> tuple[int, ...]:
-    return (self.batch_size,) if self.feed is None else tuple(b for _, _, b in self.feed)
+    return (self.batch_size,) if self.feed is None else tuple(f.batch_size for f in self.feed)
 
   def sizes(self, data) -> tuple[int, ...]:
     if self.feed is None:
       return (num_examples(data),)
-    missing = [s for _, s, _ in self.feed if s not in data]
+    missing = [f.stream for f in self.feed if f.stream not in data]
     if missing:
       raise ValueError(f"the epoch reads stream(s) {', '.join(missing)} but the data holds: "
                        f"{', '.join(data)}")
-    return tuple(num_examples(data[s]) for _, s, _ in self.feed)
+    return tuple(num_examples(data[f.stream]) for f in self.feed)
 
   def plan(self, rng, data):
-    first = data if self.feed is None else data[self.feed[0][1]]
+    first = data if self.feed is None else data[self.feed[0].stream]
     return _plan(rng, self.sizes(data), self.batch_sizes, _token_lengths(first))
 
   def gather(self, data, idx):

@@ -75,7 +75,9 @@ class TensorBoard:
   training path), one folder per run part; only process 0 writes.
   View with ``pip install tensorboard && tensorboard --logdir WORKDIR/tensorboard``."""
 
-  FLUSH_EVERY_S = 2.0  # a live TensorBoard lags at most this; many short epochs cost no flushes
+  # Rows within this many seconds of the last flush wait for the next row (or close()): many
+  # short epochs cost no flush each; an epoch longer than this is flushed as it ends.
+  FLUSH_EVERY_S = 2.0
 
   def __init__(self, directory):
     self.directory = Path(directory)

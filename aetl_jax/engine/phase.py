@@ -27,7 +27,8 @@ from aetl_jax.core.optim import learning_rate_schedule, make_optimizer
 from aetl_jax.core.rules import (Rule, freeze_and_multipliers, split_by_mask, tree_paths,
                                  weight_decay_multipliers)
 from aetl_jax.core.statistics import statistics_mask
-from aetl_jax.engine.loop import Feed, epoch_body, make_epoch_fn, make_stream_epoch_fn
+from aetl_jax.engine.loop import (Feed, as_feed, epoch_body, make_epoch_fn,
+                                  make_stream_epoch_fn)
 from aetl_jax.engine.runtime import Runtime
 from aetl_jax.engine.state import TrainState
 from aetl_jax.engine.step import make_train_step, make_two_player_step
@@ -80,7 +81,7 @@ class Adversary:
 class Phase:
   name: str
   loss: Callable  # (params, {role: batch}, rng) -> (scalar, {name: scalar})
-  feed: Feed  # ((role, stream, global batch size), ...); the first role sets the epoch
+  feed: Feed  # (Source(role, stream, global batch size), ...); the first sets the epoch
   epochs: int
   optim: Optim
   rules: tuple[Rule, ...] = EVERYTHING  # (regex, 'frozen' | lr multiplier)
@@ -95,16 +96,19 @@ class Phase:
   # weights ramped over training, as DANN's gradient-reversal weight).
   progress: bool = False
 
+  def __post_init__(self):  # plain (role, stream, batch_size) tuples become Sources
+    object.__setattr__(self, "feed", as_feed(self.feed))
+
   @property
   def streams(self) -> tuple[str, ...]:
-    return tuple(s for _, s, _ in self.feed)
+    return tuple(f.stream for f in self.feed)
 
   def for_size(self, num_examples: int) -> "Phase":
     """This phase with its length resolved for a first stream of ``num_examples``:
     ``epochs``, or more to give ``min_steps`` optimiser steps."""
     if not self.min_steps:
       return self
-    need = -(-self.min_steps // steps_per_epoch(num_examples, self.feed[0][2]))
+    need = -(-self.min_steps // steps_per_epoch(num_examples, self.feed[0].batch_size))
     return self if need <= self.epochs else dataclasses.replace(self, epochs=need)
 
 
@@ -264,7 +268,7 @@ def build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -
 @functools.lru_cache(maxsize=64)
 def _build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -> Program:
   template = _template(spec)
-  per_epoch = steps_per_epoch(lead_size, phase.feed[0][2])
+  per_epoch = steps_per_epoch(lead_size, phase.feed[0].batch_size)
   total = per_epoch * phase.epochs
   if phase.adversary is not None:
     tx, step, single, unit = _two_player_steps(phase, template, total, per_epoch, runtime)
