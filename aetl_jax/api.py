@@ -116,7 +116,7 @@ def validate(config) -> None:
     validate_pretrain_config(config)
 
 
-def prepare(config, *, progress: bool = True):
+def load_and_check(config, *, progress: bool = True):
   """(task entry, data): validation and the task's data checks, before any workdir is touched."""
   validate(config)
   task = TASKS.get(config.task)
@@ -229,7 +229,7 @@ def run(config, workdir, *, overwrite: bool = False, progress: bool = True) -> d
   """Runs ``config`` into ``workdir``: checks, workdir guard (resume or refuse), the task."""
   config = load_config(config)
   join_processes(config)
-  task, data = prepare(config, progress=progress)
+  task, data = load_and_check(config, progress=progress)
   with open_workdir(config, workdir, overwrite=overwrite, data=data) as (workdir, resuming):
     if resuming:
       log.info("resuming the run in %s", workdir)

@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     api.join_processes(config)  # multi-host: before anything touches a JAX backend
     if points:
       return _sweep(hyper, config, args, points)
-    task, data = api.prepare(config, progress=not args.no_progress)
+    task, data = api.load_and_check(config, progress=not args.no_progress)
     with api.open_workdir(config, args.workdir, overwrite=args.overwrite,
                           data=data) as (workdir, resuming):
       return _run(task, config, workdir, data, resuming,

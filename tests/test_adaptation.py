@@ -206,20 +206,20 @@ def test_joint_source_pretraining_transfers_its_encoder(tmp_path):
 ])
 def test_adaptation_bad_input_is_one_line_before_training(overrides, message):
   with pytest.raises(ConfigError, match=message) as e:
-    api.prepare(digits_config(*SMALL, *overrides), progress=False)
+    api.load_and_check(digits_config(*SMALL, *overrides), progress=False)
   assert "\n" not in str(e.value)
 
 
 def test_a_source_that_is_the_pool_cannot_be_trained_on_its_labels():
   with pytest.raises(ConfigError, match=r"source_fraction.*objective 'classification', strategy "
                                         r"'source_only'.*would train on every pool label"):
-    api.prepare(digits_config(*SMALL, "data.source_fraction=0.0"), progress=False)
+    api.load_and_check(digits_config(*SMALL, "data.source_fraction=0.0"), progress=False)
 
 
 def test_budget_zero_needs_a_strategy_that_runs_without_labels():
   with pytest.raises(ConfigError, match=r"budget 0 .*needs a strategy that trains without them: "
                                         r"source_only"):
-    api.prepare(digits_config(*TINY, "transfer.budgets=(0,)"), progress=False)
+    api.load_and_check(digits_config(*TINY, "transfer.budgets=(0,)"), progress=False)
 
 
 def test_budget_zero_across_label_spaces_names_both_label_sets(tmp_path, digits):
@@ -230,11 +230,11 @@ def test_budget_zero_across_label_spaces_names_both_label_sets(tmp_path, digits)
                          "transfer.strategies=('source_only',)", "transfer.budgets=(0,)")
   with pytest.raises(ConfigError, match=r"source npz:.* has classes \[0, 1, 2, 3, 4\], target "
                                         r"digits has \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]"):
-    api.prepare(config, progress=False)
+    api.load_and_check(config, progress=False)
   shared = api.load_config(config, ["data.label_space='shared'"])
   with pytest.raises(ConfigError, match=r"label_space='shared' but the source .* has classes "
                                         r"\[0, 1, 2, 3, 4\]"):
-    api.prepare(shared, progress=False)
+    api.load_and_check(shared, progress=False)
 
 
 def test_source_fraction_zero_and_include_target_pool_choose_what_pretrains():

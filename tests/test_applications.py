@@ -109,7 +109,7 @@ def test_normal_classes_must_exist():
 ])
 def test_one_class_bad_input_is_one_line_before_training(override, message):
   with pytest.raises(ConfigError, match=message) as e:
-    api.prepare(oc_config(override), progress=False)
+    api.load_and_check(oc_config(override), progress=False)
   assert "\n" not in str(e.value)
 
 
@@ -122,7 +122,7 @@ def test_one_class_bad_input_is_one_line_before_training(override, message):
 def test_clustering_bad_input_is_one_line_before_training(override, message):
   config = api.load_config(clustering.default_config(), ["data.max_examples=300", override])
   with pytest.raises(ConfigError, match=message):
-    api.prepare(config, progress=False)
+    api.load_and_check(config, progress=False)
 
 
 @pytest.mark.parametrize("umap_init, message", [
@@ -138,7 +138,7 @@ def test_an_unusable_umap_is_one_line_before_training(tmp_path, monkeypatch, uma
   config = api.load_config(clustering.default_config(), [
       "data.max_examples=300", "clustering.embeddings=('umap',)"])
   with pytest.raises(ConfigError, match=message) as e:
-    api.prepare(config, progress=False)
+    api.load_and_check(config, progress=False)
   assert "\n" not in str(e.value)
 
 
@@ -215,7 +215,7 @@ def test_one_class_task_end_to_end_resumes_without_retraining(tmp_path):
       *(("pca", c, 0) for c in (0, 1, 7))}
   # every row's AUROC and FPR, recomputed with scikit-learn from the saved test scores
   from sklearn.metrics import roc_auc_score
-  _, data = api.prepare(config, progress=False)
+  _, data = api.load_and_check(config, progress=False)
   y_test = data.test[1]
   for r in out["rows"]:
     kind = "autoencoder" if r["kind"] == "autoencoder" else "baselines"
@@ -255,7 +255,7 @@ def test_vae_one_class_scores_by_negative_elbo(tmp_path):
   methods = {r["method"] for r in out["rows"]}
   assert methods == {"neg_elbo", "reconstruction_bce"}
   from sklearn.metrics import roc_auc_score
-  _, data = api.prepare(config, progress=False)
+  _, data = api.load_and_check(config, progress=False)
   with np.load(tmp_path / "results" / "scores" / "autoencoder_seed0.npz") as saved:
     for r in out["rows"]:
       scores = saved[f"{r['method']}/{r['class']}"]
@@ -281,7 +281,7 @@ def test_clustering_task_end_to_end(tmp_path):
   # scipy's Hungarian solver, NMI and ARI by scikit-learn
   from scipy.optimize import linear_sum_assignment
   from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-  _, data = api.prepare(config, progress=False)
+  _, data = api.load_and_check(config, progress=False)
   rows = [json.loads(l) for l in (tmp_path / "results" / "cells.jsonl").read_text().splitlines()]
   for r in (r for r in rows if r["seed"] == 0):
     clusters, labels = np.asarray(r["clusters"]), np.asarray(data.labels)

@@ -94,7 +94,7 @@ def test_one_class_thresholds_come_from_held_out_normals(tmp_path):
     SCORES.register("test_mean_pixel")(lambda ctx, images: np.asarray(images).mean((1, 2, 3)))
   config = oc_config("one_class.scores=('test_mean_pixel',)", "one_class.seeds=1",
                      "one_class.baselines=()")
-  task, data = api.prepare(config, progress=False)
+  task, data = api.load_and_check(config, progress=False)
   out = api.run(config, tmp_path, progress=False)
   for row in out["rows"]:
     _, val = data.splits[row["class"]]

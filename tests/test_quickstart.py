@@ -117,7 +117,7 @@ def test_fine_tuned_encoders_of_a_run_can_be_clustered(run, tmp_path):
       __import__("jax").nn.softmax(code @ head["kernel"] + head["bias"], -1)), rtol=1e-4, atol=1e-6)
   bad = api.load_config(config, [f"clustering.classifiers=('{workdir / 'classifiers' / 'nope'}',)"])
   with pytest.raises(api.ConfigError, match="clustering.classifiers.*no saved classifier 'nope'"):
-    api.prepare(bad, progress=False)
+    api.load_and_check(bad, progress=False)
 
 
 @pytest.mark.slow

@@ -182,20 +182,20 @@ def test_cells_of_a_budget_and_seed_share_labels_across_strategies(sweep):
   s, _, data = sweep
   for budget in (2, 4):
     for seed in (0, 1):
-      a, b = s.prepare(budget, "scratch", seed), s.prepare(budget, "finetune", seed)
+      a, b = s.cell_inputs(budget, "scratch", seed), s.cell_inputs(budget, "finetune", seed)
       np.testing.assert_array_equal(a.splits["train"][0], b.splits["train"][0])
       np.testing.assert_array_equal(a.splits["val"][1], b.splits["val"][1])
       assert np.bincount(np.asarray(a.splits["train"][1]), minlength=10).tolist() == [budget] * 10
       pool = data.images[data.split.target_pool].reshape(len(data.split.target_pool), -1)
       rows = {r.tobytes() for r in pool}
       assert all(x.tobytes() in rows for x in np.asarray(a.splits["train"][0]).reshape(10 * budget, -1))
-  other = s.prepare(2, "scratch", 1)
-  assert not np.array_equal(s.prepare(2, "scratch", 0).splits["train"][0], other.splits["train"][0])
+  other = s.cell_inputs(2, "scratch", 1)
+  assert not np.array_equal(s.cell_inputs(2, "scratch", 0).splits["train"][0], other.splits["train"][0])
 
 
 def test_scratch_starts_random_and_finetune_starts_pretrained(sweep):
   s, pretrained, _ = sweep
-  scratch, ft = s.prepare(2, "scratch", 0), s.prepare(2, "finetune", 0)
+  scratch, ft = s.cell_inputs(2, "scratch", 0), s.cell_inputs(2, "finetune", 0)
   assert tree_equal(ft.params["encoder"], pretrained["encoder"])
   for block in pretrained["encoder"]:
     assert not np.allclose(scratch.params["encoder"][block]["kernel"],

@@ -95,7 +95,7 @@ class Classifier:
   def input_shape(self) -> tuple:
     return tuple(self.description["input_shape"])
 
-  def prepare(self, images, max_value: float | None = None) -> np.ndarray:
+  def scale_inputs(self, images, max_value: float | None = None) -> np.ndarray:
     """Raw images ((N,H,W) or (N,H,W,C)) → the model's input in [0, 1].
 
     ``max_value`` is the pixel value that means white in ``images`` (255 for image files and
@@ -133,13 +133,13 @@ class Classifier:
     return images.astype(np.float32)
 
   def predict(self, images, max_value: float | None = None) -> np.ndarray:
-    """Class probabilities, (N, num_classes); ``max_value`` as in :meth:`prepare`."""
-    logits = batched_apply(self.apply, self.params, jnp.asarray(self.prepare(images, max_value)))
+    """Class probabilities, (N, num_classes); ``max_value`` as in :meth:`scale_inputs`."""
+    logits = batched_apply(self.apply, self.params, jnp.asarray(self.scale_inputs(images, max_value)))
     return np.asarray(jax.nn.softmax(logits, -1))
 
   def features(self, images) -> np.ndarray:
     """The (fine-tuned) encoder's features of ``images``, (N, d)."""
-    z = np.asarray(batched_apply(self.encode, self.params, jnp.asarray(self.prepare(images))))
+    z = np.asarray(batched_apply(self.encode, self.params, jnp.asarray(self.scale_inputs(images))))
     return z.reshape(len(z), -1)
 
 
@@ -176,7 +176,7 @@ class Images:
   """Images read for prediction: the pixels, a name per image (file, or index), the class
   folder each came from (None when not read from class sub-folders) and the pixel value that
   means white (255 for image files and IDX; None: the array's own, see
-  :meth:`Classifier.prepare`)."""
+  :meth:`Classifier.scale_inputs`)."""
 
   pixels: np.ndarray
   names: list

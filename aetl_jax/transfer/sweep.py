@@ -107,7 +107,7 @@ class Sweep:
       self._head = load_head(self.ckpt_dir, template)
     return self._head
 
-  def prepare(self, budget: int, name: str, seed: int) -> _Cell:
+  def cell_inputs(self, budget: int, name: str, seed: int) -> _Cell:
     """Labelled data, initial params and rng of one cell."""
     t, d = self.tcfg, self.d
     train_idx, val_idx = draw_target_labels(d.labels, d.split, per_class=budget,
@@ -140,7 +140,7 @@ class Sweep:
                  (self._pool_at[train_idx], self._pool_at[val_idx]))
 
   def run_one(self, budget, name, seed):
-    c = self.prepare(budget, name, seed)
+    c = self.cell_inputs(budget, name, seed)
     start = time.perf_counter()
     if c.strategy.probe is not None:
       pool = (self.d.images[self.d.split.target_pool], *c.labelled_at, self.probe_cache)
@@ -158,7 +158,7 @@ class Sweep:
 
   def run_group(self, budget, name, seeds):
     """The seeds of one (budget, strategy) as one vmapped program."""
-    cells = [self.prepare(budget, name, seed) for seed in seeds]
+    cells = [self.cell_inputs(budget, name, seed) for seed in seeds]
     strategy = cells[0].strategy
     if strategy.probe is not None:
       return [r for seed in seeds for r in self.run_one(budget, name, seed)]
