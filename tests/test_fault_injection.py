@@ -9,6 +9,7 @@ numbers, never a raw traceback.
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -88,3 +89,36 @@ def test_encoder_transplant_reads_the_saved_encoder_or_says_why_not(saved, tmp_p
     assert "\n" not in str(e)
     return
   assert step == 4 and tree_equal(encoder, trees[4]["params"]["encoder"]), (kind, mode)
+
+
+def test_a_step_saved_before_learning_rates_moved_into_the_state_resumes_bitwise(tmp_path):
+  """Before 0.3 the optimiser state had no InjectHyperparamsState around it: such a step is
+  read in that layout, converted, and the next updates equal the earlier version's."""
+  import optax
+  from aetl_jax.engine.compat import without_injection
+  unit = optax.cosine_decay_schedule(1.0, 10)
+  old_tx = optax.adam(lambda count: 0.1 * unit(count))
+  new_tx = optax.inject_hyperparams(
+      lambda learning_rate: optax.adam(lambda count: learning_rate * unit(count)))(learning_rate=0.1)
+  grad = lambda p: jax.tree.map(lambda w: 2 * w + 1, p)
+
+  def run(tx, params, state, n):
+    for _ in range(n):
+      updates, state = tx.update(grad(params), state, params)
+      params = optax.apply_updates(params, updates)
+    return params, state
+
+  params = {"w": jnp.linspace(-1.0, 1.0, 5)}
+  p2, s2 = run(old_tx, params, old_tx.init(params), 2)
+  store = CheckpointStore(tmp_path / "checkpoints")
+  store.save(2, {"params": p2, "opt_state": s2, "step": jnp.int32(2)})
+  store.close()
+  reference, _ = run(old_tx, p2, s2, 3)
+
+  fresh = {"params": params, "opt_state": new_tx.init(params), "step": jnp.int32(0)}
+  assert jax.tree.structure(without_injection(fresh["opt_state"])) == jax.tree.structure(s2)
+  step, tree = CheckpointStore(tmp_path / "checkpoints").restore(lambda s: fresh)
+  assert step == 2 and int(tree["opt_state"].count) == 2
+  resumed, _ = run(new_tx, tree["params"], tree["opt_state"], 3)
+  assert tree_equal(resumed, reference)
+  assert not (tmp_path / "quarantine").exists()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from aetl_jax.engine import checkpoint
+from aetl_jax.engine.compat import legacy_layout
 from aetl_jax.engine.launchers import is_main_process
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,23 @@ class CheckpointStore:
   def restore(self, template: Callable[[int], object]):
     """(epoch, tree) of the newest intact step, restored into ``template(epoch)``; None if none.
 
-    Damaged steps are quarantined and the next older one is tried.
+    A step in an earlier version's layout (:mod:`aetl_jax.engine.compat`) is read in that
+    layout and converted. Damaged steps are quarantined and the next older one is tried.
     """
     for step in reversed(checkpoint.finished_steps(self.directory)):
+      target = template(step)
       try:
-        return step, checkpoint.restore_step(self.directory, step, template(step))
+        return step, checkpoint.restore_step(self.directory, step, target)
       except checkpoint.CheckpointError as e:
+        earlier = legacy_layout(target) if isinstance(target, dict) else None
+        if earlier is not None:
+          try:
+            tree = checkpoint.restore_step(self.directory, step, earlier[0])
+            log.info("checkpoint %s/%d is in an earlier version's layout; converted",
+                     self.directory, step)
+            return step, earlier[1](tree)
+          except checkpoint.CheckpointError:
+            pass
         self.quarantine(step, str(e))
     return None
 
