@@ -47,12 +47,13 @@ def _contender(step, state):
 
 def _strategy(config, name, shape, budget):
   from aetl_jax.engine.phase import Optim
+  from aetl_jax.models.registry import init_method
   from aetl_jax.models.variables import tree_of
   from aetl_jax.strategies.registry import StrategyContext, build_strategy
   from aetl_jax.transfer.encoder import strategy_model
   model = strategy_model(config, name, 10, shape)
-  method = "init_all" if hasattr(model, "init_all") else None
-  params = tree_of(model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), method=method))
+  params = tree_of(model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)),
+                              method=init_method(model)))
   strategy = build_strategy(name, StrategyContext(name, config.transfer, model, params,
                                                   Optim.from_config(config.transfer), budget=budget))
   if strategy.start is not None:

@@ -135,8 +135,19 @@ def build_model(m, image_shape: Sequence[int], kind: str, num_classes: int | Non
 
 
 def init_method(model) -> str | None:
-  """The method whose ``init`` touches every parameter of ``model``."""
+  """The method whose ``init`` touches every parameter of ``model`` (None: ``__call__``).
+  The one place that reads what a model can do: see :func:`reconstructs`, :func:`classifies`."""
   for name in ("init_all", "reconstruct"):
     if hasattr(model, name):
       return name
   return None
+
+
+def reconstructs(model) -> bool:
+  """Whether ``model`` has a decoder (``reconstruct``)."""
+  return hasattr(model, "reconstruct")
+
+
+def classifies(model) -> bool:
+  """Whether ``model`` has a class head over its features (``classify_features``)."""
+  return hasattr(model, "classify_features")

@@ -23,7 +23,7 @@ from aetl_jax.engine.runtime import runtime_from_config
 from aetl_jax.engine.store import CheckpointStore
 from aetl_jax.evaluation.reconstruction import reconstruct, reconstruction_metrics
 from aetl_jax.evaluation.batched import accuracy, batched_apply
-from aetl_jax.models.registry import build_model, init_method
+from aetl_jax.models.registry import build_model, classifies, init_method, reconstructs
 from aetl_jax.objectives.registry import make_objective, model_kind
 from aetl_jax.objectives.registry import roles as objective_roles
 from aetl_jax.transfer.encoder import ENCODER_SUBTREE, backbone_weights  # noqa: F401 - re-exported
@@ -121,17 +121,17 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
 def _evaluator(model, eval_images, eval_labels, tensorboard):
   """Held-out reconstruction (autoencoders) and accuracy (classifiers, when labels are given)."""
   shown = eval_images[:8]
-  reconstructs, classifies = hasattr(model, "reconstruct"), hasattr(model, "classify_features")
+  can_reconstruct, can_classify = reconstructs(model), classifies(model)
   logits_fn = jax.jit(lambda q, x: model.apply(variables(q), x))
 
   def evaluate(p, epoch):
     out = {}
-    if reconstructs:
+    if can_reconstruct:
       if shown.ndim == 4:  # images (a text model's reconstructions are token ids)
         tensorboard.images("reconstructions",
                            jnp.concatenate([shown, reconstruct(model, p, shown)], 2), epoch)
       out.update(reconstruction_metrics(model, p, eval_images))
-    if classifies and eval_labels is not None:
+    if can_classify and eval_labels is not None:
       logits = batched_apply(logits_fn, p, eval_images)
       out["accuracy"] = accuracy(logits, eval_labels)
     return out

@@ -23,7 +23,7 @@ from aetl_jax.data.transfer_split import TransferData, draw_target_labels
 from aetl_jax.engine.launchers import is_main_process
 from aetl_jax.engine.runtime import runtime_from_config
 from aetl_jax.evaluation.reconstruction import reconstruct, reconstruction_metrics
-from aetl_jax.models.registry import check_input_shape
+from aetl_jax.models.registry import check_input_shape, init_method, reconstructs
 from aetl_jax.objectives.registry import model_kind
 from aetl_jax.objectives.registry import roles as objective_roles
 from aetl_jax.reporting.figures import summary_figure
@@ -256,7 +256,6 @@ def _check_pretraining_memory(config, data: TransferData) -> None:
   import jax
   import jax.numpy as jnp
   from aetl_jax.core.memory import check_fits
-  from aetl_jax.models.registry import init_method
   from aetl_jax.tasks.pretrain import pretrain_model
   shape = tuple(data.images.shape[1:])
   classes = max(data.source_classes) + 1 if data.source_classes else data.num_classes
@@ -279,9 +278,8 @@ def _check_strategies(config, data: TransferData) -> None:
   shape = tuple(data.images.shape[1:])
   for name in config.transfer.strategies:
     model = strategy_model(config, name, data.num_classes, shape)
-    method = "init_all" if hasattr(model, "init_all") else None
     params = jax.eval_shape(lambda m=model: tree_of(
-        m.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), method=method)))
+        m.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), method=init_method(m))))
     check_fits(params, f"model of strategy {name!r}", "transfer.strategies")
     try:
       strategy = build_strategy(name, StrategyContext(name, config.transfer, model, params,
@@ -312,8 +310,7 @@ def run(config, workdir, data: TransferData, *, progress: bool = True) -> dict:
                                              progress=progress, train_stream=data.source_stream,
                                              num_train=data.num_source, vocabulary=vocabulary,
                                              **labelled)
-  recon = (reconstruction_metrics(model, params, held_out) if hasattr(model, "reconstruct")
-           else {})
+  recon = reconstruction_metrics(model, params, held_out) if reconstructs(model) else {}
   if data.tokenizer is not None and is_main_process():
     export_embeddings(checkpoint_dir(workdir).parent, data.tokenizer,
                       params["encoder"]["block_0"]["embedding"])

@@ -27,6 +27,7 @@ from aetl_jax.strategies.registry import (StrategyContext, build_strategy, needs
                                           target_model_kind)
 from aetl_jax.transfer.cell import run_cell, run_cells_vmapped, run_probe
 from aetl_jax.transfer.encoder import load_encoder, load_head, strategy_model
+from aetl_jax.models.registry import init_method
 from aetl_jax.models.variables import tree_of
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class Sweep:
     init_key, train_key = jax.random.split(jax.random.PRNGKey(t.seed_offset + seed))
     model = self.model_for(name)
     params = tree_of(model.init(init_key, jnp.zeros((1, *self.input_shape)),
-                                 method=_init_method(model)))
+                                 method=init_method(model)))
     ctx = StrategyContext(name, t, model, params, Optim.from_config(t), budget=budget)
     strategy = build_strategy(name, ctx)
     step = reinit = None
@@ -180,10 +181,6 @@ class Sweep:
 
 # Streams every seed of a cell group reads alike (not stacked per seed).
 SHARED_STREAMS = ("target_unlabelled", "source_labelled")
-
-
-def _init_method(model):
-  return "init_all" if hasattr(model, "init_all") else None
 
 
 def _streams(strategy) -> set:
