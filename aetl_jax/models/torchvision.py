@@ -96,3 +96,15 @@ def torchvision_state_dict(weights: str = "IMAGENET1K_V1") -> dict:
                        f"they need internet once (then the torch hub cache), or use "
                        f"model.weights='checkpoint:DIR'") from None
   return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def torchvision_encoder(weights: str, encoder_template) -> dict:
+  """torchvision's ResNet-18 ``weights`` as this family's encoder tree, shaped like
+  ``encoder_template`` (its ``fc`` classifier dropped)."""
+  state_dict = torchvision_state_dict(weights)
+  fc = state_dict["fc.weight"].shape
+  full = {**encoder_template, "fc": {"kernel": np.zeros(fc[::-1], np.float32),
+                                     "bias": np.zeros(fc[:1], np.float32)}}
+  tree = convert_state_dict(state_dict, full)
+  tree.pop("fc")
+  return tree

@@ -6,8 +6,6 @@ import functools
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from aetl_jax.core.rules import reinit_paths, tree_paths
 from aetl_jax.engine import checkpoint
 from aetl_jax.models.registry import build_classifier
@@ -103,13 +101,8 @@ def backbone_weights(m, template, workdir):
   cache = Path(workdir) / "pretrain" / "backbone"
   own = {k: v for k, v in template.items() if k != "code"}
   if not checkpoint.finished_steps(cache):
-    from aetl_jax.models.torchvision import convert_state_dict, torchvision_state_dict
-    state_dict = torchvision_state_dict(value)
-    fc = state_dict["fc.weight"].shape
-    full = {**own, "fc": {"kernel": np.zeros(fc[::-1], np.float32),
-                          "bias": np.zeros(fc[:1], np.float32)}}
-    tree = convert_state_dict(state_dict, full)
-    tree.pop("fc")
+    from aetl_jax.models.torchvision import torchvision_encoder
+    tree = torchvision_encoder(value, own)
     manager = checkpoint.make_manager(cache)
     checkpoint.save(manager, 0, {"params": {"encoder": tree}})
     manager.close()
