@@ -225,12 +225,22 @@ def open_workdir(config, workdir, *, overwrite: bool = False, data=None):
       lock.release()
 
 
-def run(config, workdir, *, overwrite: bool = False, progress: bool = True) -> dict:
-  """Runs ``config`` into ``workdir``: checks, workdir guard (resume or refuse), the task."""
-  config = load_config(config)
+@contextlib.contextmanager
+def prepared_run(config, workdir, *, overwrite: bool = False, progress: bool = True):
+  """Everything before a task trains, in order: processes joined, the config and the data
+  checked, the workdir locked and guarded (resume or refuse). Yields ``(task entry, workdir,
+  data, resuming)``; the ``aetl`` command and :func:`run` both start here."""
   join_processes(config)
   task, data = load_and_check(config, progress=progress)
   with open_workdir(config, workdir, overwrite=overwrite, data=data) as (workdir, resuming):
+    yield task, workdir, data, resuming
+
+
+def run(config, workdir, *, overwrite: bool = False, progress: bool = True) -> dict:
+  """Runs ``config`` into ``workdir``: checks, workdir guard (resume or refuse), the task."""
+  config = load_config(config)
+  with prepared_run(config, workdir, overwrite=overwrite, progress=progress) as (
+      task, workdir, data, resuming):
     if resuming:
       log.info("resuming the run in %s", workdir)
     return task.fn(config, workdir, data, progress=progress and is_main_process())

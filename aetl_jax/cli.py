@@ -9,6 +9,7 @@ workdir holds; otherwise a rerun resumes. Exit codes: 0 done, 2 bad input
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -105,11 +106,13 @@ def main(argv=None) -> int:
     api.join_processes(config)  # multi-host: before anything touches a JAX backend
     if points:
       return _sweep(hyper, config, args, points)
-    task, data = api.load_and_check(config, progress=not args.no_progress)
-    with api.open_workdir(config, args.workdir, overwrite=args.overwrite,
-                          data=data) as (workdir, resuming):
-      return _run(task, config, workdir, data, resuming,
-                  progress=not args.no_progress and is_main_process())
+    with api.prepared_run(config, args.workdir, overwrite=args.overwrite,
+                          progress=not args.no_progress) as (task, workdir, data, resuming):
+      with _project_log_lines():
+        if resuming:
+          logging.getLogger("aetl_jax.cli").info("resuming the run in %s", workdir)
+        return _report(task.fn, config, workdir, data,
+                       not args.no_progress and is_main_process())
   except (ConfigError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
@@ -123,9 +126,9 @@ def main(argv=None) -> int:
 
 def _export(args) -> int:
   """``aetl export``: params.msgpack + model.json of a saved classifier."""
-  from aetl_jax.transfer.classifiers import export_classifier
+  from aetl_jax.transfer.classifiers import best_cell, export_classifier
   try:
-    cell = args.cell or _best_cell(args.workdir)
+    cell = args.cell or best_cell(args.workdir)
     out = export_classifier(args.workdir, cell, args.out, overwrite=args.overwrite)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -153,9 +156,10 @@ def _list(args) -> int:
   return 0
 
 
-def _run(task, config, workdir, data, resuming, *, progress: bool) -> int:
-  # This run's log lines (the project's loggers only, once each, even when a library has
-  # configured the root logger), removed when it ends.
+@contextlib.contextmanager
+def _project_log_lines():
+  """This run's log lines on stderr (the project's loggers only, once each, even when a
+  library has configured the root logger), removed when it ends."""
   handler = logging.StreamHandler(sys.stderr)
   handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
   logger = logging.getLogger("aetl_jax")
@@ -164,9 +168,7 @@ def _run(task, config, workdir, data, resuming, *, progress: bool) -> int:
   logger.setLevel(logging.INFO)
   logger.propagate = False
   try:
-    if resuming:
-      logging.getLogger("aetl_jax.cli").info("resuming the run in %s", workdir)
-    return _report(task.fn, config, workdir, data, progress)
+    yield
   finally:
     logger.removeHandler(handler)
     logger.setLevel(level)
@@ -292,34 +294,17 @@ def _out_file(out, overwrite: bool) -> Path | None:
   return out
 
 
-def _best_cell(workdir) -> str:
-  """The saved cell with the best validation accuracy (cells validated on no label are not
-  candidates: choosing among them would need the test set)."""
-  import json
-  from aetl_jax.transfer.classifiers import DESCRIPTION, list_cells
-  cells = list_cells(workdir)
-  if not cells:
-    raise ValueError(f"no saved classifier in {workdir}")
-  scored = [(d.get("val_accuracy"), c) for c in cells
-            for d in [json.loads((Path(workdir) / "classifiers" / c / DESCRIPTION).read_text())]]
-  scored = [(v, c) for v, c in scored if v is not None]
-  if not scored:
-    raise ValueError(f"no saved classifier of {workdir} was validated on labels, so none can be "
-                     f"chosen without the test set; name one with --cell ({', '.join(cells[:8])})")
-  return max(scored)[1]
-
-
 def _predict(args) -> int:
   """``aetl predict``: one CSV row per image: index, file, predicted class, its name (the class
   folder it came from, when read from class sub-folders), then every probability."""
   import csv
   import io
-  from aetl_jax.transfer.classifiers import load_classifier, read_images
+  from aetl_jax.transfer.classifiers import best_cell, load_classifier, read_images
   try:
     out = _out_file(args.out, args.overwrite)
     if args.max_value is not None and not args.max_value > 0:
       raise ValueError(f"--max-value must be a positive number, got {args.max_value}")
-    cell = args.cell or _best_cell(args.workdir)
+    cell = args.cell or best_cell(args.workdir)
     clf = load_classifier(args.workdir, cell)
     images = read_images(args.images)
     probs = clf.predict(images.pixels, args.max_value or images.max_value)

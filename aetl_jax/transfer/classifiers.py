@@ -148,6 +148,21 @@ def list_cells(workdir) -> list[str]:
   return sorted(p.name for p in root.iterdir() if (p / DESCRIPTION).exists()) if root.is_dir() else []
 
 
+def best_cell(workdir) -> str:
+  """The saved cell with the best validation accuracy (cells validated on no label are not
+  candidates: choosing among them would need the test set)."""
+  cells = list_cells(workdir)
+  if not cells:
+    raise ValueError(f"no saved classifier in {workdir}")
+  scored = [(d.get("val_accuracy"), c) for c in cells
+            for d in [json.loads((Path(workdir) / "classifiers" / c / DESCRIPTION).read_text())]]
+  scored = [(v, c) for v, c in scored if v is not None]
+  if not scored:
+    raise ValueError(f"no saved classifier of {workdir} was validated on labels, so none can be "
+                     f"chosen without the test set; name one with --cell ({', '.join(cells[:8])})")
+  return max(scored)[1]
+
+
 def load_classifier(workdir, cell: str) -> Classifier:
   """The classifier of ``cell`` saved in ``workdir`` (no torch, no TensorFlow needed)."""
   directory = Path(workdir) / "classifiers" / cell
