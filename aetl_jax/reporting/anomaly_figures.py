@@ -13,13 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
-
-def _save(fig, path) -> Path:
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+from aetl_jax.reporting.figures import save_figure  # noqa: E402
 
 
 def _grid(n: int, cols: int = 5):
@@ -41,7 +35,7 @@ def roc_curves(path, scores: dict, labels, *, title: str = "") -> Path:
   ax.plot([0, 1], [0, 1], "k:", lw=0.8)
   ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
   ax.legend(title="normal class: AUROC", fontsize=7)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def score_histograms(path, scores: dict, labels, *, title: str = "") -> Path:
@@ -56,7 +50,7 @@ def score_histograms(path, scores: dict, labels, *, title: str = "") -> Path:
     ax.tick_params(labelsize=7)
   next(iter(fig.axes)).legend(fontsize=7)
   fig.suptitle(f"{title}: normal vs anomalous")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def strangest(path, scores: dict, images, labels, *, k: int = 8) -> Path:
@@ -73,7 +67,7 @@ def strangest(path, scores: dict, images, labels, *, k: int = 8) -> Path:
       ax.set_yticks([])
     row[0].set_ylabel(f"model {c}", fontsize=8)
   fig.suptitle("highest anomaly scores (title: true class)", fontsize=9)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def code_map(path, points, labels, clusters, *, title: str = "") -> Path:
@@ -86,7 +80,7 @@ def code_map(path, points, labels, clusters, *, title: str = "") -> Path:
     ax.set_xticks([])
     ax.set_yticks([])
   fig.suptitle(title)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def confusion(path, table, *, title: str = "") -> Path:
@@ -98,4 +92,4 @@ def confusion(path, table, *, title: str = "") -> Path:
             color="white" if v > table.max() / 2 else "black")
   ax.set(xlabel="class", ylabel="cluster (matched order)", title=title)
   fig.colorbar(im, ax=ax, shrink=0.8)
-  return _save(fig, path)
+  return save_figure(fig, path)

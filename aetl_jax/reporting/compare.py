@@ -104,7 +104,7 @@ def _natural(value):
 def compare_figure(path, rows, title: str | None = None) -> Path:
   """One panel per label budget: each (run, strategy)'s test accuracy with its 95% CI, on an
   axis zoomed to them, runs in their table order; the title names the keys that differ."""
-  from aetl_jax.reporting.figures import _dot_panel, plt
+  from aetl_jax.reporting.figures import _dot_panel, plt, save_figure
   if title is None:
     fixed = {"workdir", "strategy", "budget", "mean", "ci95", "n"}
     keys = list(dict.fromkeys(k for r in rows for k in r if k not in fixed))
@@ -121,8 +121,4 @@ def compare_figure(path, rows, title: str | None = None) -> Path:
     ax.set_title(f"{b} labels per class", fontsize=9)
     ax.set_xlabel("test accuracy (%), mean ± 95% CI", fontsize=8)
   fig.suptitle(title, fontsize=10)
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path)

@@ -88,6 +88,11 @@ def summary_figure(path, *, originals, reconstructions, summary, strategies, bud
       ax.set_xlabel(f"difference to {baseline} (points), paired by seed", fontsize=8)
   if title:
     fig.suptitle(title, fontsize=10)
+  return save_figure(fig, path)
+
+
+def save_figure(fig, path) -> Path:
+  """Writes ``fig`` to ``path`` (folders made) and closes it."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=110)
