@@ -44,9 +44,9 @@ all 90 cells; 88 s of user CPU).
 Honest reading: at 10 labels per class, LP-FT (a converged linear probe, then fine-tuning)
 beats training from scratch by +1.9 ± 1.7 points, the only interval above zero there; at 25
 labels per class only k-NN on the codes does (+1.5 ± 0.9), at 50 none does, and the frozen
-linear and ridge probes fall behind scratch (-1.4 to -5.0). Against the earlier table (before training lengths were counted in optimiser
-steps) the linear probe moved from 83.7% to 88.7% at 10 labels per class: it had stopped after
-300 Adam steps without fitting its own labels.
+linear and ridge probes fall behind scratch (-1.4 to -5.0). Against the earlier table (before
+training lengths were counted in optimiser steps) the linear probe moved from 83.7% to 88.7%
+at 10 labels per class: it had stopped after 300 Adam steps without fitting its own labels.
 """
 
 from aetl_jax.tasks.transfer import default_config

@@ -46,14 +46,21 @@ per class + 5 validation labels per class; 5 seeds; mean ± 95% CI; paired diffe
     | spreading_umap (inductive) | 95.2 ± 1.3% | 4.8% | +17.5 ± 2.3 | 93.6% |
     | pseudo_label | 93.0 ± 1.1% | 7.0% | +15.2 ± 2.7 | 91.9% |
     | pseudo_label_scratch | 93.1 ± 0.9% | 6.9% | +15.4 ± 2.3 | 92.2% |
-    LADDER_ROWS
+    | ladder | 98.4 ± 0.6% | 1.62% | +20.6 ± 2.9 | 97.6% |
+    | (Ladder, Rasmus et al. 2015, 150 epochs) | | 1.06 ± 0.37% | | |
+    | (CAE; M1+M2: Kingma et al. 2014, Table 1) | | 13.47%; 3.33% | | |
+
+The Ladder network (30 passes over the 60,000 images, ~18,000 steps; 5 seeds as one vmapped
+program: 1,227 s on 2 cores shared with another job) reaches 1.62% mean error: the ≤ 2% target
+holds for the mean and on 4 of 5 seeds (97.61% on seed 1); the paper's 1.06% used 150 epochs.
+``ladder_gamma`` (the Γ-model) was not run to the end in this session (CPU time).
 
 Every gradient-trained cell fits its 100 labels (training accuracy 100%, so no † flag). What
 moved since the cells were trained for 100 passes over 100 images: the linear probe now
 converges (it fit 63-81% of its own labels before, 52.4% test; now 100% and 78.0%; it
-matches scikit-learn's logistic regression in tests/test_semi_supervised.py), and the autoencoder transfer now beats
-scratch with a paired CI above 0 (``lp_ft`` +2.0 ± 0.8, ``finetune`` +1.6 ± 1.1), but far from
-the CAE's 86.5% (13.47% error). Pretraining adds nothing to pseudo-labelling (−0.2 ± 0.7
+matches scikit-learn's logistic regression in tests/test_semi_supervised.py), and the
+autoencoder transfer now beats scratch with a paired CI above 0 (``lp_ft`` +2.0 ± 0.8,
+``finetune`` +1.6 ± 1.1), but far from the CAE's 86.5% (13.47% error). Pretraining adds nothing to pseudo-labelling (−0.2 ± 0.7
 for the pretrained start against the random one). The codes hold the classes for a graph
 method: UMAP then k-NN reaches 95.5% inductively, but the ≤ 5% error target holds on 3 of 5
 seeds only (94.54% and 94.99% miss it).
