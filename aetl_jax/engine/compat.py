@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+
 def _is_namedtuple(x) -> bool:
   return isinstance(x, tuple) and hasattr(x, "_fields")
 
@@ -65,4 +66,3 @@ def legacy_layout(template: dict):
                                                  tree["step"])}
 
   return old, convert
-

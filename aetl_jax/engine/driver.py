@@ -88,7 +88,7 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
   phases = resolve_lengths(phases, data)
   progs = programs(phases, params, data, runtime)
   total = sum(p.epochs for p in phases)
-  per_epoch = _jitted_metrics(epoch_metrics)
+  per_epoch = _jitted(epoch_metrics)
   start, params, state = _resume(store, progs, params) if store else (0, params, None)
   if log is not None:
     log.repair()
@@ -128,7 +128,7 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
 
 
 @functools.lru_cache(maxsize=32)
-def _jitted_metrics(fn):
+def _jitted(fn):
   return None if fn is None else jax.jit(fn)
 
 
@@ -155,7 +155,7 @@ def _epoch(prog: Program, state, data, rng, epoch, runtime, label):
   else:
     state, metrics = prog.epoch_fn(state, data, rng)
   step = runtime.launcher.unreplicate(state.step)
-  metrics = _floats({**metrics, "learning_rate": _jitted_metrics(prog.unit)(step)})
+  metrics = _floats({**metrics, "learning_rate": _jitted(prog.unit)(step)})
   metrics["learning_rate"] *= prog.rates[0]
   check_finite(metrics, phase=label, epoch=epoch, first_step=first_step)
   metrics.pop("first_nonfinite_step")
@@ -264,8 +264,8 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
   for prog, metrics, (phase, first, _) in zip(progs, history, _spans(phases)):
     metrics = jax.tree.map(np.asarray, metrics)  # (K, epochs)
     steps = _epoch_steps(prog, one_data)
-    unit = _jitted_metrics(prog.unit)
-    rates = prog.rates[0] * np.asarray(jax.device_get(
+    unit = _jitted(prog.unit)
+    epoch_lrs = prog.rates[0] * np.asarray(jax.device_get(
         [unit(np.int32((e + 1) * steps)) for e in range(phase.epochs)]))
     for k, seed_rows in enumerate(rows):
       where = first_nonfinite(metrics["first_nonfinite_step"][k])
@@ -276,7 +276,7 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
                      epoch=first + e, first_step=e * steps)
       seed_rows.extend(_row(phase, first + e, {
           **{n: float(v[k, e]) for n, v in metrics.items() if n != "first_nonfinite_step"},
-          "learning_rate": float(rates[e])}, metric_prefix)
+          "learning_rate": float(epoch_lrs[e])}, metric_prefix)
           for e in range(phase.epochs))
   return params, rows
 

@@ -141,12 +141,8 @@ class Program(NamedTuple):
   body: Callable  # pure (state, data, rng) -> (state, metrics), one device
   epoch_fn: Callable  # the runtime's runner and launcher
   stream_epoch_fn: Callable  # (state, iterator of device batches, rng), one device
-  unit: Callable  # optimiser step -> the schedule's shape at learning rate 1
+  unit: Callable  # optimiser step -> the schedule at learning rate 1 (rate: rates[0] * unit)
   rates: tuple = (1.0,)  # the learning rates the state starts with (learning_rates)
-
-  def schedule(self, step):
-    """Optimiser step -> learning rate (before per-leaf multipliers)."""
-    return self.rates[0] * self.unit(step)
 
   def with_rates(self, rates) -> "Program":
     """The same compiled pieces for other learning rates (numbers or traced arrays)."""
