@@ -214,3 +214,32 @@ def test_vae_importance_sampled_nll_is_a_tighter_bound(digits):
   assert one["nll_is_nats"] == pytest.approx(one["neg_elbo_nats"], rel=0.03)
   # ... with many it is a tighter (lower) bound on -log p(x), still above 0.
   assert 0 < many["nll_is_nats"] < many["neg_elbo_nats"] - 0.5
+
+
+def test_every_model_class_declares_what_it_can_do_and_the_declaration_is_true():
+  """``CAN`` (models.capabilities) is what tasks read; it must match the class's methods, and
+  a class without it is refused with its name rather than probed."""
+  import inspect
+
+  import flax.linen as nn
+
+  from aetl_jax.models import autoencoder, ladder, sequence
+  from aetl_jax.models.capabilities import Can
+  from aetl_jax.models.registry import can
+
+  declared = [c for m in (autoencoder, ladder, sequence) for _, c in inspect.getmembers(m, inspect.isclass)
+              if isinstance(getattr(c, "CAN", None), Can)]
+  assert {c.__name__ for c in declared} >= {"Autoencoder", "VariationalAutoencoder", "MaskedAutoencoder",
+                                            "Classifier", "AutoencoderClassifier", "DomainClassifier",
+                                            "AddaClassifier", "LadderNetwork", "SequenceAutoencoder"}
+  for c in declared:
+    assert c.CAN.reconstruct == callable(getattr(c, "reconstruct", None)), c.__name__
+    assert c.CAN.classify == callable(getattr(c, "classify_features", None)), c.__name__
+    assert c.CAN.init is None or callable(getattr(c, c.CAN.init, None)), c.__name__
+
+  class Undeclared(nn.Module):
+    def __call__(self, x):
+      return x
+
+  with pytest.raises(TypeError, match="Undeclared declares no capabilities"):
+    can(Undeclared())

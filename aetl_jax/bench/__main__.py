@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 
 from aetl_jax.bench.ceiling import LOOP, kernels_thunk
-from aetl_jax.bench.timing import (COMPILES, timed, timed_interleaved, block, hlo_flops,
-                                   time_calls, write_json)
+from aetl_jax.bench.timing import (timed, timed_interleaved, hlo_flops,
+                                   time_calls, torch_usable, write_json)
 
 # The one command that installs CPU builds of the PyTorch baselines (a plain `pip install
 # torch torchvision` takes CUDA builds of several GB on Linux).
@@ -183,7 +183,7 @@ def jax_finetune(mode: str, batch: int, n: int, repeats: int):
   return (n // batch) * batch / seconds, compiles
 
 
-def main(argv=None):
+def _arguments(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true",
                       help="tiny sizes; no sub-pixel conv, plain-shuffle sequence or XLA-conv "
@@ -193,113 +193,151 @@ def main(argv=None):
   parser.add_argument("--batches", help="pretraining batch sizes, comma-separated "
                       "(default 64,256; the first one is also the fine-tuning batch)")
   args = parser.parse_args(argv)
-  quick = args.quick
-  repeats = 1 if quick else 5
-  batches = (32,) if quick else (64, 256)
-  if args.batches is not None:
-    try:
-      batches = tuple(int(b) for b in args.batches.split(","))
-    except ValueError:
-      batches = ()
-    if not batches or min(batches) < 1:
-      raise SystemExit(f"--batches must be comma-separated positive integers (e.g. 64,256), "
-                       f"got {args.batches!r}")
-  n_dense, n_conv = (256, 64) if quick else (max(16384, 4 * max(batches)),
-                                             max(512, 2 * max(batches)))
-  use_torch = not args.no_torch
-  if use_torch:
-    try:
-      import torch
-      torch.set_num_threads(os.cpu_count() or 1)
-    except ImportError:
-      use_torch = False
-      print(f"no PyTorch baselines: torch is not installed; {BASELINES_COMMAND}\n")
+  args.batches = _batches(args.batches, args.quick)
+  return args
+
+
+def _batches(text: str | None, quick: bool) -> tuple[int, ...]:
+  if text is None:
+    return (32,) if quick else (64, 256)
+  try:
+    batches = tuple(int(b) for b in text.split(","))
+  except ValueError:
+    batches = ()
+  if not batches or min(batches) < 1:
+    raise SystemExit(f"--batches must be comma-separated positive integers (e.g. 64,256), "
+                     f"got {text!r}")
+  return batches
+
+
+def _torch_baselines(wanted: bool) -> bool:
+  """Whether the PyTorch rows run; says why not and how to install them."""
+  use_torch = wanted and torch_usable(threads=True)
+  if wanted and not use_torch:
+    print(f"no PyTorch baselines: torch is not installed; {BASELINES_COMMAND}\n")
   if use_torch and (why := backbone_usable()) is not None:
     print(f"no torchvision baseline for ResNet-18 ({why}); {BASELINES_COMMAND}\n")
-  rows = {"machine": {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-                      "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                      "jax": jax.__version__,
-                      "torch": __import__("torch").__version__ if use_torch else None}}
-  peak = matmul_peak(256 if quick else 2048, repeats)
-  rows["matmul_peak_gflops"] = peak
-  print(f"backend={jax.default_backend()} cpu_count={os.cpu_count()} jax={jax.__version__}")
-  print(f"float32 matmul peak: {peak:.1f} GFLOP/s\n")
-  print(f"{'pretraining':<14} {'batch':>5} {'runner':<11} {'ex/s':>9} {'GFLOP/ex':>9} "
-        f"{'GFLOP/s':>8} {'% peak':>7} {'torch ex/s':>10} {'jax/torch':>9} {'compiles':>8} "
-        f"{'kern %peak':>10} {'kern share':>10}")
-  rows["pretrain"] = []
-  total_compiles, kernel_cache = 0, {}
-  families = (("mlp", n_dense), ("conv", n_conv), ("conv_transpose", n_conv))
-  if quick:  # checks the harness: the sub-pixel model would run the conv rows' code once more
-    families = tuple(f for f in families if f[0] != "conv")
+  return use_torch
+
+
+def _machine(use_torch: bool) -> dict:
+  return {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+          "cpu_count": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
+          "torch": __import__("torch").__version__ if use_torch else None}
+
+
+PRETRAIN_HEADER = (f"{'pretraining':<14} {'batch':>5} {'runner':<11} {'ex/s':>9} {'GFLOP/ex':>9} "
+                   f"{'GFLOP/s':>8} {'% peak':>7} {'torch ex/s':>10} {'jax/torch':>9} "
+                   f"{'compiles':>8} {'kern %peak':>10} {'kern share':>10}")
+
+
+def pretrain_rows(families, batches, use_torch: bool, peak: float, repeats: int) -> list[dict]:
+  """Every (family, batch, runner): examples/s against PyTorch's best memory format, the
+  fraction of the matmul peak, and the step's kernels timed alone."""
+  print(PRETRAIN_HEADER)
+  out, kernel_cache = [], {}
   for family, n in families:
     formats = ("contiguous", "channels_last") if family != "mlp" else ("contiguous",)
     for batch in batches:
-      contenders, flops_of, kernel_flops = {}, {}, {}
-      for runner in ("scan", "per_batch"):
-        contenders[runner], flops_of[runner], used, (kernels, kernel_flops[runner]) = (
-            jax_pretrain(family, batch, runner, n, kernel_cache))
-        contenders[f"{runner} kernels"] = kernels
-      for f in formats if use_torch else ():
-        contenders[f"torch {f}"] = torch_pretrain(family, batch, n, f)
-      results = timed_interleaved(contenders, repeats)
-      rate_of = {name: used / seconds for name, (seconds, _) in results.items()}
-      torch_rates = {f: rate_of[f"torch {f}"] for f in formats if f"torch {f}" in rate_of}
-      torch_format = max(torch_rates, key=torch_rates.get) if torch_rates else None
-      torch_rate = torch_rates.get(torch_format)
-      if len(torch_rates) > 1:
-        print("  torch " + ", ".join(f"{f} {r:.0f} ex/s" for f, r in torch_rates.items())
-              + f" (baseline: {torch_format})")
-      for runner in ("scan", "per_batch"):
-        rate, flops, compiles = rate_of[runner], flops_of[runner], results[runner][1]
-        total_compiles += compiles
-        gflops = rate * flops / 1e9
-        kernel_s, step_s = results[f"{runner} kernels"][0] / LOOP, batch / rate
-        kernel_gflops = kernel_flops[runner] / kernel_s / 1e9 if kernel_s else float("nan")
-        row = {"family": family, "batch": batch, "runner": runner,
-               "conv_impl": CONV_IMPL_FOR_RUNNER[runner] if family != "mlp" else None,
-               "examples_per_s": rate,
-               "gflop_per_example": flops / 1e9, "gflops": gflops, "fraction_of_peak": gflops / peak,
-               "torch_examples_per_s": torch_rate, "torch_memory_format": torch_format,
-               "torch_examples_per_s_by_format": torch_rates,
-               "ratio_vs_torch": rate / torch_rate if torch_rate else None, "compiles": compiles,
-               "kernels_alone_gflops": kernel_gflops,
-               "kernels_alone_fraction_of_peak": kernel_gflops / peak,
-               "kernel_time_share": kernel_s / step_s}
-        rows["pretrain"].append(row)
-        label = "scan/matmul" if family != "mlp" and runner == "scan" else runner
-        print(f"{family:<14} {batch:5d} {label:<11} {rate:9.0f} {flops / 1e9:9.4f} {gflops:8.1f} "
-              f"{100 * gflops / peak:6.1f}% "
-              f"{(f'{torch_rate:10.0f}' if torch_rate else '         —')} "
-              f"{(f'{rate / torch_rate:8.2f}x' if torch_rate else '        —')} {compiles:8d} "
-              f"{100 * kernel_gflops / peak:9.1f}% {100 * kernel_s / step_s:9.1f}%", flush=True)
+      out += _pretrain_rows(family, n, batch, formats if use_torch else (), peak, repeats,
+                            kernel_cache)
+  return out
+
+
+def _pretrain_rows(family, n, batch, formats, peak, repeats, kernel_cache) -> list[dict]:
+  contenders, flops_of, kernel_flops = {}, {}, {}
+  for runner in ("scan", "per_batch"):
+    contenders[runner], flops_of[runner], used, (kernels, kernel_flops[runner]) = (
+        jax_pretrain(family, batch, runner, n, kernel_cache))
+    contenders[f"{runner} kernels"] = kernels
+  for f in formats:
+    contenders[f"torch {f}"] = torch_pretrain(family, batch, n, f)
+  results = timed_interleaved(contenders, repeats)
+  rate_of = {name: used / seconds for name, (seconds, _) in results.items()}
+  torch_rates = {f: rate_of[f"torch {f}"] for f in formats}
+  torch_format = max(torch_rates, key=torch_rates.get) if torch_rates else None
+  torch_rate = torch_rates.get(torch_format)
+  if len(torch_rates) > 1:
+    print("  torch " + ", ".join(f"{f} {r:.0f} ex/s" for f, r in torch_rates.items())
+          + f" (baseline: {torch_format})")
+  rows = []
+  for runner in ("scan", "per_batch"):
+    rate, flops = rate_of[runner], flops_of[runner]
+    kernel_s, step_s = results[f"{runner} kernels"][0] / LOOP, batch / rate
+    kernel_gflops = kernel_flops[runner] / kernel_s / 1e9 if kernel_s else float("nan")
+    gflops = rate * flops / 1e9
+    rows.append({"family": family, "batch": batch, "runner": runner,
+                 "conv_impl": CONV_IMPL_FOR_RUNNER[runner] if family != "mlp" else None,
+                 "examples_per_s": rate, "gflop_per_example": flops / 1e9, "gflops": gflops,
+                 "fraction_of_peak": gflops / peak, "torch_examples_per_s": torch_rate,
+                 "torch_memory_format": torch_format, "torch_examples_per_s_by_format": torch_rates,
+                 "ratio_vs_torch": rate / torch_rate if torch_rate else None,
+                 "compiles": results[runner][1], "kernels_alone_gflops": kernel_gflops,
+                 "kernels_alone_fraction_of_peak": kernel_gflops / peak,
+                 "kernel_time_share": kernel_s / step_s})
+    _print_pretrain_row(rows[-1])
+  return rows
+
+
+def _print_pretrain_row(r: dict) -> None:
+  label = "scan/matmul" if r["family"] != "mlp" and r["runner"] == "scan" else r["runner"]
+  torch_rate, ratio = r["torch_examples_per_s"], r["ratio_vs_torch"]
+  print(f"{r['family']:<14} {r['batch']:5d} {label:<11} {r['examples_per_s']:9.0f} "
+        f"{r['gflop_per_example']:9.4f} {r['gflops']:8.1f} {100 * r['fraction_of_peak']:6.1f}% "
+        f"{(f'{torch_rate:10.0f}' if torch_rate else '         —')} "
+        f"{(f'{ratio:8.2f}x' if torch_rate else '        —')} "
+        f"{r['compiles']:8d} {100 * r['kernels_alone_fraction_of_peak']:9.1f}% "
+        f"{100 * r['kernel_time_share']:9.1f}%", flush=True)
+
+
+def finetune_rows(batch: int, n: int, repeats: int) -> list[dict]:
   print(f"\n{'fine-tuning (MLP 784-256-128-32 + head)':<40} {'batch':>5} {'ex/s':>10} {'compiles':>8}")
-  rows["finetune"] = []
+  rows = []
   for mode in ("finetune", "partial", "linear_probe (cached)"):
-    rate, compiles = jax_finetune(mode, batches[0], n_dense, repeats)
-    total_compiles += compiles
-    rows["finetune"].append({"mode": mode, "batch": batches[0], "examples_per_s": rate,
-                             "compiles": compiles})
-    print(f"{mode:<40} {batches[0]:5d} {rate:10.0f} {compiles:8d}", flush=True)
-  from aetl_jax.bench import sequence
+    rate, compiles = jax_finetune(mode, batch, n, repeats)
+    rows.append({"mode": mode, "batch": batch, "examples_per_s": rate, "compiles": compiles})
+    print(f"{mode:<40} {batch:5d} {rate:10.0f} {compiles:8d}", flush=True)
+  return rows
+
+
+def other_rows(quick: bool, repeats: int, use_torch: bool) -> dict:
+  """The sequence AE, ResNet-18 and the Ladder / two-player steps."""
+  from aetl_jax.bench import backbone, sequence, steps
   print()
-  rows["sequence"] = sequence.rows(256 if quick else 4096, 32 if quick else 64, repeats, use_torch,
-                                   quick)
-  sequence.print_rows(rows["sequence"])
-  total_compiles += sum(r["compiles"] for r in rows["sequence"])
-  from aetl_jax.bench import backbone
+  out = {"sequence": sequence.rows(256 if quick else 4096, 32 if quick else 64, repeats,
+                                   use_torch, quick)}
+  sequence.print_rows(out["sequence"])
   print()
-  rows["backbone"] = backbone.rows((32,) if quick else (64, 224), 2 if quick else 32, repeats,
-                                   use_torch and backbone.torchvision_usable() is None,
-                                   ("auto",) if quick else tuple(backbone.IMPLS))
-  backbone.print_rows(rows["backbone"])
-  total_compiles += sum(r["compiles"] for r in rows["backbone"])
-  from aetl_jax.bench import steps
+  out["backbone"] = backbone.rows((32,) if quick else (64, 224), 2 if quick else 32, repeats,
+                                  use_torch and backbone.torchvision_usable() is None,
+                                  ("auto",) if quick else tuple(backbone.IMPLS))
+  backbone.print_rows(out["backbone"])
   print()
-  rows["steps"] = steps.rows(repeats, quick)  # the Ladder step, the two-player (ADDA) step
-  total_compiles += sum(r["compiles"] for r in rows["steps"])
-  rows["compiles_during_timed_parts"] = total_compiles
-  print(f"\ncompilations during the timed parts: {total_compiles}")
+  out["steps"] = steps.rows(repeats, quick)
+  return out
+
+
+def main(argv=None):
+  args = _arguments(argv)
+  quick, batches = args.quick, args.batches
+  repeats = 1 if quick else 5
+  n_dense, n_conv = (256, 64) if quick else (max(16384, 4 * max(batches)),
+                                             max(512, 2 * max(batches)))
+  use_torch = _torch_baselines(not args.no_torch)
+  rows = {"machine": _machine(use_torch)}
+  peak = rows["matmul_peak_gflops"] = matmul_peak(256 if quick else 2048, repeats)
+  print(f"backend={jax.default_backend()} cpu_count={os.cpu_count()} jax={jax.__version__}")
+  print(f"float32 matmul peak: {peak:.1f} GFLOP/s\n")
+  families = (("mlp", n_dense), ("conv", n_conv), ("conv_transpose", n_conv))
+  if quick:  # checks the harness: the sub-pixel model would run the conv rows' code once more
+    families = tuple(f for f in families if f[0] != "conv")
+  rows["pretrain"] = pretrain_rows(families, batches, use_torch, peak, repeats)
+  rows["finetune"] = finetune_rows(batches[0], n_dense, repeats)
+  rows.update(other_rows(quick, repeats, use_torch))
+  rows["compiles_during_timed_parts"] = sum(
+      r["compiles"] for part in ("pretrain", "finetune", "sequence", "backbone", "steps")
+      for r in rows[part])
+  print(f"\ncompilations during the timed parts: {rows['compiles_during_timed_parts']}")
   write_json(args.json, rows)
   return rows
 

@@ -13,7 +13,6 @@ PyTorch on every core. Also the same step with XLA's own convolutions
 from __future__ import annotations
 
 import argparse
-import os
 
 import jax
 import jax.numpy as jnp
@@ -87,27 +86,24 @@ IMPLS = {"auto": "aetl_jax (im2col)", "xla": "aetl_jax (xla conv)"}
 
 
 def rows(sizes, batch: int, repeats: int, use_torch: bool, impls=tuple(IMPLS)) -> list[dict]:
-  from aetl_jax.bench.timing import timed_interleaved
+  from aetl_jax.bench.timing import timed_interleaved, with_ratios
   out = []
   for size in sizes:
     contenders = {IMPLS[impl]: jax_step(size, batch, impl) for impl in impls}
     if use_torch:
       contenders["torchvision"] = torch_step(size, batch)
-    results = timed_interleaved(contenders, repeats)
-    torch_s = results.get("torchvision", (None,))[0]
-    for name, (seconds, compiles) in results.items():
-      out.append({"model": name, "size": size, "batch": batch, "examples_per_s": batch / seconds,
-                  "compiles": compiles,
-                  "ratio_vs_torch": (torch_s / seconds) if torch_s and name != "torchvision"
-                  else None})
+    out += with_ratios(timed_interleaved(contenders, repeats), "torchvision",
+                       lambda name, seconds, _: {"model": name, "size": size, "batch": batch,
+                                                 "examples_per_s": batch / seconds})
   return out
 
 
 def print_rows(table: list[dict]) -> None:
   print(f"{'ResNet-18 train step':<22} {'size':>5} {'batch':>5} {'ex/s':>8} {'vs torch':>8} "
         f"{'compiles':>8}")
+  from aetl_jax.bench.timing import ratio_text
   for r in table:
-    ratio = f"{r['ratio_vs_torch']:7.2f}x" if r["ratio_vs_torch"] else "       —"
+    ratio = ratio_text(r["ratio_vs_torch"])
     print(f"{r['model']:<22} {r['size']:5d} {r['batch']:5d} {r['examples_per_s']:8.1f} {ratio} "
           f"{r['compiles']:8d}", flush=True)
 
@@ -132,8 +128,8 @@ def main(argv=None):
     print(f"torchvision row left out ({why})")
     use_torch = False
   else:
-    import torch
-    torch.set_num_threads(os.cpu_count() or 1)
+    from aetl_jax.bench.timing import torch_usable
+    torch_usable(threads=True)
   table = rows(sizes, args.batch, args.repeats, use_torch)
   print_rows(table)
   return table

@@ -132,14 +132,10 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--no-torch", action="store_true")
   args = parser.parse_args(argv)
-  use_torch = not args.no_torch
-  if use_torch:
-    try:
-      import torch
-      torch.set_num_threads(__import__("os").cpu_count() or 1)
-    except ImportError:
-      print("PyTorch not installed: JAX rows only (pip install -e .[bench])")
-      use_torch = False
+  from aetl_jax.bench.timing import torch_usable
+  use_torch = not args.no_torch and torch_usable(threads=True)
+  if not args.no_torch and not use_torch:
+    print("PyTorch not installed: JAX rows only (pip install -e .[bench])")
   rows = [row for layer in LAYERS for row in layer_rows(layer, args.batch, args.repeats, use_torch)]
   print(f"batch {args.batch}; ms (GFLOP/s); torch's backward computes both gradients in one call")
   print(f"{'layer':<16} {'shape':<17} {'impl':<20} {'forward':>14} {'input grad':>14} "

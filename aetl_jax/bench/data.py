@@ -27,35 +27,45 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=256)
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args(argv)
-
-  from aetl_jax.bench.timing import time_calls
-  from aetl_jax.data.streaming import array_stream, numpy_batches, prefetch_to_device
-  from aetl_jax.models.autoencoder import Autoencoder
-  from aetl_jax.models.mlp import MLPDecoder, MLPEncoder
-  from aetl_jax.objectives.reconstruction import make_reconstruction_loss
-  from aetl_jax.engine.loop import _Reader, make_epoch_fn
-  from aetl_jax.engine.state import TrainState
-  from aetl_jax.engine.step import make_train_step
-  from aetl_jax.core.optim import make_optimizer
-
   if args.idx:
     from aetl_jax.data.idx import load_idx_split
     images = load_idx_split(args.idx, "train")[0].astype(np.float32) / 255.0
   else:
     images = np.random.default_rng(0).random((60000, 28, 28, 1), dtype=np.float32)
-  n, bs = len(images), args.batch
-  usable = (n // bs) * bs
-  print(f"backend={jax.default_backend()} examples={n} batch={bs}")
-
+  bs, repeats = args.batch, args.repeats
+  usable = (len(images) // bs) * bs
+  print(f"backend={jax.default_backend()} examples={len(images)} batch={bs}")
   data = {"image": jax.device_put(images)}
+  t_mem = in_memory_seconds(data, bs, repeats)
+  t_stream, stream_first = streaming_seconds(images, bs, repeats)
+  train_rate = usable / training_seconds(data, images[:1], bs, repeats)
+  print(f"{'path':<44} {'examples/s':>12} {'x training':>11}")
+  for name, t in (("in-memory (device shuffle + gather)", t_mem),
+                  ("streaming (tf.data + prefetch to device)", t_stream)):
+    rate = usable / t
+    print(f"{name:<44} {rate:12.0f} {rate / train_rate:10.1f}x")
+  print(f"{'dense AE 784-256-128-32 training (scan)':<44} {train_rate:12.0f} {1.0:10.1f}x")
+  print(f"(first streaming epoch, including tf.data start-up: {stream_first:.2f} s)")
+
+
+def in_memory_seconds(data, bs: int, repeats: int) -> float:
+  """An epoch of the runners' own on-device shuffle and gather, nothing trained."""
+  from aetl_jax.bench.timing import time_calls
+  from aetl_jax.engine.loop import _Reader
 
   @jax.jit
   def gather_epoch(data, rng):
-    reader = _Reader(None, bs)  # the epoch runners' own shuffle and gather
+    reader = _Reader(None, bs)
     (idx,), _ = reader.plan(rng, data)
     return jax.lax.map(lambda i: jnp.sum(reader.gather(data, (i,))["image"]), idx)
 
-  t_mem = time_calls(lambda: gather_epoch(data, jax.random.PRNGKey(0)), repeats=args.repeats)
+  return time_calls(lambda: gather_epoch(data, jax.random.PRNGKey(0)), repeats=repeats)["median_s"]
+
+
+def streaming_seconds(images, bs: int, repeats: int) -> tuple[float, float]:
+  """(seconds of a streamed epoch, seconds of the first one with tf.data's start-up)."""
+  from aetl_jax.bench.timing import time_calls
+  from aetl_jax.data.streaming import array_stream, numpy_batches, prefetch_to_device
 
   def stream_epoch():
     last = None
@@ -66,11 +76,23 @@ def main(argv=None):
 
   start = time.perf_counter()
   stream_epoch()
-  stream_first = time.perf_counter() - start
-  t_stream = time_calls(stream_epoch, repeats=args.repeats, warmup=0)
+  first = time.perf_counter() - start
+  return time_calls(stream_epoch, repeats=repeats, warmup=0)["median_s"], first
+
+
+def training_seconds(data, example, bs: int, repeats: int) -> float:
+  """An epoch of the dense AE's training (scan runner) on ``data``."""
+  from aetl_jax.bench.timing import time_calls
+  from aetl_jax.core.optim import make_optimizer
+  from aetl_jax.engine.loop import make_epoch_fn
+  from aetl_jax.engine.state import TrainState
+  from aetl_jax.engine.step import make_train_step
+  from aetl_jax.models.autoencoder import Autoencoder
+  from aetl_jax.models.mlp import MLPDecoder, MLPEncoder
+  from aetl_jax.objectives.reconstruction import make_reconstruction_loss
 
   model = Autoencoder(MLPEncoder((256, 128), 32), MLPDecoder((28, 28, 1), (128, 256)))
-  params = model.init(jax.random.PRNGKey(0), images[:1])["params"]
+  params = model.init(jax.random.PRNGKey(0), example)["params"]
   tx = make_optimizer(learning_rate=1e-3)
   epoch = make_epoch_fn(make_train_step(make_reconstruction_loss(model), tx),
                         feed=(("images", "source", bs),))
@@ -80,15 +102,7 @@ def main(argv=None):
     holder["state"], m = epoch(holder["state"], {"source": data}, jax.random.PRNGKey(1))
     return m
 
-  t_train = time_calls(train, repeats=args.repeats)
-  train_rate = usable / t_train["median_s"]
-  print(f"{'path':<44} {'examples/s':>12} {'x training':>11}")
-  for name, t in (("in-memory (device shuffle + gather)", t_mem["median_s"]),
-                  ("streaming (tf.data + prefetch to device)", t_stream["median_s"])):
-    rate = usable / t
-    print(f"{name:<44} {rate:12.0f} {rate / train_rate:10.1f}x")
-  print(f"{'dense AE 784-256-128-32 training (scan)':<44} {train_rate:12.0f} {1.0:10.1f}x")
-  print(f"(first streaming epoch, including tf.data start-up: {stream_first:.2f} s)")
+  return time_calls(train, repeats=repeats)["median_s"]
 
 
 if __name__ == "__main__":

@@ -133,27 +133,24 @@ def contenders(ids, batch: int, use_torch: bool, dims: dict, plain: bool = True)
 
 
 def rows(n: int, batch: int, repeats: int, use_torch: bool, quick: bool = False) -> list[dict]:
-  from aetl_jax.bench.timing import timed_interleaved
+  from aetl_jax.bench.timing import timed_interleaved, with_ratios
   dims = QUICK if quick else dict(vocab=VOCAB, embed=EMBED, hidden=HIDDEN)
   ids = sentences(n, vocab=dims["vocab"])
   used = n // batch * batch
   tokens = int(np.sum(ids != 0)) * used / n
   # --quick checks the harness: the plain-shuffle row would run the bucketed row's code again
   results = timed_interleaved(contenders(ids, batch, use_torch, dims, plain=not quick), repeats)
-  torch_s = results.get("torch", (None,))[0]
-  out = []
-  for name, (seconds, compiles) in results.items():
-    out.append({"model": name, "batch": batch, "sentences_per_s": used / seconds,
-                "tokens_per_s": tokens / seconds, "compiles": compiles,
-                "ratio_vs_torch": (torch_s / seconds) if torch_s and name != "torch" else None})
-  return out
+  return with_ratios(results, "torch", lambda name, seconds, _: {
+      "model": name, "batch": batch, "sentences_per_s": used / seconds,
+      "tokens_per_s": tokens / seconds})
 
 
 def print_rows(table: list[dict]) -> None:
   print(f"{'sequence AE (LSTM 256, vocab 4k)':<32} {'batch':>5} {'sent/s':>8} {'tokens/s':>9} "
         f"{'vs torch':>8} {'compiles':>8}")
+  from aetl_jax.bench.timing import ratio_text
   for r in table:
-    ratio = f"{r['ratio_vs_torch']:7.2f}x" if r["ratio_vs_torch"] else "       —"
+    ratio = ratio_text(r["ratio_vs_torch"])
     print(f"{r['model']:<32} {r['batch']:5d} {r['sentences_per_s']:8.0f} "
           f"{r['tokens_per_s']:9.0f} {ratio} {r['compiles']:8d}", flush=True)
 
@@ -165,12 +162,8 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--no-torch", action="store_true")
   args = parser.parse_args(argv)
-  use_torch = not args.no_torch
-  if use_torch:
-    try:
-      import torch  # noqa: F401
-    except ImportError:
-      use_torch = False
+  from aetl_jax.bench.timing import torch_usable
+  use_torch = not args.no_torch and torch_usable(threads=False)
   print_rows(rows(args.sentences, args.batch, args.repeats, use_torch))
 
 

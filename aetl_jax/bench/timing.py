@@ -125,3 +125,29 @@ def timed_interleaved(fns: dict, repeats: int) -> dict:
   medians = time_interleaved({name: counted(name, fn) for name, fn in fns.items()},
                              repeats=repeats, warmup=False)
   return {name: (medians[name], compiles[name]) for name in fns}
+
+
+def torch_usable(*, threads: bool = True) -> bool:
+  """Whether PyTorch imports here; ``threads``: let it use every core, as JAX does."""
+  try:
+    import torch
+  except ImportError:
+    return False
+  if threads:
+    import os
+    torch.set_num_threads(os.cpu_count() or 1)
+  return True
+
+
+def with_ratios(results: dict, baseline: str, row) -> list[dict]:
+  """One row per timed contender (``results``: name -> (seconds, compiles)), each with its
+  speed against ``baseline``'s (``ratio_vs_torch``; None for the baseline or without it).
+  ``row(name, seconds, compiles)`` makes the row's other fields."""
+  base = results.get(baseline, (None,))[0]
+  return [{**row(name, seconds, compiles), "compiles": compiles,
+           "ratio_vs_torch": base / seconds if base and name != baseline else None}
+          for name, (seconds, compiles) in results.items()]
+
+
+def ratio_text(ratio) -> str:
+  return f"{ratio:7.2f}x" if ratio else "       —"

@@ -4,18 +4,21 @@ their encoder. Every model exposes ``encode`` (the features transfer uses) and
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aetl_jax.models.capabilities import Can
 from aetl_jax.models.variables import variables
 from aetl_jax.models.vit import patchify, random_masking, unpatchify
 
 
 class Autoencoder(nn.Module):
   """Plain, denoising and sparse autoencoders (the objective differs, not the model)."""
+
+  CAN: ClassVar[Can] = Can(reconstruct=True, init="reconstruct")
 
   encoder: nn.Module
   decoder: nn.Module
@@ -41,6 +44,8 @@ class VariationalAutoencoder(nn.Module):
   ``encode`` returns the posterior mean, so the classifier that receives this
   encoder keeps the first ``latent_dim`` features (see :class:`Classifier`).
   """
+
+  CAN: ClassVar[Can] = Can(reconstruct=True, init="reconstruct")
 
   encoder: nn.Module  # code_dim == 2 * latent_dim
   decoder: nn.Module
@@ -68,6 +73,8 @@ class VariationalAutoencoder(nn.Module):
 
 class MaskedAutoencoder(nn.Module):
   """MAE: encode the visible patches only, decode every patch with a light decoder."""
+
+  CAN: ClassVar[Can] = Can(reconstruct=True, init="reconstruct")
 
   encoder: nn.Module  # ViTEncoder
   decoder: nn.Module  # MAEDecoder
@@ -111,6 +118,8 @@ class Classifier(nn.Module):
   encoder, whose output also holds the log-variances).
   """
 
+  CAN: ClassVar[Can] = Can(classify=True)
+
   encoder: nn.Module
   num_classes: int
   feature_dim: int | None = None
@@ -133,6 +142,8 @@ class Classifier(nn.Module):
 class AutoencoderClassifier(nn.Module):
   """Encoder + decoder + linear head: one tree ``{'encoder', 'decoder', 'head'}`` for
   objectives that reconstruct and classify at once (joint and semi-supervised)."""
+
+  CAN: ClassVar[Can] = Can(reconstruct=True, classify=True, init="init_all")
 
   encoder: nn.Module
   decoder: nn.Module
@@ -166,6 +177,8 @@ class AutoencoderClassifier(nn.Module):
 class Discriminator(nn.Module):
   """A domain classifier on codes: dense ReLU layers ``hidden``, then one logit."""
 
+  CAN: ClassVar[Can] = Can()
+
   hidden: Sequence[int] = (100,)
 
   @nn.compact
@@ -178,6 +191,8 @@ class Discriminator(nn.Module):
 class DomainClassifier(Classifier):
   """A :class:`Classifier` with a domain classifier on its codes (``domain_logits``), for
   adversarial domain adaptation; ``{'encoder', 'head', 'domain'}``."""
+
+  CAN: ClassVar[Can] = Can(classify=True, init="init_all")
 
   domain_hidden: Sequence[int] = (100,)
 
@@ -198,6 +213,8 @@ class AddaClassifier(DomainClassifier):
   """ADDA's models (Tzeng et al. 2017) in one tree ``{'encoder', 'source_encoder', 'head',
   'domain'}``: the target encoder (``encoder``, what the classifier uses), the source encoder
   and the source classifier's head it is mapped to, and the discriminator between them."""
+
+  CAN: ClassVar[Can] = Can(classify=True, init="init_all")
 
   def setup(self):
     super().setup()

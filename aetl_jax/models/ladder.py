@@ -21,11 +21,13 @@ reference implementations); the decoder runs on the unlabelled batch.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from aetl_jax.models.capabilities import Can
 
 COMBINATORS = ("gauss", "amlp")
 VARIANTS = ("full", "gamma")
@@ -160,6 +162,8 @@ class LadderDecoder(nn.Module):
 class LadderNetwork(nn.Module):
   """Dense ladder ``input → widths → num_classes``; ``__call__`` gives clean logits.
   ``{'encoder': {'block_<l>'}, 'decoder': {'block_<l>'}}``."""
+
+  CAN: ClassVar[Can] = Can(init="init_all")
 
   widths: Sequence[int] = (1000, 500, 250, 250, 250)
   num_classes: int = 10

@@ -14,6 +14,7 @@ from aetl_jax.models import conv, lenet, mlp, resnet18, sequence, vit  # noqa: F
 from aetl_jax.models.autoencoder import (AddaClassifier, Autoencoder, AutoencoderClassifier,
                                          Classifier, DomainClassifier, MaskedAutoencoder,
                                          VariationalAutoencoder)
+from aetl_jax.models.capabilities import Can
 from aetl_jax.models.family import FAMILIES
 from aetl_jax.models.sequence import SequenceAutoencoder
 from aetl_jax.models.vit import MAEDecoder, check_patches
@@ -134,20 +135,25 @@ def build_model(m, image_shape: Sequence[int], kind: str, num_classes: int | Non
       adda=kind == "adda")
 
 
+def can(model) -> Can:
+  """What ``model`` can do, as its class declares it (``CAN``); the one place that reads it."""
+  declared = getattr(type(model), "CAN", None)
+  if not isinstance(declared, Can):
+    raise TypeError(f"model class {type(model).__name__} declares no capabilities: give it "
+                    f"CAN: ClassVar[Can] = Can(...) (aetl_jax.models.capabilities)")
+  return declared
+
+
 def init_method(model) -> str | None:
-  """The method whose ``init`` touches every parameter of ``model`` (None: ``__call__``).
-  The one place that reads what a model can do: see :func:`reconstructs`, :func:`classifies`."""
-  for name in ("init_all", "reconstruct"):
-    if hasattr(model, name):
-      return name
-  return None
+  """The method whose ``init`` touches every parameter of ``model`` (None: ``__call__``)."""
+  return can(model).init
 
 
 def reconstructs(model) -> bool:
   """Whether ``model`` has a decoder (``reconstruct``)."""
-  return hasattr(model, "reconstruct")
+  return can(model).reconstruct
 
 
 def classifies(model) -> bool:
   """Whether ``model`` has a class head over its features (``classify_features``)."""
-  return hasattr(model, "classify_features")
+  return can(model).classify

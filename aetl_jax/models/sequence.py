@@ -17,11 +17,14 @@ decoder's vocabulary projection and per-token loss run inside the chunks, so the
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from aetl_jax.models.capabilities import Can
 from aetl_jax.models.family import FAMILIES
 from aetl_jax.core.registry import Key
 
@@ -204,6 +207,8 @@ class RNNDecoder(nn.Module):
 class SequenceAutoencoder(nn.Module):
   """Encoder → code → teacher-forced decoder. ``inputs`` (corrupted tokens, for the denoising
   variant) feed the encoder; the decoder always predicts the clean ``tokens``."""
+
+  CAN: ClassVar[Can] = Can(reconstruct=True, init="reconstruct")
 
   encoder: nn.Module
   decoder: nn.Module

@@ -29,14 +29,11 @@ from aetl_jax.data.sources import load_configured
 from aetl_jax.engine.metrics_log import JsonlLog
 from aetl_jax.evaluation import clustering as cl
 from aetl_jax.evaluation.anomaly import codes
-from aetl_jax.models.registry import check_input_shape
-from aetl_jax.objectives.registry import model_kind
-from aetl_jax.objectives.registry import roles as objective_roles
 from aetl_jax.reporting import anomaly_figures
-from aetl_jax.reporting.tables import summarise
-from aetl_jax.tasks.pretrain import pretrain
+from aetl_jax.reporting.application_tables import cluster_label, clustering_table
+from aetl_jax.tasks.pretrain import check_unlabelled_autoencoder, pretrain
 from aetl_jax.tasks.registry import TASKS
-from aetl_jax.tasks.transfer import default_config as transfer_defaults
+from aetl_jax.tasks.transfer import pretrain_section
 from aetl_jax.transfer.classifiers import load_classifier
 
 log = logging.getLogger(__name__)
@@ -50,8 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
                 split_seed=0)
   c.model = dict(family="mlp", widths=(256, 128), code_dim=10)
   c.objective = dict(name="reconstruction")
-  c.pretrain = {k: v for k, v in transfer_defaults().pretrain.to_dict().items()
-                if k != "include_target_pool"}  # the transfer task's own key
+  c.pretrain = pretrain_section()
   c.pretrain.update(epochs=50, batch_size=256, learning_rate=1e-3)
   c.clustering = dict(k=0, methods=("kmeans", "gmm"), embeddings=("none",),
                       baselines=BASELINE_FEATURES, baseline_embeddings=("none",),
@@ -115,13 +111,7 @@ def check(config, data: ClusteringData) -> None:
       raise ConfigError(f"config key 'clustering.embeddings': umap-learn is installed but does "
                         f"not import here ({described(e, 200)}); repair that install, "
                         f"or use: none, pca") from None
-  if objective_roles(config.objective.name) != ("images",):
-    raise ConfigError(f"config key 'objective.name': the clustering task pretrains without labels; "
-                      f"{config.objective.name!r} needs labels")
-  try:
-    check_input_shape(config.model, data.images.shape[1:], model_kind(config.objective.name))
-  except ValueError as e:
-    raise ConfigError(f"config key 'model': {e}") from None
+  check_unlabelled_autoencoder(config, data.images.shape[1:], "the clustering task pretrains")
   for path in c.classifiers:
     _classifier(path)
 
@@ -191,28 +181,6 @@ def run(config, workdir, data: ClusteringData, *, progress: bool = True) -> dict
   return _report(config, workdir, data, cells.read(), features)
 
 
-def _label(r) -> str:
-  return f"{r['features']} → {'' if r['embedding'] == 'none' else r['embedding'] + ' → '}{r['method']}"
-
-
-def clustering_table(rows: list[dict]) -> tuple[str, list[dict]]:
-  keys = ("features", "embedding", "method")
-  stats = {}
-  for metric in ("accuracy", "nmi", "ari"):
-    for s in summarise(rows, metric=metric, keys=keys):
-      stats.setdefault(tuple(s[k] for k in keys), {})[metric] = s
-  lines = ["| features → clustering | accuracy | NMI | ARI |", "|---|---|---|---|"]
-  summary = []
-  for key, by_metric in stats.items():
-    cells = []
-    for metric in ("accuracy", "nmi", "ari"):
-      s = by_metric[metric]
-      summary.append(s)
-      cells.append(f"{100 * s['mean']:.1f}" + ("" if np.isnan(s["ci95"]) else f" ± {100 * s['ci95']:.1f}"))
-    lines.append(f"| {_label(dict(zip(keys, key)))} | " + " | ".join(cells) + " |")
-  return "\n".join(lines), summary
-
-
 def _report(config, workdir: Path, data: ClusteringData, rows, features) -> dict:
   c = config.clustering
   rows = [r for r in rows if r["seed"] < c.seeds
@@ -241,7 +209,7 @@ def _report(config, workdir: Path, data: ClusteringData, rows, features) -> dict
 def _figures(config, workdir: Path, data: ClusteringData, features, best) -> None:
   clusters = np.asarray(best["clusters"])
   anomaly_figures.confusion(workdir / "results" / "confusion.png",
-                            cl.contingency(data.labels, clusters), title=_label(best))
+                            cl.contingency(data.labels, clusters), title=cluster_label(best))
   x = np.asarray(features[best["features"]][0], np.float32)
   show = np.random.default_rng(0).permutation(len(x))[: config.report.map_points]
   how = config.report.map

@@ -42,13 +42,14 @@ from aetl_jax.engine.phase import Optim, Phase
 from aetl_jax.engine.runtime import runtime_from_config
 from aetl_jax.engine.store import CheckpointStore
 from aetl_jax.evaluation import anomaly
-from aetl_jax.models.registry import build_autoencoder, check_input_shape
+from aetl_jax.models.registry import build_autoencoder
 from aetl_jax.objectives.registry import make_objective, model_kind
-from aetl_jax.objectives.registry import roles as objective_roles
 from aetl_jax.reporting import anomaly_figures
+from aetl_jax.reporting.application_tables import auroc_table, class_means
 from aetl_jax.reporting.tables import summarise
+from aetl_jax.tasks.pretrain import check_unlabelled_autoencoder
 from aetl_jax.tasks.registry import TASKS
-from aetl_jax.tasks.transfer import default_config as transfer_defaults
+from aetl_jax.tasks.transfer import pretrain_section
 from aetl_jax.models.variables import tree_of
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
                 test_fraction=0.3, max_train_per_class=0, max_test=0)
   c.model = dict(family="mlp", widths=(256, 128), code_dim=32)
   c.objective = dict(name="reconstruction")
-  c.pretrain = {k: v for k, v in transfer_defaults().pretrain.to_dict().items()
-                if k != "include_target_pool"}  # the transfer task's own key
+  c.pretrain = pretrain_section()
   c.pretrain.update(epochs=30, batch_size=64, learning_rate=1e-3)
   c.one_class = dict(normal_classes=(), seeds=3, vmap=True,
                      scores=("reconstruction_mse", "latent_knn"), knn_k=5, elbo_samples=10,
@@ -73,14 +73,17 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class OneClassData:
+  """The loaded dataset and what the config derives from it: the normal classes and, for
+  each, its training and held-out (threshold) indices into ``train``."""
+
   name: str
   route: str
   train: tuple  # (images in [0, 1] NHWC, labels)
   test: tuple
-  normal: tuple[int, ...] = ()
-  splits: dict = dataclasses.field(default_factory=dict)  # class -> (train idx, val idx)
+  normal: tuple[int, ...]
+  splits: dict  # class -> (train idx, val idx)
 
   @property
   def shape(self) -> tuple:
@@ -100,25 +103,25 @@ def load(config, *, progress: bool = True) -> OneClassData:
     keep = np.sort(np.random.default_rng(d.split_seed).permutation(len(test[1]))[: d.max_test])
     test = (test[0][keep], test[1][keep])
   unit = lambda xy: (to_unit(xy[0], ds.max_value), np.asarray(xy[1]))
-  return OneClassData(d.name, ds.route, unit(train), unit(test))
+  train = unit(train)
+  normal, splits = normal_splits(config, train[1])
+  return OneClassData(d.name, ds.route, train, unit(test), normal, splits)
+
+
+def normal_splits(config, labels) -> tuple[tuple[int, ...], dict]:
+  """(normal classes, class -> (training indices, held-out indices)) of the training labels."""
+  oc, d = config.one_class, config.data
+  try:
+    normal = check_normal_classes(labels, oc.normal_classes, d.name)
+    return normal, {c: normal_split(labels, c, val_fraction=d.val_fraction, seed=d.split_seed,
+                                    max_train=d.max_train_per_class) for c in normal}
+  except ValueError as e:
+    raise ConfigError(f"config key 'one_class.normal_classes' / 'data': {e}") from None
 
 
 def check(config, data: OneClassData) -> None:
-  """Everything the run will need, before anything trains (fills ``data.normal``/``splits``)."""
-  oc, d = config.one_class, config.data
-  try:
-    data.normal = check_normal_classes(data.train[1], oc.normal_classes, d.name)
-    data.splits = {c: normal_split(data.train[1], c, val_fraction=d.val_fraction, seed=d.split_seed,
-                                   max_train=d.max_train_per_class) for c in data.normal}
-  except ValueError as e:
-    raise ConfigError(f"config key 'one_class.normal_classes' / 'data': {e}") from None
-  if objective_roles(config.objective.name) != ("images",):
-    raise ConfigError(f"config key 'objective.name': one-class models learn from unlabelled "
-                      f"images; {config.objective.name!r} needs labels")
-  try:
-    check_input_shape(config.model, data.shape, model_kind(config.objective.name))
-  except ValueError as e:
-    raise ConfigError(f"config key 'model': {e}") from None
+  """Everything the run will need, before anything trains (reads ``config`` and ``data``)."""
+  check_unlabelled_autoencoder(config, data.shape, "one-class models learn")
   _check_section(config, data)
 
 
@@ -313,37 +316,6 @@ def _mean_by_method(rows) -> dict:
   for r in rows:
     out.setdefault(r["method"], []).append(r["auroc"])
   return {k: round(float(np.mean(v)) * 100, 2) for k, v in out.items()}
-
-
-def class_means(rows: list[dict], classes, metric: str = "auroc") -> list[dict]:
-  """Per (method, seed): ``metric`` averaged over the normal classes (complete seeds only)."""
-  groups = {}
-  for r in rows:
-    groups.setdefault((r["method"], r["seed"]), {})[r["class"]] = r[metric]
-  return [{"method": m, "seed": s, metric: float(np.mean([v[c] for c in classes]))}
-          for (m, s), v in groups.items() if all(c in v for c in classes)]
-
-
-def auroc_table(rows: list[dict], classes, methods, reference: dict | None = None) -> str:
-  """Rows = methods, columns = normal classes (mean AUROC over seeds) and the mean over
-  classes (± 95% CI over seeds, n seeds)."""
-  per_class = {(s["method"], s["class"]): s for s in summarise(rows, metric="auroc",
-                                                               keys=("method", "class"))}
-  means = {s["method"]: s for s in summarise(class_means(rows, classes), metric="auroc",
-                                             keys=("method",))}
-  lines = ["| method | " + " | ".join(str(c) for c in classes) + " | mean |",
-           "|---|" + "---|" * (len(classes) + 1)]
-  for m in methods:
-    cells = [f"{100 * per_class[(m, c)]['mean']:.1f}" if (m, c) in per_class else "—" for c in classes]
-    s = means.get(m)
-    mean = "—" if s is None else (f"{100 * s['mean']:.1f}" + ("" if np.isnan(s["ci95"]) else
-                                                               f" ± {100 * s['ci95']:.1f}")
-                                  + f" (n={s['n']})")
-    lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean} |")
-  for name, values in (reference or {}).items():
-    lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in values)
-                 + f" | {np.mean(values):.1f} (reported) |")
-  return "\n".join(lines)
 
 
 def _report(config, workdir: Path, data: OneClassData, rows, model, timing) -> dict:

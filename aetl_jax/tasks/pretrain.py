@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from aetl_jax.core.config import ConfigError
 from aetl_jax.data.streaming import array_stream, choose_data_path, numpy_batches, prefetch_to_device
 from aetl_jax.engine import checkpoint
 from aetl_jax.engine.driver import HostStream, run_phases
@@ -23,7 +24,7 @@ from aetl_jax.engine.runtime import runtime_from_config
 from aetl_jax.engine.store import CheckpointStore
 from aetl_jax.evaluation.reconstruction import reconstruct, reconstruction_metrics
 from aetl_jax.evaluation.batched import accuracy, batched_apply
-from aetl_jax.models.registry import build_model, classifies, init_method, reconstructs
+from aetl_jax.models.registry import build_model, check_input_shape, classifies, init_method, reconstructs
 from aetl_jax.objectives.registry import make_objective, model_kind
 from aetl_jax.objectives.registry import roles as objective_roles
 from aetl_jax.transfer.encoder import ENCODER_SUBTREE, backbone_weights  # noqa: F401 - re-exported
@@ -40,6 +41,19 @@ SOURCE_STREAMS = {"images": "source", "labelled": "source_labelled"}
 
 def pretrain_model(config, image_shape, num_classes: int | None = None):
   return build_model(config.model, image_shape, model_kind(config.objective.name), num_classes)
+
+
+def check_unlabelled_autoencoder(config, image_shape, task: str) -> None:
+  """ConfigError unless ``config`` trains an autoencoder on unlabelled images of
+  ``image_shape`` (the one-class and clustering tasks; ``task`` names the task's need)."""
+  name = config.objective.name
+  if objective_roles(name) != ("images",):
+    raise ConfigError(f"config key 'objective.name': {task} from unlabelled images; "
+                      f"{name!r} needs labels")
+  try:
+    check_input_shape(config.model, tuple(image_shape), model_kind(name))
+  except ValueError as e:
+    raise ConfigError(f"config key 'model': {e}") from None
 
 
 def check_source(config, *, labelled: bool, streamed: bool = False) -> None:

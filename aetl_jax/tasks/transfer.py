@@ -67,6 +67,12 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def pretrain_section() -> dict:
+  """The ``pretrain`` section for tasks that pretrain on one dataset (one-class, clustering):
+  the transfer task's, less its target-pool key."""
+  return {k: v for k, v in default_config().pretrain.to_dict().items() if k != "include_target_pool"}
+
+
 # One line per key of the sections above (what --print-config and aetl list show).
 KEY_DOCS = {
     "task": "what the run does (aetl list tasks)",
