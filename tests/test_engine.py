@@ -264,3 +264,38 @@ def test_phases_that_differ_only_in_learning_rate_share_their_compiled_programs(
   assert float(jnp.abs(b["w"]).sum()) > 10 * float(jnp.abs(a["w"]).sum())
   np.testing.assert_allclose(vb["w"][0], b["w"], rtol=1e-5)
   assert rows[0]["learning_rate"] == pytest.approx(0.1 * (1 + np.cos(np.pi * 4 / 8)) / 2)
+
+
+@pytest.mark.slow
+def test_phases_that_differ_only_in_weight_decay_share_their_compiled_programs():
+  """A non-zero weight decay is a value in the optimiser state too: a second decay trains
+  with the first one's programs, sequential and vmapped, and takes effect (it pulls the
+  weights towards 0 harder)."""
+  import dataclasses
+  from aetl_jax.engine.driver import run_phases, run_phases_vmapped
+  from aetl_jax.engine.phase import Optim, Phase
+  from aetl_jax.engine.runtime import make_runtime
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, duration, **kw: compiles.append(event)
+      if event == "/jax/core/compile/backend_compile_duration" else None)
+
+  def loss(p, b, rng):
+    return jnp.mean((b["x"]["image"] @ p["w"] - 1.0) ** 2), {}
+
+  params = {"w": jnp.ones((3, 2))}
+  data = {"s": {"image": jnp.asarray(np.random.default_rng(0).random((16, 3)), jnp.float32)}}
+  light = Phase("p", loss, (("x", "s", 4),), 2, Optim(1e-2, weight_decay=1e-4, schedule="constant"))
+  heavy = dataclasses.replace(light, optim=Optim(1e-2, weight_decay=5.0, schedule="constant"))
+  runtime = make_runtime(runner="scan")
+  stacked = {"w": jnp.ones((2, 3, 2))}
+  data2 = {"s": {"image": jnp.stack([data["s"]["image"]] * 2)}}
+  rngs = jnp.stack([jax.random.PRNGKey(0)] * 2)
+  a, _ = run_phases([light], params, data, jax.random.PRNGKey(0), runtime=runtime)
+  run_phases_vmapped([light], stacked, data2, rngs, runtime=runtime)
+  before = len(compiles)
+  b, _ = run_phases([heavy], params, data, jax.random.PRNGKey(0), runtime=runtime)
+  vb, _ = run_phases_vmapped([heavy], stacked, data2, rngs, runtime=runtime)
+  assert len(compiles) == before  # nothing compiled for the second decay
+  assert float(jnp.abs(b["w"]).sum()) < 0.9 * float(jnp.abs(a["w"]).sum())
+  np.testing.assert_allclose(vb["w"][0], b["w"], rtol=1e-5)

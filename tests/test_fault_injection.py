@@ -122,3 +122,41 @@ def test_a_step_saved_before_learning_rates_moved_into_the_state_resumes_bitwise
   resumed, _ = run(new_tx, tree["params"], tree["opt_state"], 3)
   assert tree_equal(resumed, reference)
   assert not (tmp_path / "quarantine").exists()
+
+
+def test_a_step_saved_before_the_decays_were_injected_resumes_bitwise(tmp_path):
+  """0.3 injected the learning rate alone; since 0.4 a non-zero weight decay is injected too.
+  A 0.3 step with weight decay is read in its layout, given the configured decay, and the
+  next updates equal 0.3's."""
+  import optax
+  from aetl_jax.core.optim import make_optimizer
+  from aetl_jax.engine.compat import learning_rate_only
+  unit = optax.cosine_decay_schedule(1.0, 10)
+  lr = lambda rate: (lambda count: rate * unit(count))
+  old_tx = optax.inject_hyperparams(lambda learning_rate: make_optimizer(
+      learning_rate=lr(learning_rate), weight_decay=0.05))(learning_rate=0.1)
+  new_tx = optax.inject_hyperparams(lambda learning_rate, weight_decay: make_optimizer(
+      learning_rate=lr(learning_rate), weight_decay=weight_decay))(learning_rate=0.1,
+                                                                   weight_decay=0.05)
+  grad = lambda p: jax.tree.map(lambda w: 2 * w + 1, p)
+
+  def run(tx, params, state, n):
+    for _ in range(n):
+      updates, state = tx.update(grad(params), state, params)
+      params = optax.apply_updates(params, updates)
+    return params, state
+
+  params = {"w": jnp.linspace(-1.0, 1.0, 5)}
+  p2, s2 = run(old_tx, params, old_tx.init(params), 2)
+  store = CheckpointStore(tmp_path / "checkpoints")
+  store.save(2, {"params": p2, "opt_state": s2, "step": jnp.int32(2)})
+  store.close()
+  reference, _ = run(old_tx, p2, s2, 3)
+
+  fresh = {"params": params, "opt_state": new_tx.init(params), "step": jnp.int32(0)}
+  assert jax.tree.structure(learning_rate_only(fresh["opt_state"])) == jax.tree.structure(s2)
+  step, tree = CheckpointStore(tmp_path / "checkpoints").restore(lambda s: fresh)
+  assert step == 2 and float(tree["opt_state"].hyperparams["weight_decay"]) == pytest.approx(0.05)
+  resumed, _ = run(new_tx, tree["params"], tree["opt_state"], 3)
+  assert tree_equal(resumed, reference)
+  assert not (tmp_path / "quarantine").exists()

@@ -90,6 +90,12 @@ def learning_rate_schedule(learning_rate: float, total_steps: int, *, schedule: 
                    f"'inverse_power'")
 
 
+def _given(value) -> bool:
+  """A decay's term is in the chain unless it is a plain zero (an array is a value injected
+  by ``optax.inject_hyperparams``: its term is there whatever the value)."""
+  return not isinstance(value, (int, float)) or value != 0
+
+
 def make_optimizer(*, learning_rate, optimizer: str = "adam", weight_decay: float = 0.0,
                    lr_multipliers=None, wd_multipliers=None, grad_clip_norm: float | None = None,
                    momentum: float = 0.9, nesterov: bool = True, beta1: float = 0.9,
@@ -108,12 +114,12 @@ def make_optimizer(*, learning_rate, optimizer: str = "adam", weight_decay: floa
     parts.append(optax.trace(decay=momentum, nesterov=nesterov))
   else:
     raise ValueError(f"unknown optimizer {optimizer!r}; valid: 'adam', 'sgd'")
-  if weight_decay:
+  if _given(weight_decay):
     if wd_multipliers is None:
       parts.append(optax.add_decayed_weights(weight_decay))
     else:
       parts.append(add_scaled_weight_decay(weight_decay, wd_multipliers))
-  if l1_decay:
+  if _given(l1_decay):
     parts.append(add_l1_decay(l1_decay))
   parts.append(optax.scale_by_learning_rate(learning_rate))
   if lr_multipliers is not None:

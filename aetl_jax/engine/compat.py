@@ -1,11 +1,12 @@
-"""Checkpoints written by aetl_jax before 0.3 resume as they are.
+"""Checkpoints written by earlier versions of aetl_jax resume as they are.
 
 Since 0.3 every optimiser takes its learning rate from its state
 (``optax.inject_hyperparams``): its state is an ``InjectHyperparamsState`` around the state
 earlier versions saved. A checkpoint in the earlier layout is read into that inner state and
 wrapped again; the update that follows is the one the earlier version would have made (the
 schedule lives inside the wrapped optimiser and counts its own steps; the wrapper's count
-only records updates).
+only records updates). Since 0.4 the weight and L1 decays are injected too (when not zero):
+a 0.3 state holding the learning rate alone gets the configured decays.
 """
 
 from __future__ import annotations
@@ -52,17 +53,51 @@ def with_injection(fresh, old, count):
   return old
 
 
-def legacy_layout(template: dict):
-  """(the earlier layout of a ``{'params', 'opt_state', 'step'}`` checkpoint template, a
-  function from a tree read in that layout to the current one); None when the layouts agree."""
+def learning_rate_only(tree):
+  """``tree`` with every injected state holding its learning rate alone (0.3's layout)."""
+  if _injected(tree):
+    return tree._replace(hyperparams={k: v for k, v in tree.hyperparams.items()
+                                      if k == "learning_rate"},
+                         inner_state=learning_rate_only(tree.inner_state))
+  if _is_namedtuple(tree):
+    return type(tree)(*(learning_rate_only(x) for x in tree))
+  if isinstance(tree, (tuple, list)):
+    return type(tree)(learning_rate_only(x) for x in tree)
+  if isinstance(tree, dict):
+    return {k: learning_rate_only(v) for k, v in tree.items()}
+  return tree
+
+
+def with_configured_decays(fresh, old):
+  """``old`` (0.3's layout) with the hyper-parameters it lacks taken from ``fresh``."""
+  if _injected(fresh):
+    return old._replace(hyperparams={**fresh.hyperparams, **old.hyperparams},
+                        inner_state=with_configured_decays(fresh.inner_state, old.inner_state))
+  if _is_namedtuple(fresh):
+    return type(fresh)(*(with_configured_decays(f, o) for f, o in zip(fresh, old)))
+  if isinstance(fresh, (tuple, list)):
+    return type(fresh)(with_configured_decays(f, o) for f, o in zip(fresh, old))
+  if isinstance(fresh, dict):
+    return {k: with_configured_decays(fresh[k], old[k]) for k in fresh}
+  return old
+
+
+def legacy_layouts(template: dict) -> list:
+  """[(an earlier layout of a ``{'params', 'opt_state', 'step'}`` checkpoint template, a
+  function from a tree read in that layout to the current one)], newest first; empty when
+  no earlier layout differs from the current one."""
   if "opt_state" not in template:
-    return None
-  old = {**template, "opt_state": without_injection(template["opt_state"])}
-  if jax.tree.structure(old["opt_state"]) == jax.tree.structure(template["opt_state"]):
-    return None
-
-  def convert(tree):
-    return {**tree, "opt_state": with_injection(template["opt_state"], tree["opt_state"],
-                                                 tree["step"])}
-
-  return old, convert
+    return []
+  fresh = template["opt_state"]
+  same = lambda a: jax.tree.structure(a) == jax.tree.structure(fresh)
+  out = []
+  lr_only = learning_rate_only(fresh)
+  if not same(lr_only):
+    out.append(({**template, "opt_state": lr_only},
+                lambda tree: {**tree, "opt_state": with_configured_decays(fresh, tree["opt_state"])}))
+  bare = without_injection(fresh)
+  if not same(bare):
+    out.append(({**template, "opt_state": bare},
+                lambda tree: {**tree, "opt_state": with_injection(fresh, tree["opt_state"],
+                                                                   tree["step"])}))
+  return out

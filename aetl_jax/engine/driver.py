@@ -19,7 +19,7 @@ import numpy as np
 
 from aetl_jax.engine.guard import check_finite, first_nonfinite
 from aetl_jax.engine.metrics_log import JsonlLog
-from aetl_jax.engine.phase import (Phase, Program, build_program, compile_key, learning_rates,
+from aetl_jax.engine.phase import (Phase, Program, build_program, compile_key, hyperparameters,
                                    steps_per_epoch, tree_spec)
 from aetl_jax.engine.runtime import Runtime
 from aetl_jax.engine.store import CheckpointStore
@@ -156,7 +156,7 @@ def _epoch(prog: Program, state, data, rng, epoch, runtime, label):
     state, metrics = prog.epoch_fn(state, data, rng)
   step = runtime.launcher.unreplicate(state.step)
   metrics = _floats({**metrics, "learning_rate": _jitted(prog.unit)(step)})
-  metrics["learning_rate"] *= prog.rates[0]
+  metrics["learning_rate"] *= prog.learning_rate
   check_finite(metrics, phase=label, epoch=epoch, first_step=first_step)
   metrics.pop("first_nonfinite_step")
   return state, metrics
@@ -213,11 +213,11 @@ def _vmapped_cell(phases: tuple, spec: tuple, sizes: tuple, runtime: Runtime, da
                   epoch_metrics=None):
   progs = [build_program(p, spec, n, runtime) for p, n in zip(phases, sizes)]
 
-  def cell(params, data, rng, epoch_data, rates):
+  def cell(params, data, rng, epoch_data, hyper):
     history = []
     epoch = 0
-    for prog, prog_rates in zip(progs, rates):
-      prog = prog.with_rates(prog_rates)  # arguments, not constants: one program for any rates
+    for prog, values in zip(progs, hyper):
+      prog = prog.with_hyper(values)  # arguments, not constants: one program for any values
       phase = prog.phase
       pdata = phase.prepare(params, data) if phase.prepare else data
 
@@ -258,14 +258,14 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
   axes = tuple(sorted((k, None if k in shared else 0) for k in data))
   cell = _vmapped_cell(tuple(compile_key(p) for p in phases), tree_spec(one), sizes, runtime,
                        axes, epoch_metrics)
-  rates = tuple(tuple(jnp.float32(r) for r in learning_rates(p)) for p in phases)
-  params, history = cell(params, data, rngs, epoch_data, rates)
+  hyper = tuple(jax.tree.map(jnp.float32, hyperparameters(p)) for p in phases)
+  params, history = cell(params, data, rngs, epoch_data, hyper)
   rows = [[] for _ in range(int(rngs.shape[0]))]
   for prog, metrics, (phase, first, _) in zip(progs, history, _spans(phases)):
     metrics = jax.tree.map(np.asarray, metrics)  # (K, epochs)
     steps = _epoch_steps(prog, one_data)
     unit = _jitted(prog.unit)
-    epoch_lrs = prog.rates[0] * np.asarray(jax.device_get(
+    epoch_lrs = prog.learning_rate * np.asarray(jax.device_get(
         [unit(np.int32((e + 1) * steps)) for e in range(phase.epochs)]))
     for k, seed_rows in enumerate(rows):
       where = first_nonfinite(metrics["first_nonfinite_step"][k])

@@ -112,25 +112,35 @@ class Phase:
     return self if need <= self.epochs else dataclasses.replace(self, epochs=need)
 
 
+# The optimiser settings held in the optimiser state (``optax.inject_hyperparams``) instead of
+# compiled in: a decay only when not zero (a zero decay leaves its term out of the program).
+INJECTED = ("learning_rate", "weight_decay", "l1_decay")
+
+
+def injected(o: Optim) -> dict:
+  """The values of ``o`` that are arguments of the compiled programs, by name."""
+  return {k: float(getattr(o, k)) for k in INJECTED if k == "learning_rate" or getattr(o, k)}
+
+
 def compile_key(phase: Phase) -> Phase:
   """``phase`` without the values that are arguments of its compiled programs, not constants
-  (the learning rates: held in the optimiser state, ``optax.inject_hyperparams``); phases equal
-  but for them share one set of programs (a learning-rate sweep compiles once per shape)."""
-  unit = lambda o: dataclasses.replace(o, learning_rate=1.0)
+  (learning rate and decays: held in the optimiser state, ``optax.inject_hyperparams``);
+  phases equal but for them share one set of programs (a sweep over them compiles once per
+  shape)."""
+  unit = lambda o: dataclasses.replace(o, **{k: 1.0 for k in injected(o)})
   adversary = phase.adversary and dataclasses.replace(phase.adversary,
                                                       optim=unit(phase.adversary.optim))
   return dataclasses.replace(phase, optim=unit(phase.optim), adversary=adversary)
 
 
-def learning_rates(phase: Phase) -> tuple[float, ...]:
+def hyperparameters(phase: Phase) -> tuple[dict, ...]:
   """The values :func:`compile_key` takes out: (player's,) or (player's, adversary's)."""
-  rates = (float(phase.optim.learning_rate),)
-  return rates + ((float(phase.adversary.optim.learning_rate),) if phase.adversary else ())
+  return (injected(phase.optim),) + ((injected(phase.adversary.optim),) if phase.adversary else ())
 
 
-def _with_rate(opt_state, rate):
-  return opt_state._replace(hyperparams={**opt_state.hyperparams,
-                                         "learning_rate": jnp.asarray(rate, jnp.float32)})
+def _with_values(opt_state, values: dict):
+  return opt_state._replace(hyperparams={**opt_state.hyperparams, **{
+      k: jnp.asarray(v, jnp.float32) for k, v in values.items()}})
 
 
 class Program(NamedTuple):
@@ -141,12 +151,18 @@ class Program(NamedTuple):
   body: Callable  # pure (state, data, rng) -> (state, metrics), one device
   epoch_fn: Callable  # the runtime's runner and launcher
   stream_epoch_fn: Callable  # (state, iterator of device batches, rng), one device
-  unit: Callable  # optimiser step -> the schedule at learning rate 1 (rate: rates[0] * unit)
-  rates: tuple = (1.0,)  # the learning rates the state starts with (learning_rates)
+  unit: Callable  # optimiser step -> the schedule at learning rate 1 (rate: lr * unit)
+  # The injected values the state starts with, per optimiser (:func:`hyperparameters`).
+  hyper: tuple = ({"learning_rate": 1.0},)
 
-  def with_rates(self, rates) -> "Program":
-    """The same compiled pieces for other learning rates (numbers or traced arrays)."""
-    return self._replace(rates=tuple(rates))
+  @property
+  def learning_rate(self):
+    """The player's peak learning rate (a number or a traced array)."""
+    return self.hyper[0]["learning_rate"]
+
+  def with_hyper(self, hyper) -> "Program":
+    """The same compiled pieces for other injected values (numbers or traced arrays)."""
+    return self._replace(hyper=tuple(hyper))
 
   def trained(self, params):
     return params if self.phase.subtree is None else params[self.phase.subtree]
@@ -154,9 +170,9 @@ class Program(NamedTuple):
   def init_state(self, params) -> TrainState:
     state = TrainState.create(self.trained(params), self.tx, self.mask)
     if self.phase.adversary is None:
-      return state.replace(opt_state=_with_rate(state.opt_state, self.rates[0]))
-    return state.replace(opt_state=tuple(_with_rate(s, r) for s, r in
-                                         zip(state.opt_state, self.rates)))
+      return state.replace(opt_state=_with_values(state.opt_state, self.hyper[0]))
+    return state.replace(opt_state=tuple(_with_values(s, v) for s, v in
+                                         zip(state.opt_state, self.hyper)))
 
   def merge(self, params, trained):
     return trained if self.phase.subtree is None else {**params, self.phase.subtree: trained}
@@ -203,15 +219,15 @@ def _optimiser(template, rules, wd_rules, o: Optim, subtree, total: int, per_epo
   unit = learning_rate_schedule(1.0, total, schedule=o.schedule,
                                 warmup_steps=o.warmup_epochs * per_epoch)
 
-  def optimiser(learning_rate):
+  def optimiser(learning_rate, weight_decay=0.0, l1_decay=0.0):
     return make_optimizer(learning_rate=lambda count: learning_rate * unit(count),
-                          optimizer=o.optimizer, weight_decay=o.weight_decay, l1_decay=o.l1_decay,
+                          optimizer=o.optimizer, weight_decay=weight_decay, l1_decay=l1_decay,
                           grad_clip_norm=o.grad_clip_norm or None, momentum=o.momentum,
                           nesterov=o.nesterov, beta1=o.beta1,
                           lr_multipliers=(None if all(v == 1.0 for v in jax.tree.leaves(mults))
                                           else mults), wd_multipliers=wd)
 
-  tx = optax.inject_hyperparams(optimiser)(learning_rate=o.learning_rate)
+  tx = optax.inject_hyperparams(optimiser)(**injected(o))
   return _Optimiser(tx, mask, step_mask, stats_mask, unit)
 
 
@@ -256,9 +272,9 @@ def _two_player_steps(phase: Phase, template, total: int, per_epoch: int, runtim
 
 def build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -> Program:
   """The compiled pieces of ``phase`` for parameters of ``spec`` (see :func:`tree_spec`),
-  shared by every phase with the same :func:`compile_key`, its learning rates bound."""
+  shared by every phase with the same :func:`compile_key`, its injected values bound."""
   return _build_program(compile_key(phase), spec, lead_size, runtime)._replace(
-      phase=phase, rates=learning_rates(phase))
+      phase=phase, hyper=hyperparameters(phase))
 
 
 @functools.lru_cache(maxsize=64)

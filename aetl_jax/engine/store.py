@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from aetl_jax.engine import checkpoint
-from aetl_jax.engine.compat import legacy_layout
+from aetl_jax.engine.compat import legacy_layouts
 from aetl_jax.engine.launchers import is_main_process
 
 log = logging.getLogger(__name__)
@@ -56,15 +56,14 @@ class CheckpointStore:
       try:
         return step, checkpoint.restore_step(self.directory, step, target)
       except checkpoint.CheckpointError as e:
-        earlier = legacy_layout(target) if isinstance(target, dict) else None
-        if earlier is not None:
+        for layout, convert in legacy_layouts(target) if isinstance(target, dict) else ():
           try:
-            tree = checkpoint.restore_step(self.directory, step, earlier[0])
-            log.info("checkpoint %s/%d is in an earlier version's layout; converted",
-                     self.directory, step)
-            return step, earlier[1](tree)
+            tree = checkpoint.restore_step(self.directory, step, layout)
           except checkpoint.CheckpointError:
-            pass
+            continue
+          log.info("checkpoint %s/%d is in an earlier version's layout; converted",
+                   self.directory, step)
+          return step, convert(tree)
         self.quarantine(step, str(e))
     return None
 

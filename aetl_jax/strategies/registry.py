@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from aetl_jax.core.config import require, require_positive
 from aetl_jax.core.registry import Registry
@@ -110,7 +111,7 @@ class StrategyContext:
         return Phase(name, _head_loss(self.model, l2), feed, epochs, optim, rules,
                      tuple(wd_rules), subtree="head", prepare=_features(self.model),
                      min_steps=min_steps)
-    loss = _objective_loss(objective, self.model, _frozen(objective_cfg))
+    loss = objective_loss(objective, self.model, objective_cfg)
     if l2:
       loss = _with_l2(loss, l2, lambda params: params["head"]["kernel"])
     if chain:  # augmented labelled images: features cannot be cached
@@ -124,30 +125,17 @@ class StrategyContext:
             and not any(l for k in others for l in jax.tree.leaves(mask[k])))
 
 
-class _Section(dict):
-  """A read-only attribute view of an objective's keys."""
-
-  __getattr__ = dict.__getitem__
-
-
-def _frozen(cfg) -> tuple:
-  if cfg is None:
-    return ()
-  items = cfg.items() if hasattr(cfg, "items") else vars(cfg).items()
-  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items))
-
-
 def objective_loss(objective: str, model, cfg=None):
-  """The registered objective's loss for ``model`` with the keys ``cfg`` (a dict; shared with
-  every equal request, so equal phases share compilations)."""
-  return _objective_loss(objective, model, _frozen(cfg))
+  """The registered objective's loss for ``model`` with the keys ``cfg`` (a dict or a
+  ConfigDict; shared with every equal request, so equal phases share compilations)."""
+  return _objective_loss(objective, model, ml_collections.FrozenConfigDict(dict(cfg or {})))
 
 
 @functools.lru_cache(maxsize=64)
-def _objective_loss(objective: str, model, cfg: tuple):
+def _objective_loss(objective: str, model, cfg: ml_collections.FrozenConfigDict):
   """One loss function per (objective, model, keys): equal phases share compilations."""
   check_batch_norm(objective, model)
-  return OBJECTIVES.get(objective).fn(model, _Section(cfg))
+  return OBJECTIVES.get(objective).fn(model, cfg)
 
 
 @functools.lru_cache(maxsize=32)
