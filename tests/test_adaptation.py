@@ -300,3 +300,46 @@ def test_any_strategy_can_augment_its_labelled_images(digits):
       assert float(p) != float(a)
   with pytest.raises(ConfigError, match="transfer.augment.*unknown augmentation 'blur'"):
     api.validate(api.load_config(plain_cfg, ["transfer.augment=(('blur',1.0),)"]))
+
+
+def test_the_alignment_objective_is_cross_entropy_on_both_labelled_roles_plus_weight_times_the_gap():
+  """The CORAL objective recomputed by hand on a tiny classifier: the cross-entropy of every
+  labelled role (source and target-labelled), + weight × coral_distance(source codes, target
+  codes), with the accuracy metric of the labelled role; and the binary cross-entropy DANN
+  and ADDA use equals its definition, also for large logits."""
+  import ml_collections
+  import optax
+
+  from aetl_jax.models.autoencoder import Classifier
+  from aetl_jax.models.mlp import MLPEncoder
+  from aetl_jax.objectives.adaptation import binary_cross_entropy, coral_distance
+  from aetl_jax.objectives.registry import OBJECTIVES
+
+  rng = np.random.default_rng(0)
+  model = Classifier(MLPEncoder((6,), 3), 4)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 1)))["params"]
+  batch = lambda n: {"image": jnp.asarray(rng.random((n, 4, 4, 1)), jnp.float32),
+                     "label": jnp.asarray(rng.integers(0, 4, n))}
+  batches = {"source": batch(8), "labelled": batch(5), "images": {"image": batch(7)["image"]}}
+  loss_fn = OBJECTIVES.get("coral").fn(model, ml_collections.FrozenConfigDict({"weight": 0.7}))
+  loss, metrics = jax.jit(loss_fn)(params, batches, jax.random.PRNGKey(1))
+
+  encode = lambda x: model.apply({"params": params}, x, method="encode")
+  ce = lambda b: float(optax.softmax_cross_entropy_with_integer_labels(
+      model.apply({"params": params}, b["image"]), b["label"]).mean())
+  gap = float(coral_distance(encode(batches["source"]["image"]), encode(batches["images"]["image"])))
+  assert float(metrics["alignment"]) == pytest.approx(gap, rel=1e-5)
+  assert float(loss) == pytest.approx(ce(batches["source"]) + ce(batches["labelled"]) + 0.7 * gap,
+                                      rel=1e-5)
+  acc = float(np.mean(np.argmax(model.apply({"params": params}, batches["labelled"]["image"]), -1)
+                      == np.asarray(batches["labelled"]["label"])))
+  assert float(metrics["accuracy"]) == pytest.approx(acc)
+
+  bce = lambda z, t: float(binary_cross_entropy(jnp.asarray(z), jnp.asarray(t)))
+  logits, targets = np.array([-2.0, -0.5, 0.0, 3.0]), np.array([1.0, 0.0, 1.0, 0.0])
+  p = 1 / (1 + np.exp(-logits))
+  assert bce(logits, targets) == pytest.approx(
+      -np.mean(targets * np.log(p) + (1 - targets) * np.log(1 - p)), rel=1e-5)
+  # large logits: -log sigmoid(z) = log(1 + e^-z), finite where the naive form is not
+  logits, targets = np.array([-80.0, 90.0]), np.array([1.0, 0.0])
+  assert bce(logits, targets) == pytest.approx(np.mean(np.logaddexp(0, [80.0, 90.0])), rel=1e-5)

@@ -44,8 +44,15 @@ def test_threshold_from_validation_normals_and_the_decision_it_gives():
   d = anomaly.decision_metrics(np.array([10, 96, 97, 50, 99, 200.0]),
                                np.array([0, 0, 1, 1, 1, 1], bool), threshold)
   assert d["tpr"] == 0.75 and d["fpr"] == 0.5 and d["precision"] == pytest.approx(0.75)
-  with pytest.raises(ValueError, match=r"\(0, 1\)"):
-    anomaly.threshold_at_fpr([1.0], fpr=0.0)
+  # labels given as 0/1 integers mean the same as booleans (not indices)
+  assert anomaly.decision_metrics(np.array([10, 96, 97, 50, 99, 200.0]),
+                                  np.array([0, 0, 1, 1, 1, 1]), threshold) == d
+  for fpr in (0.0, 1.0, 1.5):
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+      anomaly.threshold_at_fpr([1.0], fpr=fpr)
+  # float32 scores are interpolated in float64
+  scores = np.array([0.1, 0.3, 0.7], np.float32)
+  assert anomaly.threshold_at_fpr(scores, 0.35) == np.quantile(scores.astype(np.float64), 0.65)
 
 
 def test_cluster_accuracy_is_invariant_to_renaming_clusters_and_matches_by_hand():
@@ -153,7 +160,6 @@ def _tiny_autoencoder(shape=(8, 8, 1)):
   return model, params
 
 
-@pytest.mark.slow
 def test_reconstruction_and_knn_scores_equal_their_definitions(digits):
   images, _ = digits
   x = (images[:40] / 16.0).astype(np.float32)
@@ -166,8 +172,9 @@ def test_reconstruction_and_knn_scores_equal_their_definitions(digits):
   d = np.linalg.norm(z(x[30:])[:, None] - z(x[:30])[None], axis=-1)
   np.testing.assert_allclose(anomaly.SCORES.get("latent_knn").fn(ctx, x[30:]),
                              np.sort(d, 1)[:, :3].mean(1), rtol=1e-4)
+  np.testing.assert_allclose(anomaly.codes(model, params, x[30:]), z(x[30:]), rtol=1e-5)
   error_map = anomaly.pixel_error_map(model, params, x[30:])
-  assert error_map.shape == x[30:].shape
+  np.testing.assert_allclose(error_map, (recon - x[30:]) ** 2, rtol=1e-5, atol=1e-7)
 
 
 # --- vmapped one-class models == one by one ----------------------------------------------------

@@ -108,3 +108,34 @@ def test_summary_rows_hold_every_statistic_and_one_seed_warns_nothing():
     warnings.simplefilter("error")  # no "degrees of freedom <= 0" from numpy or scipy
     (one,) = summarise(rows[:1])
   assert one["n"] == 1 and one["mean"] == 0.6 and math.isnan(one["std"]) and math.isnan(one["ci95"])
+
+
+def test_compare_figure_draws_one_panel_per_budget_with_each_runs_means_and_cis(tmp_path, monkeypatch):
+  """What ``aetl compare`` draws, read back from the figure: a panel per budget in numeric
+  order, one dot per (run, strategy) at its mean (%) with its 95% CI, labels in table order,
+  a title naming the keys that differ."""
+  from aetl_jax.reporting import compare, figures
+  drawn = {}
+  monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.update(fig=fig) or path)
+  rows = [{"workdir": f"runs/{w}", "strategy": s, "budget": b, "mean": m, "ci95": c, "n": 5,
+           "transfer.learning_rate": lr}
+          for w, lr in (("a", 0.01), ("b", 0.1))
+          for s, b, m, c in (("scratch", 25, 0.60, 0.02), ("finetune", 25, 0.70, 0.03),
+                             ("scratch", 5, 0.40, 0.05), ("finetune", 5, 0.55, float("nan")))]
+  rows[4]["mean"] = 0.65  # run b's scratch at 25 labels
+  compare.compare_figure(tmp_path / "c.png", rows)
+  fig = drawn["fig"]
+  assert fig._suptitle.get_text() == "2 runs compared by transfer.learning_rate"
+  axes = [ax for ax in fig.axes if ax.get_title()]
+  assert [ax.get_title() for ax in axes] == ["5 labels per class", "25 labels per class"]
+  labels = ["a: scratch", "a: finetune", "b: scratch", "b: finetune"]
+  for ax, b in zip(axes, (5, 25)):
+    assert [t.get_text() for t in ax.get_yticklabels()] == labels[::-1]  # first row on top
+    want = {f"{r['workdir'][5:]}: {r['strategy']}": r for r in rows if r["budget"] == b}
+    for y, label in enumerate(labels[::-1]):
+      r = want[label]
+      line, _, (bars,) = ax.containers[y]
+      assert line.get_xdata()[0] == pytest.approx(100 * r["mean"])
+      half = 0.0 if math.isnan(r["ci95"]) else 100 * r["ci95"]
+      (x0, _), (x1, _) = bars.get_segments()[0]
+      assert (x0, x1) == (pytest.approx(100 * r["mean"] - half), pytest.approx(100 * r["mean"] + half))
