@@ -44,6 +44,12 @@ def test_threshold_from_validation_normals_and_the_decision_it_gives():
   d = anomaly.decision_metrics(np.array([10, 96, 97, 50, 99, 200.0]),
                                np.array([0, 0, 1, 1, 1, 1], bool), threshold)
   assert d["tpr"] == 0.75 and d["fpr"] == 0.5 and d["precision"] == pytest.approx(0.75)
+  assert d["f1"] == pytest.approx(0.75)  # precision 3/4, recall 3/4
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # nothing flagged: precision and F1 are 0, said without a warning
+    none = anomaly.decision_metrics(np.array([1.0, 2.0]), np.array([False, True]), np.inf)
+  assert (none["precision"], none["f1"], none["tpr"], none["fpr"]) == (0.0, 0.0, 0.0, 0.0)
   # labels given as 0/1 integers mean the same as booleans (not indices)
   assert anomaly.decision_metrics(np.array([10, 96, 97, 50, 99, 200.0]),
                                   np.array([0, 0, 1, 1, 1, 1]), threshold) == d
