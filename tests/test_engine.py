@@ -230,14 +230,13 @@ def test_a_short_stream_beside_a_long_one_costs_one_vmapped_draw_not_a_sort_per_
   assert counts.max() - counts.min() <= 1 and idx[1].shape == (468, 32)  # cycled evenly
 
 
-@pytest.mark.slow
-def test_phases_that_differ_only_in_learning_rate_share_their_compiled_programs():
-  """The learning rate is a value in the optimiser state, not a constant: a second phase
-  with another rate trains with the first one's programs (no compilation), on both the
-  sequential and the vmapped path, and its rate takes effect."""
+def _second_optimiser_run(first, second, *, init: float):
+  """A least-squares phase trained with optimiser settings ``first``, then ``second``, on the
+  sequential and the vmapped (2 seeds) path: (sequential (params, rows) of each, the vmapped
+  params of the second, compilations the second caused)."""
   import dataclasses
   from aetl_jax.engine.driver import run_phases, run_phases_vmapped
-  from aetl_jax.engine.phase import Optim, Phase
+  from aetl_jax.engine.phase import Phase
   from aetl_jax.engine.runtime import make_runtime
   compiles = []
   jax.monitoring.register_event_duration_secs_listener(
@@ -247,20 +246,31 @@ def test_phases_that_differ_only_in_learning_rate_share_their_compiled_programs(
   def loss(p, b, rng):
     return jnp.mean((b["x"]["image"] @ p["w"] - 1.0) ** 2), {}
 
-  params = {"w": jnp.zeros((3, 2))}
+  params = {"w": jnp.full((3, 2), init)}
   data = {"s": {"image": jnp.asarray(np.random.default_rng(0).random((16, 3)), jnp.float32)}}
-  slow = Phase("p", loss, (("x", "s", 4),), 2, Optim(1e-3, schedule="cosine"))
-  fast = dataclasses.replace(slow, optim=Optim(1e-1, schedule="cosine"))
+  phase = Phase("p", loss, (("x", "s", 4),), 2, first)
   runtime = make_runtime(runner="scan")
-  stacked = {"w": jnp.zeros((2, 3, 2))}
+  stacked = {"w": jnp.full((2, 3, 2), init)}
   data2 = {"s": {"image": jnp.stack([data["s"]["image"]] * 2)}}
   rngs = jnp.stack([jax.random.PRNGKey(0)] * 2)
-  a, _ = run_phases([slow], params, data, jax.random.PRNGKey(0), runtime=runtime)
-  va, _ = run_phases_vmapped([slow], stacked, data2, rngs, runtime=runtime)
+  one = run_phases([phase], params, data, jax.random.PRNGKey(0), runtime=runtime)
+  run_phases_vmapped([phase], stacked, data2, rngs, runtime=runtime)
   before = len(compiles)
-  b, rows = run_phases([fast], params, data, jax.random.PRNGKey(0), runtime=runtime)
-  vb, _ = run_phases_vmapped([fast], stacked, data2, rngs, runtime=runtime)
-  assert len(compiles) == before  # nothing compiled for the second learning rate
+  phase = dataclasses.replace(phase, optim=second)
+  two = run_phases([phase], params, data, jax.random.PRNGKey(0), runtime=runtime)
+  vb, _ = run_phases_vmapped([phase], stacked, data2, rngs, runtime=runtime)
+  return one, two, vb, len(compiles) - before
+
+
+@pytest.mark.slow
+def test_phases_that_differ_only_in_learning_rate_share_their_compiled_programs():
+  """The learning rate is a value in the optimiser state, not a constant: a second phase
+  with another rate trains with the first one's programs (no compilation), on both the
+  sequential and the vmapped path, and its rate takes effect."""
+  from aetl_jax.engine.phase import Optim
+  (a, _), (b, rows), vb, compiled = _second_optimiser_run(Optim(1e-3, schedule="cosine"),
+                                                         Optim(1e-1, schedule="cosine"), init=0.0)
+  assert compiled == 0  # nothing compiled for the second learning rate
   assert float(jnp.abs(b["w"]).sum()) > 10 * float(jnp.abs(a["w"]).sum())
   np.testing.assert_allclose(vb["w"][0], b["w"], rtol=1e-5)
   assert rows[0]["learning_rate"] == pytest.approx(0.1 * (1 + np.cos(np.pi * 4 / 8)) / 2)
@@ -271,31 +281,10 @@ def test_phases_that_differ_only_in_weight_decay_share_their_compiled_programs()
   """A non-zero weight decay is a value in the optimiser state too: a second decay trains
   with the first one's programs, sequential and vmapped, and takes effect (it pulls the
   weights towards 0 harder)."""
-  import dataclasses
-  from aetl_jax.engine.driver import run_phases, run_phases_vmapped
-  from aetl_jax.engine.phase import Optim, Phase
-  from aetl_jax.engine.runtime import make_runtime
-  compiles = []
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda event, duration, **kw: compiles.append(event)
-      if event == "/jax/core/compile/backend_compile_duration" else None)
-
-  def loss(p, b, rng):
-    return jnp.mean((b["x"]["image"] @ p["w"] - 1.0) ** 2), {}
-
-  params = {"w": jnp.ones((3, 2))}
-  data = {"s": {"image": jnp.asarray(np.random.default_rng(0).random((16, 3)), jnp.float32)}}
-  light = Phase("p", loss, (("x", "s", 4),), 2, Optim(1e-2, weight_decay=1e-4, schedule="constant"))
-  heavy = dataclasses.replace(light, optim=Optim(1e-2, weight_decay=5.0, schedule="constant"))
-  runtime = make_runtime(runner="scan")
-  stacked = {"w": jnp.ones((2, 3, 2))}
-  data2 = {"s": {"image": jnp.stack([data["s"]["image"]] * 2)}}
-  rngs = jnp.stack([jax.random.PRNGKey(0)] * 2)
-  a, _ = run_phases([light], params, data, jax.random.PRNGKey(0), runtime=runtime)
-  run_phases_vmapped([light], stacked, data2, rngs, runtime=runtime)
-  before = len(compiles)
-  b, _ = run_phases([heavy], params, data, jax.random.PRNGKey(0), runtime=runtime)
-  vb, _ = run_phases_vmapped([heavy], stacked, data2, rngs, runtime=runtime)
-  assert len(compiles) == before  # nothing compiled for the second decay
+  from aetl_jax.engine.phase import Optim
+  (a, _), (b, _), vb, compiled = _second_optimiser_run(
+      Optim(1e-2, weight_decay=1e-4, schedule="constant"),
+      Optim(1e-2, weight_decay=5.0, schedule="constant"), init=1.0)
+  assert compiled == 0  # nothing compiled for the second decay
   assert float(jnp.abs(b["w"]).sum()) < 0.9 * float(jnp.abs(a["w"]).sum())
   np.testing.assert_allclose(vb["w"][0], b["w"], rtol=1e-5)

@@ -91,6 +91,25 @@ def test_encoder_transplant_reads_the_saved_encoder_or_says_why_not(saved, tmp_p
   assert step == 4 and tree_equal(encoder, trees[4]["params"]["encoder"]), (kind, mode)
 
 
+def _updates(tx, params, state, n):
+  """``n`` updates of ``tx`` with the gradient 2w + 1; (params, state)."""
+  import optax
+  for _ in range(n):
+    updates, state = tx.update(jax.tree.map(lambda w: 2 * w + 1, params), state, params)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+def _saved_after_two_updates(tx, params, directory):
+  """(params, state) after two updates of ``tx``, saved as step 2 in ``directory``; and the
+  params three updates later (what a resumed run must reach)."""
+  p2, s2 = _updates(tx, params, tx.init(params), 2)
+  store = CheckpointStore(directory)
+  store.save(2, {"params": p2, "opt_state": s2, "step": jnp.int32(2)})
+  store.close()
+  return p2, s2, _updates(tx, p2, s2, 3)[0]
+
+
 def test_a_step_saved_before_learning_rates_moved_into_the_state_resumes_bitwise(tmp_path):
   """Before 0.3 the optimiser state had no InjectHyperparamsState around it: such a step is
   read in that layout, converted, and the next updates equal the earlier version's."""
@@ -100,26 +119,14 @@ def test_a_step_saved_before_learning_rates_moved_into_the_state_resumes_bitwise
   old_tx = optax.adam(lambda count: 0.1 * unit(count))
   new_tx = optax.inject_hyperparams(
       lambda learning_rate: optax.adam(lambda count: learning_rate * unit(count)))(learning_rate=0.1)
-  grad = lambda p: jax.tree.map(lambda w: 2 * w + 1, p)
-
-  def run(tx, params, state, n):
-    for _ in range(n):
-      updates, state = tx.update(grad(params), state, params)
-      params = optax.apply_updates(params, updates)
-    return params, state
-
   params = {"w": jnp.linspace(-1.0, 1.0, 5)}
-  p2, s2 = run(old_tx, params, old_tx.init(params), 2)
-  store = CheckpointStore(tmp_path / "checkpoints")
-  store.save(2, {"params": p2, "opt_state": s2, "step": jnp.int32(2)})
-  store.close()
-  reference, _ = run(old_tx, p2, s2, 3)
+  p2, s2, reference = _saved_after_two_updates(old_tx, params, tmp_path / "checkpoints")
 
   fresh = {"params": params, "opt_state": new_tx.init(params), "step": jnp.int32(0)}
   assert jax.tree.structure(without_injection(fresh["opt_state"])) == jax.tree.structure(s2)
   step, tree = CheckpointStore(tmp_path / "checkpoints").restore(lambda s: fresh)
   assert step == 2 and int(tree["opt_state"].count) == 2
-  resumed, _ = run(new_tx, tree["params"], tree["opt_state"], 3)
+  resumed, _ = _updates(new_tx, tree["params"], tree["opt_state"], 3)
   assert tree_equal(resumed, reference)
   assert not (tmp_path / "quarantine").exists()
 
@@ -138,25 +145,13 @@ def test_a_step_saved_before_the_decays_were_injected_resumes_bitwise(tmp_path):
   new_tx = optax.inject_hyperparams(lambda learning_rate, weight_decay: make_optimizer(
       learning_rate=lr(learning_rate), weight_decay=weight_decay))(learning_rate=0.1,
                                                                    weight_decay=0.05)
-  grad = lambda p: jax.tree.map(lambda w: 2 * w + 1, p)
-
-  def run(tx, params, state, n):
-    for _ in range(n):
-      updates, state = tx.update(grad(params), state, params)
-      params = optax.apply_updates(params, updates)
-    return params, state
-
   params = {"w": jnp.linspace(-1.0, 1.0, 5)}
-  p2, s2 = run(old_tx, params, old_tx.init(params), 2)
-  store = CheckpointStore(tmp_path / "checkpoints")
-  store.save(2, {"params": p2, "opt_state": s2, "step": jnp.int32(2)})
-  store.close()
-  reference, _ = run(old_tx, p2, s2, 3)
+  p2, s2, reference = _saved_after_two_updates(old_tx, params, tmp_path / "checkpoints")
 
   fresh = {"params": params, "opt_state": new_tx.init(params), "step": jnp.int32(0)}
   assert jax.tree.structure(learning_rate_only(fresh["opt_state"])) == jax.tree.structure(s2)
   step, tree = CheckpointStore(tmp_path / "checkpoints").restore(lambda s: fresh)
   assert step == 2 and float(tree["opt_state"].hyperparams["weight_decay"]) == pytest.approx(0.05)
-  resumed, _ = run(new_tx, tree["params"], tree["opt_state"], 3)
+  resumed, _ = _updates(new_tx, tree["params"], tree["opt_state"], 3)
   assert tree_equal(resumed, reference)
   assert not (tmp_path / "quarantine").exists()

@@ -25,61 +25,46 @@ def _injected(x) -> bool:
   return _is_namedtuple(x) and {"count", "hyperparams", "inner_state"} <= set(x._fields)
 
 
+def _at_states(fresh, old, fn):
+  """``fn(fresh_state, old_subtree)`` at every injected state of ``fresh``, the containers
+  around them rebuilt; ``old`` is walked alongside (``fresh`` itself where there is none);
+  elsewhere ``old``'s leaves are kept."""
+  if _injected(fresh):
+    return fn(fresh, old)
+  if _is_namedtuple(fresh):
+    return type(fresh)(*(_at_states(f, o, fn) for f, o in zip(fresh, old)))
+  if isinstance(fresh, (tuple, list)):
+    return type(fresh)(_at_states(f, o, fn) for f, o in zip(fresh, old))
+  if isinstance(fresh, dict):
+    return {k: _at_states(fresh[k], old[k], fn) for k in fresh}
+  return old
+
+
 def without_injection(tree):
   """``tree`` with every ``InjectHyperparamsState`` replaced by its inner state."""
-  if _injected(tree):
-    return without_injection(tree.inner_state)
-  if _is_namedtuple(tree):
-    return type(tree)(*(without_injection(x) for x in tree))
-  if isinstance(tree, (tuple, list)):
-    return type(tree)(without_injection(x) for x in tree)
-  if isinstance(tree, dict):
-    return {k: without_injection(v) for k, v in tree.items()}
-  return tree
+  return _at_states(tree, tree, lambda state, _: without_injection(state.inner_state))
 
 
 def with_injection(fresh, old, count):
   """``fresh`` (a new-layout tree) holding ``old``'s values (the earlier layout's tree):
   each wrapper keeps its configured hyper-parameters and counts ``count`` updates."""
-  if _injected(fresh):
-    return fresh._replace(count=jnp.asarray(count, jnp.asarray(fresh.count).dtype),
-                          inner_state=with_injection(fresh.inner_state, old, count))
-  if _is_namedtuple(fresh):
-    return type(fresh)(*(with_injection(f, o, count) for f, o in zip(fresh, old)))
-  if isinstance(fresh, (tuple, list)):
-    return type(fresh)(with_injection(f, o, count) for f, o in zip(fresh, old))
-  if isinstance(fresh, dict):
-    return {k: with_injection(fresh[k], old[k], count) for k in fresh}
-  return old
+  return _at_states(fresh, old, lambda state, o: state._replace(
+      count=jnp.asarray(count, jnp.asarray(state.count).dtype),
+      inner_state=with_injection(state.inner_state, o, count)))
 
 
 def learning_rate_only(tree):
   """``tree`` with every injected state holding its learning rate alone (0.3's layout)."""
-  if _injected(tree):
-    return tree._replace(hyperparams={k: v for k, v in tree.hyperparams.items()
-                                      if k == "learning_rate"},
-                         inner_state=learning_rate_only(tree.inner_state))
-  if _is_namedtuple(tree):
-    return type(tree)(*(learning_rate_only(x) for x in tree))
-  if isinstance(tree, (tuple, list)):
-    return type(tree)(learning_rate_only(x) for x in tree)
-  if isinstance(tree, dict):
-    return {k: learning_rate_only(v) for k, v in tree.items()}
-  return tree
+  return _at_states(tree, tree, lambda state, _: state._replace(
+      hyperparams={k: v for k, v in state.hyperparams.items() if k == "learning_rate"},
+      inner_state=learning_rate_only(state.inner_state)))
 
 
 def with_configured_decays(fresh, old):
   """``old`` (0.3's layout) with the hyper-parameters it lacks taken from ``fresh``."""
-  if _injected(fresh):
-    return old._replace(hyperparams={**fresh.hyperparams, **old.hyperparams},
-                        inner_state=with_configured_decays(fresh.inner_state, old.inner_state))
-  if _is_namedtuple(fresh):
-    return type(fresh)(*(with_configured_decays(f, o) for f, o in zip(fresh, old)))
-  if isinstance(fresh, (tuple, list)):
-    return type(fresh)(with_configured_decays(f, o) for f, o in zip(fresh, old))
-  if isinstance(fresh, dict):
-    return {k: with_configured_decays(fresh[k], old[k]) for k in fresh}
-  return old
+  return _at_states(fresh, old, lambda state, o: o._replace(
+      hyperparams={**state.hyperparams, **o.hyperparams},
+      inner_state=with_configured_decays(state.inner_state, o.inner_state)))
 
 
 def legacy_layouts(template: dict) -> list:
