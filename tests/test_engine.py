@@ -288,3 +288,28 @@ def test_phases_that_differ_only_in_weight_decay_share_their_compiled_programs()
   assert compiled == 0  # nothing compiled for the second decay
   assert float(jnp.abs(b["w"]).sum()) < 0.9 * float(jnp.abs(a["w"]).sum())
   np.testing.assert_allclose(vb["w"][0], b["w"], rtol=1e-5)
+
+
+def test_a_phase_without_decay_keeps_the_optimiser_state_its_checkpoints_were_written_in():
+  """Zero decays are neither injected nor in the chain: the state of a phase without decay is
+  the one 0.3 wrote (the learning rate alone injected around the bare optimiser), so those
+  checkpoints restore as they are (a structure change would quarantine them); a non-zero
+  decay adds its value and its term."""
+  import optax
+  from aetl_jax.core.optim import make_optimizer
+  from aetl_jax.engine.phase import Optim, Phase, build_program, tree_spec
+  from aetl_jax.engine.runtime import make_runtime
+
+  params = {"w": jnp.zeros((3, 2))}
+  state = lambda optim: build_program(
+      Phase("p", lambda p, b, r: (0.0, {}), (("x", "s", 4),), 1, optim), tree_spec(params), 16,
+      make_runtime(runner="scan")).init_state(params).opt_state
+  written_by_0_3 = optax.inject_hyperparams(lambda learning_rate: make_optimizer(
+      learning_rate=lambda count: learning_rate * 1.0))(learning_rate=1e-3).init(params)
+  plain = state(Optim(1e-3))
+  assert set(plain.hyperparams) == {"learning_rate"}
+  assert jax.tree.structure(plain) == jax.tree.structure(written_by_0_3)
+  decayed = state(Optim(1e-3, weight_decay=0.1, l1_decay=0.01))
+  assert set(decayed.hyperparams) == {"learning_rate", "weight_decay", "l1_decay"}
+  assert float(decayed.hyperparams["weight_decay"]) == pytest.approx(0.1)
+  assert len(decayed.inner_state) == len(plain.inner_state) + 2  # the two decays' terms

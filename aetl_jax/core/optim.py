@@ -91,9 +91,9 @@ def learning_rate_schedule(learning_rate: float, total_steps: int, *, schedule: 
 
 
 def _given(value) -> bool:
-  """A decay's term is in the chain unless it is a plain zero (an array is a value injected
-  by ``optax.inject_hyperparams``: its term is there whatever the value)."""
-  return not isinstance(value, (int, float)) or value != 0
+  """A decay's term is in the chain unless it is None or a plain zero (an array is a value
+  injected by ``optax.inject_hyperparams``: its term is there whatever the value)."""
+  return value is not None and (not isinstance(value, (int, float)) or value != 0)
 
 
 def make_optimizer(*, learning_rate, optimizer: str = "adam", weight_decay: float = 0.0,

@@ -219,7 +219,9 @@ def _optimiser(template, rules, wd_rules, o: Optim, subtree, total: int, per_epo
   unit = learning_rate_schedule(1.0, total, schedule=o.schedule,
                                 warmup_steps=o.warmup_epochs * per_epoch)
 
-  def optimiser(learning_rate, weight_decay=0.0, l1_decay=0.0):
+  # The decays default to None, not 0: inject_hyperparams injects every numeric argument,
+  # defaults included, and an injected decay puts its term in the chain (see core.optim).
+  def optimiser(learning_rate, weight_decay=None, l1_decay=None):
     return make_optimizer(learning_rate=lambda count: learning_rate * unit(count),
                           optimizer=o.optimizer, weight_decay=weight_decay, l1_decay=l1_decay,
                           grad_clip_norm=o.grad_clip_norm or None, momentum=o.momentum,
