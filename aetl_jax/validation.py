@@ -80,22 +80,15 @@ def _pretrainable(name: str) -> bool:
 def _model_and_objective(config) -> None:
   m, o = config.model, config.objective
   family, objective = FAMILIES.get(m.family), OBJECTIVES.get(o.name)
-  for key in ("widths",):
-    if key in m:
-      require(len(m[key]) > 0 and all(isinstance(w, int) and w > 0 for w in m[key]),
-              f"model.{key}", f"must be a non-empty tuple of positive integers, got {m[key]!r}")
   if "code_dim" in m and not (m.code_dim == 0 and (family.info.get("input") == "tokens"
                                                     or family.info.get("zero_code_dim"))):
     require_positive(m, "model", "code_dim", integer=True)  # (0: a recurrent encoder's last state)
-  if "dropout_rate" in m:
-    require(0.0 <= m.dropout_rate < 1.0, "model.dropout_rate", f"must be in [0, 1), got {m.dropout_rate}")
   if "latent_dim" in m:
     require_positive(m, "model", "latent_dim", integer=True)
   if "mask_ratio" in m:
     require(0.0 < m.mask_ratio < 1.0, "model.mask_ratio", f"must be in (0, 1), got {m.mask_ratio}")
-  for part, section in ((family, m), (objective, o)):
-    if part.validate is not None:
-      part.validate(section)
+  family.check(m, "model")
+  objective.check(o, "objective")
   kind = model_kind(o.name)
   if family.info.get("batch_norm"):
     valid = batch_norm_objectives()
@@ -145,9 +138,7 @@ def validate_transfer_config(config) -> None:
   require(len(t.strategies) > 0, "transfer.strategies",
           f"must name at least one of: {', '.join(STRATEGIES.names())}")
   for s in t.strategies:
-    entry = STRATEGIES.get(s)
-    if entry.validate is not None:
-      entry.validate(t)
+    STRATEGIES.get(s).check(t, "transfer")
   require(len(set(t.strategies)) == len(t.strategies), "transfer.strategies", "lists a strategy twice")
   require(len(t.budgets) > 0 and all(isinstance(b, int) and b >= 0 for b in t.budgets),
           "transfer.budgets", f"must be integers >= 0 (labels per class; 0: no target labels), "

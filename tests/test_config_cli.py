@@ -163,7 +163,7 @@ def test_strategy_options_at_their_bounds_are_valid(override):
 def test_lp_ft_needs_whole_probe_epochs():
   import ml_collections
   from aetl_jax.strategies.registry import STRATEGIES
-  check = STRATEGIES.get("lp_ft").validate
+  check = lambda section: STRATEGIES.get("lp_ft").check(section, "transfer")
   check(ml_collections.ConfigDict(dict(lp_epochs=2, ft_lr_mult=0.3)))
   with pytest.raises(ConfigError, match=r"'transfer\.lp_epochs': must be a finite positive integer, got 2\.5"):
     check(ml_collections.ConfigDict(dict(lp_epochs=2.5, ft_lr_mult=0.3)))
@@ -193,3 +193,49 @@ def test_every_key_is_described_and_aetl_list_shows_them(capsys):
   out = capsys.readouterr().out
   assert "  ladder: Ladder network (Rasmus et al. 2015)" in out
   assert "      ladder_noise (float, default 0.3): std of the Gaussian noise" in out
+
+
+def test_a_declared_key_checks_its_type_and_value_and_names_itself():
+  """A registered part's keys are declared once (core.registry.Key: default, description,
+  check): the entry checks them, each failure one line naming section.key."""
+  import ml_collections
+  from aetl_jax.core.registry import Key, Registry, at_least, count, each, one_of, positive, within
+  assert Key(1.0).problem("x") == "must be a finite number, got 'x'"
+  assert Key(1.0).problem(2) is None  # an int is a number
+  assert Key(1).problem(2.5) == "must be an integer, got 2.5"
+  assert Key(True).problem(1) == "must be true or false, got 1"
+  assert Key("a").problem(3) == "must be a string, got 3"
+  assert Key((1, 2)).problem("anything") is None  # tuples: only a check constrains them
+  assert Key(0.5, check=within(0, 1, closed="(]")).problem(0) == "must be in (0, 1], got 0"
+  assert Key(0.5, check=within(0, 1, closed="(]")).problem(1) is None
+  assert Key(0.0, check=at_least(0)).problem("big") == "must be >= 0, got 'big'"
+  assert Key(3, check=count(1)).problem(0) == "must be an integer >= 1, got 0"
+  assert Key(3, check=positive(integer=True)).problem(True) == "must be a finite positive integer, got True"
+  assert Key("a", check=one_of("a", "b")).problem("c") == "unknown value 'c'; valid: a, b"
+  grid = Key((1, 3), check=each(positive(integer=True), "positive integers"))
+  assert grid.problem(()) == "must be a non-empty list of positive integers, got ()"
+  assert grid.problem([1, 0]) == "must be a non-empty list of positive integers, got [1, 0]"
+
+  parts = Registry("part", "sec.parts")
+  seen = []
+  parts.register("p", defaults=dict(w=Key(1.0, "a weight", at_least(0)), n=3),
+                 validate=lambda section: seen.append(dict(section)))(lambda: None)
+  entry = parts.get("p")
+  assert entry.key_docs == {"w": "a weight"} and dict(entry.defaults) == {"w": 1.0, "n": 3}
+  with pytest.raises(ConfigError, match=r"^config key 'sec\.w': must be >= 0, got -1$"):
+    entry.check(ml_collections.ConfigDict(dict(w=-1, n="free")), "sec")
+  assert seen == []  # the entry's own validate runs after its keys pass
+  entry.check(ml_collections.ConfigDict(dict(w=0, n="free")), "sec")  # a bare default: unchecked
+  assert seen == [{"w": 0, "n": "free"}]
+
+
+def test_a_config_file_value_of_the_wrong_type_is_one_line_before_training():
+  """Values set in a config file skip the command line's type coercion; the declared key
+  still names them."""
+  import ml_collections
+  from aetl_jax import api
+  raw = digits_config("objective.name='vae'").to_dict()
+  raw["objective"]["beta"] = "big"  # as a get_config() that set it would
+  config = api.load_config(ml_collections.ConfigDict(raw))
+  with pytest.raises(ConfigError, match=r"^config key 'objective\.beta': must be >= 0, got 'big'$"):
+    api.validate(config)

@@ -26,13 +26,91 @@ from aetl_jax.core.config import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
+class Check:
+  """What a key's value must be: ``test(value)`` (a value of a type it cannot compare fails),
+  else the one-line ``says(value)``."""
+
+  test: Callable[[Any], bool]
+  says: Callable[[Any], str]
+
+  def passes(self, value) -> bool:
+    try:
+      return bool(self.test(value))
+    except (TypeError, ValueError):
+      return False
+
+
+def _is_number(v, integer: bool = False) -> bool:
+  import math
+  return (isinstance(v, int if integer else (int, float)) and not isinstance(v, bool)
+          and math.isfinite(v))
+
+
+def at_least(low) -> Check:
+  return Check(lambda v: _is_number(v) and v >= low, lambda v: f"must be >= {low}, got {v!r}")
+
+
+def positive(*, integer: bool = False) -> Check:
+  what = "integer" if integer else "number"
+  return Check(lambda v: _is_number(v, integer) and v > 0,
+               lambda v: f"must be a finite positive {what}, got {v!r}")
+
+
+def count(low: int = 0, why: str = "") -> Check:
+  """An integer >= ``low`` (``why``: what it counts, said in the message)."""
+  return Check(lambda v: _is_number(v, integer=True) and v >= low,
+               lambda v: f"must be an integer >= {low}{why}, got {v!r}")
+
+
+def within(low, high, *, closed: str = "[]") -> Check:
+  """``low``..``high``, each end open or closed as ``closed`` writes it: '[]', '[)', '(]', '()'."""
+  left = (lambda v: v >= low) if closed[0] == "[" else (lambda v: v > low)
+  right = (lambda v: v <= high) if closed[1] == "]" else (lambda v: v < high)
+  return Check(lambda v: _is_number(v) and left(v) and right(v),
+               lambda v: f"must be in {closed[0]}{low}, {high}{closed[1]}, got {v!r}")
+
+
+def one_of(*choices) -> Check:
+  return Check(lambda v: v in choices,
+               lambda v: f"unknown value {v!r}; valid: {', '.join(map(str, choices))}")
+
+
+def each(check: Check, what: str) -> Check:
+  """A non-empty tuple (or list) whose every item passes ``check``; ``what`` says it."""
+  return Check(lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+               and all(check.passes(x) for x in v),
+               lambda v: f"must be a non-empty list of {what}, got {v!r}")
+
+
+# The type a key's default implies, checked when the key declares no check of its own.
+_TYPES = ((bool, lambda v: isinstance(v, bool), "true or false"),
+          (int, lambda v: _is_number(v, integer=True), "an integer"),
+          (float, _is_number, "a finite number"),
+          (str, lambda v: isinstance(v, str), "a string"))
+
+
+@dataclasses.dataclass(frozen=True)
 class Key:
-  """A config key an entry owns: its default and a one-line description (what ``aetl list``
-  and ``--print-config`` show). ``defaults={'k': Key(0.1, "what k does")}``; a bare value
-  is a key without a description."""
+  """A config key an entry owns: its default, a one-line description (what ``aetl list``
+  and ``--print-config`` show) and its check: ``check``, or else the default's type (bool,
+  int, float — an int is a float too —, str; ``typed=False``: any value).
+  ``defaults={'k': Key(0.1, "what k does", at_least(0))}``; a bare value is a key without
+  a description or check."""
 
   default: Any
   doc: str = ""
+  check: Check | None = None
+  typed: bool = True
+
+  def problem(self, value) -> str | None:
+    """What is wrong with ``value`` for this key (None: nothing)."""
+    if self.check is not None:
+      return None if self.check.passes(value) else self.check.says(value)
+    if self.typed:
+      for kind, test, name in _TYPES:
+        if isinstance(self.default, kind):
+          return None if test(value) else f"must be {name}, got {value!r}"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +122,16 @@ class Entry:
   info: Mapping[str, Any]  # anything else the owner of the registry reads (roles, model kind ...)
   doc: str
   key_docs: Mapping[str, str] = dataclasses.field(default_factory=dict)  # key -> description
+  keys: Mapping[str, Key] = dataclasses.field(default_factory=dict)  # key -> its declaration
+
+  def check(self, section, prefix: str) -> None:
+    """ConfigError naming ``prefix.key`` for the first owned key ``section`` gets wrong,
+    then the entry's own ``validate`` (checks that span its keys)."""
+    for name, key in self.keys.items():
+      if name in section and (problem := key.problem(section[name])) is not None:
+        raise ConfigError(f"config key '{prefix}.{name}': {problem}")
+    if self.validate is not None:
+      self.validate(section)
 
 
 class Registry:
@@ -67,11 +155,13 @@ class Registry:
         raise ValueError(f"{self.kind} {entry_name!r} is registered twice "
                          f"({self._entries[entry_name].fn.__module__} and {fn.__module__})")
       doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-      keys = dict(defaults or {})
-      values = {k: v.default if isinstance(v, Key) else v for k, v in keys.items()}
-      docs = {k: v.doc for k, v in keys.items() if isinstance(v, Key) and v.doc}
+      keys = {k: v if isinstance(v, Key) else Key(v, typed=False)
+              for k, v in dict(defaults or {}).items()}
+      values = {k: v.default for k, v in keys.items()}
+      docs = {k: v.doc for k, v in keys.items() if v.doc}
       self._entries[entry_name] = Entry(entry_name, fn, MappingProxyType(values), validate,
-                                        MappingProxyType(info), doc, MappingProxyType(docs))
+                                        MappingProxyType(info), doc, MappingProxyType(docs),
+                                        MappingProxyType(keys))
       return fn
 
     return add

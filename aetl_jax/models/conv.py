@@ -17,8 +17,8 @@ import jax.numpy as jnp
 
 from aetl_jax.models.conv_ops import (CONV_IMPLS, conv_class, conv_transpose_class,
                                       depth_to_space)
-from aetl_jax.models.family import FAMILIES
-from aetl_jax.core.registry import Key
+from aetl_jax.models.family import DROPOUT, FAMILIES
+from aetl_jax.core.registry import Key, each, one_of, positive
 
 UPSAMPLING = ("transpose", "resize", "subpixel")
 NORMS = ("none", "layer", "group")
@@ -165,27 +165,19 @@ def _check_resnet(m, image_shape) -> None:
   check_downsampling(image_shape, len(m.channels), "conv decoder")
 
 
-def _validate(m) -> None:
-  from aetl_jax.core.config import require
-  require(len(m.channels) > 0 and all(isinstance(c, int) and c > 0 for c in m.channels),
-          "model.channels", f"must be positive integers, got {m.channels!r}")
-  require(m.norm in NORMS, "model.norm", f"unknown value {m.norm!r}; valid: {', '.join(NORMS)}")
-  require(m.upsampling in UPSAMPLING, "model.upsampling",
-          f"unknown value {m.upsampling!r}; valid: {', '.join(UPSAMPLING)}")
-  require(m.conv_impl in CONV_IMPLS, "model.conv_impl",
-          f"unknown value {m.conv_impl!r}; valid: {', '.join(CONV_IMPLS)}")
-
-
 _CONV = dict(
-    channels=Key((32, 64), "channels of the conv blocks, input to code"),
+    channels=Key((32, 64), "channels of the conv blocks, input to code",
+                 each(positive(integer=True), "positive integers")),
     code_dim=Key(32, "size of the code (0: the trunk's own features)"),
-    norm=Key("none", "normalisation after each conv: none, layer or group"),
-    dropout_rate=Key(0.0, "dropout after each hidden layer"),
-    upsampling=Key("transpose", "the decoder's upsampling: transpose, resize or subpixel"),
-    conv_impl=Key("auto", "convolution formulation: auto, xla, hybrid, im2col, shift_add, matmul"))
+    norm=Key("none", "normalisation after each conv: none, layer or group", one_of(*NORMS)),
+    dropout_rate=DROPOUT,
+    upsampling=Key("transpose", "the decoder's upsampling: transpose, resize or subpixel",
+                   one_of(*UPSAMPLING)),
+    conv_impl=Key("auto", "convolution formulation: auto, xla, hybrid, im2col, shift_add, matmul",
+                  one_of(*CONV_IMPLS)))
 
 
-@FAMILIES.register("conv", defaults=_CONV, validate=_validate, decoder=_conv_decoder,
+@FAMILIES.register("conv", defaults=_CONV, decoder=_conv_decoder,
                    check=_check_conv)
 def conv(m, code_dim: int):
   """Stride-2 conv blocks ``model.channels`` → dense code; a mirrored decoder."""
@@ -195,7 +187,7 @@ def conv(m, code_dim: int):
 
 @FAMILIES.register("resnet", defaults={
     **_CONV,
-    "blocks_per_stage": Key(1, "residual blocks per stage")}, validate=_validate,
+    "blocks_per_stage": Key(1, "residual blocks per stage", positive(integer=True))},
                    decoder=_conv_decoder, check=_check_resnet)
 def resnet(m, code_dim: int):
   """Residual conv stages ``model.channels`` (``blocks_per_stage`` each) → dense code."""

@@ -6,6 +6,9 @@ image_shape) -> decoder`` and ``check(model_cfg, image_shape)`` (raises
 ValueError naming the dimension that does not fit).
 """
 
-from aetl_jax.core.registry import Registry
+from aetl_jax.core.registry import Key, Registry, within
 
 FAMILIES = Registry("model family", "model.family")
+
+# The dropout key of every family that has one.
+DROPOUT = Key(0.0, "dropout after each hidden layer", within(0, 1, closed="[)"))

@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 
 from aetl_jax.models.conv_ops import CONV_IMPLS, conv_class
-from aetl_jax.models.family import FAMILIES
-from aetl_jax.core.registry import Key
+from aetl_jax.models.family import DROPOUT, FAMILIES
+from aetl_jax.core.registry import Key, each, one_of, positive
 
 KERNEL = 5
 
@@ -85,20 +85,14 @@ def _check(m, image_shape) -> None:
                      f"{h}×{w}; bring the images to e.g. 28×28 or 32×32 (data.common_shape)")
 
 
-def _validate(m) -> None:
-  from aetl_jax.core.config import require
-  require(len(m.channels) > 0 and all(isinstance(c, int) and c > 0 for c in m.channels),
-          "model.channels", f"must be positive integers, got {m.channels!r}")
-  require(m.conv_impl in CONV_IMPLS, "model.conv_impl",
-          f"unknown value {m.conv_impl!r}; valid: {', '.join(CONV_IMPLS)}")
-
-
 @FAMILIES.register("lenet", defaults=dict(
-    channels=Key((20, 50), "channels of the conv blocks, input to code"),
+    channels=Key((20, 50), "channels of the conv blocks, input to code",
+                 each(positive(integer=True), "positive integers")),
     code_dim=Key(500, "size of the code (0: the trunk's own features)"),
-    dropout_rate=Key(0.0, "dropout after each hidden layer"),
-    conv_impl=Key("auto", "convolution formulation: auto, xla, hybrid, im2col, shift_add, matmul")),
-                   validate=_validate, check=_check,
+    dropout_rate=DROPOUT,
+    conv_impl=Key("auto", "convolution formulation: auto, xla, hybrid, im2col, shift_add, matmul",
+                  one_of(*CONV_IMPLS))),
+                   check=_check,
                    decoder=lambda m, shape: LeNetDecoder(image_shape=tuple(shape),
                                                          channels=tuple(reversed(tuple(m.channels))),
                                                          conv_impl=m.conv_impl))

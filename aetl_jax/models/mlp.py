@@ -7,8 +7,8 @@ from typing import Sequence
 
 import flax.linen as nn
 
-from aetl_jax.models.family import FAMILIES
-from aetl_jax.core.registry import Key
+from aetl_jax.models.family import DROPOUT, FAMILIES
+from aetl_jax.core.registry import Key, each, positive
 
 
 class MLPEncoder(nn.Module):
@@ -48,9 +48,10 @@ def _check(m, image_shape) -> None:
 
 
 @FAMILIES.register("mlp", defaults=dict(
-    widths=Key((128, 64), "hidden layer widths, input to code"),
+    widths=Key((128, 64), "hidden layer widths, input to code",
+               each(positive(integer=True), "positive integers")),
     code_dim=Key(32, "size of the code (0: the trunk's own features)"),
-    dropout_rate=Key(0.0, "dropout after each hidden layer")),
+    dropout_rate=DROPOUT),
                    decoder=lambda m, shape: MLPDecoder(image_shape=tuple(shape),
                                                        widths=tuple(reversed(tuple(m.widths)))),
                    check=_check)

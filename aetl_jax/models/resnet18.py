@@ -24,7 +24,7 @@ from jax import lax
 from aetl_jax.models.conv import ConvDecoder, UPSAMPLING, check_downsampling
 from aetl_jax.models.conv_ops import patches_conv
 from aetl_jax.models.family import FAMILIES
-from aetl_jax.core.registry import Key
+from aetl_jax.core.registry import Key, count, each, one_of, positive
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -193,29 +193,22 @@ def _check(m, image_shape) -> None:
 
 
 def _validate(m) -> None:
-  from aetl_jax.core.config import require
-  require(m.input_norm in INPUT_NORMS, "model.input_norm",
-          f"unknown value {m.input_norm!r}; valid: {', '.join(INPUT_NORMS)}")
-  require(isinstance(m.code_dim, int) and m.code_dim >= 0, "model.code_dim",
-          f"must be an integer >= 0 (0: the 512 pooled features), got {m.code_dim!r}")
-  require(len(m.decoder_channels) > 0 and all(isinstance(c, int) and c > 0
-                                              for c in m.decoder_channels),
-          "model.decoder_channels", f"must be positive integers, got {m.decoder_channels!r}")
-  require(m.upsampling in UPSAMPLING, "model.upsampling",
-          f"unknown value {m.upsampling!r}; valid: {', '.join(UPSAMPLING)}")
-  require(m.conv_impl in CONV_IMPLS, "model.conv_impl",
-          f"unknown value {m.conv_impl!r}; valid: {', '.join(CONV_IMPLS)}")
   from aetl_jax.models.torchvision import check_weights
   check_weights(m.weights)
 
 
 _DEFAULTS = dict(
-    code_dim=Key(0, "size of the code (0: the trunk's own features)"),
-    input_norm=Key("imagenet", "standardise inputs inside the model: imagenet or none"),
+    code_dim=Key(0, "size of the code (0: the trunk's own features)",
+                 count(0, " (0: the 512 pooled features)")),
+    input_norm=Key("imagenet", "standardise inputs inside the model: imagenet or none",
+                   one_of(*INPUT_NORMS)),
     weights=Key("", "start from torchvision:NAME or checkpoint:DIR ('' : random)"),
-    decoder_channels=Key((256, 128, 64, 32), "channels of the decoder's upsampling blocks"),
-    upsampling=Key("transpose", "the decoder's upsampling: transpose, resize or subpixel"),
-    conv_impl=Key("auto", "convolution formulation: auto, xla, hybrid, im2col, shift_add, matmul"))
+    decoder_channels=Key((256, 128, 64, 32), "channels of the decoder's upsampling blocks",
+                         each(positive(integer=True), "positive integers")),
+    upsampling=Key("transpose", "the decoder's upsampling: transpose, resize or subpixel",
+                   one_of(*UPSAMPLING)),
+    conv_impl=Key("auto", "convolution formulation: auto, xla, hybrid, im2col, shift_add, matmul",
+                  one_of(*CONV_IMPLS)))
 
 
 @FAMILIES.register("resnet18", defaults=_DEFAULTS, validate=_validate, decoder=_decoder,

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from aetl_jax.models.capabilities import Can
-from aetl_jax.models.family import FAMILIES
+from aetl_jax.models.family import DROPOUT, FAMILIES
 from aetl_jax.core.registry import Key
 
 PAD, UNK, BOS, EOS, MASK = 0, 1, 2, 3, 4
@@ -259,7 +259,7 @@ def _decoder(m, shape):
                        hidden=Key(256, "recurrent state size"),
                        cell=Key("lstm", "lstm or gru"),
                        code_dim=Key(0, "size of the code (0: the trunk's own features)"),
-                       dropout_rate=Key(0.0, "dropout after each hidden layer"),
+                       dropout_rate=DROPOUT,
                        chunk=Key(8, "time steps per rematerialised chunk"),
                        tie_output=Key(True, "tie the output layer to the embedding")))
 def rnn(m, code_dim: int):

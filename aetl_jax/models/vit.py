@@ -11,8 +11,8 @@ from typing import Sequence
 
 import flax.linen as nn
 
-from aetl_jax.models.family import FAMILIES
-from aetl_jax.core.registry import Key
+from aetl_jax.models.family import DROPOUT, FAMILIES
+from aetl_jax.core.registry import Key, positive
 import jax
 import jax.numpy as jnp
 
@@ -143,19 +143,16 @@ def random_masking(rng, batch: int, num_patches: int, mask_ratio: float):
 
 def _validate(m) -> None:
   from aetl_jax.core.config import require
-  for key in ("patch", "vit_dim", "vit_depth", "vit_heads"):
-    require(isinstance(m[key], int) and m[key] > 0, f"model.{key}",
-            f"must be a positive integer, got {m[key]!r}")
   require(m.vit_dim % m.vit_heads == 0, "model.vit_heads",
           f"must divide model.vit_dim={m.vit_dim}, got {m.vit_heads}")
 
 
 @FAMILIES.register("vit", defaults=dict(
-    patch=Key(4, "patch side in pixels"),
-    vit_dim=Key(64, "token width"),
-    vit_depth=Key(4, "transformer blocks"),
-    vit_heads=Key(4, "attention heads"),
-    dropout_rate=Key(0.0, "dropout after each hidden layer")),
+    patch=Key(4, "patch side in pixels", positive(integer=True)),
+    vit_dim=Key(64, "token width", positive(integer=True)),
+    vit_depth=Key(4, "transformer blocks", positive(integer=True)),
+    vit_heads=Key(4, "attention heads", positive(integer=True)),
+    dropout_rate=DROPOUT),
                    validate=_validate, decoder=None,
                    check=lambda m, shape: check_patches(shape, m.patch))
 def vit(m, code_dim: int):

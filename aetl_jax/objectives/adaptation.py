@@ -21,12 +21,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from aetl_jax.core.config import require
 from aetl_jax.objectives.augmentation import augment, check_chain
 from aetl_jax.objectives.classification import cross_entropy
-from aetl_jax.objectives.reconstruction import RECONSTRUCTION_LOSSES, reconstruction_error
+from aetl_jax.objectives.reconstruction import LOSS_KEY, reconstruction_error
 from aetl_jax.objectives.registry import OBJECTIVES
-from aetl_jax.core.registry import Key
+from aetl_jax.core.registry import Key, at_least, within
 
 LABELLED_ROLES = ("source", "labelled")
 
@@ -97,20 +96,12 @@ def _target_codes(model, params, images, rng):
   return model.apply({"params": params}, images, train=True, rngs={"dropout": rng}, method="encode")
 
 
-def _check_weight(o) -> None:
-  require(o.weight >= 0, "objective.weight", f"must be >= 0, got {o.weight}")
-
-
-def _check_drcn(o) -> None:
-  _check_weight(o)
-  require(o.loss in RECONSTRUCTION_LOSSES, "objective.loss",
-          f"unknown value {o.loss!r}; valid: {', '.join(RECONSTRUCTION_LOSSES)}")
+# The weight of an objective's unsupervised term.
+WEIGHT_KEY = Key(1.0, "weight of the unsupervised term", at_least(0))
 
 
 @OBJECTIVES.register("drcn", model="autoencoder_classifier", roles=("source", "images"),
-                     validate=_check_drcn, defaults=dict(
-                         weight=Key(1.0, "weight of the unsupervised term"),
-                         loss=Key("bce", "reconstruction loss: bce (pixels as probabilities) or mse")))
+                     defaults=dict(weight=WEIGHT_KEY, loss=LOSS_KEY))
 def drcn(model, o):
   """Cross-entropy on labelled batches + ``weight`` × reconstruction of the target images."""
 
@@ -132,8 +123,8 @@ def binary_cross_entropy(logits, targets):
 
 
 @OBJECTIVES.register("dann", model="domain_classifier", roles=("source", "images"),
-                     validate=_check_weight, defaults=dict(
-                         weight=Key(1.0, "weight of the unsupervised term"),
+                     defaults=dict(
+                         weight=WEIGHT_KEY,
                          ramp=Key(True, "ramp the gradient-reversal weight 2/(1+exp(-10p))-1 over training progress p")))
 def dann(model, o):
   """Cross-entropy + domain classification of source (0) and target (1) codes through a
@@ -212,17 +203,15 @@ def _alignment(distance):
   return make
 
 
-OBJECTIVES.register("coral", model="classifier", roles=("source", "images"), validate=_check_weight,
+OBJECTIVES.register("coral", model="classifier", roles=("source", "images"),
                     defaults=dict(
-                        weight=Key(1.0, "weight of the unsupervised term")))(_alignment(coral_distance))
-OBJECTIVES.register("mmd", model="classifier", roles=("source", "images"), validate=_check_weight,
+                        weight=WEIGHT_KEY))(_alignment(coral_distance))
+OBJECTIVES.register("mmd", model="classifier", roles=("source", "images"),
                     defaults=dict(
-                        weight=Key(1.0, "weight of the unsupervised term")))(_alignment(mmd2))
+                        weight=WEIGHT_KEY))(_alignment(mmd2))
 
 
 def _check_pseudo(o) -> None:
-  _check_weight(o)
-  require(0 <= o.confidence < 1, "objective.confidence", f"must be in [0, 1), got {o.confidence}")
   check_chain(o.weak, "objective.weak")
   check_chain(o.strong, "objective.strong")
 
@@ -230,8 +219,9 @@ def _check_pseudo(o) -> None:
 @OBJECTIVES.register("pseudo_label", model="classifier", roles=("labelled", "images"),
                      validate=_check_pseudo,
                      defaults=dict(
-                         weight=Key(1.0, "weight of the unsupervised term"),
-                         confidence=Key(0.95, "a pseudo-label counts when its probability is at least this"),
+                         weight=WEIGHT_KEY,
+                         confidence=Key(0.95, "a pseudo-label counts when its probability is at least this",
+                                        within(0, 1, closed="[)")),
                          weak=Key((("translate", 0.1),), "augmentation chain of the pseudo-labelled views"),
                          strong=Key((("translate", 0.125), ("rotate", 15), ("cutout", 0.25), ("noise", 0.1)), "augmentation chain of the learned views")))
 def pseudo_label(model, o):

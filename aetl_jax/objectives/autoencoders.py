@@ -16,32 +16,23 @@ from aetl_jax.core.config import require
 from aetl_jax.models.variables import apply_train
 from aetl_jax.models.vit import patchify
 from aetl_jax.objectives.corruption import CORRUPTIONS, corrupt
-from aetl_jax.objectives.reconstruction import (RECONSTRUCTION_LOSSES, make_reconstruction_loss,
+from aetl_jax.objectives.reconstruction import (LOSS_KEY, make_reconstruction_loss,
                                                 mean_squared_error, reconstruction_error,
                                                 reconstruction_sum)
 from aetl_jax.objectives.registry import OBJECTIVES
-from aetl_jax.core.registry import Key
+from aetl_jax.core.registry import Key, at_least, one_of, within
 
 SPARSITY = ("l1", "kl")
 
 
-def _loss_key(o) -> None:
-  require(o.loss in RECONSTRUCTION_LOSSES, "objective.loss",
-          f"unknown value {o.loss!r}; valid: {', '.join(RECONSTRUCTION_LOSSES)}")
-
-
 @OBJECTIVES.register("reconstruction", defaults=dict(
-    loss=Key("bce", "reconstruction loss: bce (pixels as probabilities) or mse")), validate=_loss_key,
-                     batch_norm=True)
+    loss=LOSS_KEY), batch_norm=True)
 def reconstruction(model, o):
   """Reconstruct the image (BCE on logits, or MSE of the sigmoid)."""
   return make_reconstruction_loss(model, o.loss)
 
 
 def _check_denoising(o) -> None:
-  _loss_key(o)
-  require(o.corruption in CORRUPTIONS, "objective.corruption",
-          f"unknown value {o.corruption!r}; valid: {', '.join(CORRUPTIONS)}")
   require(o.corruption_level >= 0 and (o.corruption == "gaussian" or o.corruption_level <= 1),
           "objective.corruption_level",
           f"is a noise std for 'gaussian' (>= 0) and a fraction of pixels otherwise ([0, 1]), "
@@ -50,8 +41,9 @@ def _check_denoising(o) -> None:
 
 @OBJECTIVES.register("denoising", validate=_check_denoising, batch_norm=True,
                      defaults=dict(
-                         loss=Key("bce", "reconstruction loss: bce (pixels as probabilities) or mse"),
-                         corruption=Key("gaussian", "input corruption: gaussian, masking or salt_pepper"),
+                         loss=LOSS_KEY,
+                         corruption=Key("gaussian", "input corruption: gaussian, masking or salt_pepper",
+                                         one_of(*CORRUPTIONS)),
                          corruption_level=Key(0.3, "its strength (noise std or share of pixels)")))
 def denoising(model, o):
   """Reconstruct the clean image from a corrupted one (Vincent et al. 2008)."""
@@ -68,20 +60,14 @@ def sparsity_penalty(code, kind: str, target: float):
   return jnp.sum(rho * jnp.log(rho / rho_hat) + (1 - rho) * jnp.log((1 - rho) / (1 - rho_hat)))
 
 
-def _check_sparse(o) -> None:
-  _loss_key(o)
-  require(o.sparsity in SPARSITY, "objective.sparsity",
-          f"unknown value {o.sparsity!r}; valid: {', '.join(SPARSITY)}")
-  require(0 < o.sparsity_target < 1, "objective.sparsity_target", "must be in (0, 1)")
-  require(o.sparsity_weight >= 0, "objective.sparsity_weight", "must be >= 0")
-
-
-@OBJECTIVES.register("sparse", validate=_check_sparse, batch_norm=True,
+@OBJECTIVES.register("sparse", batch_norm=True,
                      defaults=dict(
-                         loss=Key("bce", "reconstruction loss: bce (pixels as probabilities) or mse"),
-                         sparsity=Key("l1", "sparsity penalty: l1 on the code or kl to sparsity_target"),
-                         sparsity_weight=Key(1e-3, "weight of the sparsity penalty"),
-                         sparsity_target=Key(0.05, "target mean activation (kl)")))
+                         loss=LOSS_KEY,
+                         sparsity=Key("l1", "sparsity penalty: l1 on the code or kl to sparsity_target",
+                                      one_of(*SPARSITY)),
+                         sparsity_weight=Key(1e-3, "weight of the sparsity penalty", at_least(0)),
+                         sparsity_target=Key(0.05, "target mean activation (kl)",
+                                             within(0, 1, closed="()"))))
 def sparse(model, o):
   """Reconstruction + ``sparsity_weight`` × an L1 or KL sparsity penalty on the code."""
 
@@ -108,15 +94,10 @@ def bernoulli_nll(logits, x):
   return reconstruction_sum(logits, x, "bce")
 
 
-def _check_vae(o) -> None:
-  _loss_key(o)
-  require(o.beta >= 0, "objective.beta", f"must be >= 0, got {o.beta}")
-
-
-@OBJECTIVES.register("vae", model="vae", batch_norm=True, validate=_check_vae,
+@OBJECTIVES.register("vae", model="vae", batch_norm=True,
                      defaults=dict(
-                         loss=Key("bce", "reconstruction loss: bce (pixels as probabilities) or mse"),
-                         beta=Key(1.0, "weight of the KL term (beta-VAE)")),
+                         loss=LOSS_KEY,
+                         beta=Key(1.0, "weight of the KL term (beta-VAE)", at_least(0))),
                      model_defaults=dict(latent_dim=16))
 def vae(model, o):
   """Negative ELBO with a β weight on the KL term (nats per image)."""

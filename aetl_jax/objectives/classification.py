@@ -6,12 +6,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from aetl_jax.core.config import require
-from aetl_jax.objectives.reconstruction import (RECONSTRUCTION_LOSSES, mean_squared_error,
+from aetl_jax.objectives.reconstruction import (LOSS_KEY, mean_squared_error,
                                                 reconstruction_error)
 from aetl_jax.models.variables import apply_train
 from aetl_jax.objectives.registry import OBJECTIVES
-from aetl_jax.core.registry import Key
+from aetl_jax.core.registry import Key, at_least
 
 
 def cross_entropy(logits, labels):
@@ -50,17 +49,11 @@ def classification(model, o):
   return loss_fn
 
 
-def _check_joint(o) -> None:
-  require(o.loss in RECONSTRUCTION_LOSSES, "objective.loss",
-          f"unknown value {o.loss!r}; valid: {', '.join(RECONSTRUCTION_LOSSES)}")
-  require(o.reconstruction_weight >= 0, "objective.reconstruction_weight",
-          f"must be >= 0, got {o.reconstruction_weight}")
-
-
 @OBJECTIVES.register("joint", model="autoencoder_classifier", roles=("labelled", "images"),
-                     validate=_check_joint, defaults=dict(
-                         loss=Key("bce", "reconstruction loss: bce (pixels as probabilities) or mse"),
-                         reconstruction_weight=Key(1.0, "weight of the reconstruction term beside classification")))
+                     defaults=dict(
+                         loss=LOSS_KEY,
+                         reconstruction_weight=Key(1.0, "weight of the reconstruction term beside classification",
+                                                   at_least(0))))
 def joint(model, o):
   """Cross-entropy on ``labelled`` + ``reconstruction_weight`` × reconstruction of ``images``.
 

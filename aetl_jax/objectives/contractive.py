@@ -9,11 +9,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from aetl_jax.core.config import require
-from aetl_jax.objectives.reconstruction import (RECONSTRUCTION_LOSSES, mean_squared_error,
+from aetl_jax.objectives.reconstruction import (LOSS_KEY, mean_squared_error,
                                                 reconstruction_error)
 from aetl_jax.objectives.registry import OBJECTIVES
-from aetl_jax.core.registry import Key
+from aetl_jax.core.registry import Key, at_least
 
 
 def jacobian_penalty(encode, x):
@@ -28,17 +27,11 @@ def jacobian_penalty(encode, x):
   return jnp.mean(jax.vmap(one)(x))
 
 
-def _check(o) -> None:
-  require(o.loss in RECONSTRUCTION_LOSSES, "objective.loss",
-          f"unknown value {o.loss!r}; valid: {', '.join(RECONSTRUCTION_LOSSES)}")
-  require(o.contractive_weight >= 0, "objective.contractive_weight",
-          f"must be >= 0, got {o.contractive_weight}")
-
-
-@OBJECTIVES.register("contractive", validate=_check,
+@OBJECTIVES.register("contractive",
                      defaults=dict(
-                         loss=Key("bce", "reconstruction loss: bce (pixels as probabilities) or mse"),
-                         contractive_weight=Key(0.1, "weight of the encoder Jacobian's Frobenius norm")))
+                         loss=LOSS_KEY,
+                         contractive_weight=Key(0.1, "weight of the encoder Jacobian's Frobenius norm",
+                                                at_least(0))))
 def contractive(model, o):
   """Reconstruction + ``contractive_weight`` × ‖∂code/∂x‖²_F (encoder Jacobian)."""
 

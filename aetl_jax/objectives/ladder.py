@@ -3,25 +3,24 @@ labelled batch + the weighted denoising costs of every level on the unlabelled b
 
 from __future__ import annotations
 
-from aetl_jax.core.config import require
+from aetl_jax.core.config import is_number
 from aetl_jax.models.variables import apply_train
 from aetl_jax.objectives.classification import cross_entropy
 from aetl_jax.objectives.registry import OBJECTIVES
-from aetl_jax.core.registry import Key
+from aetl_jax.core.registry import Check, Key
 
 # λ per level, input first: the paper's MNIST values (Rasmus et al. 2015, section 4.1).
 PAPER_COSTS = (1000.0, 10.0, 0.1, 0.1, 0.1, 0.1, 0.1)
 
 
-def _check(o) -> None:
-  require(len(o.denoising_costs) > 0 and all(c >= 0 for c in o.denoising_costs),
-          "objective.denoising_costs", f"must be weights >= 0, one per level (input first), "
-          f"got {tuple(o.denoising_costs)!r}")
+COSTS = Check(lambda c: len(c) > 0 and all(is_number(x) and x >= 0 for x in c),
+              lambda c: f"must be weights >= 0, one per level (input first), got {tuple(c)!r}")
 
 
 @OBJECTIVES.register("ladder", model="ladder", roles=("images", "labelled"), batch_norm=True,
-                     validate=_check, defaults=dict(
-                         denoising_costs=Key(PAPER_COSTS, "weight of each level's denoising cost, input first")))
+                     defaults=dict(
+                         denoising_costs=Key(PAPER_COSTS, "weight of each level's denoising cost, input first",
+                                             COSTS)))
 def ladder(model, o):
   """Cross-entropy of the corrupted encoder on ``labelled`` + Σ_l λ_l × the denoising cost of
   level l on ``images`` (λ: ``denoising_costs``, input first); the clean pass's statistics

@@ -12,9 +12,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from aetl_jax.core.registry import Key, one_of
 from aetl_jax.models.variables import apply_train
 
 RECONSTRUCTION_LOSSES = ("bce", "mse")
+# The ``loss`` key of every objective that reconstructs images.
+LOSS_KEY = Key("bce", "reconstruction loss: bce (pixels as probabilities) or mse",
+               one_of(*RECONSTRUCTION_LOSSES))
 
 
 def flatten_pixels(x):

@@ -12,10 +12,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from aetl_jax.core.config import require
 from aetl_jax.models.sequence import EOS, MASK, PAD, by_width, masked_mean
 from aetl_jax.objectives.registry import OBJECTIVES
-from aetl_jax.core.registry import Key
+from aetl_jax.core.registry import Key, within
 
 
 def mask_tokens(tokens, rng, level: float):
@@ -52,14 +51,10 @@ def seq_reconstruction(model, o):
   return token_loss(model)
 
 
-def _check_denoising(o) -> None:
-  require(0 <= o.corruption_level < 1, "objective.corruption_level",
-          f"is the fraction of tokens masked, in [0, 1), got {o.corruption_level}")
-
-
-@OBJECTIVES.register("seq_denoising", model="seq_autoencoder", validate=_check_denoising,
+@OBJECTIVES.register("seq_denoising", model="seq_autoencoder",
                      defaults=dict(
-                         corruption_level=Key(0.2, "its strength (noise std or share of pixels)")))
+                         corruption_level=Key(0.2, "share of the tokens masked",
+                                              within(0, 1, closed="[)"))))
 def seq_denoising(model, o):
   """Reconstruct the clean sequence from one with masked tokens (word dropout)."""
   return token_loss(model, lambda t, rng: mask_tokens(t, rng, o.corruption_level))

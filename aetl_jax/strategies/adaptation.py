@@ -26,20 +26,26 @@ from __future__ import annotations
 
 import dataclasses
 
-from aetl_jax.core.config import require
 from aetl_jax.core.rules import FROZEN
 from aetl_jax.engine.phase import Adversary
-from aetl_jax.strategies.registry import (EVERYTHING, STRATEGIES, Strategy, objective_loss,
-                                          positive)
-from aetl_jax.core.registry import Key
+from aetl_jax.strategies.registry import EVERYTHING, STRATEGIES, Strategy, objective_loss
+from aetl_jax.core.registry import Check, Key, at_least, count, each, positive
+
+WIDTHS = Check(lambda v: (isinstance(v, int) and not isinstance(v, bool) and v > 0)
+               or (isinstance(v, (tuple, list)) and len(v) > 0
+                   and all(isinstance(h, int) and h > 0 for h in v)),
+               lambda v: f"must be a positive integer or a tuple of them (hidden widths of the "
+                         f"domain classifier), got {v!r}")
 
 ADAPTATION_DEFAULTS = dict(
-    adaptation_epochs=Key(5, "passes over the source"),
-    adaptation_steps=Key(0, "at least this many optimiser steps (0: adaptation_epochs alone)"),
-    adaptation_weight=Key(1.0, "weight of the unsupervised alignment term"),
-    unlabelled_ratio=Key(1.0, "target-pool batch = ratio x batch_size"),
-    domain_hidden=Key(100, "hidden width(s) of DANN's domain classifier"),
-    dann_learning_rate=Key(0.01, "DANN's initial SGD learning rate (annealed lr/(1+10p)^0.75)"))
+    adaptation_epochs=Key(5, "passes over the source", positive(integer=True)),
+    adaptation_steps=Key(0, "at least this many optimiser steps (0: adaptation_epochs alone)",
+                         count(0)),
+    adaptation_weight=Key(1.0, "weight of the unsupervised alignment term", at_least(0)),
+    unlabelled_ratio=Key(1.0, "target-pool batch = ratio x batch_size", positive()),
+    domain_hidden=Key(100, "hidden width(s) of DANN's domain classifier", WIDTHS),
+    dann_learning_rate=Key(0.01, "DANN's initial SGD learning rate (annealed lr/(1+10p)^0.75)",
+                           positive()))
 
 
 @STRATEGIES.register("source_only", needs_target_labels=False, needs_source_labels=True,
@@ -47,20 +53,6 @@ ADAPTATION_DEFAULTS = dict(
 def source_only(ctx):
   """The classifier trained on the labelled source, evaluated on the target as it is."""
   return Strategy(ctx.name, "source", ())
-
-
-def _check_adaptation(t) -> None:
-  positive(t, "adaptation_epochs", integer=True)
-  positive(t, "unlabelled_ratio")
-  hidden = (t.domain_hidden,) if isinstance(t.domain_hidden, int) else tuple(t.domain_hidden)
-  require(len(hidden) > 0 and all(isinstance(h, int) and h > 0 for h in hidden),
-          "transfer.domain_hidden", f"must be a positive integer or a tuple of them (hidden "
-          f"widths of the domain classifier), got {t.domain_hidden!r}")
-  require(isinstance(t.adaptation_steps, int) and t.adaptation_steps >= 0,
-          "transfer.adaptation_steps", f"must be an integer >= 0, got {t.adaptation_steps!r}")
-  require(t.adaptation_weight >= 0, "transfer.adaptation_weight",
-          f"must be >= 0, got {t.adaptation_weight}")
-  positive(t, "dann_learning_rate")
 
 
 def _roles(ctx) -> tuple[str, ...]:
@@ -82,8 +74,7 @@ def _adaptation(objective: str, doc: str, model: str = "classifier"):
         roles=_roles(ctx), batch_sizes={"images": _unlabelled_batch(cfg)}, **_length(cfg)),))
 
   strategy.__doc__ = doc
-  STRATEGIES.register(objective, model=model, validate=_check_adaptation,
-                      defaults=ADAPTATION_DEFAULTS, needs_target_labels=False,
+  STRATEGIES.register(objective, model=model, defaults=ADAPTATION_DEFAULTS, needs_target_labels=False,
                       needs_source_labels=True, unlabelled=True)(strategy)
   return strategy
 
@@ -98,8 +89,7 @@ coral = _adaptation("coral", "CORAL: source classification + alignment of code c
 mmd = _adaptation("mmd", "MMD: source classification + RBF-kernel MMD between domain codes.")
 
 
-@STRATEGIES.register("dann", model="domain_classifier", validate=_check_adaptation,
-                     defaults=ADAPTATION_DEFAULTS, needs_target_labels=False,
+@STRATEGIES.register("dann", model="domain_classifier", defaults=ADAPTATION_DEFAULTS, needs_target_labels=False,
                      needs_source_labels=True, unlabelled=True)
 def dann(ctx):
   """DANN as published: ramped gradient reversal, SGD + momentum with the annealed rate."""
@@ -114,23 +104,16 @@ def dann(ctx):
   return Strategy(ctx.name, "pretrained", (dataclasses.replace(phase, progress=True),))
 
 
-def _check_adda(t) -> None:
-  _check_adaptation(t)
-  require(len(t.adda_discriminator) > 0 and all(isinstance(h, int) and h > 0
-                                                for h in t.adda_discriminator),
-          "transfer.adda_discriminator", f"must be positive integers (hidden widths), got "
-          f"{t.adda_discriminator!r}")
-  positive(t, "adda_learning_rate")
-  positive(t, "adda_steps", integer=True)
-
-
-@STRATEGIES.register("adda", model="adda", validate=_check_adda, needs_target_labels=False,
+@STRATEGIES.register("adda", model="adda", needs_target_labels=False,
                      needs_source_labels=True, unlabelled=True, init="source",
                      defaults={
                          **ADAPTATION_DEFAULTS,
-                         "adda_discriminator": Key((500, 500), "hidden widths of ADDA's discriminator"),
-                         "adda_learning_rate": Key(2e-4, "Adam learning rate of ADDA's encoder and discriminator (beta1 0.5)"),
-                         "adda_steps": Key(10_000, "optimiser steps of ADDA's adversarial phase")})
+                         "adda_discriminator": Key((500, 500), "hidden widths of ADDA's discriminator",
+                                                   each(positive(integer=True), "positive integers (hidden widths)")),
+                         "adda_learning_rate": Key(2e-4, "Adam learning rate of ADDA's encoder and discriminator (beta1 0.5)",
+                                                   positive()),
+                         "adda_steps": Key(10_000, "optimiser steps of ADDA's adversarial phase",
+                                           positive(integer=True))})
 def adda(ctx):
   """ADDA: a target encoder mapped onto the frozen source encoder's codes by a GAN game."""
   cfg = ctx.cfg

@@ -13,28 +13,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from aetl_jax.core.config import require
+from aetl_jax.objectives.reconstruction import RECONSTRUCTION_LOSSES
 from aetl_jax.core.rules import FROZEN
-from aetl_jax.strategies.registry import EVERYTHING, HEAD_ONLY, STRATEGIES, Strategy, positive
-from aetl_jax.core.registry import Key
+from aetl_jax.strategies.registry import EVERYTHING, HEAD_ONLY, STRATEGIES, Strategy
+from aetl_jax.core.registry import Key, count, one_of, positive, within
 
 
-def _check_recipe(t) -> None:
-  positive(t, "recipe_lr")
-  positive(t, "recipe_ft_lr")
-  require(0 <= t.recipe_momentum < 1, "transfer.recipe_momentum",
-          f"must be in [0, 1), got {t.recipe_momentum}")
-  require(isinstance(t.recipe_ft_epochs, int) and t.recipe_ft_epochs >= 0,
-          "transfer.recipe_ft_epochs", f"must be an integer >= 0 (0: no fine-tuning), got "
-          f"{t.recipe_ft_epochs!r}")
-
-
-@STRATEGIES.register("frozen_backbone", validate=_check_recipe,
+@STRATEGIES.register("frozen_backbone",
                      defaults=dict(
-                         recipe_lr=Key(1e-3, "learning rate of the new head on the frozen backbone (SGD)"),
-                         recipe_momentum=Key(0.9, "SGD momentum of both phases"),
-                         recipe_ft_lr=Key(1e-4, "learning rate when everything fine-tunes afterwards"),
-                         recipe_ft_epochs=Key(10, "epochs of that fine-tuning (0: the head alone)")))
+                         recipe_lr=Key(1e-3, "learning rate of the new head on the frozen backbone (SGD)",
+                                       positive()),
+                         recipe_momentum=Key(0.9, "SGD momentum of both phases", within(0, 1, closed="[)")),
+                         recipe_ft_lr=Key(1e-4, "learning rate when everything fine-tunes afterwards",
+                                          positive()),
+                         recipe_ft_epochs=Key(10, "epochs of that fine-tuning (0: the head alone)",
+                                              count(0, " (0: no fine-tuning)"))))
 def frozen_backbone(ctx):
   """Frozen backbone + new head by SGD (``recipe_momentum``, ``recipe_lr``; plain momentum,
   as torch's SGD) for ``transfer.epochs``, then everything at ``recipe_ft_lr`` for
@@ -50,16 +43,14 @@ def frozen_backbone(ctx):
   return Strategy(ctx.name, "pretrained", tuple(phases))
 
 
-def _check_ae(t) -> None:
-  positive(t, "ae_epochs", integer=True)
-  positive(t, "ae_lr_mult")
-
-
-@STRATEGIES.register("backbone_ae", model="autoencoder_classifier", validate=_check_ae,
+@STRATEGIES.register("backbone_ae", model="autoencoder_classifier",
                      defaults=dict(
-                         ae_epochs=Key(20, "epochs the new decoder reconstructs the target pool (head frozen)"),
-                         ae_lr_mult=Key(1.0, "learning-rate multiplier of that reconstruction phase"),
-                         ae_loss=Key("bce", "its reconstruction loss: bce or mse")))
+                         ae_epochs=Key(20, "epochs the new decoder reconstructs the target pool (head frozen)",
+                                       positive(integer=True)),
+                         ae_lr_mult=Key(1.0, "learning-rate multiplier of that reconstruction phase",
+                                        positive()),
+                         ae_loss=Key("bce", "its reconstruction loss: bce or mse",
+                                     one_of(*RECONSTRUCTION_LOSSES))))
 def backbone_ae(ctx):
   """The pretrained encoder + a new decoder reconstruct the target's unlabelled images
   (``ae_epochs``, ``ae_lr_mult`` × lr, head frozen), then encoder + head fine-tune

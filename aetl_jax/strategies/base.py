@@ -9,9 +9,8 @@ import re
 
 from aetl_jax.core.config import require
 from aetl_jax.core.rules import FROZEN
-from aetl_jax.strategies.registry import (EVERYTHING, HEAD_ONLY, STRATEGIES, Strategy, block_rule,
-                                          positive)
-from aetl_jax.core.registry import Key
+from aetl_jax.strategies.registry import EVERYTHING, HEAD_ONLY, STRATEGIES, Strategy, block_rule
+from aetl_jax.core.registry import Key, count, positive, within
 
 
 @STRATEGIES.register("scratch")
@@ -33,8 +32,6 @@ def linear_probe(ctx):
 
 
 def _check_partial(t) -> None:
-  require(isinstance(t.partial_freeze_blocks, int) and t.partial_freeze_blocks >= 1,
-          "transfer.partial_freeze_blocks", f"must be an integer >= 1, got {t.partial_freeze_blocks!r}")
   if t.partial_freeze_regex:
     try:
       re.compile(t.partial_freeze_regex)
@@ -43,7 +40,7 @@ def _check_partial(t) -> None:
 
 
 @STRATEGIES.register("partial", defaults=dict(
-    partial_freeze_blocks=Key(1, "how many encoder blocks, from the input, stay frozen"),
+    partial_freeze_blocks=Key(1, "how many encoder blocks, from the input, stay frozen", count(1)),
     partial_freeze_regex=Key("", "or: a regex of the parameter paths that stay frozen")),
                      validate=_check_partial)
 def partial(ctx):
@@ -61,20 +58,17 @@ def partial(ctx):
 
 
 @STRATEGIES.register("discriminative", defaults=dict(
-    encoder_lr_mult=Key(0.1, "the encoder's learning rate as a multiple of the head's")),
-                     validate=lambda t: positive(t, "encoder_lr_mult"))
+    encoder_lr_mult=Key(0.1, "the encoder's learning rate as a multiple of the head's",
+                        positive())))
 def discriminative(ctx):
   """Everything trains; the encoder at ``encoder_lr_mult`` × the learning rate."""
   rules = (("encoder/.*", ctx.cfg.encoder_lr_mult), ("head/.*", 1.0))
   return Strategy(ctx.name, "pretrained", (ctx.phase("discriminative", rules, ctx.cfg.epochs),))
 
 
-def _check_decay(t) -> None:
-  require(0 < t.layer_decay <= 1, "transfer.layer_decay", f"must be in (0, 1], got {t.layer_decay}")
-
-
 @STRATEGIES.register("layerwise", defaults=dict(
-    layer_decay=Key(0.5, "block i of L trains at layer_decay^(L-i) x the learning rate")), validate=_check_decay)
+    layer_decay=Key(0.5, "block i of L trains at layer_decay^(L-i) x the learning rate",
+                    within(0, 1, closed="(]"))))
 def layerwise(ctx):
   """Block i of L trains at ``layer_decay``^(L−i) × the learning rate."""
   blocks, decay = ctx.blocks(), ctx.cfg.layer_decay
@@ -84,14 +78,10 @@ def layerwise(ctx):
                   (ctx.phase("layerwise", rules + (("head/.*", 1.0),), ctx.cfg.epochs),))
 
 
-def _check_lp_ft(t) -> None:
-  positive(t, "lp_epochs", integer=True)
-  positive(t, "ft_lr_mult")
-
-
 @STRATEGIES.register("lp_ft", defaults=dict(
-    lp_epochs=Key(50, "epochs of the linear probe before fine-tuning"),
-    ft_lr_mult=Key(0.3, "fine-tuning's learning rate as a multiple of transfer.learning_rate")), validate=_check_lp_ft)
+    lp_epochs=Key(50, "epochs of the linear probe before fine-tuning", positive(integer=True)),
+    ft_lr_mult=Key(0.3, "fine-tuning's learning rate as a multiple of transfer.learning_rate",
+                   positive())))
 def lp_ft(ctx):
   """Linear probe for ``lp_epochs``, then fine-tune at ``ft_lr_mult`` × lr (Kumar et al. 2022)."""
   cfg = ctx.cfg
@@ -101,8 +91,8 @@ def lp_ft(ctx):
 
 
 @STRATEGIES.register("gradual_unfreeze", defaults=dict(
-    unfreeze_epochs=Key(25, "epochs per phase; one more encoder block unfreezes per phase")),
-                     validate=lambda t: positive(t, "unfreeze_epochs", integer=True))
+    unfreeze_epochs=Key(25, "epochs per phase; one more encoder block unfreezes per phase",
+                        positive(integer=True))))
 def gradual_unfreeze(ctx):
   """The head, then one more encoder block per phase, top down, ``unfreeze_epochs`` each."""
   blocks, epochs = ctx.blocks(), ctx.cfg.unfreeze_epochs

@@ -30,7 +30,7 @@ import numpy as np
 from aetl_jax.core.config import require
 from aetl_jax.strategies.probes import PROBES, select
 from aetl_jax.strategies.registry import STRATEGIES, Strategy
-from aetl_jax.core.registry import Key
+from aetl_jax.core.registry import Key, count, each, one_of, positive, within
 
 MODES = ("inductive", "transductive")
 EMBEDDINGS = ("none", "pca", "umap")
@@ -142,21 +142,8 @@ def manifold_probe(method: str, embedding: str):
   return probe
 
 
-def _check(t) -> None:
-  require(t.manifold_mode in MODES, "transfer.manifold_mode",
-          f"unknown value {t.manifold_mode!r}; valid: {', '.join(MODES)}")
-  require(isinstance(t.manifold_dim, int) and t.manifold_dim >= 1, "transfer.manifold_dim",
-          f"must be an integer >= 1, got {t.manifold_dim!r}")
-  require(len(t.manifold_k_grid) > 0 and all(isinstance(k, int) and k > 0 for k in t.manifold_k_grid),
-          "transfer.manifold_k_grid", "must be a non-empty list of positive integers")
-  require(len(t.spreading_alpha_grid) > 0 and all(0 < a < 1 for a in t.spreading_alpha_grid),
-          "transfer.spreading_alpha_grid", "must be a non-empty list of numbers in (0, 1)")
-  require(isinstance(t.spreading_neighbors, int) and t.spreading_neighbors >= 1,
-          "transfer.spreading_neighbors", f"must be an integer >= 1, got {t.spreading_neighbors!r}")
-
-
 def _check_umap(t) -> None:
-  _check(t)
+  del t
   try:
     import umap  # noqa: F401
   except ImportError:
@@ -168,11 +155,14 @@ def _check_umap(t) -> None:
 
 
 DEFAULTS = dict(
-    manifold_mode=Key("inductive", "inductive (fitted on the pool only) or transductive (pool + test images)"),
-    manifold_dim=Key(10, "dimensions of the PCA / UMAP embedding"),
-    manifold_k_grid=Key((1, 3, 5, 10), "k-NN's neighbour counts tried on validation"),
-    spreading_alpha_grid=Key((0.2, 0.5, 0.8, 0.99), "label spreading's clamping factors tried on validation"),
-    spreading_neighbors=Key(10, "neighbours per node of label spreading's graph"))
+    manifold_mode=Key("inductive", "inductive (fitted on the pool only) or transductive (pool + test images)",
+                      one_of(*MODES)),
+    manifold_dim=Key(10, "dimensions of the PCA / UMAP embedding", count(1)),
+    manifold_k_grid=Key((1, 3, 5, 10), "k-NN's neighbour counts tried on validation",
+                        each(positive(integer=True), "positive integers")),
+    spreading_alpha_grid=Key((0.2, 0.5, 0.8, 0.99), "label spreading's clamping factors tried on validation",
+                             each(within(0, 1, closed="()"), "numbers in (0, 1)")),
+    spreading_neighbors=Key(10, "neighbours per node of label spreading's graph", count(1)))
 
 
 def _register(name: str, method: str, embedding: str, doc: str) -> None:
@@ -182,7 +172,7 @@ def _register(name: str, method: str, embedding: str, doc: str) -> None:
     return Strategy(ctx.name, "pretrained", probe=name)
 
   strategy.__doc__ = doc
-  STRATEGIES.register(name, defaults=DEFAULTS, validate=_check_umap if embedding == "umap" else _check,
+  STRATEGIES.register(name, defaults=DEFAULTS, validate=_check_umap if embedding == "umap" else None,
                       unlabelled=True)(strategy)
 
 

@@ -12,10 +12,9 @@ from typing import Sequence
 import numpy as np
 from sklearn.neighbors import KNeighborsClassifier
 
-from aetl_jax.core.config import require
 from aetl_jax.core.registry import Registry
 from aetl_jax.strategies.registry import STRATEGIES, Strategy
-from aetl_jax.core.registry import Key
+from aetl_jax.core.registry import Key, each, positive
 
 # A probe: fn(train, val, test, *, num_classes, cfg) -> result dict, each split (features,
 # labels); a probe registered with pool=True also gets ``pool``: the codes of every target-pool
@@ -100,26 +99,17 @@ def _knn(train, val, test, *, num_classes: int, cfg) -> dict:
   return knn_probe(train, val, test, k_grid=tuple(cfg.knn_k_grid))
 
 
-def _check_ridge(t) -> None:
-  require(len(t.ridge_l2_grid) > 0 and all(v > 0 for v in t.ridge_l2_grid),
-          "transfer.ridge_l2_grid", "must be a non-empty list of positive numbers")
-
-
-def _check_knn(t) -> None:
-  require(len(t.knn_k_grid) > 0 and all(isinstance(k, int) and k > 0 for k in t.knn_k_grid),
-          "transfer.knn_k_grid", "must be a non-empty list of positive integers")
-
-
 @STRATEGIES.register("ridge_probe", defaults=dict(
-    ridge_l2_grid=Key((0.01, 0.1, 1.0, 10.0, 100.0), "L2 strengths tried; the best on validation wins")),
-                     validate=_check_ridge)
+    ridge_l2_grid=Key((0.01, 0.1, 1.0, 10.0, 100.0), "L2 strengths tried; the best on validation wins",
+                      each(positive(), "positive numbers"))))
 def ridge_probe_strategy(ctx):
   """Closed-form ridge on frozen features, L2 picked on validation."""
   return Strategy(ctx.name, "pretrained", probe="ridge")
 
 
 @STRATEGIES.register("knn_probe", defaults=dict(
-    knn_k_grid=Key((1, 3, 5, 10), "neighbour counts tried; the best on validation wins")), validate=_check_knn)
+    knn_k_grid=Key((1, 3, 5, 10), "neighbour counts tried; the best on validation wins",
+                   each(positive(integer=True), "positive integers"))))
 def knn_probe_strategy(ctx):
   """Cosine k-NN on frozen features, k picked on validation."""
   return Strategy(ctx.name, "pretrained", probe="knn")

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from aetl_jax.core.config import require, require_positive
+from aetl_jax.core.config import require
 from aetl_jax.core.registry import Registry
 from aetl_jax.core.rules import FROZEN, Rule, trainable_mask
 from aetl_jax.engine.phase import EVERYTHING, Optim, Phase  # noqa: F401 - strategies use it
@@ -205,8 +205,3 @@ def needs_target_labels(name: str) -> bool:
 
 def needs_source_labels(name: str) -> bool:
   return STRATEGIES.get(name).info.get("needs_source_labels", False)
-
-
-def positive(cfg, key: str, integer: bool = False) -> None:
-  """``transfer.key`` is a finite positive number (an integer with ``integer``)."""
-  require_positive(cfg, "transfer", key, integer=integer)

@@ -12,22 +12,22 @@ from aetl_jax.core.config import require
 from aetl_jax.models.ladder import COMBINATORS, LadderNetwork
 from aetl_jax.objectives.augmentation import check_chain
 from aetl_jax.objectives.ladder import PAPER_COSTS
-from aetl_jax.strategies.registry import EVERYTHING, STRATEGIES, Strategy, positive
-from aetl_jax.core.registry import Key
+from aetl_jax.objectives.reconstruction import RECONSTRUCTION_LOSSES
+from aetl_jax.strategies.registry import EVERYTHING, STRATEGIES, Strategy
+from aetl_jax.core.registry import Key, at_least, each, one_of, positive, within
 
 
-def _check(t) -> None:
-  require(t.reconstruction_weight >= 0, "transfer.reconstruction_weight",
-          f"must be >= 0, got {t.reconstruction_weight}")
-  require(t.unlabelled_ratio > 0, "transfer.unlabelled_ratio",
-          f"must be > 0 (unlabelled batch = ratio × labelled batch), got {t.unlabelled_ratio}")
+# The target pool's batch beside each labelled batch.
+RATIO_KEY = Key(1.0, "target-pool batch = ratio x batch_size", positive())
 
 
-@STRATEGIES.register("joint_finetune", model="autoencoder_classifier", validate=_check,
+@STRATEGIES.register("joint_finetune", model="autoencoder_classifier",
                      defaults=dict(
-                         reconstruction_weight=Key(1.0, "weight of the reconstruction term beside classification"),
-                         unlabelled_ratio=Key(1.0, "target-pool batch = ratio x batch_size"),
-                         reconstruction_loss=Key("bce", "reconstruction loss: bce or mse")))
+                         reconstruction_weight=Key(1.0, "weight of the reconstruction term beside classification",
+                                                   at_least(0)),
+                         unlabelled_ratio=RATIO_KEY,
+                         reconstruction_loss=Key("bce", "reconstruction loss: bce or mse",
+                                                 one_of(*RECONSTRUCTION_LOSSES))))
 def joint_finetune(ctx):
   """Fine-tune encoder + head on the labels and the decoder's reconstruction of the
   target pool's images (labels unused), ``reconstruction_weight`` × reconstruction."""
@@ -41,21 +41,10 @@ def joint_finetune(ctx):
 
 def _check_ladder(t) -> None:
   widths = tuple(t.ladder_widths)
-  require(len(widths) > 0 and all(isinstance(w, int) and w > 0 for w in widths),
-          "transfer.ladder_widths", f"must be positive integers (hidden layers), got {widths!r}")
   levels = len(widths) + 2  # the input, every hidden layer, the class layer
   require(len(t.ladder_costs) == levels and all(c >= 0 for c in t.ladder_costs),
           "transfer.ladder_costs", f"must be {levels} weights >= 0 (input, {len(widths)} hidden "
           f"layers, class layer), got {tuple(t.ladder_costs)!r}")
-  require(t.ladder_noise >= 0, "transfer.ladder_noise", f"must be >= 0, got {t.ladder_noise}")
-  require(t.ladder_combinator in COMBINATORS, "transfer.ladder_combinator",
-          f"unknown value {t.ladder_combinator!r}; valid: {', '.join(COMBINATORS)}")
-  require(isinstance(t.ladder_epochs, int) and t.ladder_epochs > 0, "transfer.ladder_epochs",
-          f"must be a positive integer (passes over the target pool), got {t.ladder_epochs!r}")
-  require(t.ladder_learning_rate > 0, "transfer.ladder_learning_rate",
-          f"must be > 0, got {t.ladder_learning_rate}")
-  require(isinstance(t.ladder_batch_size, int) and t.ladder_batch_size > 0,
-          "transfer.ladder_batch_size", f"must be a positive integer, got {t.ladder_batch_size!r}")
 
 
 def _ladder_model(variant: str):
@@ -68,13 +57,16 @@ def _ladder_model(variant: str):
 
 
 LADDER_DEFAULTS = dict(
-    ladder_widths=Key((1000, 500, 250, 250, 250), "hidden widths of the ladder (the class layer follows)"),
+    ladder_widths=Key((1000, 500, 250, 250, 250), "hidden widths of the ladder (the class layer follows)",
+                      each(positive(integer=True), "positive integers (hidden layers)")),
     ladder_costs=Key(PAPER_COSTS, "denoising cost weight per level: input, every hidden layer, class layer"),
-    ladder_noise=Key(0.3, "std of the Gaussian noise of the corrupted pass"),
-    ladder_combinator=Key("gauss", "the decoder's combinator: gauss (Rasmus et al.) or amlp (Pezeshki et al.)"),
-    ladder_epochs=Key(150, "passes over the target pool"),
-    ladder_learning_rate=Key(0.002, "Adam learning rate (constant, then linearly to 0 over the last third)"),
-    ladder_batch_size=Key(100, "labelled and unlabelled batch size of one step"))
+    ladder_noise=Key(0.3, "std of the Gaussian noise of the corrupted pass", at_least(0)),
+    ladder_combinator=Key("gauss", "the decoder's combinator: gauss (Rasmus et al.) or amlp (Pezeshki et al.)",
+                          one_of(*COMBINATORS)),
+    ladder_epochs=Key(150, "passes over the target pool", positive(integer=True)),
+    ladder_learning_rate=Key(0.002, "Adam learning rate (constant, then linearly to 0 over the last third)",
+                             positive()),
+    ladder_batch_size=Key(100, "labelled and unlabelled batch size of one step", positive(integer=True)))
 
 
 def _ladder(ctx, costs):
@@ -109,20 +101,16 @@ def ladder_gamma(ctx):
 
 
 def _check_pseudo(t) -> None:
-  positive(t, "semi_epochs", integer=True)
-  positive(t, "unlabelled_ratio")
-  require(t.pseudo_label_weight >= 0, "transfer.pseudo_label_weight",
-          f"must be >= 0, got {t.pseudo_label_weight}")
-  require(0 <= t.confidence < 1, "transfer.confidence", f"must be in [0, 1), got {t.confidence}")
   check_chain(t.weak_augment, "transfer.weak_augment")
   check_chain(t.strong_augment, "transfer.strong_augment")
 
 
 PSEUDO_DEFAULTS = dict(
-    semi_epochs=Key(3, "passes over the target pool"),
-    pseudo_label_weight=Key(1.0, "weight of the pseudo-label term"),
-    confidence=Key(0.95, "a pseudo-label counts when its probability is at least this"),
-    unlabelled_ratio=Key(1.0, "target-pool batch = ratio x batch_size"),
+    semi_epochs=Key(3, "passes over the target pool", positive(integer=True)),
+    pseudo_label_weight=Key(1.0, "weight of the pseudo-label term", at_least(0)),
+    confidence=Key(0.95, "a pseudo-label counts when its probability is at least this",
+                   within(0, 1, closed="[)")),
+    unlabelled_ratio=RATIO_KEY,
     weak_augment=Key((("translate", 0.1),), "augmentation chain of the views pseudo-labels are predicted on"),
     strong_augment=Key((("translate", 0.125), ("rotate", 15), ("cutout", 0.25), ("noise", 0.1)), "augmentation chain of the views they are learned on"))
 
