@@ -1,46 +1,30 @@
-"""Checks a config before anything is compiled, from the registries.
+"""Checks a config before anything is compiled.
 
-The common sections (optimiser settings, launch, data fractions) are checked
-here; every registered part named in the config (model family, objective,
-strategies) checks its own keys. Each failure is a ConfigError naming the key
-and the valid values.
+Every key is declared once with its check: the transfer task's sections in
+``tasks/keys.py``, each registered part's (model family, objective, strategies)
+next to its code (``core.registry.Key``). This module runs those checks, then the
+ones that span keys or sections (warm-up below the epochs, budgets against
+strategies, devices against batch sizes, the objective against the family ...).
+Each failure is a ConfigError naming the key and the valid values.
 """
 
 from __future__ import annotations
 
-from aetl_jax.core.config import is_number, require, require_positive
-from aetl_jax.data.streaming import DATA_PATHS
-from aetl_jax.engine.launchers import LAUNCHERS
-from aetl_jax.engine.runtime import RUNNERS
+from aetl_jax.core.config import require, require_positive
+from aetl_jax.core.registry import check_keys
 from aetl_jax.models.family import FAMILIES
 from aetl_jax.objectives.augmentation import check_chain
 from aetl_jax.objectives.registry import OBJECTIVES, batch_norm_objectives, model_kind, roles
 from aetl_jax.strategies.registry import STRATEGIES
-
-OPTIMIZERS = ("adam", "sgd")
-LABEL_SPACES = ("auto", "shared", "different")
-SCHEDULES = ("constant", "cosine", "linear_tail", "inverse_power")
-VALIDATION = ("extra", "within", "none")
+from aetl_jax.tasks.keys import KEYS
 
 
-def _choice(cfg, prefix, name, choices):
-  require(cfg[name] in choices, f"{prefix}.{name}",
-          f"unknown value {cfg[name]!r}; valid: {', '.join(choices)}")
-
-
-def _optim(cfg, prefix, zero_epochs: str = ""):
-  """``zero_epochs``: why 0 epochs is valid here too ('' : it is not)."""
-  require_positive(cfg, prefix, "learning_rate")
-  require_positive(cfg, prefix, "batch_size", integer=True)
-  _choice(cfg, prefix, "optimizer", OPTIMIZERS)
-  _choice(cfg, prefix, "schedule", SCHEDULES)
-  _choice(cfg, prefix, "runner", RUNNERS)
-  require(is_number(cfg.weight_decay) and cfg.weight_decay >= 0, f"{prefix}.weight_decay",
-          f"must be >= 0, got {cfg.weight_decay}")
+def _epochs(cfg, prefix, zero_epochs: str = ""):
+  """``zero_epochs``: why 0 epochs is valid here too ('' : it is not); warm-up below them."""
   if zero_epochs and cfg.epochs == 0:
     return
   require_positive(cfg, prefix, "epochs", integer=True)
-  require(0 <= cfg.warmup_epochs < cfg.epochs, f"{prefix}.warmup_epochs",
+  require(cfg.warmup_epochs < cfg.epochs, f"{prefix}.warmup_epochs",
           f"must be in [0, {prefix}.epochs), got {cfg.warmup_epochs}")
 
 
@@ -48,12 +32,6 @@ def _launch(config, sections):
   launch = config.get("launch")
   if launch is None:
     return
-  _choice(launch, "launch", "launcher", LAUNCHERS)
-  require(launch.num_devices >= 0, "launch.num_devices", "must be >= 0 (0: every device)")
-  if "timeout_s" in launch:
-    require(is_number(launch.timeout_s, integer=True) and launch.timeout_s > 0, "launch.timeout_s",
-            f"must be a positive integer (seconds the processes of a multi-process run wait for "
-            f"each other), got {launch.timeout_s!r}")
   import jax
   present = len(jax.devices())
   require(launch.num_devices <= present, "launch.num_devices",
@@ -104,45 +82,26 @@ def _model_and_objective(config) -> None:
 
 
 def validate_pretrain_config(config) -> None:
-  """Model, objective, pretraining and launch sections."""
+  """Model, objective, pretraining and launch sections: every declared key (tasks/keys.py and
+  the registered parts'), then what spans keys."""
+  check_keys(config, KEYS)
   _launch(config, sections=("pretrain",))
   _model_and_objective(config)
-  p = config.pretrain
-  _optim(p, "pretrain", zero_epochs=config.model.get("weights", ""))
-  require_positive(p, "pretrain", "eval_every", "checkpoint_every", "keep_checkpoints", integer=True)
-  require(is_number(p.grad_clip_norm) and p.grad_clip_norm >= 0, "pretrain.grad_clip_norm",
-          "must be >= 0 (0 disables clipping)")
-  _choice(p, "pretrain", "data_path", DATA_PATHS)
-  if "holdout_fraction" in p:
-    require(is_number(p.holdout_fraction) and 0 <= p.holdout_fraction < 1, "pretrain.holdout_fraction",
-            f"must be in [0, 1) (the source's share pretraining is evaluated on), got "
-            f"{p.holdout_fraction!r}")
-  require_positive(p, "pretrain", "memory_limit_mb")
+  _epochs(config.pretrain, "pretrain", zero_epochs=config.model.get("weights", ""))
 
 
 def validate_transfer_config(config) -> None:
   validate_pretrain_config(config)
   _launch(config, sections=("transfer",))
-  d = config.data
-  require(0.0 < d.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {d.test_fraction}")
-  require(0.0 <= d.source_fraction < 1.0, "data.source_fraction",
-          f"must be in [0, 1) (0: the source is the whole target pool), got {d.source_fraction}")
+  d, t = config.data, config.transfer
   require(d.source_fraction > 0 or d.source == d.target, "data.source_fraction",
           "0 (the source is the target pool) needs data.source == data.target")
-  require(d.get("label_space", "auto") in LABEL_SPACES, "data.label_space",
-          f"unknown value {d.get('label_space')!r}; valid: {', '.join(LABEL_SPACES)}")
-  require(isinstance(d.split_seed, int) and d.split_seed >= 0, "data.split_seed",
-          f"must be an integer >= 0, got {d.split_seed!r}")
-  t = config.transfer
-  _optim(t, "transfer")
+  _epochs(t, "transfer")
   require(len(t.strategies) > 0, "transfer.strategies",
           f"must name at least one of: {', '.join(STRATEGIES.names())}")
   for s in t.strategies:
     STRATEGIES.get(s).check(t, "transfer")
   require(len(set(t.strategies)) == len(t.strategies), "transfer.strategies", "lists a strategy twice")
-  require(len(t.budgets) > 0 and all(isinstance(b, int) and b >= 0 for b in t.budgets),
-          "transfer.budgets", f"must be integers >= 0 (labels per class; 0: no target labels), "
-          f"got {t.budgets!r}")
   unlabelled_ok = [s for s in STRATEGIES.names()
                    if not STRATEGIES.get(s).info.get("needs_target_labels", True)]
   require(0 not in t.budgets or any(s in unlabelled_ok for s in t.strategies), "transfer.budgets",
@@ -150,27 +109,12 @@ def validate_transfer_config(config) -> None:
           f"{', '.join(unlabelled_ok)}")
   require(len(set(t.budgets)) == len(t.budgets), "transfer.budgets",
           f"lists a budget twice ({t.budgets!r}); each (budget, strategy, seed) cell runs once")
-  require_positive(t, "transfer", "seeds", integer=True)
   check_chain(t.get("augment", ()), "transfer.augment")
-  require(isinstance(t.label_seed, int) and t.label_seed >= 0, "transfer.label_seed",
-          f"must be an integer >= 0, got {t.label_seed!r}")
-  require(t.checkpoint_every >= 0, "transfer.checkpoint_every",
-          "must be >= 0 epochs (0: cells are not checkpointed and a killed cell reruns)")
-  require(isinstance(t.val_per_class, int) and t.val_per_class >= 0, "transfer.val_per_class",
-          f"must be an integer >= 0, got {t.val_per_class!r}")
-  _choice(t, "transfer", "validation", VALIDATION)
   if t.validation == "within":
     low = [b for b in t.budgets if 0 < b <= t.val_per_class]
     require(not low, "transfer.validation",
             f"'within' keeps {t.val_per_class} of each budget's labels per class for validation "
             f"(transfer.val_per_class), so every budget must exceed it; got {low}")
-  for key in ("min_steps", "probe_steps"):
-    require(isinstance(t[key], int) and not isinstance(t[key], bool) and t[key] >= 0,
-            f"transfer.{key}", f"must be an integer >= 0 (0: epochs alone), got {t[key]!r}")
-  require_positive(t, "transfer", "probe_c")
   if "wd_rules" in t:
     from aetl_jax.strategies.custom import check_rule_list
     check_rule_list(t.wd_rules, "transfer.wd_rules", frozen_ok=False)
-  r = config.get("report")
-  if r is not None:
-    require_positive(r, "report", "num_figure_images", integer=True)

@@ -239,3 +239,21 @@ def test_a_config_file_value_of_the_wrong_type_is_one_line_before_training():
   config = api.load_config(ml_collections.ConfigDict(raw))
   with pytest.raises(ConfigError, match=r"^config key 'objective\.beta': must be >= 0, got 'big'$"):
     api.validate(config)
+
+
+def test_every_declared_default_passes_its_own_check_and_task_keys_are_checked():
+  """The declarations agree with themselves (each default passes its key's check), for the
+  transfer task's sections (tasks/keys.py) and every registered part; and a task key that
+  had no check before (data.max_pool) is refused in one line."""
+  from aetl_jax.models.family import FAMILIES
+  from aetl_jax.objectives.registry import OBJECTIVES
+  from aetl_jax.strategies.registry import STRATEGIES
+  from aetl_jax.tasks.keys import KEYS
+  for name, key in KEYS.items():
+    assert key.problem(key.default) is None, name
+  for registry in (STRATEGIES, OBJECTIVES, FAMILIES):
+    for entry_name in registry.names():
+      for name, key in registry.get(entry_name).keys.items():
+        assert key.problem(key.default) is None, (registry.kind, entry_name, name)
+  with pytest.raises(ConfigError, match=r"^config key 'data\.max_pool': must be an integer >= 0, got -1$"):
+    validate_transfer_config(digits_config("data.max_pool=-1"))

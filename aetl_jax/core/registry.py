@@ -113,6 +113,17 @@ class Key:
     return None
 
 
+def check_keys(config, keys: Mapping[str, Key]) -> None:
+  """ConfigError for the first of ``keys`` ('section.key' names) that ``config`` holds and
+  gets wrong."""
+  for name, key in keys.items():
+    section, k = name.split(".", 1)
+    if section in config and k in config[section]:
+      problem = key.problem(config[section][k])
+      if problem is not None:
+        raise ConfigError(f"config key '{name}': {problem}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
   name: str

@@ -29,6 +29,7 @@ from aetl_jax.objectives.registry import roles as objective_roles
 from aetl_jax.reporting.figures import summary_figure
 from aetl_jax.reporting.tables import markdown_table, paired_differences, summarise, write_tables
 from aetl_jax.tasks.pretrain import check_source, checkpoint_dir, pretrain
+from aetl_jax.tasks.keys import KEYS, TARGET_POOL_KEYS, docs, sections
 from aetl_jax.tasks.registry import TASKS
 from aetl_jax.transfer.classifiers import make_saver
 from aetl_jax.transfer.sweep import SweepData, run_sweep
@@ -45,32 +46,19 @@ def default_config() -> ml_collections.ConfigDict:
   """
   c = ml_collections.ConfigDict()
   c.task = "transfer"
-  c.data = dict(source="digits", target="digits", data_dir="", manual_dir="", common_shape=(),
-                resize="pad", test_fraction=0.3, source_fraction=0.5, split_seed=0,
-                max_source=0, max_pool=0, max_test=0, stream_source=False, label_space="auto",
-                max_len=64)
+  parts = sections(KEYS)
+  c.data = parts["data"]
   c.model = dict(family="mlp")
   c.objective = dict(name="reconstruction")
-  c.pretrain = dict(
-      epochs=200, batch_size=64, learning_rate=3e-3, optimizer="adam", weight_decay=0.0,
-      l1_decay=0.0, schedule="cosine", warmup_epochs=0, runner="auto", seed=0, eval_every=25,
-      checkpoint_every=25, keep_checkpoints=2, grad_clip_norm=0.0, data_path="auto",
-      memory_limit_mb=1024.0, include_target_pool=False, holdout_fraction=0.1)
-  c.transfer = dict(
-      strategies=("scratch", "linear_probe", "finetune", "lp_ft", "ridge_probe", "knn_probe"),
-      budgets=(10, 25, 50), seeds=5, val_per_class=5, validation="extra", label_seed=0,
-      seed_offset=0, epochs=100, min_steps=1000, probe_steps=10000, probe_c=1.0, learning_rate=3e-3, optimizer="adam", weight_decay=0.0, schedule="cosine",
-      warmup_epochs=0, batch_size=32, runner="auto", checkpoint_every=0, vmap_seeds=True,
-      reinit=(), wd_rules=(), save_classifiers=True, augment=())
-  c.launch = dict(launcher="jit", num_devices=0, distributed=False, timeout_s=300)
-  c.report = dict(num_figure_images=10)
+  for name in ("pretrain", "transfer", "launch", "report"):
+    c[name] = parts[name]
   return c
 
 
 def pretrain_section() -> dict:
   """The ``pretrain`` section for tasks that pretrain on one dataset (one-class, clustering):
   the transfer task's, less its target-pool key."""
-  return {k: v for k, v in default_config().pretrain.to_dict().items() if k != "include_target_pool"}
+  return sections(KEYS, without=TARGET_POOL_KEYS)["pretrain"]
 
 
 # One line per key of the sections above (what --print-config and aetl list show).
@@ -78,68 +66,7 @@ KEY_DOCS = {
     "task": "what the run does (aetl list tasks)",
     "model.family": "the encoder family (aetl list families)",
     "objective.name": "what pretraining minimises (aetl list objectives)",
-    "data.source": "the source dataset: a name (digits, mnist, ...) or idx:/npz:/folder:/olivetti:/tsv:PATH",
-    "data.target": "the target dataset (labelled; its test split scores)",
-    "data.data_dir": "where TFDS keeps prepared datasets ('' : its default)",
-    "data.manual_dir": "folder of the official raw files to prepare a TFDS dataset offline",
-    "data.common_shape": "(H, W, C) both domains are brought to (() : their own shape)",
-    "data.resize": "how: pad (centred), resize (stretched) or bbox (ink box centred by mass, as MNIST)",
-    "data.test_fraction": "share of the target carved as test set when it has no test split",
-    "data.source_fraction": "same dataset: share of its train split that is the unlabelled source (0: the whole pool)",
-    "data.split_seed": "seed of every data split",
-    "data.max_source": "at most this many source images (0: all)",
-    "data.max_pool": "at most this many target-pool images (0: all)",
-    "data.max_test": "at most this many test images (0: all)",
-    "data.stream_source": "stream the source from disk instead of memory",
-    "data.label_space": "auto, shared (source and target name the same classes) or different",
-    "data.max_len": "text: tokens per sentence (longer ones are cut and counted)",
-    "pretrain.epochs": "passes over the source (0: a backbone's weights as they are)",
-    "pretrain.batch_size": "global batch size",
-    "pretrain.learning_rate": "peak learning rate",
-    "pretrain.optimizer": "adam or sgd",
-    "pretrain.weight_decay": "decoupled weight decay",
-    "pretrain.l1_decay": "decoupled L1 decay",
-    "pretrain.schedule": "constant, cosine, linear_tail or inverse_power",
-    "pretrain.warmup_epochs": "linear warm-up epochs",
-    "pretrain.runner": "auto, scan (an epoch per call) or per_batch",
-    "pretrain.seed": "initialisation and data-order seed",
-    "pretrain.eval_every": "held-out evaluation every this many epochs",
-    "pretrain.checkpoint_every": "Orbax checkpoint every this many epochs",
-    "pretrain.keep_checkpoints": "checkpoints kept",
-    "pretrain.grad_clip_norm": "clip the gradients' global norm (0: off)",
-    "pretrain.data_path": "auto, memory or stream",
-    "pretrain.memory_limit_mb": "above this the source streams from disk (data_path auto)",
-    "pretrain.include_target_pool": "pretrain on the target pool's images too (unsupervised objectives)",
-    "pretrain.holdout_fraction": "share of the source held out to evaluate pretraining",
-    "transfer.strategies": "strategies to compare (aetl list strategies)",
-    "transfer.budgets": "labelled target images per class (0: none)",
-    "transfer.seeds": "seeds per (budget, strategy): the labelled draw and the initialisation",
-    "transfer.val_per_class": "validation labels per class",
-    "transfer.validation": "extra (beside the budget), within (out of it) or none",
-    "transfer.label_seed": "seed of the label draws",
-    "transfer.seed_offset": "added to each cell's seed",
-    "transfer.epochs": "epochs of a phase (raised to reach min_steps)",
-    "transfer.min_steps": "every phase runs at least this many optimiser steps",
-    "transfer.probe_steps": "a linear probe's optimiser steps (logistic regression to convergence)",
-    "transfer.probe_c": "the linear probe's inverse L2 strength (scikit-learn's C)",
-    "transfer.learning_rate": "peak learning rate",
-    "transfer.optimizer": "adam or sgd",
-    "transfer.weight_decay": "decoupled weight decay",
-    "transfer.schedule": "constant, cosine, linear_tail or inverse_power",
-    "transfer.warmup_epochs": "linear warm-up epochs",
-    "transfer.batch_size": "labelled batch size",
-    "transfer.runner": "auto, scan or per_batch",
-    "transfer.checkpoint_every": "checkpoint each cell every this many epochs (0: off)",
-    "transfer.vmap_seeds": "train the seeds of a cell as one vmapped program",
-    "transfer.reinit": "regexes of encoder parameters re-initialised instead of loaded",
-    "transfer.wd_rules": "(regex, multiplier) rules of per-parameter weight decay",
-    "transfer.save_classifiers": "save every trained cell's classifier (aetl predict)",
-    "transfer.augment": "augmentation chain of the labelled images, e.g. (('translate', 0.1),)",
-    "launch.launcher": "jit, pmap or shard_map",
-    "launch.num_devices": "devices to use (0: all)",
-    "launch.distributed": "join a multi-process run (jax.distributed)",
-    "launch.timeout_s": "seconds the processes of a multi-process run wait for each other",
-    "report.num_figure_images": "images shown in the summary figure",
+    **docs(KEYS),
 }
 
 
