@@ -343,3 +343,22 @@ def test_the_alignment_objective_is_cross_entropy_on_both_labelled_roles_plus_we
   # large logits: -log sigmoid(z) = log(1 + e^-z), finite where the naive form is not
   logits, targets = np.array([-80.0, 90.0]), np.array([1.0, 0.0])
   assert bce(logits, targets) == pytest.approx(np.mean(np.logaddexp(0, [80.0, 90.0])), rel=1e-5)
+
+
+def test_augment_applies_the_chain_in_order_with_a_key_per_image(monkeypatch):
+  """``augment`` with two stand-in augmentations registered for the test: the chain runs in
+  its order ((x + 1) × 2, not x × 2 + 1), every image gets its own key (equal images come out
+  different, the same key gives the same batch), an empty chain returns the images."""
+  from aetl_jax.objectives.augmentation import AUGMENTATIONS
+  entries = dict(AUGMENTATIONS._entries)
+  monkeypatch.setattr(AUGMENTATIONS, "_entries", entries)
+  AUGMENTATIONS.register("_plus")(lambda key, image, s: image + s)
+  AUGMENTATIONS.register("_times")(lambda key, image, s: image * s)
+  AUGMENTATIONS.register("_keyed")(lambda key, image, s: image + s * jax.random.uniform(key))
+  x = jnp.ones((3, 2, 2, 1))
+  out = augment(jax.random.PRNGKey(0), x, (("_plus", 1.0), ("_times", 2.0)))
+  np.testing.assert_allclose(out, 4.0)
+  keyed = np.asarray(augment(jax.random.PRNGKey(0), x, (("_keyed", 1.0),)))
+  assert len({float(v) for v in keyed[:, 0, 0, 0]}) == 3  # one draw per image
+  np.testing.assert_array_equal(keyed, augment(jax.random.PRNGKey(0), x, (("_keyed", 1.0),)))
+  assert augment(jax.random.PRNGKey(0), x, ()) is x

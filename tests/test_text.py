@@ -371,3 +371,38 @@ def test_a_tab_inside_the_text_stays_in_it(tmp_path):
   for name in ("a.tsv", "b.tsv"):
     texts, labels = text.read_tsv(tmp_path / name)
     assert texts == ["one\ttwo", "three"] and labels.tolist() == [0, 1]
+
+
+def test_text_splits_follow_the_files_and_the_caps(tmp_path):
+  """build_text_transfer_data's rows, checked against the files: a target without test.tsv
+  is split stratified (the test rows are sentences of train.tsv, every class in them); a
+  dev.tsv becomes the validation rows; a different source keeps no labels; max_source caps
+  the source; the split's indices are integer arrays that cover pool, test, validation."""
+  from aetl_jax.data.text import build_text_transfer_data
+
+  one = tmp_path / "one"
+  one.mkdir()
+  rows = corpus(200, 3)
+  write_tsv(one / "train.tsv", rows)
+  write_tsv(one / "dev.tsv", corpus(30, 4))
+  other = tmp_path / "other.tsv"
+  write_tsv(other, corpus(50, 5))
+  d = ml_collections.ConfigDict(dict(source=f"tsv:{other}", target=f"tsv:{one}", data_dir="",
+                                     test_fraction=0.25, split_seed=0, source_fraction=0.5,
+                                     max_source=7, max_pool=0, max_test=0, max_len=32))
+  data = build_text_transfer_data(d, vocab_size=200, progress=False)
+  split, texts = data.split, data.texts["target"]
+  n_pool, n_test, n_val = len(split.target_pool), len(split.test), len(split.val)
+  assert n_val == 30 and n_test == 50 and n_pool == 150
+  for idx in (split.source, split.target_pool, split.test, split.val):
+    assert np.asarray(idx).dtype.kind == "i"
+  assert np.array_equal(np.concatenate([split.target_pool, split.test, split.val]),
+                        np.arange(len(texts)))
+  by_text = dict((t, y) for y, t in rows)
+  test_texts = [texts[i] for i in split.test]
+  assert set(test_texts) <= set(by_text) and set(test_texts).isdisjoint(texts[i] for i in split.target_pool)
+  assert [int(data.labels[i]) for i in split.test] == [by_text[t] for t in test_texts]
+  assert set(data.labels[split.test].tolist()) == {0, 1}
+  assert [texts[i] for i in split.val] == [t for _, t in corpus(30, 4)]
+  assert data.source_labels is None and data.source_classes == ()
+  assert len(data.texts["source"]) == 7 and set(data.texts["source"]) <= {t for _, t in corpus(50, 5)}
