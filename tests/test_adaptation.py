@@ -334,6 +334,11 @@ def test_the_alignment_objective_is_cross_entropy_on_both_labelled_roles_plus_we
   acc = float(np.mean(np.argmax(model.apply({"params": params}, batches["labelled"]["image"]), -1)
                       == np.asarray(batches["labelled"]["label"])))
   assert float(metrics["accuracy"]) == pytest.approx(acc)
+  source_only = {k: v for k, v in batches.items() if k != "labelled"}  # budget 0: source labels only
+  _, metrics = jax.jit(loss_fn)(params, source_only, jax.random.PRNGKey(1))
+  acc = float(np.mean(np.argmax(model.apply({"params": params}, batches["source"]["image"]), -1)
+                      == np.asarray(batches["source"]["label"])))
+  assert float(metrics["accuracy"]) == pytest.approx(acc) and "labelled_accuracy" not in metrics
 
   bce = lambda z, t: float(binary_cross_entropy(jnp.asarray(z), jnp.asarray(t)))
   logits, targets = np.array([-2.0, -0.5, 0.0, 3.0]), np.array([1.0, 0.0, 1.0, 0.0])

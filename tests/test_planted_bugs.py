@@ -147,3 +147,25 @@ def test_compare_counts_a_duplicated_cell_once(tmp_path):
   _, rows = compare([a, b])
   row = next(r for r in rows if r["workdir"] == str(a))
   assert row["n"] == 2 and row["mean"] == pytest.approx(0.6)
+
+
+def test_compare_orders_numbers_by_value_and_names_what_differs(tmp_path):
+  """compare's table: a column per differing key, rows ordered by its value as a number
+  (1e-3 before 1e-2 before 0.1, text after numbers), a separator row as wide as the header;
+  runs whose test sets differ are refused naming each run's test set."""
+  from aetl_jax.reporting.compare import _natural, compare
+  cells = [{"budget": 1, "strategy": "s", "seed": 0, "test_accuracy": 0.5}]
+  dirs = []
+  for name, lr in (("c", 0.1), ("a", 0.01), ("b", 0.001)):
+    d = _run_dir(tmp_path / name, {"size": 10}, cells)
+    (d / "config.json").write_text(json.dumps({"experiment": "transfer", "config": {
+        "data": {"target": "digits"}, "transfer": {"learning_rate": lr}}}))
+    dirs.append(d)
+  table, rows = compare(dirs)
+  assert [r["transfer.learning_rate"] for r in rows] == [0.001, 0.01, 0.1]
+  header, separator = table.splitlines()[:2]
+  assert separator.count("---") == header.count("|") - 1 and "transfer.learning_rate" in header
+  assert sorted([2, "x", 10, "y"], key=_natural) == [2, 10, "x", "y"]
+  other = _run_dir(tmp_path / "other", {"size": 11}, cells)
+  with pytest.raises(ValueError, match=r"test sets differ \(.*size.*10.*11"):
+    compare([dirs[0], other])

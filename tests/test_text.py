@@ -406,3 +406,19 @@ def test_text_splits_follow_the_files_and_the_caps(tmp_path):
   assert [texts[i] for i in split.val] == [t for _, t in corpus(30, 4)]
   assert data.source_labels is None and data.source_classes == ()
   assert len(data.texts["source"]) == 7 and set(data.texts["source"]) <= {t for _, t in corpus(50, 5)}
+  assert data.description["target_dataset"] == {"name": f"tsv:{one}", "route": f"local tsv {one}"}
+  assert data.description["text"] == {"vocab_size": data.tokenizer.get_vocab_size(), "max_len": 32,
+                                      "truncated": {"source": 0, "target": 0},
+                                      "validation": "fixed split"}
+
+
+def test_encode_truncates_only_sentences_longer_than_max_len_minus_the_end_token():
+  """A sentence of exactly max_len - 1 tokens fits beside the end token; one more is cut and
+  counted."""
+  tok = text.train_tokenizer([" ".join(["good"] * 8), "bad"], 50)
+  for words, cut in ((4, 0), (5, 1)):
+    ids, truncated = text.encode(tok, [" ".join(["good"] * words)], max_len=5)
+    assert truncated == cut
+    assert ids[0].tolist()[:4] == [tok.token_to_id("good")] * 4
+    assert ids[0, 4] == tok.token_to_id("[EOS]")
+  assert text.decode(tok, text.encode(tok, ["good bad"], 8)[0]) == ["good bad"]
