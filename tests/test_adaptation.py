@@ -201,6 +201,8 @@ def test_joint_source_pretraining_transfers_its_encoder(tmp_path):
     (["transfer.unlabelled_ratio=0.0"], r"transfer.unlabelled_ratio.*must be a finite positive number"),
     (["transfer.confidence=1.0"], r"transfer.confidence.*\[0, 1\)"),
     (["transfer.strong_augment=(('warp',0.1),)"], r"unknown augmentation 'warp'.*translate"),
+    (["transfer.augment=(('noise',-0.5),)"],
+     r"^config key 'transfer.augment': strength of 'noise' must be a number >= 0, got -0.5$"),
     (["objective.name='reconstruction'"], r"strategy 'source_only' evaluates the classifier "
                                           r"pretrained on the source.*'classification' or 'joint'"),
 ])
@@ -339,6 +341,11 @@ def test_the_alignment_objective_is_cross_entropy_on_both_labelled_roles_plus_we
   acc = float(np.mean(np.argmax(model.apply({"params": params}, batches["source"]["image"]), -1)
                       == np.asarray(batches["source"]["label"])))
   assert float(metrics["accuracy"]) == pytest.approx(acc) and "labelled_accuracy" not in metrics
+  # with dropout, both the labelled and the target passes get their dropout keys
+  dropped = Classifier(MLPEncoder((6,), 3, dropout_rate=0.5), 4)
+  loss_d = OBJECTIVES.get("coral").fn(dropped, ml_collections.FrozenConfigDict({"weight": 0.7}))
+  value, _ = jax.jit(loss_d)(params, batches, jax.random.PRNGKey(1))
+  assert np.isfinite(float(value)) and float(value) != pytest.approx(float(loss), rel=1e-6)
 
   bce = lambda z, t: float(binary_cross_entropy(jnp.asarray(z), jnp.asarray(t)))
   logits, targets = np.array([-2.0, -0.5, 0.0, 3.0]), np.array([1.0, 0.0, 1.0, 0.0])

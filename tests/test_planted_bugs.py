@@ -31,6 +31,8 @@ def test_coral_is_the_frobenius_gap_over_four_d_squared():
   b = jnp.zeros((3, 2))  # covariance 0
   assert float(coral_distance(a, b)) == pytest.approx(1 / 16)
   assert float(coral_distance(2 * a, b)) == pytest.approx(16 / 16)  # Cov scales by 4: ||4||² / 16
+  # each column centred on its own mean: a constant column far from 0 adds nothing
+  assert float(coral_distance(a + jnp.array([0.0, 10.0]), b)) == pytest.approx(1 / 16)
 
 
 def test_mmd_of_two_points_is_the_hand_sum_over_the_bandwidths():
