@@ -374,3 +374,5 @@ def test_augment_applies_the_chain_in_order_with_a_key_per_image(monkeypatch):
   assert len({float(v) for v in keyed[:, 0, 0, 0]}) == 3  # one draw per image
   np.testing.assert_array_equal(keyed, augment(jax.random.PRNGKey(0), x, (("_keyed", 1.0),)))
   assert augment(jax.random.PRNGKey(0), x, ()) is x
+  from aetl_jax.objectives.augmentation import check_chain
+  assert check_chain((("noise", 0.0),), "transfer.augment") == (("noise", 0.0),)  # 0: no effect, valid

@@ -167,7 +167,7 @@ def test_compare_orders_numbers_by_value_and_names_what_differs(tmp_path):
   assert [r["transfer.learning_rate"] for r in rows] == [0.001, 0.01, 0.1]
   header, separator = table.splitlines()[:2]
   assert separator.count("---") == header.count("|") - 1 and "transfer.learning_rate" in header
-  assert sorted([2, "x", 10, "y"], key=_natural) == [2, 10, "x", "y"]
+  assert sorted(["y", 10, "x", 2], key=_natural) == [2, 10, "x", "y"]
   other = _run_dir(tmp_path / "other", {"size": 11}, cells)
   with pytest.raises(ValueError, match=r"test sets differ \(.*size.*10.*11"):
     compare([dirs[0], other])
