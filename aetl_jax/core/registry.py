@@ -22,7 +22,7 @@ import difflib
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from aetl_jax.core.config import ConfigError
+from aetl_jax.core.config import ConfigError, is_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,25 +40,19 @@ class Check:
       return False
 
 
-def _is_number(v, integer: bool = False) -> bool:
-  import math
-  return (isinstance(v, int if integer else (int, float)) and not isinstance(v, bool)
-          and math.isfinite(v))
-
-
 def at_least(low) -> Check:
-  return Check(lambda v: _is_number(v) and v >= low, lambda v: f"must be >= {low}, got {v!r}")
+  return Check(lambda v: is_number(v) and v >= low, lambda v: f"must be >= {low}, got {v!r}")
 
 
 def positive(*, integer: bool = False) -> Check:
   what = "integer" if integer else "number"
-  return Check(lambda v: _is_number(v, integer) and v > 0,
+  return Check(lambda v: is_number(v, integer) and v > 0,
                lambda v: f"must be a finite positive {what}, got {v!r}")
 
 
 def count(low: int = 0, why: str = "") -> Check:
   """An integer >= ``low`` (``why``: what it counts, said in the message)."""
-  return Check(lambda v: _is_number(v, integer=True) and v >= low,
+  return Check(lambda v: is_number(v, integer=True) and v >= low,
                lambda v: f"must be an integer >= {low}{why}, got {v!r}")
 
 
@@ -66,7 +60,7 @@ def within(low, high, *, closed: str = "[]") -> Check:
   """``low``..``high``, each end open or closed as ``closed`` writes it: '[]', '[)', '(]', '()'."""
   left = (lambda v: v >= low) if closed[0] == "[" else (lambda v: v > low)
   right = (lambda v: v <= high) if closed[1] == "]" else (lambda v: v < high)
-  return Check(lambda v: _is_number(v) and left(v) and right(v),
+  return Check(lambda v: is_number(v) and left(v) and right(v),
                lambda v: f"must be in {closed[0]}{low}, {high}{closed[1]}, got {v!r}")
 
 
@@ -84,8 +78,8 @@ def each(check: Check, what: str) -> Check:
 
 # The type a key's default implies, checked when the key declares no check of its own.
 _TYPES = ((bool, lambda v: isinstance(v, bool), "true or false"),
-          (int, lambda v: _is_number(v, integer=True), "an integer"),
-          (float, _is_number, "a finite number"),
+          (int, lambda v: is_number(v, integer=True), "an integer"),
+          (float, is_number, "a finite number"),
           (str, lambda v: isinstance(v, str), "a string"))
 
 
