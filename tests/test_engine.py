@@ -6,6 +6,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 
 from aetl_jax.core.config import ConfigError
@@ -17,7 +18,7 @@ from aetl_jax.objectives.contractive import jacobian_penalty
 from aetl_jax.objectives.registry import OBJECTIVES, make_objective
 from aetl_jax.strategies import STRATEGIES, StrategyContext, build_strategy
 from aetl_jax.transfer.cell import train_strategy
-from tests.conftest import ROOT, classifier_and_params, normal, tiny_config, tree_equal
+from tests.conftest import ROOT, classifier_and_params, digits_config, normal, tiny_config, tree_equal
 
 
 def test_layers_have_no_upward_imports():
@@ -288,6 +289,99 @@ def test_phases_that_differ_only_in_weight_decay_share_their_compiled_programs()
   assert compiled == 0  # nothing compiled for the second decay
   assert float(jnp.abs(b["w"]).sum()) < 0.9 * float(jnp.abs(a["w"]).sum())
   np.testing.assert_allclose(vb["w"][0], b["w"], rtol=1e-5)
+
+
+def _sparse_autoencoder():
+  """A small MLP autoencoder, its parameters and digits images, for the sparse objective."""
+  config = digits_config("objective.name='sparse'", "objective.sparsity='l1'",
+                         "model.widths=(32,)", "model.code_dim=8")
+  x = jnp.asarray(np.random.default_rng(0).random((32, 8, 8, 1)), jnp.float32)
+  model = build_autoencoder(config.model, x.shape[1:], "autoencoder")
+  params = model.init(jax.random.PRNGKey(0), x[:1], method="reconstruct")["params"]
+  return config, model, params, {"source": {"image": x}}
+
+
+@pytest.mark.slow
+def test_an_objectives_weights_are_values_of_the_compiled_step_not_constants(tmp_path):
+  """Keys declared ``Key(value=True)`` (here the sparse objective's ``sparsity_weight``)
+  reach the loss as arguments: a phase with another weight trains with the first one's
+  programs (sequential and vmapped), gives exactly what the loss with that weight compiled
+  in gives, takes effect (a larger weight, smaller codes) and resumes from its checkpoint
+  (the values are not in it: they come from the phase)."""
+  from aetl_jax.engine.driver import run_phases_vmapped
+  from aetl_jax.engine.store import CheckpointStore
+  from aetl_jax.objectives.registry import ValuedLoss, make_loss
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, duration, **kw: compiles.append(event)
+      if event == "/jax/core/compile/backend_compile_duration" else None)
+  config, model, params, data = _sparse_autoencoder()
+  runtime, rng = make_runtime(runner="scan"), jax.random.PRNGKey(1)
+
+  def phase(weight, epochs=2):
+    cfg = {**config.objective.to_dict(), "sparsity_weight": weight}
+    loss, values = make_loss("sparse", model, cfg)
+    assert isinstance(loss, ValuedLoss) and values == (("sparsity_weight", weight),)
+    return Phase("p", loss, (("images", "source", 8),), epochs, Optim(3e-3, schedule="constant"), values=values)
+
+  def constant(weight):
+    cfg = ml_collections.ConfigDict({**config.objective.to_dict(), "sparsity_weight": weight})
+    return Phase("p", make_objective(model, cfg), (("images", "source", 8),), 2, Optim(3e-3, schedule="constant"))
+
+  stacked = jax.tree.map(lambda a: jnp.stack([a, a]), params)
+  data2 = jax.tree.map(lambda a: jnp.stack([a, a]), data)
+  rngs = jnp.stack([rng, rng])
+  small, _ = run_phases([phase(1e-3)], params, data, rng, runtime=runtime)
+  run_phases_vmapped([phase(1e-3)], stacked, data2, rngs, runtime=runtime)
+  before = len(compiles)
+  large, _ = run_phases([phase(2.0)], params, data, rng, runtime=runtime)
+  vlarge, _ = run_phases_vmapped([phase(2.0)], stacked, data2, rngs, runtime=runtime)
+  assert len(compiles) == before  # nothing compiled for the second weight
+  same, _ = run_phases([constant(2.0)], params, data, rng, runtime=runtime)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), large, same)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6),
+               vlarge, large)
+  codes = lambda p: float(jnp.abs(model.apply({"params": p}, data["source"]["image"],
+                                              method="encode")).mean())
+  assert codes(large) < 0.8 * codes(small)
+  store = lambda: CheckpointStore(tmp_path / "ckpt", every=1)
+  run_phases([phase(2.0, epochs=1)], params, data, rng, runtime=runtime, store=store())
+  resumed, rows = run_phases([phase(2.0)], params, data, rng, runtime=runtime, store=store())
+  assert [r["epoch"] for r in rows] == [1]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), resumed, large)
+
+
+def test_strategies_that_differ_only_in_an_objective_weight_share_their_compile_key():
+  """A sweep over transfer.adaptation_weight (or pseudo_label's weight) builds phases equal but
+  for their values: one set of compiled programs for every point."""
+  from aetl_jax.engine.phase import Optim, compile_key
+  config = tiny_config()
+  model, params = classifier_and_params(config)
+
+  def phases(name, weight):
+    cfg = ml_collections.ConfigDict(config.transfer.to_dict())
+    cfg.adaptation_weight = weight
+    ctx = StrategyContext(name, cfg, model, params, Optim(1e-3), budget=3)
+    return build_strategy(name, ctx).phases
+
+  for name in ("coral", "mmd", "dann"):
+    (a,), (b,) = phases(name, 0.5), phases(name, 2.0)
+    assert dict(a.values)["weight"] == 0.5 and dict(b.values)["weight"] == 2.0
+    assert a != b and compile_key(a) == compile_key(b)
+
+
+def test_every_declared_value_key_is_a_number_of_a_registered_objective():
+  """``value=True`` is declared on numbers only (a string or a tuple cannot be an argument of
+  the compiled step), and every objective's weights are values."""
+  from aetl_jax.objectives.registry import OBJECTIVES
+  declared = {(name, k) for name in OBJECTIVES.names()
+              for k, key in OBJECTIVES.get(name).keys.items() if key.value}
+  for name, k in declared:
+    default = OBJECTIVES.get(name).keys[k].default
+    assert isinstance(default, float), (name, k, default)
+  weights = {(name, k) for name in OBJECTIVES.names() for k in OBJECTIVES.get(name).keys
+             if k == "weight" or k.endswith("_weight") or k == "beta"}
+  assert weights <= declared, weights - declared
 
 
 def test_a_phase_without_decay_keeps_the_optimiser_state_its_checkpoints_were_written_in():

@@ -89,12 +89,15 @@ class Key:
   and ``--print-config`` show) and its check: ``check``, or else the default's type (bool,
   int, float — an int is a float too —, str; ``typed=False``: any value).
   ``defaults={'k': Key(0.1, "what k does", at_least(0))}``; a bare value is a key without
-  a description or check."""
+  a description or check. ``value=True`` (an objective's weights): a number the compiled
+  step takes as an argument, not a constant, so configs that differ only in it share their
+  compiled programs; the code reading it must use it in arithmetic only (no Python ``if``)."""
 
   default: Any
   doc: str = ""
   check: Check | None = None
   typed: bool = True
+  value: bool = False
 
   def problem(self, value) -> str | None:
     """What is wrong with ``value`` for this key (None: nothing)."""

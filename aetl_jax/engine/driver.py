@@ -213,11 +213,11 @@ def _vmapped_cell(phases: tuple, spec: tuple, sizes: tuple, runtime: Runtime, da
                   epoch_metrics=None):
   progs = [build_program(p, spec, n, runtime) for p, n in zip(phases, sizes)]
 
-  def cell(params, data, rng, epoch_data, hyper):
+  def cell(params, data, rng, epoch_data, hyper, values):
     history = []
     epoch = 0
-    for prog, values in zip(progs, hyper):
-      prog = prog.with_hyper(values)  # arguments, not constants: one program for any values
+    for prog, h, v in zip(progs, hyper, values):
+      prog = prog.with_hyper(h, v)  # arguments, not constants: one program for any values
       phase = prog.phase
       pdata = phase.prepare(params, data) if phase.prepare else data
 
@@ -234,7 +234,7 @@ def _vmapped_cell(phases: tuple, spec: tuple, sizes: tuple, runtime: Runtime, da
       epoch += phase.epochs
     return params, history
 
-  return jax.jit(jax.vmap(cell, in_axes=(0, dict(data_axes), 0, 0, None)),
+  return jax.jit(jax.vmap(cell, in_axes=(0, dict(data_axes), 0, 0, None, None)),
                  compiler_options=runtime.options)
 
 
@@ -259,7 +259,8 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
   cell = _vmapped_cell(tuple(compile_key(p) for p in phases), tree_spec(one), sizes, runtime,
                        axes, epoch_metrics)
   hyper = tuple(jax.tree.map(jnp.float32, hyperparameters(p)) for p in phases)
-  params, history = cell(params, data, rngs, epoch_data, hyper)
+  values = tuple({k: jnp.float32(v) for k, v in p.values} for p in phases)
+  params, history = cell(params, data, rngs, epoch_data, hyper, values)
   rows = [[] for _ in range(int(rngs.shape[0]))]
   for prog, metrics, (phase, first, _) in zip(progs, history, _spans(phases)):
     metrics = jax.tree.map(np.asarray, metrics)  # (K, epochs)

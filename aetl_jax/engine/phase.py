@@ -95,6 +95,10 @@ class Phase:
   # The losses get ``batches['progress']``: the step's share of the phase, in [0, 1) (for
   # weights ramped over training, as DANN's gradient-reversal weight).
   progress: bool = False
+  # ((name, number), ...): the loss's run-time values, in ``batches['values']`` (an
+  # objective's weights, see ``objectives.registry.make_loss``); arguments of the compiled
+  # step, not constants, like the learning rate.
+  values: tuple[tuple[str, float], ...] = ()
 
   def __post_init__(self):  # plain (role, stream, batch_size) tuples become Sources
     object.__setattr__(self, "feed", as_feed(self.feed))
@@ -124,13 +128,14 @@ def injected(o: Optim) -> dict:
 
 def compile_key(phase: Phase) -> Phase:
   """``phase`` without the values that are arguments of its compiled programs, not constants
-  (learning rate and decays: held in the optimiser state, ``optax.inject_hyperparams``);
-  phases equal but for them share one set of programs (a sweep over them compiles once per
-  shape)."""
+  (learning rate and decays: held in the optimiser state, ``optax.inject_hyperparams``; the
+  loss's ``values``: in the train state); phases equal but for them share one set of
+  programs (a sweep over them compiles once per shape)."""
   unit = lambda o: dataclasses.replace(o, **{k: 1.0 for k in injected(o)})
   adversary = phase.adversary and dataclasses.replace(phase.adversary,
                                                       optim=unit(phase.adversary.optim))
-  return dataclasses.replace(phase, optim=unit(phase.optim), adversary=adversary)
+  return dataclasses.replace(phase, optim=unit(phase.optim), adversary=adversary,
+                             values=tuple((k, 1.0) for k, _ in phase.values))
 
 
 def hyperparameters(phase: Phase) -> tuple[dict, ...]:
@@ -154,21 +159,23 @@ class Program(NamedTuple):
   unit: Callable  # optimiser step -> the schedule at learning rate 1 (rate: lr * unit)
   # The injected values the state starts with, per optimiser (:func:`hyperparameters`).
   hyper: tuple = ({"learning_rate": 1.0},)
+  values: dict = {}  # the loss's run-time values (``Phase.values``; numbers or traced arrays)
 
   @property
   def learning_rate(self):
     """The player's peak learning rate (a number or a traced array)."""
     return self.hyper[0]["learning_rate"]
 
-  def with_hyper(self, hyper) -> "Program":
-    """The same compiled pieces for other injected values (numbers or traced arrays)."""
-    return self._replace(hyper=tuple(hyper))
+  def with_hyper(self, hyper, values=None) -> "Program":
+    """The same compiled pieces for other injected and run-time values (numbers or traced
+    arrays)."""
+    return self._replace(hyper=tuple(hyper), values=self.values if values is None else values)
 
   def trained(self, params):
     return params if self.phase.subtree is None else params[self.phase.subtree]
 
   def init_state(self, params) -> TrainState:
-    state = TrainState.create(self.trained(params), self.tx, self.mask)
+    state = TrainState.create(self.trained(params), self.tx, self.mask, self.values)
     if self.phase.adversary is None:
       return state.replace(opt_state=_with_values(state.opt_state, self.hyper[0]))
     return state.replace(opt_state=tuple(_with_values(s, v) for s, v in
@@ -276,7 +283,7 @@ def build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -
   """The compiled pieces of ``phase`` for parameters of ``spec`` (see :func:`tree_spec`),
   shared by every phase with the same :func:`compile_key`, its injected values bound."""
   return _build_program(compile_key(phase), spec, lead_size, runtime)._replace(
-      phase=phase, hyper=hyperparameters(phase))
+      phase=phase, hyper=hyperparameters(phase), values=dict(phase.values))
 
 
 @functools.lru_cache(maxsize=64)

@@ -28,12 +28,23 @@ from aetl_jax.engine.state import TrainState
 LossFn = Callable[..., tuple[jax.Array, dict]]
 
 
+# The batch key under which a loss receives its run-time values (``TrainState.values``: an
+# objective's weights, arguments of the compiled step rather than constants).
+VALUES = "values"
+
+
 def with_progress(batch, step, progress_steps: int | None):
   """``batch`` with ``'progress'``: the share of the phase's ``progress_steps`` done (for
   losses that ramp a weight over training); unchanged when None."""
   if progress_steps is None:
     return batch
   return {**batch, "progress": step.astype(jnp.float32) / progress_steps}
+
+
+def _loss_batch(state: TrainState, batch, progress_steps: int | None):
+  """What the loss reads: ``batch``, the phase's progress, the state's run-time values."""
+  batch = with_progress(batch, state.step, progress_steps)
+  return {**batch, VALUES: state.values} if state.values else batch
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, trainable_mask=None,
@@ -45,7 +56,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, trainable
   (see :func:`with_progress`)."""
 
   def step(state: TrainState, batch, rng):
-    batch = with_progress(batch, state.step, progress_steps)
+    batch = _loss_batch(state, batch, progress_steps)
     if axis_name is not None:  # independent dropout noise on every device
       rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
     if trainable_mask is None:
@@ -104,7 +115,7 @@ def make_two_player_step(player_loss: LossFn, player_tx, player_mask, adversary_
     return merge_split(optax.apply_updates(trainable, updates), frozen), opt_state, aux
 
   def step(state: TrainState, batch, rng):
-    batch = with_progress(batch, state.step, progress_steps)
+    batch = _loss_batch(state, batch, progress_steps)
     if axis_name is not None:
       rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
     r_adv, r_player = jax.random.split(rng)

@@ -97,7 +97,7 @@ def _target_codes(model, params, images, rng):
 
 
 # The weight of an objective's unsupervised term.
-WEIGHT_KEY = Key(1.0, "weight of the unsupervised term", at_least(0))
+WEIGHT_KEY = Key(1.0, "weight of the unsupervised term", at_least(0), value=True)
 
 
 @OBJECTIVES.register("drcn", model="autoencoder_classifier", roles=("source", "images"),
@@ -221,7 +221,7 @@ def _check_pseudo(o) -> None:
                      defaults=dict(
                          weight=WEIGHT_KEY,
                          confidence=Key(0.95, "a pseudo-label counts when its probability is at least this",
-                                        within(0, 1, closed="[)")),
+                                        within(0, 1, closed="[)"), value=True),
                          weak=Key((("translate", 0.1),), "augmentation chain of the pseudo-labelled views"),
                          strong=Key((("translate", 0.125), ("rotate", 15), ("cutout", 0.25), ("noise", 0.1)), "augmentation chain of the learned views")))
 def pseudo_label(model, o):

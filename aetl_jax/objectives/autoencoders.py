@@ -65,7 +65,7 @@ def sparsity_penalty(code, kind: str, target: float):
                          loss=LOSS_KEY,
                          sparsity=Key("l1", "sparsity penalty: l1 on the code or kl to sparsity_target",
                                       one_of(*SPARSITY)),
-                         sparsity_weight=Key(1e-3, "weight of the sparsity penalty", at_least(0)),
+                         sparsity_weight=Key(1e-3, "weight of the sparsity penalty", at_least(0), value=True),
                          sparsity_target=Key(0.05, "target mean activation (kl)",
                                              within(0, 1, closed="()"))))
 def sparse(model, o):
@@ -97,7 +97,7 @@ def bernoulli_nll(logits, x):
 @OBJECTIVES.register("vae", model="vae", batch_norm=True,
                      defaults=dict(
                          loss=LOSS_KEY,
-                         beta=Key(1.0, "weight of the KL term (beta-VAE)", at_least(0))),
+                         beta=Key(1.0, "weight of the KL term (beta-VAE)", at_least(0), value=True)),
                      model_defaults=dict(latent_dim=16))
 def vae(model, o):
   """Negative ELBO with a β weight on the KL term (nats per image)."""

@@ -53,7 +53,7 @@ def classification(model, o):
                      defaults=dict(
                          loss=LOSS_KEY,
                          reconstruction_weight=Key(1.0, "weight of the reconstruction term beside classification",
-                                                   at_least(0))))
+                                                   at_least(0), value=True)))
 def joint(model, o):
   """Cross-entropy on ``labelled`` + ``reconstruction_weight`` × reconstruction of ``images``.
 

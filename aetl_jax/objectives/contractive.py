@@ -31,7 +31,7 @@ def jacobian_penalty(encode, x):
                      defaults=dict(
                          loss=LOSS_KEY,
                          contractive_weight=Key(0.1, "weight of the encoder Jacobian's Frobenius norm",
-                                                at_least(0))))
+                                                at_least(0), value=True)))
 def contractive(model, o):
   """Reconstruction + ``contractive_weight`` × ‖∂code/∂x‖²_F (encoder Jacobian)."""
 

@@ -119,7 +119,7 @@ def adda(ctx):
   cfg = ctx.cfg
   optim = dataclasses.replace(ctx.optim, optimizer="adam", learning_rate=float(cfg.adda_learning_rate),
                               beta1=0.5, schedule="constant", warmup_epochs=0, weight_decay=0.0)
-  discriminator = Adversary(objective_loss("adda_discriminator", ctx.model),
+  discriminator = Adversary(objective_loss("adda_discriminator", ctx.model)[0],
                             (("domain/.*", 1.0), (".*", FROZEN)), optim)
   phase = ctx.phase("adda", (("encoder/.*", 1.0), (".*", FROZEN)), 1, objective="adda_target",
                     roles=_roles(ctx), batch_sizes={"images": _unlabelled_batch(cfg)},

@@ -27,14 +27,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from aetl_jax.core.config import require
 from aetl_jax.core.registry import Registry
 from aetl_jax.core.rules import FROZEN, Rule, trainable_mask
 from aetl_jax.engine.phase import EVERYTHING, Optim, Phase  # noqa: F401 - strategies use it
 from aetl_jax.models.family import FAMILIES
 from aetl_jax.objectives.augmentation import augmenting, check_chain
 from aetl_jax.objectives.classification import make_classification_loss
-from aetl_jax.objectives.registry import OBJECTIVES, check_batch_norm
+from aetl_jax.objectives.registry import make_loss
 from aetl_jax.objectives.registry import roles as objective_roles
 from aetl_jax.models.variables import variables
 
@@ -111,12 +110,13 @@ class StrategyContext:
         return Phase(name, _head_loss(self.model, l2), feed, epochs, optim, rules,
                      tuple(wd_rules), subtree="head", prepare=_features(self.model),
                      min_steps=min_steps)
-    loss = objective_loss(objective, self.model, objective_cfg)
+    loss, values = objective_loss(objective, self.model, objective_cfg)
     if l2:
       loss = _with_l2(loss, l2, lambda params: params["head"]["kernel"])
     if chain:  # augmented labelled images: features cannot be cached
       loss = augmenting(loss, chain, ("labelled", "source"))
-    return Phase(name, loss, feed, epochs, optim, rules, tuple(wd_rules), min_steps=min_steps)
+    return Phase(name, loss, feed, epochs, optim, rules, tuple(wd_rules), min_steps=min_steps,
+                 values=values)
 
   def _head_only(self, rules) -> bool:
     mask = trainable_mask(self.params, rules)
@@ -126,16 +126,16 @@ class StrategyContext:
 
 
 def objective_loss(objective: str, model, cfg=None):
-  """The registered objective's loss for ``model`` with the keys ``cfg`` (a dict or a
-  ConfigDict; shared with every equal request, so equal phases share compilations)."""
+  """(loss, run-time values) of the registered objective for ``model`` with the keys ``cfg``
+  (a dict or a ConfigDict; see ``objectives.registry.make_loss``). The loss is shared with
+  every equal request, so equal phases share compilations."""
   return _objective_loss(objective, model, ml_collections.FrozenConfigDict(dict(cfg or {})))
 
 
 @functools.lru_cache(maxsize=64)
 def _objective_loss(objective: str, model, cfg: ml_collections.FrozenConfigDict):
   """One loss function per (objective, model, keys): equal phases share compilations."""
-  check_batch_norm(objective, model)
-  return OBJECTIVES.get(objective).fn(model, cfg)
+  return make_loss(objective, model, cfg)
 
 
 @functools.lru_cache(maxsize=32)

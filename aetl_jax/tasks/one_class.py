@@ -43,7 +43,7 @@ from aetl_jax.engine.runtime import runtime_from_config
 from aetl_jax.engine.store import CheckpointStore
 from aetl_jax.evaluation import anomaly
 from aetl_jax.models.registry import build_autoencoder
-from aetl_jax.objectives.registry import make_objective, model_kind
+from aetl_jax.objectives.registry import make_loss, model_kind
 from aetl_jax.reporting import anomaly_figures
 from aetl_jax.reporting.application_tables import auroc_table, class_means
 from aetl_jax.reporting.tables import summarise
@@ -195,8 +195,9 @@ def _trained(config, model, data, seed: int, workdir: Path):
   if found is not None:
     store.close()
     return found[1], None, None
-  phase = Phase("one_class", make_objective(model, config.objective),
-                (("images", "source", pcfg.batch_size),), pcfg.epochs, Optim.from_config(pcfg))
+  loss, values = make_loss(config.objective.name, model, config.objective)
+  phase = Phase("one_class", loss, (("images", "source", pcfg.batch_size),), pcfg.epochs,
+                Optim.from_config(pcfg), values=values)
   images = stacked_training_sets(data, data_seed(config, seed))
   runtime = runtime_from_config(config, "pretrain")
   together = vmapped(config, runtime)

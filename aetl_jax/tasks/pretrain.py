@@ -25,7 +25,7 @@ from aetl_jax.engine.store import CheckpointStore
 from aetl_jax.evaluation.reconstruction import reconstruct, reconstruction_metrics
 from aetl_jax.evaluation.batched import accuracy, batched_apply
 from aetl_jax.models.registry import build_model, check_input_shape, classifies, init_method, reconstructs
-from aetl_jax.objectives.registry import make_objective, model_kind
+from aetl_jax.objectives.registry import make_loss, model_kind
 from aetl_jax.objectives.registry import roles as objective_roles
 from aetl_jax.transfer.encoder import ENCODER_SUBTREE, backbone_weights  # noqa: F401 - re-exported
 from aetl_jax.models.variables import tree_of, variables
@@ -97,8 +97,8 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
     params = {**params, "encoder": backbone_weights(config.model, params["encoder"], workdir)}
   runtime = runtime_from_config(config, "pretrain")
   feed = tuple((role, SOURCE_STREAMS[role], pcfg.batch_size) for role in roles)
-  phase = Phase("pretrain", make_objective(model, config.objective), feed, pcfg.epochs,
-                Optim.from_config(pcfg))
+  loss, values = make_loss(config.objective.name, model, config.objective)
+  phase = Phase("pretrain", loss, feed, pcfg.epochs, Optim.from_config(pcfg), values=values)
   ckpt_dir = checkpoint_dir(workdir)
   checkpoint.write_sidecar(ckpt_dir, {"family": config.model.family,
                                       "objective": config.objective.name,
