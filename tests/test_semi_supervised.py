@@ -158,6 +158,53 @@ def test_the_inductive_mode_never_fits_on_test_codes(method, monkeypatch):
   assert seen[0].shape[0] == len(pool) + len(test) and out["manifold_mode"] == "transductive"
 
 
+class _Noise:
+  """An embedder that forgets its input (a setting that destroys the classes)."""
+
+  def __init__(self, dim):
+    self.rng, self.dim = np.random.default_rng(0), dim
+
+  def fit_transform(self, x):
+    return self.rng.normal(size=(len(x), self.dim))
+
+  transform = fit_transform
+
+
+def test_the_umap_settings_are_chosen_on_the_validation_labels(monkeypatch):
+  """``umap_grid``: each (n_neighbors, min_dist) pair is an embedding of its own, fitted on the
+  pool only (inductive), and the one with the best validation accuracy scores the test set."""
+  seen = []
+
+  def embedder(kind, dim, seed, umap=manifold.UMAP_DEFAULT):
+    assert kind == "umap"
+    seen.append(tuple(umap))
+    return _Recorder([], dim) if tuple(umap) == (30, 0.0) else _Noise(dim)
+
+  monkeypatch.setattr(manifold, "_embedder", embedder)
+  pool, y_pool, test, y_test, train_at, val_at = _pool_and_test()
+  test = test - 100.0
+  cfg = _Cfg(manifold_mode="inductive", manifold_dim=2, manifold_k_grid=(1,),
+             umap_grid=((15, 0.1), (30, 0.0), (5, 0.5)))
+  out = manifold.manifold_probe("knn", "umap")(
+      (None, y_pool[train_at]), (None, y_pool[val_at]), (test, y_test), num_classes=3, cfg=cfg,
+      pool=manifold.ProbePool(pool, train_at, val_at))
+  assert seen == [(15, 0.1), (30, 0.0), (5, 0.5)]
+  assert out["umap"] == [30, 0.0] and out["val_accuracy"] == 1.0 and out["test_accuracy"] > 0.9
+  assert "config key 'transfer.umap_grid'" in _strategy_problem("knn_umap", umap_grid=((1, 0.1),))
+
+
+def _strategy_problem(name, **keys):
+  """The ConfigError of strategy ``name``'s keys ``keys`` ('' when they pass)."""
+  from aetl_jax.core.config import ConfigError
+  from aetl_jax.strategies.registry import STRATEGIES
+  entry = STRATEGIES.get(name)
+  try:
+    entry.check({**entry.defaults, **keys}, "transfer")
+  except ConfigError as e:
+    return str(e)
+  return ""
+
+
 def test_label_spreading_equals_scikit_learns_on_the_same_graph():
   from sklearn.semi_supervised import LabelSpreading
   pool, y_pool, test, y_test, train_at, val_at = _pool_and_test(1)

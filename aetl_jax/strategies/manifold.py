@@ -13,7 +13,9 @@ owning the keys below:
   never read; the table caption says which mode ran).
 * ``manifold_dim``: the embedding's dimensions; ``manifold_k_grid`` (k-NN's k),
   ``spreading_alpha_grid`` and ``spreading_neighbors`` (label spreading's clamping factor
-  and graph degree): chosen on the validation labels (the middle value without any).
+  and graph degree), ``umap_grid`` (UMAP's ``(n_neighbors, min_dist)`` pairs: the library's
+  default ``(15, 0.1)``; its documentation suggests ``(30, 0.0)`` for clustering): chosen on
+  the validation labels (the middle value without any).
 
 The embedding depends on the pool's codes only, not on any label, so a sweep fits it once
 and every budget and seed reuses it (``ProbePool.cache``).
@@ -27,10 +29,10 @@ from typing import Sequence
 
 import numpy as np
 
-from aetl_jax.core.config import require
+from aetl_jax.core.config import is_number, require
 from aetl_jax.strategies.probes import PROBES, select
 from aetl_jax.strategies.registry import STRATEGIES, Strategy
-from aetl_jax.core.registry import Key, count, each, one_of, positive, within
+from aetl_jax.core.registry import Check, Key, count, each, one_of, positive, within
 
 MODES = ("inductive", "transductive")
 EMBEDDINGS = ("none", "pca", "umap")
@@ -47,26 +49,34 @@ class ProbePool:
   cache: dict = dataclasses.field(default_factory=dict)
 
 
-def _embedder(kind: str, dim: int, seed: int):
+UMAP_DEFAULT = (15, 0.1)  # umap-learn's own (n_neighbors, min_dist)
+
+
+def _embedder(kind: str, dim: int, seed: int, umap: tuple = UMAP_DEFAULT):
   if kind == "pca":
     from sklearn.decomposition import PCA
     return PCA(n_components=dim, random_state=seed)
   import umap as umap_learn
-  return umap_learn.UMAP(n_components=dim, random_state=seed, n_jobs=1)
+  neighbors, min_dist = umap
+  return umap_learn.UMAP(n_components=dim, n_neighbors=int(neighbors), min_dist=float(min_dist),
+                         random_state=seed, n_jobs=1)
 
 
 def embed(kind: str, pool: np.ndarray, test: np.ndarray, *, dim: int, mode: str,
-          seed: int = 0, cache: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+          seed: int = 0, cache: dict | None = None,
+          umap: tuple = UMAP_DEFAULT) -> tuple[np.ndarray, np.ndarray]:
   """(pool, test) in the embedding: fitted on the pool (inductive; the test set is mapped
-  through the fitted embedding) or on pool + test (transductive)."""
+  through the fitted embedding) or on pool + test (transductive). ``umap``: UMAP's
+  ``(n_neighbors, min_dist)``."""
   if kind == "none":
     return pool, test
-  key = (kind, dim, mode, seed, hashlib.sha1(np.ascontiguousarray(pool)).hexdigest(),
+  umap = tuple(umap) if kind == "umap" else ()
+  key = (kind, dim, mode, seed, umap, hashlib.sha1(np.ascontiguousarray(pool)).hexdigest(),
          hashlib.sha1(np.ascontiguousarray(test)).hexdigest())
   if cache is not None and key in cache:
     return cache[key]
   dim = min(dim, pool.shape[1])
-  model = _embedder(kind, dim, seed)
+  model = _embedder(kind, dim, seed, *((umap,) if umap else ()))
   if mode == "transductive":
     both = model.fit_transform(np.concatenate([pool, test]))
     out = both[: len(pool)], both[len(pool):]
@@ -124,20 +134,34 @@ def manifold_probe(method: str, embedding: str):
   """The probe ``fn(train, val, test, *, num_classes, cfg, pool)`` of one method on one
   embedding of the pool's codes."""
 
-  def probe(train, val, test, *, num_classes: int, cfg, pool: ProbePool) -> dict:
-    del num_classes
+  def fitted(cfg, pool: ProbePool, train, val, test_codes, settings):
+    """(predictions, validation accuracy, training accuracy, choices) of one embedding."""
     mode = cfg.manifold_mode
-    pool_x, test_x = embed(embedding, pool.features, test[0], dim=cfg.manifold_dim, mode=mode,
-                           cache=pool.cache)
+    pool_x, test_x = embed(embedding, pool.features, test_codes, dim=cfg.manifold_dim,
+                           mode=mode, cache=pool.cache, **settings)
     args = (pool_x, pool.train_at, np.asarray(train[1]), pool.val_at, np.asarray(val[1]), test_x)
     if method == "knn":
-      pred, val_acc, train_acc, chosen = knn(*args, k_grid=tuple(cfg.manifold_k_grid))
+      out = knn(*args, k_grid=tuple(cfg.manifold_k_grid))
     else:
-      pred, val_acc, train_acc, chosen = spread(
-          *args, alpha_grid=tuple(cfg.spreading_alpha_grid), neighbors=cfg.spreading_neighbors,
-          transductive=mode == "transductive")
+      out = spread(*args, alpha_grid=tuple(cfg.spreading_alpha_grid),
+                   neighbors=cfg.spreading_neighbors, transductive=mode == "transductive")
+    return out[:3] + ({**out[3], **{k: list(v) for k, v in settings.items()}},)
+
+  def probe(train, val, test, *, num_classes: int, cfg, pool: ProbePool) -> dict:
+    del num_classes
+    grid = ([{"umap": tuple(u)} for u in cfg.get("umap_grid", (UMAP_DEFAULT,))]
+            if embedding == "umap" else [{}])
+    runs = {}
+
+    def val_acc(i):
+      runs[i] = fitted(cfg, pool, train, val, test[0], grid[i])
+      return runs[i][1]
+
+    best, _ = select(list(range(len(grid))), val_acc, len(pool.val_at) > 0)
+    pred, val_acc, train_acc, chosen = runs[best]
     return {"test_accuracy": float(np.mean(pred == np.asarray(test[1]))), "val_accuracy": val_acc,
-            "train_accuracy": train_acc, "manifold_mode": mode, "embedding": embedding, **chosen}
+            "train_accuracy": train_acc, "manifold_mode": cfg.manifold_mode,
+            "embedding": embedding, **chosen}
 
   return probe
 
@@ -162,7 +186,13 @@ DEFAULTS = dict(
                         each(positive(integer=True), "positive integers")),
     spreading_alpha_grid=Key((0.2, 0.5, 0.8, 0.99), "label spreading's clamping factors tried on validation",
                              each(within(0, 1, closed="()"), "numbers in (0, 1)")),
-    spreading_neighbors=Key(10, "neighbours per node of label spreading's graph", count(1)))
+    spreading_neighbors=Key(10, "neighbours per node of label spreading's graph", count(1)),
+    umap_grid=Key((UMAP_DEFAULT,), "UMAP's (n_neighbors, min_dist) pairs tried on validation",
+                  each(Check(lambda u: isinstance(u, (tuple, list)) and len(u) == 2
+                             and is_number(u[0], integer=True) and u[0] >= 2
+                             and is_number(u[1]) and 0 <= u[1] <= 1,
+                             lambda u: f"must be (n_neighbors >= 2, 0 <= min_dist <= 1), got {u!r}"),
+                       "(n_neighbors, min_dist) pairs")))
 
 
 def _register(name: str, method: str, embedding: str, doc: str) -> None:
