@@ -15,7 +15,8 @@ from aetl_jax.data.preprocessing import bounding_box, to_shape
 from aetl_jax.engine.state import TrainState
 from aetl_jax.engine.step import make_two_player_step
 from aetl_jax.objectives.adaptation import dann_ramp
-from tests.conftest import digits_config
+from aetl_jax.engine.driver import run_phases
+from tests.conftest import digits_config, tree_equal
 
 
 def test_dann_ramp_and_annealing_equal_their_formulas():
@@ -162,6 +163,43 @@ def test_adda_starts_its_target_encoder_as_the_source_encoder():
   assert strategy.init == "source" and strategy.phases[0].adversary is not None
   assert [w for w in jax.tree.map(jnp.shape, params["domain"])["layers_0"]["kernel"]] == [
       params["encoder"]["block_2"]["kernel"].shape[1], 500]
+
+
+@pytest.mark.slow
+def test_adda_on_logits_as_the_papers_code_trains_the_target_network_against_the_frozen_source():
+  """adda_features='logits': the discriminator reads the two classifiers' outputs (10 wide),
+  the target network (encoder and head) is the player and starts as the source network; a few
+  simultaneous steps move the target network and the discriminator, never the source one."""
+  from aetl_jax.engine.phase import Optim
+  from aetl_jax.engine.runtime import make_runtime
+  from aetl_jax.models.variables import tree_of
+  from aetl_jax.strategies.registry import StrategyContext, build_strategy
+  from aetl_jax.transfer.encoder import strategy_model
+  config = digits_config("objective.name='classification'", "transfer.strategies=('adda',)",
+                         "transfer.budgets=(0,)", "transfer.adda_features='logits'",
+                         "transfer.adda_order='simultaneous'", "transfer.adda_steps=4",
+                         "transfer.batch_size=8", "transfer.adda_discriminator=(16,)")
+  model = strategy_model(config, "adda", 10, (8, 8, 1))
+  params = tree_of(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), method="init_all"))
+  assert set(params) == {"encoder", "source_encoder", "head", "source_head", "domain"}
+  assert params["domain"]["layers_0"]["kernel"].shape == (10, 16)
+  strategy = build_strategy("adda", StrategyContext("adda", config.transfer, model, params,
+                                                     Optim.from_config(config.transfer), budget=0))
+  (phase,) = strategy.phases
+  assert phase.adversary.order == "simultaneous"
+  start = strategy.start(params)
+  for name in ("encoder", "head"):
+    assert tree_equal(start[name], start["source_" + name])
+  rng = np.random.default_rng(0)
+  data = {s: {"image": jnp.asarray(rng.random((16, 8, 8, 1)), jnp.float32),
+              "label": jnp.asarray(rng.integers(0, 10, 16))} for s in phase.streams}
+  out, rows = run_phases([phase], start, data, jax.random.PRNGKey(0), runtime=make_runtime())
+  for name in ("source_encoder", "source_head"):
+    assert tree_equal(out[name], start[name])
+  for name in ("encoder", "head", "domain"):
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(out[name]),
+                                                      jax.tree.leaves(start[name]))), name
+  assert {"mapping", "adversary_loss"} <= set(rows[-1])
 
 
 def test_the_bounding_box_resize_of_a_known_image_equals_a_hand_made_one():

@@ -28,6 +28,9 @@ from aetl_jax.engine.state import TrainState
 LossFn = Callable[..., tuple[jax.Array, dict]]
 
 
+# How a two-player step orders its players (see make_two_player_step).
+ORDERS = ("alternating", "simultaneous")
+
 # The batch key under which a loss receives its run-time values (``TrainState.values``: an
 # objective's weights, arguments of the compiled step rather than constants).
 VALUES = "values"
@@ -100,8 +103,8 @@ def make_two_player_step(player_loss: LossFn, player_tx, player_mask, adversary_
   the same parameters. Leaves in neither group stay as they are. Metrics: the player's
   ``loss`` and terms, ``adversary_loss`` and the adversary's terms prefixed ``adversary_``.
   """
-  if order not in ("alternating", "simultaneous"):
-    raise ValueError(f"unknown order {order!r}; valid: alternating, simultaneous")
+  if order not in ORDERS:
+    raise ValueError(f"unknown order {order!r}; valid: {', '.join(ORDERS)}")
 
   def descend(loss_fn, tx, mask, params, opt_state, batch, rng):
     trainable, frozen = split_by_mask(params, mask)

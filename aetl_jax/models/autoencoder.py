@@ -209,24 +209,47 @@ class DomainClassifier(Classifier):
     return self.head(code), self.domain(code)
 
 
+ADDA_FEATURES = ("codes", "logits")
+
+
 class AddaClassifier(DomainClassifier):
   """ADDA's models (Tzeng et al. 2017) in one tree ``{'encoder', 'source_encoder', 'head',
   'domain'}``: the target encoder (``encoder``, what the classifier uses), the source encoder
-  and the source classifier's head it is mapped to, and the discriminator between them."""
+  and the source classifier's head it is mapped to, and the discriminator between them.
+  ``adversary_on``: what the discriminator reads — the encoders' ``codes``, or the
+  classifiers' ``logits`` as the paper's code does (its LeNet's output layer; the tree then
+  holds the source classifier's head as ``source_head`` too)."""
 
   CAN: ClassVar[Can] = Can(classify=True, init="init_all")
 
+  adversary_on: str = "codes"
+
   def setup(self):
     super().setup()
+    if self.adversary_on not in ADDA_FEATURES:
+      raise ValueError(f"unknown adversary_on {self.adversary_on!r}; valid: "
+                       f"{', '.join(ADDA_FEATURES)}")
     self.source_encoder = self.encoder.clone(name="source_encoder")
+    if self.adversary_on == "logits":
+      self.source_head = self.head.clone(name="source_head")
 
   def source_codes(self, x, *, train: bool = False):
     h = self.source_encoder(x, train=train)
     return h if self.feature_dim is None else h[..., : self.feature_dim]
 
+  def source_features(self, x, *, train: bool = False):
+    """What the discriminator sees of a source image (the frozen source network's)."""
+    code = self.source_codes(x, train=train)
+    return code if self.adversary_on == "codes" else self.source_head(code)
+
+  def target_features(self, x, *, train: bool = False):
+    """What the discriminator sees of a target image (the target network's)."""
+    code = self.encode(x, train=train)
+    return code if self.adversary_on == "codes" else self.head(code)
+
   def init_all(self, x):
-    code = self.encode(x)
-    return self.head(code), self.domain(code), self.source_codes(x)
+    logits = self.head(self.encode(x))
+    return logits, self.domain(self.target_features(x)), self.source_features(x)
 
 
 def encode(model: nn.Module, params, x):

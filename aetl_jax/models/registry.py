@@ -98,18 +98,22 @@ def build_autoencoder(m, image_shape: Sequence[int], kind: str = "autoencoder"):
 
 def build_classifier(m, num_classes: int, kind: str = "autoencoder", *,
                      decoder_shape: Sequence[int] | None = None,
-                     domain_hidden: Sequence[int] | None = None, adda: bool = False):
+                     domain_hidden: Sequence[int] | None = None, adda: bool = False,
+                     adda_features: str = "codes"):
   """Encoder + linear head; with ``decoder_shape`` also the decoder (joint objectives), with
   ``domain_hidden`` (the hidden widths) a domain classifier on the codes (adversarial
-  adaptation; with ``adda``, ADDA's source encoder too). ``kind`` is the encoder's: that of
-  the pretraining objective's model (``vae`` keeps the posterior mean)."""
+  adaptation; with ``adda``, ADDA's source encoder too, its discriminator on
+  ``adda_features``). ``kind`` is the encoder's: that of the pretraining objective's model
+  (``vae`` keeps the posterior mean)."""
   kind = encoder_kind(kind)
   feature_dim = m.latent_dim if kind == "vae" else None
   encoder = build_encoder(m, kind)
   if domain_hidden is not None:
-    cls = AddaClassifier if adda else DomainClassifier
-    return cls(encoder=encoder, num_classes=num_classes, feature_dim=feature_dim,
-               domain_hidden=tuple(domain_hidden))
+    if adda:
+      return AddaClassifier(encoder=encoder, num_classes=num_classes, feature_dim=feature_dim,
+                            domain_hidden=tuple(domain_hidden), adversary_on=adda_features)
+    return DomainClassifier(encoder=encoder, num_classes=num_classes, feature_dim=feature_dim,
+                            domain_hidden=tuple(domain_hidden))
   if decoder_shape is not None:
     if kind != "autoencoder":
       raise ValueError(f"joint reconstruction + classification needs a plain autoencoder's "

@@ -148,17 +148,21 @@ def dann(model, o):
   return loss_fn
 
 
+def _adda_features(model, params, images, rng, method: str):
+  return model.apply({"params": params}, images, train=True, rngs={"dropout": rng}, method=method)
+
+
 @OBJECTIVES.register("adda_target", model="adda", roles=("source", "images"),
                      defaults={})
 def adda_target(model, o):
   """ADDA's target encoder (Tzeng et al. 2017, eq. 9): the GAN loss with inverted labels,
-  -log D(M_t(x_t)), so the target codes pass for source codes; + cross-entropy of the frozen
-  source head on the target's labelled batch when there is one."""
+  -log D(M_t(x_t)), so the target codes (or logits) pass for source ones; + cross-entropy of
+  the head on the target's labelled batch when there is one."""
   del o
 
   def loss_fn(params, batches, rng):
     r_t, r_l = jax.random.split(rng)
-    z_t = _target_codes(model, params, batches["images"]["image"], r_t)
+    z_t = _adda_features(model, params, batches["images"]["image"], r_t, "target_features")
     logits = model.apply({"params": params}, z_t, method="domain_logits")[:, 0]
     fool = binary_cross_entropy(logits, jnp.ones_like(logits))
     metrics = {"mapping": fool}
@@ -174,14 +178,14 @@ def adda_target(model, o):
 @OBJECTIVES.register("adda_discriminator", model="adda", roles=("source", "images"),
                      defaults={})
 def adda_discriminator(model, o):
-  """ADDA's discriminator (eq. 8): source codes M_s(x_s) are 1, target codes M_t(x_t) are 0."""
+  """ADDA's discriminator (eq. 8): source codes M_s(x_s) are 1, target codes M_t(x_t) are 0
+  (or the two classifiers' logits: ``AddaClassifier.adversary_on``)."""
   del o
 
   def loss_fn(params, batches, rng):
     r_s, r_t = jax.random.split(rng)
-    z_s = model.apply({"params": params}, batches["source"]["image"], train=True,
-                      rngs={"dropout": r_s}, method="source_codes")
-    z_t = _target_codes(model, params, batches["images"]["image"], r_t)
+    z_s = _adda_features(model, params, batches["source"]["image"], r_s, "source_features")
+    z_t = _adda_features(model, params, batches["images"]["image"], r_t, "target_features")
     logits = model.apply({"params": params}, jnp.concatenate([z_s, z_t]),
                          method="domain_logits")[:, 0]
     domain = jnp.concatenate([jnp.ones(len(z_s)), jnp.zeros(len(z_t))])

@@ -19,7 +19,11 @@ the source, or at least ``adaptation_steps`` optimiser steps.
   ``adda_discriminator`` units (the paper's 500-500): the discriminator learns to tell source
   codes (the frozen source encoder) from target codes, the target encoder learns to fool it
   (inverted labels); both Adam at ``adda_learning_rate`` with β1 = 0.5, for
-  ``adda_steps``. The frozen source head classifies the target codes.
+  ``adda_steps``. The frozen source head classifies the target codes. The paper's code
+  differs in two ways, both keys: its discriminator reads the classifiers' outputs, not the
+  codes (``adda_features='logits'``: the target network's head trains with its encoder, the
+  source network's stays as ``source_head``), and it updates both players at the same
+  parameters (``adda_order='simultaneous'``).
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ import dataclasses
 
 from aetl_jax.core.rules import FROZEN
 from aetl_jax.engine.phase import Adversary
+from aetl_jax.engine.step import ORDERS
+from aetl_jax.models.autoencoder import ADDA_FEATURES
 from aetl_jax.strategies.registry import EVERYTHING, STRATEGIES, Strategy, objective_loss
-from aetl_jax.core.registry import Check, Key, at_least, count, each, positive
+from aetl_jax.core.registry import Check, Key, at_least, count, each, one_of, positive
 
 WIDTHS = Check(lambda v: (isinstance(v, int) and not isinstance(v, bool) and v > 0)
                or (isinstance(v, (tuple, list)) and len(v) > 0
@@ -113,16 +119,26 @@ def dann(ctx):
                          "adda_learning_rate": Key(2e-4, "Adam learning rate of ADDA's encoder and discriminator (beta1 0.5)",
                                                    positive()),
                          "adda_steps": Key(10_000, "optimiser steps of ADDA's adversarial phase",
-                                           positive(integer=True))})
+                                           positive(integer=True)),
+                         "adda_features": Key("codes", "what the discriminator reads: the encoders' codes, or the "
+                                              "classifiers' logits (the paper's code; the target head trains too)",
+                                              one_of(*ADDA_FEATURES)),
+                         "adda_order": Key("alternating", "discriminator step first, then the encoder against it "
+                                           "(alternating), or both at the same parameters (simultaneous, the paper's code)",
+                                           one_of(*ORDERS))})
 def adda(ctx):
   """ADDA: a target encoder mapped onto the frozen source encoder's codes by a GAN game."""
   cfg = ctx.cfg
   optim = dataclasses.replace(ctx.optim, optimizer="adam", learning_rate=float(cfg.adda_learning_rate),
                               beta1=0.5, schedule="constant", warmup_epochs=0, weight_decay=0.0)
   discriminator = Adversary(objective_loss("adda_discriminator", ctx.model)[0],
-                            (("domain/.*", 1.0), (".*", FROZEN)), optim)
-  phase = ctx.phase("adda", (("encoder/.*", 1.0), (".*", FROZEN)), 1, objective="adda_target",
+                            (("domain/.*", 1.0), (".*", FROZEN)), optim,
+                            order=cfg.get("adda_order", "alternating"))
+  logits = cfg.get("adda_features", "codes") == "logits"
+  player = (("encoder/.*", 1.0),) + ((("head/.*", 1.0),) if logits else ()) + ((".*", FROZEN),)
+  phase = ctx.phase("adda", player, 1, objective="adda_target",
                     roles=_roles(ctx), batch_sizes={"images": _unlabelled_batch(cfg)},
                     optim=optim, min_steps=int(cfg.adda_steps))
+  copies = {"source_encoder": "encoder", **({"source_head": "head"} if logits else {})}
   return Strategy(ctx.name, "source", (dataclasses.replace(phase, adversary=discriminator),),
-                  start=lambda p: {**p, "source_encoder": p["encoder"]})
+                  start=lambda p: {**p, **{k: p[v] for k, v in copies.items()}})

@@ -39,18 +39,19 @@ def target_model(config, num_classes: int, kind: str, input_shape):
   hidden = t.get(key, (100,))
   hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
   return _target_model(config.model.to_json(), config.objective.name, num_classes, kind,
-                       tuple(input_shape), hidden)
+                       tuple(input_shape), hidden, t.get("adda_features", "codes"))
 
 
 @functools.lru_cache(maxsize=16)
 def _target_model(model_json: str, objective: str, num_classes: int, kind: str, input_shape,
-                  domain_hidden: tuple):
+                  domain_hidden: tuple, adda_features: str = "codes"):
   import ml_collections
   m = ml_collections.ConfigDict(__import__("json").loads(model_json))
   adversarial = kind in ("domain_classifier", "adda")
   return build_classifier(m, num_classes, model_kind(objective),
                           decoder_shape=input_shape if kind == "autoencoder_classifier" else None,
-                          domain_hidden=domain_hidden if adversarial else None, adda=kind == "adda")
+                          domain_hidden=domain_hidden if adversarial else None, adda=kind == "adda",
+                          adda_features=adda_features)
 
 
 def load_head(ckpt_dir, template):
