@@ -167,7 +167,8 @@ def describe_config(config) -> str:
 
 def task_defaults(config) -> dict:
   """Flattened default values of every key ``config`` may hold: its task's defaults completed
-  with the registered parts the config names (to let older workdirs resume)."""
+  with the registered parts the config names, and every registered strategy's keys (a config
+  file may set the keys of strategies an override then drops), to let older workdirs resume."""
   from aetl_jax.core.config import flatten
   make = TASKS.get(config.get("task", "transfer")).info.get("default_config")
   if make is None:
@@ -178,6 +179,8 @@ def task_defaults(config) -> dict:
       if section in config and key in config[section] and section in base:
         base[section][key] = config[section][key]
   complete(base)
+  if "transfer" in base:
+    _add(base.transfer, STRATEGIES.defaults(STRATEGIES.names()))
   return flatten(base.to_dict())
 
 

@@ -10,6 +10,7 @@ import ml_collections
 import pytest
 
 from aetl_jax.core.config import ConfigError
+from aetl_jax.core.rules import FROZEN
 from aetl_jax.engine.driver import run_phases
 from aetl_jax.engine.phase import Optim, Phase
 from aetl_jax.engine.runtime import make_runtime
@@ -289,6 +290,52 @@ def test_phases_that_differ_only_in_weight_decay_share_their_compiled_programs()
   assert compiled == 0  # nothing compiled for the second decay
   assert float(jnp.abs(b["w"]).sum()) < 0.9 * float(jnp.abs(a["w"]).sum())
   np.testing.assert_allclose(vb["w"][0], b["w"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_phases_that_differ_only_in_rule_multipliers_share_their_compiled_programs():
+  """The rules' learning-rate and weight-decay multipliers are values in the optimiser state:
+  a phase with other multipliers trains with the first one's programs (sequential and
+  vmapped), and they act as before: a rule's multiplier m at learning rate r is the learning
+  rate m·r for its leaves (its decoupled decay included), a weight-decay multiplier m at decay
+  d the decay m·d."""
+  import dataclasses
+  from aetl_jax.engine.driver import run_phases_vmapped
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, duration, **kw: compiles.append(event)
+      if event == "/jax/core/compile/backend_compile_duration" else None)
+
+  def loss(p, b, rng):
+    return jnp.mean((b["x"]["image"] @ p["w"] + p["b"] - 1.0) ** 2), {}
+
+  params = {"b": jnp.zeros((2,)), "w": jnp.full((3, 2), 0.5)}
+  data = {"s": {"image": jnp.asarray(np.random.default_rng(0).random((16, 3)), jnp.float32)}}
+  stacked = jax.tree.map(lambda a: jnp.stack([a, a]), params)
+  data2 = jax.tree.map(lambda a: jnp.stack([a, a]), data)
+  runtime, rng = make_runtime(runner="scan"), jax.random.PRNGKey(0)
+  rngs = jnp.stack([rng, rng])
+  optim = Optim(1e-2, weight_decay=0.1, schedule="constant")
+  first = Phase("p", loss, (("x", "s", 4),), 2, optim, rules=(("w", 0.1), ("b", 1.0)),
+                wd_rules=(("w", 0.5),))
+  run_phases([first], params, data, rng, runtime=runtime)
+  run_phases_vmapped([first], stacked, data2, rngs, runtime=runtime)
+  before = len(compiles)
+  second = dataclasses.replace(first, rules=(("w", 0.3), ("b", 1.0)), wd_rules=(("w", 2.0),))
+  out, _ = run_phases([second], params, data, rng, runtime=runtime)
+  vout, _ = run_phases_vmapped([second], stacked, data2, rngs, runtime=runtime)
+  assert len(compiles) == before  # nothing compiled for the second multipliers
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-7), vout, out)
+  # the same as a rate and a decay given directly: w at 0.3 × 1e-2 with decay 2 × 0.1 (the
+  # multiplier scales the whole update, decoupled decay included), compared over one step
+  # (b frozen there, so one full-batch step)
+  one = lambda ph: dataclasses.replace(ph, epochs=1, feed=(("x", "s", 16),))
+  w_alone = Phase("w", loss, (("x", "s", 16),), 1,
+                  Optim(3e-3, weight_decay=0.2, schedule="constant"), rules=(("w", 1.0), ("b", FROZEN)))
+  a, _ = run_phases([one(second)], params, data, rng, runtime=runtime)
+  b, _ = run_phases([w_alone], params, data, rng, runtime=runtime)
+  assert not np.allclose(a["w"], params["w"])
+  np.testing.assert_allclose(a["w"], b["w"], rtol=1e-6, atol=1e-8)
 
 
 def _sparse_autoencoder():

@@ -131,6 +131,40 @@ def test_a_step_saved_before_learning_rates_moved_into_the_state_resumes_bitwise
   assert not (tmp_path / "quarantine").exists()
 
 
+def test_a_step_saved_before_the_multipliers_were_injected_resumes_bitwise(tmp_path):
+  """0.4 compiled the rules' learning-rate and weight-decay multipliers in; since 0.5 they are
+  values in the optimiser state. A 0.4 step is read in its layout, given the configured
+  multipliers, and the next updates equal 0.4's."""
+  import optax
+  from aetl_jax.core.optim import make_optimizer
+  from aetl_jax.engine.compat import without_multipliers
+  unit = optax.cosine_decay_schedule(1.0, 10)
+  lr = lambda rate: (lambda count: rate * unit(count))
+  mults, wd = {"b": 1.0, "w": 0.3}, {"b": 0.0, "w": 2.0}
+  old_tx = optax.inject_hyperparams(lambda learning_rate, weight_decay: make_optimizer(
+      learning_rate=lr(learning_rate), weight_decay=weight_decay, lr_multipliers=mults,
+      wd_multipliers=wd))(learning_rate=0.1, weight_decay=0.05)
+
+  def new(learning_rate, weight_decay, lr_multipliers, wd_multipliers):
+    tree = lambda v: {"b": v[0], "w": v[1]}
+    return make_optimizer(learning_rate=lr(learning_rate), weight_decay=weight_decay,
+                          lr_multipliers=tree(lr_multipliers), wd_multipliers=tree(wd_multipliers))
+  new_tx = optax.inject_hyperparams(new)(learning_rate=0.1, weight_decay=0.05,
+                                         lr_multipliers=np.float32([1.0, 0.3]),
+                                         wd_multipliers=np.float32([0.0, 2.0]))
+  params = {"b": jnp.float32(0.5), "w": jnp.linspace(-1.0, 1.0, 5)}
+  p2, s2, reference = _saved_after_two_updates(old_tx, params, tmp_path / "checkpoints")
+
+  fresh = {"params": params, "opt_state": new_tx.init(params), "step": jnp.int32(0)}
+  assert jax.tree.structure(without_multipliers(fresh["opt_state"])) == jax.tree.structure(s2)
+  step, tree = CheckpointStore(tmp_path / "checkpoints").restore(lambda s: fresh)
+  assert step == 2
+  np.testing.assert_array_equal(tree["opt_state"].hyperparams["lr_multipliers"], np.float32([1.0, 0.3]))
+  resumed, _ = _updates(new_tx, tree["params"], tree["opt_state"], 3)
+  assert tree_equal(resumed, reference)
+  assert not (tmp_path / "quarantine").exists()
+
+
 def test_a_step_saved_before_the_decays_were_injected_resumes_bitwise(tmp_path):
   """0.3 injected the learning rate alone; since 0.4 a non-zero weight decay is injected too.
   A 0.3 step with weight decay is read in its layout, given the configured decay, and the

@@ -241,6 +241,17 @@ def test_a_run_written_before_a_defaulted_key_existed_still_resumes(tmp_path, ca
   changed = digits_config("pretrain.epochs=1", "transfer.augment=(('noise',0.1),)")
   with pytest.raises(WorkdirError, match=r"transfer.augment: '<absent>' -> \(\('noise', 0.1\),\)"):
     prepare_workdir(tmp_path, changed, experiment="transfer", defaults=api.task_defaults(changed))
+  # a key of a strategy the run does not name (a config file that lists it, an override that
+  # drops it: the file's keys stay), added since, at its default
+  listed = digits_config("pretrain.epochs=1", "transfer.strategies=('adda','scratch')")
+  listed.transfer.strategies = ("scratch",)
+  record = json.loads((tmp_path / "config.json").read_text())
+  record["config"] = json.loads(json.dumps(listed.to_dict()))
+  del record["config"]["transfer"]["adda_features"], record["config"]["data"]["label_space"]
+  (tmp_path / "config.json").write_text(json.dumps(record))
+  _, resuming = prepare_workdir(tmp_path, listed, experiment="transfer",
+                                defaults=api.task_defaults(listed))
+  assert resuming
 
 
 def test_a_quoted_exception_is_its_first_line_or_its_type_name():

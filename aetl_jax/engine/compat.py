@@ -6,7 +6,9 @@ earlier versions saved. A checkpoint in the earlier layout is read into that inn
 wrapped again; the update that follows is the one the earlier version would have made (the
 schedule lives inside the wrapped optimiser and counts its own steps; the wrapper's count
 only records updates). Since 0.4 the weight and L1 decays are injected too (when not zero):
-a 0.3 state holding the learning rate alone gets the configured decays.
+a 0.3 state holding the learning rate alone gets the configured decays. Since 0.5 the rules'
+learning-rate and weight-decay multipliers are injected too (``lr_multipliers``,
+``wd_multipliers``): a 0.4 state without them gets the configured ones.
 """
 
 from __future__ import annotations
@@ -60,8 +62,18 @@ def learning_rate_only(tree):
       inner_state=learning_rate_only(state.inner_state)))
 
 
+MULTIPLIERS = ("lr_multipliers", "wd_multipliers")
+
+
+def without_multipliers(tree):
+  """``tree`` with no injected multipliers (0.4's layout)."""
+  return _at_states(tree, tree, lambda state, _: state._replace(
+      hyperparams={k: v for k, v in state.hyperparams.items() if k not in MULTIPLIERS},
+      inner_state=without_multipliers(state.inner_state)))
+
+
 def with_configured_decays(fresh, old):
-  """``old`` (0.3's layout) with the hyper-parameters it lacks taken from ``fresh``."""
+  """``old`` (an earlier layout) with the hyper-parameters it lacks taken from ``fresh``."""
   return _at_states(fresh, old, lambda state, o: o._replace(
       hyperparams={**state.hyperparams, **o.hyperparams},
       inner_state=with_configured_decays(state.inner_state, o.inner_state)))
@@ -76,6 +88,10 @@ def legacy_layouts(template: dict) -> list:
   fresh = template["opt_state"]
   same = lambda a: jax.tree.structure(a) == jax.tree.structure(fresh)
   out = []
+  plain = without_multipliers(fresh)
+  if not same(plain):
+    out.append(({**template, "opt_state": plain},
+                lambda tree: {**tree, "opt_state": with_configured_decays(fresh, tree["opt_state"])}))
   lr_only = learning_rate_only(fresh)
   if not same(lr_only):
     out.append(({**template, "opt_state": lr_only},

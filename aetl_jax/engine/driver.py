@@ -19,8 +19,8 @@ import numpy as np
 
 from aetl_jax.engine.guard import check_finite, first_nonfinite
 from aetl_jax.engine.metrics_log import JsonlLog
-from aetl_jax.engine.phase import (Phase, Program, build_program, compile_key, hyperparameters,
-                                   steps_per_epoch, tree_spec)
+from aetl_jax.engine.phase import (Phase, Program, build_program, compile_key, steps_per_epoch,
+                                   tree_spec)
 from aetl_jax.engine.runtime import Runtime
 from aetl_jax.engine.store import CheckpointStore
 from aetl_jax.engine.loop import num_examples
@@ -258,7 +258,7 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
   axes = tuple(sorted((k, None if k in shared else 0) for k in data))
   cell = _vmapped_cell(tuple(compile_key(p) for p in phases), tree_spec(one), sizes, runtime,
                        axes, epoch_metrics)
-  hyper = tuple(jax.tree.map(jnp.float32, hyperparameters(p)) for p in phases)
+  hyper = tuple(jax.tree.map(jnp.float32, prog.hyper) for prog in progs)
   values = tuple({k: jnp.float32(v) for k, v in p.values} for p in phases)
   params, history = cell(params, data, rngs, epoch_data, hyper, values)
   rows = [[] for _ in range(int(rngs.shape[0]))]

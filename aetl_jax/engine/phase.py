@@ -21,10 +21,11 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from aetl_jax.core.optim import learning_rate_schedule, make_optimizer
-from aetl_jax.core.rules import (Rule, freeze_and_multipliers, split_by_mask, tree_paths,
+from aetl_jax.core.rules import (FROZEN, Rule, freeze_and_multipliers, split_by_mask, tree_paths,
                                  weight_decay_multipliers)
 from aetl_jax.core.statistics import statistics_mask
 from aetl_jax.engine.loop import (Feed, as_feed, epoch_body, make_epoch_fn,
@@ -126,21 +127,40 @@ def injected(o: Optim) -> dict:
   return {k: float(getattr(o, k)) for k in INJECTED if k == "learning_rate" or getattr(o, k)}
 
 
+# A learning-rate multiplier other than 1 in a compile key: which leaves are scaled is the
+# program's structure, by how much a value in the optimiser state (``lr_multipliers``).
+_SCALED = 0.5
+
+
+def _unit_rules(rules) -> tuple:
+  return tuple((r, v if v == FROZEN or v == 1.0 else _SCALED) for r, v in rules)
+
+
 def compile_key(phase: Phase) -> Phase:
   """``phase`` without the values that are arguments of its compiled programs, not constants
-  (learning rate and decays: held in the optimiser state, ``optax.inject_hyperparams``; the
-  loss's ``values``: in the train state); phases equal but for them share one set of
-  programs (a sweep over them compiles once per shape)."""
+  (learning rate, decays and the rules' learning-rate and weight-decay multipliers: held in
+  the optimiser state, ``optax.inject_hyperparams``; the loss's ``values``: in the train
+  state); phases equal but for them share one set of programs (a sweep over them compiles
+  once per shape)."""
   unit = lambda o: dataclasses.replace(o, **{k: 1.0 for k in injected(o)})
-  adversary = phase.adversary and dataclasses.replace(phase.adversary,
-                                                      optim=unit(phase.adversary.optim))
+  adversary = phase.adversary and dataclasses.replace(
+      phase.adversary, optim=unit(phase.adversary.optim), rules=_unit_rules(phase.adversary.rules))
   return dataclasses.replace(phase, optim=unit(phase.optim), adversary=adversary,
+                             rules=_unit_rules(phase.rules),
+                             wd_rules=tuple((r, 1.0) for r, _ in phase.wd_rules),
                              values=tuple((k, 1.0) for k, _ in phase.values))
 
 
-def hyperparameters(phase: Phase) -> tuple[dict, ...]:
-  """The values :func:`compile_key` takes out: (player's,) or (player's, adversary's)."""
-  return (injected(phase.optim),) + ((injected(phase.adversary.optim),) if phase.adversary else ())
+def hyperparameters(phase: Phase, spec: tuple) -> tuple[dict, ...]:
+  """The values :func:`compile_key` takes out, for parameters of ``spec``: (player's,) or
+  (player's, adversary's)."""
+  template = _template(spec)
+  player = _Masks.of(template, phase.rules, phase.wd_rules, phase.subtree)
+  out = ({**injected(phase.optim), **player.vectors(phase.optim)},)
+  if phase.adversary is not None:
+    a = phase.adversary
+    out += ({**injected(a.optim), **_Masks.of(template, a.rules, (), None).vectors(a.optim)},)
+  return out
 
 
 def _with_values(opt_state, values: dict):
@@ -200,6 +220,50 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return max(num_examples // min(batch_size, num_examples), 1)
 
 
+class _Masks(NamedTuple):
+  """What the rules make of one group of leaves."""
+
+  mask: Any  # the differentiated leaves (running statistics never are)
+  step_mask: Any  # ``mask``, or None when every leaf trains
+  stats_mask: Any  # the rules' mask where running statistics are updated, or None
+  mults: Any  # learning-rate multipliers of the differentiated leaves
+  wd: Any  # their weight-decay multipliers (None without wd_rules)
+
+  @classmethod
+  def of(cls, template, rules, wd_rules, subtree) -> "_Masks":
+    """The rules' freeze mask and multipliers over ``template`` (or its ``subtree``)."""
+    mask, mults = freeze_and_multipliers(template, rules)
+    wd = weight_decay_multipliers(template, wd_rules) if wd_rules else None
+    if subtree is not None:
+      mask, mults = mask[subtree], mults[subtree]
+      wd = None if wd is None else wd[subtree]
+    stats = statistics_mask(mask)
+    stats_mask = mask if any(jax.tree.leaves(stats)) else None  # BatchNorm statistics to update
+    mask = jax.tree.map(lambda m, s: bool(m) and not s, mask, stats)  # never differentiated
+    step_mask = None if all(jax.tree.leaves(mask)) else mask
+    if step_mask is not None:
+      mults = split_by_mask(mults, mask)[0]
+      wd = None if wd is None else split_by_mask(wd, mask)[0]
+    return cls(mask, step_mask, stats_mask, mults, wd)
+
+  def vectors(self, o: Optim) -> dict:
+    """The multipliers the optimiser state holds, one number per differentiated leaf: the
+    learning rate's when one differs from 1, the weight decay's under wd_rules (when the
+    decay is not zero)."""
+    out = {}
+    if any(v != 1.0 for v in jax.tree.leaves(self.mults)):
+      out["lr_multipliers"] = np.asarray(jax.tree.leaves(self.mults), np.float32)
+    if self.wd is not None and o.weight_decay:
+      out["wd_multipliers"] = np.asarray(jax.tree.leaves(self.wd), np.float32)
+    return out
+
+
+def _as_tree(treedef, vector):
+  """A multiplier vector (numbers or a traced array) as a tree of scalars."""
+  return None if vector is None else jax.tree.unflatten(
+      treedef, [vector[i] for i in range(treedef.num_leaves)])
+
+
 class _Optimiser(NamedTuple):
   tx: optax.GradientTransformation  # its learning rate a hyperparameter in its state
   mask: Any  # the differentiated leaves (running statistics never are)
@@ -210,34 +274,27 @@ class _Optimiser(NamedTuple):
 
 def _optimiser(template, rules, wd_rules, o: Optim, subtree, total: int, per_epoch: int):
   """The optimiser of one group of leaves: the rules' freeze mask and multipliers over
-  ``template`` (or its ``subtree``), the schedule over ``total`` steps."""
-  mask, mults = freeze_and_multipliers(template, rules)
-  wd = weight_decay_multipliers(template, wd_rules) if wd_rules else None
-  if subtree is not None:
-    mask, mults = mask[subtree], mults[subtree]
-    wd = None if wd is None else wd[subtree]
-  stats = statistics_mask(mask)
-  stats_mask = mask if any(jax.tree.leaves(stats)) else None  # BatchNorm statistics to update
-  mask = jax.tree.map(lambda m, s: bool(m) and not s, mask, stats)  # never differentiated
-  step_mask = None if all(jax.tree.leaves(mask)) else mask
-  if step_mask is not None:
-    mults = split_by_mask(mults, mask)[0]
-    wd = None if wd is None else split_by_mask(wd, mask)[0]
+  ``template`` (or its ``subtree``), the schedule over ``total`` steps. The multipliers are
+  values in its state (see :meth:`_Masks.vectors`)."""
+  m = _Masks.of(template, rules, wd_rules, subtree)
+  treedef = jax.tree.structure(m.mults)
   unit = learning_rate_schedule(1.0, total, schedule=o.schedule,
                                 warmup_steps=o.warmup_epochs * per_epoch)
 
-  # The decays default to None, not 0: inject_hyperparams injects every numeric argument,
-  # defaults included, and an injected decay puts its term in the chain (see core.optim).
-  def optimiser(learning_rate, weight_decay=None, l1_decay=None):
+  # The decays and multipliers default to None, not 0: inject_hyperparams injects every
+  # numeric argument, defaults included, and an injected decay puts its term in the chain
+  # (see core.optim).
+  def optimiser(learning_rate, weight_decay=None, l1_decay=None, lr_multipliers=None,
+                wd_multipliers=None):
+    wd = m.wd if m.wd is None or wd_multipliers is None else _as_tree(treedef, wd_multipliers)
     return make_optimizer(learning_rate=lambda count: learning_rate * unit(count),
                           optimizer=o.optimizer, weight_decay=weight_decay, l1_decay=l1_decay,
                           grad_clip_norm=o.grad_clip_norm or None, momentum=o.momentum,
                           nesterov=o.nesterov, beta1=o.beta1,
-                          lr_multipliers=(None if all(v == 1.0 for v in jax.tree.leaves(mults))
-                                          else mults), wd_multipliers=wd)
+                          lr_multipliers=_as_tree(treedef, lr_multipliers), wd_multipliers=wd)
 
-  tx = optax.inject_hyperparams(optimiser)(**injected(o))
-  return _Optimiser(tx, mask, step_mask, stats_mask, unit)
+  tx = optax.inject_hyperparams(optimiser)(**injected(o), **m.vectors(o))
+  return _Optimiser(tx, m.mask, m.step_mask, m.stats_mask, unit)
 
 
 def _both(player: _Optimiser, adversary: _Optimiser) -> optax.GradientTransformation:
@@ -282,8 +339,9 @@ def _two_player_steps(phase: Phase, template, total: int, per_epoch: int, runtim
 def build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -> Program:
   """The compiled pieces of ``phase`` for parameters of ``spec`` (see :func:`tree_spec`),
   shared by every phase with the same :func:`compile_key`, its injected values bound."""
+  hyper = hyperparameters(phase, spec)  # checks the rules before anything is built
   return _build_program(compile_key(phase), spec, lead_size, runtime)._replace(
-      phase=phase, hyper=hyperparameters(phase), values=dict(phase.values))
+      phase=phase, hyper=hyper, values=dict(phase.values))
 
 
 @functools.lru_cache(maxsize=64)
