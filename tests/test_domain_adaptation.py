@@ -146,12 +146,14 @@ def test_a_two_player_phase_trains_vmapped_and_resumable_through_the_driver(tmp_
 
 
 def test_adda_starts_its_target_encoder_as_the_source_encoder():
+  """As the paper's text has it (adda_features='codes'): the discriminator on the codes."""
   from aetl_jax.engine.phase import Optim
   from aetl_jax.strategies.registry import StrategyContext, build_strategy
   from aetl_jax.transfer.encoder import strategy_model
   from aetl_jax.models.variables import tree_of
   config = digits_config("objective.name='classification'", "transfer.strategies=('adda',)",
-                         "transfer.budgets=(0,)")
+                         "transfer.budgets=(0,)", "transfer.adda_features='codes'",
+                         "transfer.adda_order='alternating'")
   model = strategy_model(config, "adda", 10, (8, 8, 1))
   params = tree_of(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), method="init_all"))
   assert set(params) == {"encoder", "source_encoder", "head", "domain"}
@@ -160,14 +162,15 @@ def test_adda_starts_its_target_encoder_as_the_source_encoder():
   loaded = strategy.start({**params, "encoder": jax.tree.map(lambda a: a + 1, params["encoder"])})
   for a, b in zip(jax.tree.leaves(loaded["encoder"]), jax.tree.leaves(loaded["source_encoder"])):
     np.testing.assert_array_equal(a, b)
-  assert strategy.init == "source" and strategy.phases[0].adversary is not None
+  assert strategy.init == "source" and strategy.phases[0].adversary.order == "alternating"
   assert [w for w in jax.tree.map(jnp.shape, params["domain"])["layers_0"]["kernel"]] == [
       params["encoder"]["block_2"]["kernel"].shape[1], 500]
 
 
 @pytest.mark.slow
 def test_adda_on_logits_as_the_papers_code_trains_the_target_network_against_the_frozen_source():
-  """adda_features='logits': the discriminator reads the two classifiers' outputs (10 wide),
+  """adda_features='logits' (the default, as the paper's code): the discriminator reads the
+  two classifiers' outputs (10 wide),
   the target network (encoder and head) is the player and starts as the source network; a few
   simultaneous steps move the target network and the discriminator, never the source one."""
   from aetl_jax.engine.phase import Optim

@@ -121,6 +121,30 @@ def test_fine_tuned_encoders_of_a_run_can_be_clustered(run, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_saved_classifier_with_its_training_only_parts_still_loads(run, tmp_path):
+  """ADDA cells of 0.4 saved their source encoder beside the classifier: such a folder loads
+  (its encoder and head only) and predicts as the classifier itself; the saver keeps the
+  training-only parts out."""
+  import json
+  import shutil
+  import numpy as np
+  from aetl_jax.transfer.classifiers import (DESCRIPTION, TRAINING_ONLY, list_cells,
+                                             load_classifier, save_classifier)
+  workdir, _ = run
+  cell = next(c for c in list_cells(workdir) if "finetune" in c)
+  clf = load_classifier(workdir, cell)
+  shutil.copytree(workdir / "classifiers", tmp_path / "classifiers")
+  folder = tmp_path / "classifiers" / cell
+  description = json.loads((folder / DESCRIPTION).read_text())
+  save_classifier(folder, {**clf.params, "source_encoder": clf.params["encoder"]}, description)
+  again = load_classifier(tmp_path, cell)
+  x = np.random.default_rng(0).random((4, 8, 8, 1), np.float32)
+  assert sorted(again.params) == ["encoder", "head"]
+  np.testing.assert_array_equal(again.predict(x), clf.predict(x))
+  assert {"domain", "source_encoder", "source_head"} == set(TRAINING_ONLY)
+
+
+@pytest.mark.slow
 def test_overwrite_clears_everything_a_run_wrote(run, tmp_path):
   """TensorBoard events and saved classifiers are the run's own: --overwrite removes them."""
   import shutil

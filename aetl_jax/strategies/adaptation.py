@@ -14,16 +14,16 @@ the source, or at least ``adaptation_steps`` optimiser steps.
   ``adaptation_weight``), SGD with momentum 0.9 at ``dann_learning_rate`` annealed
   μ0/(1+10p)^0.75, a domain classifier of ``domain_hidden`` units (the paper's 100 for
   digits) on the encoder's codes.
-* ``adda`` (Tzeng et al. 2017): the target encoder starts as the source encoder and plays a
+* ``adda`` (Tzeng et al. 2017) as its code (github.com/erictzeng/adda) runs it: the target
+  network (encoder and classifier layer) starts as the source classifier and plays a
   two-player game (:class:`aetl_jax.engine.phase.Adversary`) against a discriminator of
-  ``adda_discriminator`` units (the paper's 500-500): the discriminator learns to tell source
-  codes (the frozen source encoder) from target codes, the target encoder learns to fool it
-  (inverted labels); both Adam at ``adda_learning_rate`` with β1 = 0.5, for
-  ``adda_steps``. The frozen source head classifies the target codes. The paper's code
-  differs in two ways, both keys: its discriminator reads the classifiers' outputs, not the
-  codes (``adda_features='logits'``: the target network's head trains with its encoder, the
-  source network's stays as ``source_head``), and it updates both players at the same
-  parameters (``adda_order='simultaneous'``).
+  ``adda_discriminator`` units (the paper's 500-500): the discriminator learns to tell the
+  frozen source network's outputs (``source_encoder`` + ``source_head``) from the target
+  network's, the target network learns to fool it (inverted labels), both updated at the same
+  parameters; Adam at ``adda_learning_rate`` with β1 = 0.5, for ``adda_steps``. The paper's
+  text instead maps the encoder's codes and keeps the source head
+  (``adda_features='codes'``, with ``adda_order='alternating'`` the discriminator first): 3-6
+  points lower on MNIST ↔ USPS here (experiments/digits_adaptation.py).
 """
 
 from __future__ import annotations
@@ -120,12 +120,12 @@ def dann(ctx):
                                                    positive()),
                          "adda_steps": Key(10_000, "optimiser steps of ADDA's adversarial phase",
                                            positive(integer=True)),
-                         "adda_features": Key("codes", "what the discriminator reads: the encoders' codes, or the "
-                                              "classifiers' logits (the paper's code; the target head trains too)",
-                                              one_of(*ADDA_FEATURES)),
-                         "adda_order": Key("alternating", "discriminator step first, then the encoder against it "
-                                           "(alternating), or both at the same parameters (simultaneous, the paper's code)",
-                                           one_of(*ORDERS))})
+                         "adda_features": Key("logits", "what the discriminator reads: the classifiers' logits "
+                                              "(the paper's code; the target head trains too) or the encoders' codes "
+                                              "(the paper's text)", one_of(*ADDA_FEATURES)),
+                         "adda_order": Key("simultaneous", "both players' updates at the same parameters (the "
+                                           "paper's code), or the discriminator first and the encoder against it "
+                                           "(alternating)", one_of(*ORDERS))})
 def adda(ctx):
   """ADDA: a target encoder mapped onto the frozen source encoder's codes by a GAN game."""
   cfg = ctx.cfg
@@ -133,8 +133,8 @@ def adda(ctx):
                               beta1=0.5, schedule="constant", warmup_epochs=0, weight_decay=0.0)
   discriminator = Adversary(objective_loss("adda_discriminator", ctx.model)[0],
                             (("domain/.*", 1.0), (".*", FROZEN)), optim,
-                            order=cfg.get("adda_order", "alternating"))
-  logits = cfg.get("adda_features", "codes") == "logits"
+                            order=cfg.adda_order)
+  logits = cfg.adda_features == "logits"
   player = (("encoder/.*", 1.0),) + ((("head/.*", 1.0),) if logits else ()) + ((".*", FROZEN),)
   phase = ctx.phase("adda", player, 1, objective="adda_target",
                     roles=_roles(ctx), batch_sizes={"images": _unlabelled_batch(cfg)},

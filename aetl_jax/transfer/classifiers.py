@@ -44,6 +44,9 @@ def cell_name(budget: int, strategy: str, seed: int) -> str:
   return f"budget{budget}_{strategy}_seed{seed}"
 
 
+TRAINING_ONLY = ("domain", "source_encoder", "source_head")
+
+
 def save_classifier(directory, params, description: dict) -> None:
   """Orbax step 0 of ``{'params'}`` + ``description.json`` (written last, atomically; by
   process 0 of a multi-process run, after every process took part in the Orbax save)."""
@@ -64,9 +67,9 @@ def make_saver(workdir, config, *, input_shape, num_classes: int, label_names, p
   root = Path(workdir) / "classifiers"
 
   def save(budget, strategy, seed, model, params, result):
-    # A domain classifier (adversarial adaptation) only trained the encoder; predicting
-    # does not need it.
-    params = {k: v for k, v in params.items() if k != "domain"}
+    # A domain classifier and ADDA's source network (adversarial adaptation) only served the
+    # training; predicting does not need them.
+    params = {k: v for k, v in params.items() if k not in TRAINING_ONLY}
     kind = "autoencoder_classifier" if "decoder" in params else "classifier"
     architecture = None
     if isinstance(model, LadderNetwork):  # a model of its own, not the pretrained encoder's
@@ -180,10 +183,13 @@ def load_classifier(workdir, cell: str) -> Classifier:
       jax.random.PRNGKey(0), jnp.zeros((1, *description["input_shape"])),
       method="init_all" if description["kind"] in ("autoencoder_classifier", "ladder") else None)))
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
-  tree = checkpoint.restore_step(directory, 0, {"params": template})
+  # What the classifier needs of the saved tree (ADDA cells of earlier versions saved their
+  # source network beside it).
+  params = {name: checkpoint.restore_subtree(directory, part, subtree=("params", name), step=0)[1]
+            for name, part in template.items()}
   apply = jax.jit(lambda params, x: model.apply(variables(params), x))
   encode = jax.jit(lambda params, x: model.apply(variables(params), x, method="encode"))
-  return Classifier(description, tree["params"], apply, encode)
+  return Classifier(description, params, apply, encode)
 
 
 @dataclasses.dataclass

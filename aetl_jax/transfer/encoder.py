@@ -39,12 +39,12 @@ def target_model(config, num_classes: int, kind: str, input_shape):
   hidden = t.get(key, (100,))
   hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
   return _target_model(config.model.to_json(), config.objective.name, num_classes, kind,
-                       tuple(input_shape), hidden, t.get("adda_features", "codes"))
+                       tuple(input_shape), hidden, t.get("adda_features", "logits"))
 
 
 @functools.lru_cache(maxsize=16)
 def _target_model(model_json: str, objective: str, num_classes: int, kind: str, input_shape,
-                  domain_hidden: tuple, adda_features: str = "codes"):
+                  domain_hidden: tuple, adda_features: str = "logits"):
   import ml_collections
   m = ml_collections.ConfigDict(__import__("json").loads(model_json))
   adversarial = kind in ("domain_classifier", "adda")
