@@ -132,7 +132,7 @@ class _Cfg(dict):
 @pytest.mark.parametrize("method", ["knn", "spreading"])
 def test_the_inductive_mode_never_fits_on_test_codes(method, monkeypatch):
   seen = []
-  monkeypatch.setattr(manifold, "_embedder", lambda kind, dim, seed: _Recorder(seen, dim))
+  monkeypatch.setattr(manifold, "_embedder", lambda kind, dim, seed, umap: _Recorder(seen, dim))
   fitted = []
   import sklearn.semi_supervised
   real = sklearn.semi_supervised.LabelSpreading.fit

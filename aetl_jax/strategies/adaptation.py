@@ -127,7 +127,7 @@ def dann(ctx):
                                            "paper's code), or the discriminator first and the encoder against it "
                                            "(alternating)", one_of(*ORDERS))})
 def adda(ctx):
-  """ADDA: a target encoder mapped onto the frozen source encoder's codes by a GAN game."""
+  """ADDA: the target network mapped onto the frozen source network's outputs by a GAN game."""
   cfg = ctx.cfg
   optim = dataclasses.replace(ctx.optim, optimizer="adam", learning_rate=float(cfg.adda_learning_rate),
                               beta1=0.5, schedule="constant", warmup_epochs=0, weight_decay=0.0)

@@ -76,7 +76,7 @@ def embed(kind: str, pool: np.ndarray, test: np.ndarray, *, dim: int, mode: str,
   if cache is not None and key in cache:
     return cache[key]
   dim = min(dim, pool.shape[1])
-  model = _embedder(kind, dim, seed, *((umap,) if umap else ()))
+  model = _embedder(kind, dim, seed, umap or UMAP_DEFAULT)
   if mode == "transductive":
     both = model.fit_transform(np.concatenate([pool, test]))
     out = both[: len(pool)], both[len(pool):]
@@ -153,11 +153,11 @@ def manifold_probe(method: str, embedding: str):
             if embedding == "umap" else [{}])
     runs = {}
 
-    def val_acc(i):
+    def score(i):
       runs[i] = fitted(cfg, pool, train, val, test[0], grid[i])
       return runs[i][1]
 
-    best, _ = select(list(range(len(grid))), val_acc, len(pool.val_at) > 0)
+    best, _ = select(list(range(len(grid))), score, len(pool.val_at) > 0)
     pred, val_acc, train_acc, chosen = runs[best]
     return {"test_accuracy": float(np.mean(pred == np.asarray(test[1]))), "val_accuracy": val_acc,
             "train_accuracy": train_acc, "manifold_mode": cfg.manifold_mode,
