@@ -242,6 +242,32 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial_step(
   assert not [r for r in caplog.records if r.name == "absl"]  # the writer's traceback unsaid
 
 
+def test_ctrl_c_while_a_checkpoint_is_written_waits_for_the_whole_step(tmp_path):
+  """A SIGINT that arrives while Orbax writes a step is held until the step is committed, then
+  raised: the step is finished on disk and restores."""
+  import jax.numpy as jnp
+  from aetl_jax.engine import checkpoint
+  manager = checkpoint.make_manager(tmp_path / "ckpt")
+
+  class Interrupted:  # the manager, with a Ctrl-C arriving as the save starts
+    directory = manager.directory
+
+    def save(self, *args, **kwargs):
+      os.kill(os.getpid(), signal.SIGINT)
+      return manager.save(*args, **kwargs)
+
+    def wait_until_finished(self):
+      manager.wait_until_finished()
+
+  tree = {"w": jnp.arange(3.0)}
+  with pytest.raises(KeyboardInterrupt):
+    checkpoint.save(Interrupted(), 1, tree)
+  assert checkpoint.finished_steps(tmp_path / "ckpt") == [1]
+  restored = checkpoint.restore_step(tmp_path / "ckpt", 1, tree)
+  np.testing.assert_array_equal(restored["w"], tree["w"])
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_pretraining_is_exit_130_and_one_line(tmp_path):
   """Orbax's background checkpoint threads print no tracebacks after the line."""

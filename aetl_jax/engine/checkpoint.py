@@ -12,6 +12,8 @@ import contextlib
 import json
 import logging
 import shutil
+import signal
+import threading
 import zlib
 from pathlib import Path
 
@@ -56,7 +58,9 @@ def save(manager: ocp.CheckpointManager, step: int, tree) -> None:
   """
   manifest = _manifest(tree)
   try:
-    with _quiet_orbax():  # its threads log a traceback each when a write fails: we say it once
+    # Its threads log a traceback each when a write fails: we say it once. A Ctrl-C waits
+    # until the step is written (see interrupts_held).
+    with _quiet_orbax(), interrupts_held():
       manager.save(int(step), args=ocp.args.PyTreeSave(tree), force=True,
                    custom_metadata={MANIFEST_KEY: manifest})
       manager.wait_until_finished()
@@ -67,6 +71,26 @@ def save(manager: ocp.CheckpointManager, step: int, tree) -> None:
         shutil.rmtree(partial, ignore_errors=True)
     raise CheckpointSaveError(f"cannot save checkpoint step {step} in {manager.directory}: {cause}; "
                               f"the previous steps are intact and a rerun resumes from them") from None
+
+
+@contextlib.contextmanager
+def interrupts_held():
+  """Ctrl-C (SIGINT) inside the block waits for its end, then raises KeyboardInterrupt: a
+  checkpoint being written is written whole, and Orbax's threads are not left waiting on a
+  save that the interrupt cut in the middle (a process that then never exits). Outside the
+  main thread, or under another SIGINT handler than Python's, the block runs as it is."""
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    yield
+    return
+  caught = []
+  signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  if caught:
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
