@@ -181,6 +181,9 @@ def _failed(error: Exception, workdir) -> int:
   from aetl_jax.engine.checkpoint import CheckpointError, CheckpointSaveError
   from aetl_jax.engine.guard import NonFiniteError
   from aetl_jax.engine.launchers import DistributedError, peer_lost
+  lost = peer_lost(error)  # first: a collective inside a checkpoint read fails this way too
+  if lost is not None:
+    return _peer_lost(lost, workdir)
   if isinstance(error, (ConfigError, CheckpointError)):
     print(f"error: {error}", file=sys.stderr)
     return EXIT_BAD_INPUT
@@ -192,9 +195,10 @@ def _failed(error: Exception, workdir) -> int:
     print(f"error: {error.strerror or error}{where}; rerun the same command to resume from "
           f"{workdir}", file=sys.stderr)
     return EXIT_TRAINING
-  lost = peer_lost(error)
-  if lost is None:
-    raise error
+  raise error
+
+
+def _peer_lost(lost, workdir) -> int:
   print(f"error: {lost}; rerun the same command on every process to resume from {workdir}",
         file=sys.stderr, flush=True)
   sys.stdout.flush()

@@ -15,7 +15,7 @@ from typing import Callable
 
 from aetl_jax.engine import checkpoint
 from aetl_jax.engine.compat import legacy_layouts
-from aetl_jax.engine.launchers import is_main_process
+from aetl_jax.engine.launchers import is_main_process, peer_lost
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ class CheckpointStore:
       try:
         return step, checkpoint.restore_step(self.directory, step, target)
       except checkpoint.CheckpointError as e:
+        lost = peer_lost(e)
+        if lost is not None:  # the read failed in a collective, not on disk: nothing is damaged
+          raise lost from None
         for layout, convert in legacy_layouts(target) if isinstance(target, dict) else ():
           try:
             tree = checkpoint.restore_step(self.directory, step, layout)
