@@ -74,7 +74,7 @@ def _torchvision():
                 f"pip install 'aetl_jax[torch]'")
 
 
-@pytest.mark.parametrize("impl", ["im2col", "xla"])
+@pytest.mark.parametrize("impl", ["auto", "im2col", "xla"])
 def test_logits_and_running_statistics_equal_torchvision(impl):
   torch, torchvision = _torchvision()
   torch.manual_seed(0)
@@ -112,7 +112,7 @@ def test_logits_and_running_statistics_equal_torchvision(impl):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("impl", ["im2col", "xla"])
+@pytest.mark.parametrize("impl", ["auto", "im2col", "xla"])
 def test_logits_and_running_statistics_equal_torchvisions_recorded_outputs(impl):
   """Without torch: torchvision's outputs on NumPy-seeded weights, recorded by
   tests/fixtures/torchvision_resnet18.py, against the Flax ResNet-18 on the same weights
@@ -530,3 +530,102 @@ def test_zero_epochs_make_the_loaded_backbone_the_pretrained_encoder(tmp_path):
   _, template = classifier(num_classes=3)
   step, encoder, _ = load_encoder(config, checkpoint_dir(tmp_path / "work"), template)
   assert step == 0 and tree_equal(encoder, source["encoder"])
+
+
+# --- the CPU kernels of the ResNet-18 step: pooling, BatchNorm, the per-shape conv table ---
+
+
+@pytest.mark.parametrize("shape,window,strides,padding", [
+    ((2, 9, 9, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((3, 8, 10, 2), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((2, 7, 7, 4), (2, 2), (2, 2), ((0, 0), (0, 0))),
+    ((1, 6, 5, 2), (3, 2), (1, 2), ((1, 1), (0, 1)))])
+def test_max_pool_equals_flax_in_values_and_gradients_ties_included(shape, window, strides,
+                                                                    padding):
+  import flax.linen as nn
+
+  from aetl_jax.models.kernels import max_pool
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  for inputs in (x, jax.nn.relu(x), jnp.round(x)):  # ReLU'd and rounded: many tied maxima
+    ref, ref_vjp = jax.vjp(lambda v: nn.max_pool(v, window, strides, padding), inputs)
+    out, out_vjp = jax.vjp(lambda v: max_pool(v, window, strides, padding), inputs)
+    dy = jax.random.normal(jax.random.PRNGKey(1), ref.shape)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_allclose(out_vjp(dy)[0], ref_vjp(dy)[0], atol=1e-6)
+
+
+def test_batch_norm_equals_the_plain_expression_in_values_and_gradients():
+  from aetl_jax.models.kernels import batch_norm
+
+  def plain(x, scale, bias):
+    mean = jnp.mean(x, (0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
+    return (x - mean) * (jax.lax.rsqrt(var + 1e-5) * scale) + bias, mean, var
+
+  x = 2.0 * jax.random.normal(jax.random.PRNGKey(0), (4, 5, 6, 3)) + 1.0
+  scale, bias = jnp.array([1.0, 2.0, 0.5]), jnp.array([0.1, 0.0, -1.0])
+  ref, ref_vjp = jax.vjp(plain, x, scale, bias)
+  out, out_vjp = jax.vjp(batch_norm, x, scale, bias)
+  for a, b in zip(out, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # cotangents on the statistics too (the running averages never send one; others might)
+  cotangents = tuple(jax.random.normal(jax.random.PRNGKey(i), r.shape) for i, r in enumerate(ref))
+  for a, b in zip(out_vjp(cotangents), ref_vjp(cotangents)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _entry(**kw):
+  base = dict(backend="cpu", kernel=3, stride=1, pixels=32 * 16 * 16, cin=64, cout=64,
+              ms={"xla": 1.0, "patches": 2.0})
+  return {**base, **kw}
+
+
+def test_conv_table_takes_the_nearest_measured_shape_of_the_same_kernel_and_stride():
+  from aetl_jax.models.conv_table import measured_choice
+  entries = (_entry(), _entry(pixels=32 * 2 * 2, cin=512, cout=512, ms={"xla": 9.0, "patches": 1.0}),
+             _entry(kernel=1, ms={"xla": 5.0, "patches": 1.0}))
+  pick = functools.partial(measured_choice, ("xla", "patches"), backend="cpu", entries=entries)
+  assert pick(pixels=32 * 16 * 16, cin=64, cout=64, kernel=3, stride=1) == "xla"
+  assert pick(pixels=32 * 2 * 2, cin=512, cout=512, kernel=3, stride=1) == "patches"
+  assert pick(pixels=32 * 16 * 16, cin=64, cout=64, kernel=1, stride=1) == "patches"
+  assert pick(pixels=32 * 16 * 16, cin=64, cout=64, kernel=3, stride=2) is None  # none measured
+  assert pick(pixels=32 * 112 * 112, cin=3, cout=64, kernel=3, stride=1) is None  # too far
+  assert measured_choice(("xla", "narrow"), backend="cpu", entries=entries, pixels=8192, cin=64,
+                         cout=64, kernel=3, stride=1) is None  # 'narrow' was not measured
+  assert pick(backend="gpu", pixels=8192, cin=64, cout=64, kernel=3, stride=1) is None
+
+
+def test_the_shipped_conv_table_is_whole_and_resnet_auto_follows_a_table(tmp_path, monkeypatch):
+  import json
+
+  from aetl_jax.models import conv_table
+  from aetl_jax.models.resnet18 import resolve_impl
+  shipped = json.loads(conv_table.TABLE_FILE.read_text())
+  assert shipped["command"] and shipped["machine"] and shipped["layers"]
+  for e in shipped["layers"]:
+    assert e["best"] == min(e["ms"], key=e["ms"].get) and e["pixels"] > 0, e
+  if jax.default_backend() != "cpu":
+    pytest.skip("the table is consulted on CPU only")
+  for best, other in (("xla", "patches"), ("patches", "xla")):
+    path = tmp_path / f"{best}.json"
+    path.write_text(json.dumps({"layers": [_entry(ms={best: 1.0, other: 3.0})]}))
+    monkeypatch.setenv(conv_table.ENV, str(path))
+    assert resolve_impl("auto", (32, 16, 16, 64), (3, 3, 64, 64), 1) == \
+        {"xla": "xla", "patches": "im2col"}[best]
+    assert resolve_impl("auto", (32, 16, 16, 64), (5, 5, 64, 64), 1) == "im2col"  # unmeasured
+  monkeypatch.setenv(conv_table.ENV, str(tmp_path / "absent.json"))
+  assert resolve_impl("auto", (32, 16, 16, 64), (3, 3, 64, 64), 1) == "im2col"
+  (tmp_path / "bad.json").write_text("{not json")
+  monkeypatch.setenv(conv_table.ENV, str(tmp_path / "bad.json"))
+  with pytest.raises(ValueError, match="conv_layers --table --write"):
+    resolve_impl("auto", (32, 16, 16, 64), (3, 3, 64, 64), 1)
+
+
+def test_resnet18_trains_one_call_per_batch_with_its_own_options_on_cpu():
+  from aetl_jax.engine.compiler import train_compiler_options
+  runtime = make_runtime(family="resnet18", backend="cpu")
+  assert runtime.runner == "per_batch"  # XLA's convolutions are slow inside a scan (jax#12868)
+  options = train_compiler_options("resnet18", "cpu")
+  if options:  # an XLA that knows the option: YNNPACK for dots and BatchNorm passes only
+    assert "CONVOLUTION" not in options["xla_cpu_experimental_ynn_fusion_type"]
+    assert "ELTWISE" in options["xla_cpu_experimental_ynn_fusion_type"]

@@ -16,7 +16,7 @@ def test_bench_harness_runs_and_counts_no_recompiles(tmp_path):
   assert [r["model"] for r in rows["sequence"]] == ["aetl_jax (bucketed)"]
   assert all(r["sentences_per_s"] > 0 and r["tokens_per_s"] > r["sentences_per_s"]
              for r in rows["sequence"])
-  assert [(r["model"], r["size"]) for r in rows["backbone"]] == [("aetl_jax (im2col)", 32)]
+  assert [(r["model"], r["size"]) for r in rows["backbone"]] == [("aetl_jax (auto)", 32)]
   assert all(r["examples_per_s"] > 0 for r in rows["backbone"])
   assert [(r["row"], r["step"]) for r in rows["steps"]] == [
       ("ladder", "ladder"), ("ladder", "classifier"), ("two_player", "two_player"),
@@ -48,6 +48,38 @@ def test_conv_layer_bench_times_every_layer_and_formulation():
         layer[0] for layer in LAYERS if layer[-1] == "transpose"}
   assert all(r[k][0] > 0 and r[k][1] > 0 for r in rows
              for k in ("forward", "input grad", "kernel grad", "input+kernel grad") if k in r)
+
+
+_TINY = [dict(family="resnet18", batch=2, size=6, cin=4, cout=8, kernel=3, stride=1, count=2,
+              candidates=("xla", "patches")),
+         dict(family="conv", batch=2, size=6, cin=4, cout=1, kernel=3, stride=1, count=1,
+              candidates=("xla", "narrow"))]
+
+
+def test_conv_table_measures_every_candidate_and_writes_what_auto_reads(tmp_path):
+  import json
+
+  from aetl_jax.bench.conv_layers import main, table, table_layers
+  from aetl_jax.models.conv_table import load, measured_choice
+  measured = table(1, _TINY)
+  assert [set(e["ms"]) for e in measured["layers"]] == [{"xla", "patches"}, {"xla", "narrow"}]
+  for e in measured["layers"]:
+    assert e["best"] == min(e["ms"], key=e["ms"].get) and e["pixels"] == 2 * 6 * 6
+  path = tmp_path / "t.json"
+  path.write_text(json.dumps(measured))
+  e = measured["layers"][0]
+  assert measured_choice(("xla", "patches"), backend=e["backend"], pixels=72, cin=4, cout=8,
+                         kernel=3, stride=1, entries=load(str(path))) == e["best"]
+  assert {l["family"] for l in table_layers()} == {"conv", "resnet18"}
+  with pytest.raises(SystemExit):
+    main(["--table", "--repeats", "x"])
+
+
+def test_onednn_bench_reports_an_effect_or_none_for_every_option_set():
+  from aetl_jax.bench.onednn import ONEDNN_OPTION_SETS, rows
+  out = rows(1, 1, _TINY[:1])
+  assert [r["options"] for r in out] == list(ONEDNN_OPTION_SETS)
+  assert all(r["effect"] for r in out)
 
 
 @pytest.mark.parametrize("batches", ["a,2", "0", ""])

@@ -6,8 +6,10 @@ The ``resnet18`` family's classifier (torchvision's layout and BatchNorm, 10 cla
 input) trained by the engine's step (``make_train_step``: BatchNorm statistics carried,
 one jitted call per batch) against ``torchvision.models.resnet18`` with the same Adam step,
 on the same random images; median of ``--repeats`` interleaved rounds after warm-up,
-PyTorch on every core. Also the same step with XLA's own convolutions
-(``model.conv_impl='xla'``) next to the CPU default (``im2col``: patches @ kernel).
+PyTorch on every core. The default ``conv_impl='auto'`` (on CPU, per layer, XLA's
+convolution or patches @ kernel, whichever the measured table
+:mod:`aetl_jax.models.conv_table` says trains that shape faster) next to either
+formulation everywhere (``xla``, ``im2col``).
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ def jax_step(size: int, batch: int, impl: str = "auto"):
   phase = Phase("bench", OBJECTIVES.get("classification").fn(model, None),
                 (("labelled", "labelled", batch),), 1,
                 Optim(learning_rate=1e-3, schedule="constant"))
-  prog = build_program(phase, tree_spec(params), batch, make_runtime(family="resnet18"))
-  step = jax.jit(prog.step, donate_argnums=0)
+  runtime = make_runtime(family="resnet18")
+  prog = build_program(phase, tree_spec(params), batch, runtime)
+  # The family's compiler options, as its epochs compile their step (engine.compiler).
+  step = jax.jit(prog.step, donate_argnums=0, compiler_options=runtime.options)
   holder = {"s": prog.init_state(params)}
 
   def run():
@@ -82,7 +86,7 @@ def torchvision_usable() -> str | None:
     return described(e, 80)
 
 
-IMPLS = {"auto": "aetl_jax (im2col)", "xla": "aetl_jax (xla conv)"}
+IMPLS = {"auto": "aetl_jax (auto)", "xla": "aetl_jax (xla conv)", "im2col": "aetl_jax (im2col)"}
 
 
 def rows(sizes, batch: int, repeats: int, use_torch: bool, impls=tuple(IMPLS)) -> list[dict]:

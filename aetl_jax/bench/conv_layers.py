@@ -131,7 +131,20 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--no-torch", action="store_true")
+  parser.add_argument("--table", action="store_true",
+                      help="measure the per-shape table conv_impl='auto' reads (JAX only)")
+  parser.add_argument("--write", metavar="PATH",
+                      help="with --table: write it here (the shipped one is "
+                           "aetl_jax/models/conv_table.json; AETL_CONV_TABLE points at another)")
   args = parser.parse_args(argv)
+  if args.table:
+    measured = table(args.repeats)
+    if args.write:
+      import json
+      with open(args.write, "w") as f:
+        json.dump(measured, f, indent=1)
+        f.write("\n")
+    return measured
   from aetl_jax.bench.timing import torch_usable
   use_torch = not args.no_torch and torch_usable(threads=True)
   if not args.no_torch and not use_torch:
@@ -147,6 +160,97 @@ def main(argv=None):
     print(f"{r['layer']:<16} {r['shape']:<17} {r['impl']:<20} " + " ".join(f"{c:>14}" for c in cells),
           flush=True)
   return rows
+
+
+
+# --table: every distinct convolution of the conv autoencoder (batch 64 and 256) and of
+# ResNet-18 (batch 32 at 64 and 224 px), each candidate formulation timed as one compiled
+# call of forward + the gradients a train step takes (the stem has no input gradient).
+def resnet18_layers(size: int) -> list[tuple]:
+  """(input size, cin, cout, kernel, stride, count) of ResNet-18's convolutions at ``size`` px."""
+  s = -(-size // 4)  # after the stem and the max-pool
+  out = [(size, 3, 64, 7, 2, 1), (s, 64, 64, 3, 1, 4)]
+  for cin, cout in ((64, 128), (128, 256), (256, 512)):
+    out += [(s, cin, cout, 3, 2, 1), (s, cin, cout, 1, 2, 1)]
+    s = -(-s // 2)
+    out.append((s, cout, cout, 3, 1, 3))
+  return out
+
+
+def table_layers() -> list[dict]:
+  """The shapes ``--table`` measures, with the candidates of the family that runs them."""
+  out = []
+  for batch in (64, 256):  # conv AE, SAME padding; 'hybrid' chooses XLA or narrow
+    for _, size, cin, cout, stride, kind in LAYERS:
+      if kind == "conv" and stride == 1:
+        out.append(dict(family="conv", batch=batch, size=size, cin=cin, cout=cout, kernel=3,
+                        stride=1, count=1, candidates=("xla", "narrow")))
+  for size in (64, 224):  # ResNet-18, torch's symmetric padding: XLA or patches
+    for in_size, cin, cout, k, stride, count in resnet18_layers(size):
+      out.append(dict(family="resnet18", batch=32, size=in_size, cin=cin, cout=cout, kernel=k,
+                      stride=stride, count=count, candidates=("xla", "patches")))
+  return out
+
+
+def _table_fn(layer: dict, formulation: str):
+  """forward + gradients of ``layer`` by ``formulation``, jitted with the family's options."""
+  import jax
+  import jax.numpy as jnp
+  from jax import lax
+
+  from aetl_jax.engine.compiler import train_compiler_options
+  from aetl_jax.models import conv_ops
+  k, s, p = layer["kernel"], (layer["stride"],) * 2, layer["kernel"] // 2
+
+  def conv(x, kernel):
+    if formulation == "narrow":
+      return conv_ops.narrow_conv(x, kernel, "SAME")
+    if formulation == "patches":
+      return conv_ops.patches_conv(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), kernel, s,
+                                   "VALID")
+    return lax.conv_general_dilated(x, kernel, s, ((p, p), (p, p)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  x = jax.random.normal(jax.random.PRNGKey(0),
+                        (layer["batch"], layer["size"], layer["size"], layer["cin"]))
+  kernel = 0.05 * jax.random.normal(jax.random.PRNGKey(1), (k, k, layer["cin"], layer["cout"]))
+  dy = jax.random.normal(jax.random.PRNGKey(2), jax.eval_shape(conv, x, kernel).shape)
+  argnums = (1,) if layer["cin"] <= 3 else (0, 1)  # an image input needs no gradient
+  grads = jax.jit(jax.grad(lambda x, kernel: jnp.vdot(conv(x, kernel), dy), argnums),
+                  compiler_options=train_compiler_options(layer["family"]) or None)
+  return lambda: grads(x, kernel)
+
+
+def table(repeats: int, layers=None) -> dict:
+  """The measured table (see :mod:`aetl_jax.models.conv_table`) of ``layers`` (default:
+  :func:`table_layers`)."""
+  import os
+  import platform
+
+  import jax
+
+  from aetl_jax.bench.timing import time_interleaved
+  entries = []
+  for layer in layers or table_layers():
+    fns = {c: _table_fn(layer, c) for c in layer["candidates"]}
+    ms = {c: 1e3 * t for c, t in time_interleaved(fns, repeats=repeats).items()}
+    out = -(-layer["size"] // layer["stride"])
+    entries.append({"backend": jax.default_backend(), "family": layer["family"],
+                    "batch": layer["batch"], "size": layer["size"], "cin": layer["cin"],
+                    "cout": layer["cout"], "kernel": layer["kernel"], "stride": layer["stride"],
+                    "pixels": layer["batch"] * out * out, "count": layer["count"],
+                    "ms": {c: round(v, 3) for c, v in ms.items()},
+                    "best": min(ms, key=ms.get)})
+    e = entries[-1]
+    print(f"{e['family']:<9} b{e['batch']:<4} {e['size']:>3}px {e['cin']:>4}->{e['cout']:<4} "
+          f"k{e['kernel']} s{e['stride']} x{e['count']}  "
+          + "  ".join(f"{c} {v:8.2f} ms" for c, v in e["ms"].items()) + f"  -> {e['best']}",
+          flush=True)
+  return {"machine": f"{platform.machine()} {platform.processor() or ''} "
+                     f"{os.cpu_count()} cores".replace("  ", " "),
+          "jax": jax.__version__, "repeats": repeats,
+          "command": "python -m aetl_jax.bench.conv_layers --table --write PATH",
+          "layers": entries}
 
 
 if __name__ == "__main__":

@@ -23,8 +23,17 @@ from aetl_jax.core.errors import first_line
 
 log = logging.getLogger(__name__)
 
-CONV_FAMILIES = ("conv", "resnet", "lenet")
-_CPU_CONV_OPTIONS = (("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_DOT"),)
+_YNN = "xla_cpu_experimental_ynn_fusion_type"
+_CPU_CONV_OPTIONS = ((_YNN, "LIBRARY_FUSION_TYPE_DOT"),)
+# ResNet-18 (BatchNorm after every convolution): YNNPACK keeps its elementwise and reduction
+# fusions, which run the BatchNorm passes faster than XLA's loops (train step at 224 px:
+# 9.1 → 11.7 ex/s with XLA's convolutions; BENCHMARKS.md, "ResNet-18").
+_CPU_BATCHNORM_CONV_OPTIONS = (
+    (_YNN, "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"),)
+_CPU_OPTIONS = {"conv": _CPU_CONV_OPTIONS, "resnet": _CPU_CONV_OPTIONS,
+                "lenet": _CPU_CONV_OPTIONS, "resnet18": _CPU_BATCHNORM_CONV_OPTIONS}
+# Families whose convolutions run XLA's kernels on CPU: one call per batch (engine.runtime).
+CONV_FAMILIES = tuple(_CPU_OPTIONS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,6 +50,5 @@ def _supported(options: tuple) -> bool:
 def train_compiler_options(family: str | None, backend: str | None = None) -> dict:
   """The ``compiler_options`` for a train step of this model family on ``backend``."""
   backend = backend or jax.default_backend()
-  if family in CONV_FAMILIES and backend == "cpu" and _supported(_CPU_CONV_OPTIONS):
-    return dict(_CPU_CONV_OPTIONS)
-  return {}
+  options = _CPU_OPTIONS.get(family) if backend == "cpu" else None
+  return dict(options) if options and _supported(options) else {}

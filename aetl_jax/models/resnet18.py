@@ -24,6 +24,7 @@ from jax import lax
 from aetl_jax.models.conv import ConvDecoder, UPSAMPLING, check_downsampling
 from aetl_jax.models.conv_ops import patches_conv
 from aetl_jax.models.family import FAMILIES
+from aetl_jax.models.kernels import batch_norm, max_pool
 from aetl_jax.core.registry import Key, count, each, one_of, positive
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,11 +42,23 @@ _kaiming = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 CONV_IMPLS = ("auto", "xla", "im2col")
 
 
-def resolve_impl(impl: str) -> str:
-  """'auto': im2col on CPU, XLA's convolution on GPU/TPU."""
-  if impl == "auto":
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
-  return impl
+def resolve_impl(impl: str, x_shape=None, kernel_shape=None, stride: int = 1) -> str:
+  """'auto': XLA's convolution on GPU/TPU; on CPU, per layer, whichever of XLA's
+  convolution and im2col trained the layer's shape faster in the measured table
+  (:mod:`aetl_jax.models.conv_table`), im2col where no measured shape is near."""
+  if impl != "auto":
+    return impl
+  backend = jax.default_backend()
+  if backend != "cpu":
+    return "xla"
+  if x_shape is None:
+    return "im2col"
+  from aetl_jax.models.conv_table import measured_choice
+  kh, _, cin, cout = kernel_shape
+  pixels = x_shape[0] * -(-x_shape[1] // stride) * -(-x_shape[2] // stride)
+  choice = measured_choice(("xla", "patches"), backend=backend, pixels=pixels,
+                           cin=cin, cout=cout, kernel=kh, stride=stride)
+  return "xla" if choice == "xla" else "im2col"
 
 
 class Conv(nn.Module):
@@ -62,7 +75,7 @@ class Conv(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", _kaiming, (*self.kernel_size, x.shape[-1], self.features))
     p = self.padding
-    if resolve_impl(self.impl) == "im2col":
+    if resolve_impl(self.impl, x.shape, kernel.shape, self.strides[0]) == "im2col":
       if p:
         x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
       return patches_conv(x, kernel, self.strides, "VALID")
@@ -89,16 +102,14 @@ class BatchNorm(nn.Module):
     ra_mean = self.variable(col, "running_mean", lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable(col, "running_var", lambda: jnp.ones((c,), jnp.float32))
     if train and not frozen and not self.is_initializing():
-      axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(x, axes)
-      var = jnp.mean(jnp.square(x - mean), axes)
+      y, mean, var = batch_norm(x, scale, bias, self.epsilon)
       if self.is_mutable_collection("batch_stats"):
         n = x.size // c
         m = self.momentum
         ra_mean.value = (1 - m) * ra_mean.value + m * mean
         ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
-    else:
-      mean, var = ra_mean.value, ra_var.value
+      return y
+    mean, var = ra_mean.value, ra_var.value
     return (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
 
 
@@ -165,7 +176,7 @@ class ResNet18(nn.Module):
       x = (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
     x = Conv(64, (7, 7), (2, 2), padding=3, impl=self.conv_impl, name="conv1")(x)
     x = nn.relu(BatchNorm(name="bn1")(x, train=train))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))  # nn.max_pool's values and gradient
     for i, (name, planes) in enumerate(zip(STAGES, WIDTHS)):
       x = Stage(planes, 1 if i == 0 else 2, impl=self.conv_impl, name=name)(x, train=train)
     x = jnp.mean(x, axis=(1, 2))
@@ -177,8 +188,9 @@ class ResNet18(nn.Module):
 
 
 def _decoder(m, image_shape):
-  # The family trains inside a scan (engine.runtime: not a per-batch conv family), where
-  # XLA:CPU's convolutions are ~20× slower than the matmul formulations (jax#12868).
+  # The matmul formulations, measured when the family trained inside a scan (XLA:CPU's
+  # convolutions are ~20× slower there, jax#12868); the family now trains one call per
+  # batch on CPU, where the decoder's formulations were not measured again.
   cpu = jax.default_backend() == "cpu"
   impl = {"xla": "xla"}.get(m.conv_impl, "matmul" if cpu else "xla")
   return ConvDecoder(image_shape=tuple(image_shape), channels=tuple(m.decoder_channels),
