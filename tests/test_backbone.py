@@ -575,24 +575,28 @@ def test_batch_norm_equals_the_plain_expression_in_values_and_gradients():
 
 
 def _entry(**kw):
-  base = dict(backend="cpu", kernel=3, stride=1, pixels=32 * 16 * 16, cin=64, cout=64,
+  base = dict(backend="cpu", kernel=3, stride=1, batch=32, out=16, cin=64, cout=64,
               ms={"xla": 1.0, "patches": 2.0})
   return {**base, **kw}
 
 
-def test_conv_table_takes_the_nearest_measured_shape_of_the_same_kernel_and_stride():
+def test_conv_table_takes_the_nearest_entry_of_the_same_kernel_stride_and_map_size():
   from aetl_jax.models.conv_table import measured_choice
-  entries = (_entry(), _entry(pixels=32 * 2 * 2, cin=512, cout=512, ms={"xla": 9.0, "patches": 1.0}),
-             _entry(kernel=1, ms={"xla": 5.0, "patches": 1.0}))
+  entries = (_entry(), _entry(out=2, cin=512, cout=512, ms={"xla": 9.0, "patches": 1.0}),
+             _entry(kernel=1, ms={"xla": 5.0, "patches": 1.0}),
+             _entry(batch=256, ms={"xla": 5.0, "patches": 1.0}))
   pick = functools.partial(measured_choice, ("xla", "patches"), backend="cpu", entries=entries)
-  assert pick(pixels=32 * 16 * 16, cin=64, cout=64, kernel=3, stride=1) == "xla"
-  assert pick(pixels=32 * 2 * 2, cin=512, cout=512, kernel=3, stride=1) == "patches"
-  assert pick(pixels=32 * 16 * 16, cin=64, cout=64, kernel=1, stride=1) == "patches"
-  assert pick(pixels=32 * 16 * 16, cin=64, cout=64, kernel=3, stride=2) is None  # none measured
-  assert pick(pixels=32 * 112 * 112, cin=3, cout=64, kernel=3, stride=1) is None  # too far
-  assert measured_choice(("xla", "narrow"), backend="cpu", entries=entries, pixels=8192, cin=64,
-                         cout=64, kernel=3, stride=1) is None  # 'narrow' was not measured
-  assert pick(backend="gpu", pixels=8192, cin=64, cout=64, kernel=3, stride=1) is None
+  assert pick(batch=32, out=16, cin=64, cout=64, kernel=3, stride=1) == "xla"
+  assert pick(batch=48, out=16, cin=96, cout=64, kernel=3, stride=1) == "xla"  # nearest: batch 32
+  assert pick(batch=200, out=16, cin=64, cout=64, kernel=3, stride=1) == "patches"  # batch 256
+  assert pick(batch=32, out=2, cin=512, cout=512, kernel=3, stride=1) == "patches"
+  assert pick(batch=32, out=16, cin=64, cout=64, kernel=1, stride=1) == "patches"
+  assert pick(batch=32, out=16, cin=64, cout=64, kernel=3, stride=2) is None  # none measured
+  assert pick(batch=32, out=4, cin=64, cout=64, kernel=3, stride=1) is None  # other map size
+  assert pick(batch=32, out=16, cin=3, cout=64, kernel=3, stride=1) is None  # too far
+  assert measured_choice(("xla", "narrow"), backend="cpu", entries=entries, batch=32, out=16,
+                         cin=64, cout=64, kernel=3, stride=1) is None  # 'narrow' not measured
+  assert pick(backend="gpu", batch=32, out=16, cin=64, cout=64, kernel=3, stride=1) is None
 
 
 def test_the_shipped_conv_table_is_whole_and_resnet_auto_follows_a_table(tmp_path, monkeypatch):
@@ -603,7 +607,15 @@ def test_the_shipped_conv_table_is_whole_and_resnet_auto_follows_a_table(tmp_pat
   shipped = json.loads(conv_table.TABLE_FILE.read_text())
   assert shipped["command"] and shipped["machine"] and shipped["layers"]
   for e in shipped["layers"]:
-    assert e["best"] == min(e["ms"], key=e["ms"].get) and e["pixels"] > 0, e
+    assert e["best"] == min(e["ms"], key=e["ms"].get), e
+    assert e["pixels"] == e["batch"] * e["out"] ** 2, e
+  from aetl_jax.bench.conv_layers import RESNET_SIZES, resnet18_layers
+  for size, batch in RESNET_SIZES:  # every layer the shipped sizes run is in the table
+    for in_size, cin, cout, k, stride, _ in resnet18_layers(size):
+      assert any(
+          e["batch"] == batch and e["size"] == in_size and (e["cin"], e["cout"], e["kernel"],
+                                                            e["stride"]) == (cin, cout, k, stride)
+          for e in shipped["layers"]), (size, in_size, cin, cout, k, stride)
   if jax.default_backend() != "cpu":
     pytest.skip("the table is consulted on CPU only")
   for best, other in (("xla", "patches"), ("patches", "xla")):
@@ -621,11 +633,28 @@ def test_the_shipped_conv_table_is_whole_and_resnet_auto_follows_a_table(tmp_pat
     resolve_impl("auto", (32, 16, 16, 64), (3, 3, 64, 64), 1)
 
 
-def test_resnet18_trains_one_call_per_batch_with_its_own_options_on_cpu():
+def test_resnet18_trains_one_call_per_batch_from_64_px_with_its_own_options_on_cpu():
   from aetl_jax.engine.compiler import train_compiler_options
-  runtime = make_runtime(family="resnet18", backend="cpu")
-  assert runtime.runner == "per_batch"  # XLA's convolutions are slow inside a scan (jax#12868)
-  options = train_compiler_options("resnet18", "cpu")
+  runner = lambda shape: make_runtime(family="resnet18", backend="cpu", input_shape=shape).runner
+  # XLA's convolutions are slow inside a scan (jax#12868); small inputs: scan + im2col
+  assert runner(None) == runner((64, 64, 3)) == runner((224, 224, 1)) == "per_batch"
+  assert runner((32, 32, 1)) == runner((63, 80, 3)) == "scan"
+  assert make_runtime(family="mlp", backend="cpu", input_shape=(224, 224, 3)).runner == "scan"
+  if jax.default_backend() == "cpu":  # the model's 'auto' agrees: im2col below 64 px
+    import unittest.mock
+    from aetl_jax.models import resnet18
+    seen = []
+    with unittest.mock.patch.object(resnet18, "patches_conv",
+                                    side_effect=lambda *a: seen.append(1) or
+                                    resnet18.lax.conv_general_dilated(
+                                        a[0], a[1], a[2], "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))):
+      jax.eval_shape(lambda: ResNet18(num_classes=3).init(jax.random.PRNGKey(0),
+                                                          jnp.zeros((2, 32, 32, 1))))
+    assert len(seen) == 20  # every convolution of the network
+  options = train_compiler_options("resnet18", "cpu", (64, 64, 3))
   if options:  # an XLA that knows the option: YNNPACK for dots and BatchNorm passes only
     assert "CONVOLUTION" not in options["xla_cpu_experimental_ynn_fusion_type"]
     assert "ELTWISE" in options["xla_cpu_experimental_ynn_fusion_type"]
+  assert train_compiler_options("resnet18", "cpu", (32, 32, 3)) == {}  # scan + im2col: defaults
+  assert make_runtime(family="resnet18", backend="cpu", input_shape=(32, 32, 3)).options is None

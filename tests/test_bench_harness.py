@@ -64,15 +64,17 @@ def test_conv_table_measures_every_candidate_and_writes_what_auto_reads(tmp_path
   measured = table(1, _TINY)
   assert [set(e["ms"]) for e in measured["layers"]] == [{"xla", "patches"}, {"xla", "narrow"}]
   for e in measured["layers"]:
-    assert e["best"] == min(e["ms"], key=e["ms"].get) and e["pixels"] == 2 * 6 * 6
+    assert e["best"] == min(e["ms"], key=e["ms"].get) and (e["out"], e["batch"]) == (6, 2)
   path = tmp_path / "t.json"
   path.write_text(json.dumps(measured))
   e = measured["layers"][0]
-  assert measured_choice(("xla", "patches"), backend=e["backend"], pixels=72, cin=4, cout=8,
+  assert measured_choice(("xla", "patches"), backend=e["backend"], batch=2, out=6, cin=4, cout=8,
                          kernel=3, stride=1, entries=load(str(path))) == e["best"]
-  assert {l["family"] for l in table_layers()} == {"conv", "resnet18"}
-  with pytest.raises(SystemExit):
-    main(["--table", "--repeats", "x"])
+  assert {l["family"] for l in table_layers()} == {"resnet18"}
+  assert {l["batch"] for l in table_layers(((96, 8),)) if l["family"] == "resnet18"} == {8}
+  for bad in ("96", "16:8", "a:b"):
+    with pytest.raises(SystemExit, match="SIZE:BATCH"):
+      main(["--table", "--resnet", bad])
 
 
 def test_onednn_bench_reports_an_effect_or_none_for_every_option_set():

@@ -42,7 +42,7 @@ def jax_step(size: int, batch: int, impl: str = "auto"):
   phase = Phase("bench", OBJECTIVES.get("classification").fn(model, None),
                 (("labelled", "labelled", batch),), 1,
                 Optim(learning_rate=1e-3, schedule="constant"))
-  runtime = make_runtime(family="resnet18")
+  runtime = make_runtime(family="resnet18", input_shape=(size, size, 3))
   prog = build_program(phase, tree_spec(params), batch, runtime)
   # The family's compiler options, as its epochs compile their step (engine.compiler).
   step = jax.jit(prog.step, donate_argnums=0, compiler_options=runtime.options)

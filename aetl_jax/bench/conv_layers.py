@@ -133,12 +133,23 @@ def main(argv=None):
   parser.add_argument("--no-torch", action="store_true")
   parser.add_argument("--table", action="store_true",
                       help="measure the per-shape table conv_impl='auto' reads (JAX only)")
+  parser.add_argument("--resnet", default=",".join(f"{s}:{b}" for s, b in RESNET_SIZES),
+                      help="with --table: ResNet-18 input sizes and batches, SIZE:BATCH,...")
+  parser.add_argument("--conv-ae", action="store_true",
+                      help="with --table: the conv autoencoder's layers too (XLA vs narrow)")
   parser.add_argument("--write", metavar="PATH",
                       help="with --table: write it here (the shipped one is "
                            "aetl_jax/models/conv_table.json; AETL_CONV_TABLE points at another)")
   args = parser.parse_args(argv)
   if args.table:
-    measured = table(args.repeats)
+    try:
+      resnet = tuple(tuple(int(v) for v in pair.split(":")) for pair in args.resnet.split(","))
+      assert all(len(p) == 2 and p[0] >= 32 and p[1] >= 1 for p in resnet)
+    except (ValueError, AssertionError):
+      raise SystemExit(f"--resnet takes SIZE:BATCH pairs, comma-separated, size >= 32 and "
+                       f"batch >= 1 (e.g. 32:64,224:32), got {args.resnet!r}") from None
+    measured = table(args.repeats, table_layers(resnet)
+                     + (conv_ae_layers() if args.conv_ae else []))
     if args.write:
       import json
       with open(args.write, "w") as f:
@@ -177,19 +188,27 @@ def resnet18_layers(size: int) -> list[tuple]:
   return out
 
 
-def table_layers() -> list[dict]:
-  """The shapes ``--table`` measures, with the candidates of the family that runs them."""
-  out = []
-  for batch in (64, 256):  # conv AE, SAME padding; 'hybrid' chooses XLA or narrow
-    for _, size, cin, cout, stride, kind in LAYERS:
-      if kind == "conv" and stride == 1:
-        out.append(dict(family="conv", batch=batch, size=size, cin=cin, cout=cout, kernel=3,
-                        stride=1, count=1, candidates=("xla", "narrow")))
-  for size in (64, 224):  # ResNet-18, torch's symmetric padding: XLA or patches
-    for in_size, cin, cout, k, stride, count in resnet18_layers(size):
-      out.append(dict(family="resnet18", batch=32, size=in_size, cin=cin, cout=cout, kernel=k,
-                      stride=stride, count=count, candidates=("xla", "patches")))
-  return out
+# (input px, batch) of the shipped table; below 64 px the network uses im2col (a scan)
+RESNET_SIZES = ((64, 32), (128, 32), (224, 32))
+
+
+def table_layers(resnet=RESNET_SIZES) -> list[dict]:
+  """The shapes ``--table`` measures, with their candidates: ResNet-18's convolutions at
+  each (input size, batch) of ``resnet``, XLA's convolution or patches @ kernel (torch's
+  symmetric padding). (The conv autoencoder's 'hybrid' keeps its measured rule: the
+  narrow formulation below 8 output channels; ``--table --conv-ae`` adds its layers.)"""
+  return [dict(family="resnet18", net=size, batch=batch, size=in_size, cin=cin, cout=cout,
+               kernel=k, stride=stride, count=count, candidates=("xla", "patches"))
+          for size, batch in resnet for in_size, cin, cout, k, stride, count in
+          resnet18_layers(size)]
+
+
+def conv_ae_layers() -> list[dict]:
+  """The conv autoencoder's stride-1 layers at batch 64 and 256: XLA or narrow."""
+  return [dict(family="conv", batch=batch, size=size, cin=cin, cout=cout, kernel=3, stride=1,
+               count=1, candidates=("xla", "narrow"))
+          for batch in (64, 256) for _, size, cin, cout, stride, kind in LAYERS
+          if kind == "conv" and stride == 1]
 
 
 def _table_fn(layer: dict, formulation: str):
@@ -216,8 +235,10 @@ def _table_fn(layer: dict, formulation: str):
   kernel = 0.05 * jax.random.normal(jax.random.PRNGKey(1), (k, k, layer["cin"], layer["cout"]))
   dy = jax.random.normal(jax.random.PRNGKey(2), jax.eval_shape(conv, x, kernel).shape)
   argnums = (1,) if layer["cin"] <= 3 else (0, 1)  # an image input needs no gradient
+  # the options the family's step compiles with at the network's input size
+  net = (layer["net"],) * 2 + (3,) if "net" in layer else None
   grads = jax.jit(jax.grad(lambda x, kernel: jnp.vdot(conv(x, kernel), dy), argnums),
-                  compiler_options=train_compiler_options(layer["family"]) or None)
+                  compiler_options=train_compiler_options(layer["family"], None, net) or None)
   return lambda: grads(x, kernel)
 
 
@@ -236,9 +257,10 @@ def table(repeats: int, layers=None) -> dict:
     ms = {c: 1e3 * t for c, t in time_interleaved(fns, repeats=repeats).items()}
     out = -(-layer["size"] // layer["stride"])
     entries.append({"backend": jax.default_backend(), "family": layer["family"],
+                    **({"net": layer["net"]} if "net" in layer else {}),
                     "batch": layer["batch"], "size": layer["size"], "cin": layer["cin"],
                     "cout": layer["cout"], "kernel": layer["kernel"], "stride": layer["stride"],
-                    "pixels": layer["batch"] * out * out, "count": layer["count"],
+                    "out": out, "pixels": layer["batch"] * out * out, "count": layer["count"],
                     "ms": {c: round(v, 3) for c, v in ms.items()},
                     "best": min(ms, key=ms.get)})
     e = entries[-1]

@@ -24,16 +24,35 @@ from aetl_jax.core.errors import first_line
 log = logging.getLogger(__name__)
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
-_CPU_CONV_OPTIONS = ((_YNN, "LIBRARY_FUSION_TYPE_DOT"),)
-# ResNet-18 (BatchNorm after every convolution): YNNPACK keeps its elementwise and reduction
-# fusions, which run the BatchNorm passes faster than XLA's loops (train step at 224 px:
-# 9.1 → 11.7 ex/s with XLA's convolutions; BENCHMARKS.md, "ResNet-18").
-_CPU_BATCHNORM_CONV_OPTIONS = (
+_DOT = ((_YNN, "LIBRARY_FUSION_TYPE_DOT"),)
+# YNNPACK keeps its elementwise and reduction fusions (BatchNorm's passes) but not the
+# convolutions, which XLA's Eigen kernels run faster on large maps.
+_DOT_ELTWISE_REDUCE = (
     (_YNN, "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"),)
-_CPU_OPTIONS = {"conv": _CPU_CONV_OPTIONS, "resnet": _CPU_CONV_OPTIONS,
-                "lenet": _CPU_CONV_OPTIONS, "resnet18": _CPU_BATCHNORM_CONV_OPTIONS}
+# Per family on CPU: ((from input height, options), ...), the last whose height is reached
+# applies. ResNet-18's train step (batch 32, interleaved, BENCHMARKS.md "ResNet-18"): XLA's
+# defaults 118.0 against 107.4 ex/s for DOT,ELTWISE,REDUCE at 64 px, 28.0 against 27.6 at
+# 128 px, 9.1 against 11.7 at 224 px; at 32 px (scan, im2col) defaults 428 against 398.
+_CPU_OPTIONS = {"conv": ((0, _DOT),), "resnet": ((0, _DOT),), "lenet": ((0, _DOT),),
+                "resnet18": ((0, ()), (160, _DOT_ELTWISE_REDUCE))}
 # Families whose convolutions run XLA's kernels on CPU: one call per batch (engine.runtime).
 CONV_FAMILIES = tuple(_CPU_OPTIONS)
+# ...from this input size (height) on; below it the whole epoch is one scan and the model's
+# convolutions are patches @ kernel (ResNet-18, epochs of 512 images at batch 64: 32 px
+# scan + im2col 414 ex/s, per batch + the table 371; 64 px 129 against 133; 224 px at
+# batch 32, 8.7 against 12.2; BENCHMARKS.md).
+PER_BATCH_FROM = {"resnet18": 64}
+
+
+def _height(input_shape) -> float:
+  """An example's height; unknown (None, or not an image): as large as any."""
+  return input_shape[0] if input_shape is not None and len(input_shape) >= 2 else float("inf")
+
+
+def per_batch_on_cpu(family: str | None, input_shape=None) -> bool:
+  """Whether ``family`` trains one call per batch on CPU for inputs of ``input_shape``
+  ((height, width, channels); None: unknown, the family's rule for large inputs)."""
+  return family in CONV_FAMILIES and _height(input_shape) >= PER_BATCH_FROM.get(family, 0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,8 +66,12 @@ def _supported(options: tuple) -> bool:
     return False
 
 
-def train_compiler_options(family: str | None, backend: str | None = None) -> dict:
-  """The ``compiler_options`` for a train step of this model family on ``backend``."""
+def train_compiler_options(family: str | None, backend: str | None = None,
+                           input_shape=None) -> dict:
+  """The ``compiler_options`` for a train step of this model family on ``backend``, for
+  examples of ``input_shape`` (None: unknown, the options for large inputs)."""
   backend = backend or jax.default_backend()
-  options = _CPU_OPTIONS.get(family) if backend == "cpu" else None
+  if backend != "cpu" or family not in _CPU_OPTIONS:
+    return {}
+  options = [o for height, o in _CPU_OPTIONS[family] if _height(input_shape) >= height][-1]
   return dict(options) if options and _supported(options) else {}

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from aetl_jax.engine.compiler import per_batch_on_cpu
 from aetl_jax.models.conv import ConvDecoder, UPSAMPLING, check_downsampling
 from aetl_jax.models.conv_ops import patches_conv
 from aetl_jax.models.family import FAMILIES
@@ -37,15 +38,16 @@ BLOCKS = ("conv1", "bn1", *STAGES, "code")
 
 # torchvision's init: kaiming_normal_(mode='fan_out', nonlinearity='relu').
 _kaiming = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-# 'im2col': patches @ kernel; on XLA:CPU as fast as its convolution on wide maps and up to
-# 40× faster on ResNet-18's small late maps (BENCHMARKS.md, "ResNet-18 convolutions").
+# 'im2col': patches @ kernel; on XLA:CPU up to 40× faster than its convolution on ResNet-18's
+# small late maps, 1.5-2.5× slower on the wide early ones (BENCHMARKS.md, "ResNet-18").
 CONV_IMPLS = ("auto", "xla", "im2col")
 
 
 def resolve_impl(impl: str, x_shape=None, kernel_shape=None, stride: int = 1) -> str:
   """'auto': XLA's convolution on GPU/TPU; on CPU, per layer, whichever of XLA's
   convolution and im2col trained the layer's shape faster in the measured table
-  (:mod:`aetl_jax.models.conv_table`), im2col where no measured shape is near."""
+  (:mod:`aetl_jax.models.conv_table`), im2col where no measured shape is near. (Below
+  64-px inputs the network resolves 'auto' to im2col first: those train in a scan.)"""
   if impl != "auto":
     return impl
   backend = jax.default_backend()
@@ -55,9 +57,9 @@ def resolve_impl(impl: str, x_shape=None, kernel_shape=None, stride: int = 1) ->
     return "im2col"
   from aetl_jax.models.conv_table import measured_choice
   kh, _, cin, cout = kernel_shape
-  pixels = x_shape[0] * -(-x_shape[1] // stride) * -(-x_shape[2] // stride)
-  choice = measured_choice(("xla", "patches"), backend=backend, pixels=pixels,
-                           cin=cin, cout=cout, kernel=kh, stride=stride)
+  choice = measured_choice(("xla", "patches"), backend=backend, batch=x_shape[0],
+                           out=-(-x_shape[1] // stride), cin=cin, cout=cout, kernel=kh,
+                           stride=stride)
   return "xla" if choice == "xla" else "im2col"
 
 
@@ -170,15 +172,19 @@ class ResNet18(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    impl = self.conv_impl
+    if impl == "auto" and jax.default_backend() == "cpu" and \
+        not per_batch_on_cpu("resnet18", x.shape[1:]):
+      impl = "im2col"  # small inputs train in a scan (engine.runtime), where XLA's conv is slow
     if x.shape[-1] == 1:
       x = jnp.repeat(x, 3, axis=-1)
     if self.input_norm == "imagenet":
       x = (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
-    x = Conv(64, (7, 7), (2, 2), padding=3, impl=self.conv_impl, name="conv1")(x)
+    x = Conv(64, (7, 7), (2, 2), padding=3, impl=impl, name="conv1")(x)
     x = nn.relu(BatchNorm(name="bn1")(x, train=train))
     x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))  # nn.max_pool's values and gradient
     for i, (name, planes) in enumerate(zip(STAGES, WIDTHS)):
-      x = Stage(planes, 1 if i == 0 else 2, impl=self.conv_impl, name=name)(x, train=train)
+      x = Stage(planes, 1 if i == 0 else 2, impl=impl, name=name)(x, train=train)
     x = jnp.mean(x, axis=(1, 2))
     if self.code_dim:
       x = nn.Dense(self.code_dim, name="code")(x)

@@ -199,7 +199,7 @@ def _trained(config, model, data, seed: int, workdir: Path):
   phase = Phase("one_class", loss, (("images", "source", pcfg.batch_size),), pcfg.epochs,
                 Optim.from_config(pcfg), values=values)
   images = stacked_training_sets(data, data_seed(config, seed))
-  runtime = runtime_from_config(config, "pretrain")
+  runtime = runtime_from_config(config, "pretrain", tuple(data.shape))
   together = vmapped(config, runtime)
   start = time.perf_counter()
   params, rows = train_models(phase, params, images, rngs, runtime=runtime, vmap=together)

@@ -95,7 +95,7 @@ def pretrain(config, train_images, eval_images, workdir, *, progress: bool = Tru
   params = tree_of(model.init(init_key, jnp.zeros((1, *image_shape)), method=init_method(model)))
   if config.model.get("weights"):  # a backbone: torchvision's or another run's weights
     params = {**params, "encoder": backbone_weights(config.model, params["encoder"], workdir)}
-  runtime = runtime_from_config(config, "pretrain")
+  runtime = runtime_from_config(config, "pretrain", image_shape)
   feed = tuple((role, SOURCE_STREAMS[role], pcfg.batch_size) for role in roles)
   loss, values = make_loss(config.objective.name, model, config.objective)
   phase = Phase("pretrain", loss, feed, pcfg.epochs, Optim.from_config(pcfg), values=values)

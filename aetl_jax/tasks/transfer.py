@@ -258,7 +258,8 @@ def run(config, workdir, data: TransferData, *, progress: bool = True) -> dict:
   rows = run_sweep(config, workdir, SweepData(data.images, data.labels, data.split,
                                               data.num_classes, data.source_images,
                                               data.source_labels),
-                   ckpt_dir=checkpoint_dir(workdir), runtime=runtime_from_config(config, "transfer"),
+                   ckpt_dir=checkpoint_dir(workdir), runtime=runtime_from_config(config, "transfer",
+                                                              data.images.shape[1:]),
                    progress=progress, save=save)
   return _report(config, workdir, data, rows, recon, model, params, pretrain_history)
 
