@@ -422,3 +422,30 @@ def test_encode_truncates_only_sentences_longer_than_max_len_minus_the_end_token
     assert ids[0].tolist()[:4] == [tok.token_to_id("good")] * 4
     assert ids[0, 4] == tok.token_to_id("[EOS]")
   assert text.decode(tok, text.encode(tok, ["good bad"], 8)[0]) == ["good bad"]
+
+
+def test_lstm_scan_equals_autodiff_of_the_plain_scan_values_and_gradients():
+  from aetl_jax.models.kernels import lstm_gates, lstm_scan
+
+  def plain(carry, x_gates, w_h):
+    def step(carry, xg):
+      h, c = carry
+      acts, c, tc = lstm_gates(c, xg + h @ w_h)
+      h = acts[..., 3 * h.shape[-1]:] * tc
+      return (h, c), h
+    return jax.lax.scan(step, carry, x_gates)
+
+  t, b, hidden = 5, 3, 4
+  keys = jax.random.split(jax.random.PRNGKey(0), 7)
+  carry = (0.5 * jax.random.normal(keys[0], (b, hidden)), jax.random.normal(keys[1], (b, hidden)))
+  x_gates = jax.random.normal(keys[2], (t, b, 4 * hidden))
+  w_h = 0.5 * jax.random.normal(keys[3], (hidden, 4 * hidden))
+  ref, ref_vjp = jax.vjp(plain, carry, x_gates, w_h)
+  out, out_vjp = jax.vjp(lstm_scan, carry, x_gates, w_h)
+  for a, r in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(a, r, rtol=1e-6, atol=1e-6)
+  # cotangents on every output: the final (h, c) and every step's h
+  cot = ((jax.random.normal(keys[4], (b, hidden)), jax.random.normal(keys[5], (b, hidden))),
+         jax.random.normal(keys[6], (t, b, hidden)))
+  for a, r in zip(jax.tree.leaves(out_vjp(cot)), jax.tree.leaves(ref_vjp(cot))):
+    np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)

@@ -26,6 +26,7 @@ from jax import lax
 
 from aetl_jax.models.capabilities import Can
 from aetl_jax.models.family import DROPOUT, FAMILIES
+from aetl_jax.models.kernels import lstm_scan
 from aetl_jax.core.registry import Key
 
 PAD, UNK, BOS, EOS, MASK = 0, 1, 2, 3, 4
@@ -35,14 +36,6 @@ CELLS = ("lstm", "gru")
 def lengths_of(tokens):
   """Number of non-padding tokens of each sequence."""
   return jnp.sum(tokens != PAD, axis=-1).astype(jnp.int32)
-
-
-def _lstm(carry, gates):
-  h, c = carry
-  i, f, g, o = jnp.split(gates, 4, axis=-1)
-  c = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(g)  # forget bias 1
-  h = jax.nn.sigmoid(o) * jnp.tanh(c)
-  return (h, c), h
 
 
 def _gru(h, x_gates, h_gates):
@@ -113,13 +106,14 @@ class Recurrent(nn.Module):
       x_chunk, e_chunk = inp
       x_gates = x_chunk @ w_in + b  # the chunk's input projection in one matmul
 
-      def step(carry, xg):
-        if self.cell == "lstm":
-          return _lstm(carry, xg + carry[0] @ w_h)
-        h = _gru(carry, xg, carry @ w_h)
-        return h, h
+      if self.cell == "lstm":  # a hand-written backward (models.kernels.lstm_scan)
+        carry, hs = lstm_scan(carry, x_gates, w_h)
+      else:
+        def step(h, xg):
+          h = _gru(h, xg, h @ w_h)
+          return h, h
 
-      carry, hs = lax.scan(step, carry, x_gates)
+        carry, hs = lax.scan(step, carry, x_gates)
       return carry, readout(hs, e_chunk)
 
     carry, ys = chunked_scan(run_chunk, carry, xs, active)
@@ -281,12 +275,15 @@ def by_width(fn, tokens, *args):
   """``fn(tokens[:, :w], *args)`` for the smallest of :func:`widths` that holds the batch's
   longest sequence, chosen at run time by ``lax.switch`` among static shapes.
 
-  Each branch is rematerialised (``jax.checkpoint``): differentiating a switch keeps the
-  residuals of every branch, and these would cost more than recomputing the taken one
-  (measured: 111 ms against 189 ms per step without, 175 ms for chunk gating alone). Under
-  ``vmap`` the switch becomes a select and every branch runs: correct, not faster.
+  Differentiating a switch keeps the residuals of every branch (zeros for those not
+  taken). Rematerialising each branch instead paid off while the LSTM's backward was
+  autodiff's (111 against 189 ms per step); with the hand-written LSTM backward
+  (:func:`aetl_jax.models.kernels.lstm_scan`) it costs more than it saves (pretraining
+  epoch 648 → 738 sentences/s with the LSTM, 719 → 775 with the GRU; BENCHMARKS.md), so
+  the branches are not rematerialised. Under ``vmap`` the switch becomes a select and
+  every branch runs: correct, not faster.
   """
   ws = widths(tokens.shape[1])
   index = jnp.searchsorted(jnp.asarray(ws), _longest(tokens))
-  branches = [jax.checkpoint(lambda t, *a, w=w: fn(t[:, :w], *a)) for w in ws]
+  branches = [lambda t, *a, w=w: fn(t[:, :w], *a) for w in ws]
   return lax.switch(index, branches, tokens, *args)
