@@ -165,3 +165,18 @@ def test_batch_norm_statistics_are_averaged_over_devices(four_devices):
     np.testing.assert_allclose(runs[kind]["stem_mean"], ref, rtol=1e-4, atol=1e-6)
     # later statistics see per-device normalisation: close, not equal
     np.testing.assert_allclose(runs[kind]["layer1_var"], runs["jit"]["layer1_var"], rtol=0.2)
+
+
+def test_a_lost_peer_is_reported_once_even_when_the_store_already_said_so(monkeypatch):
+  from aetl_jax.engine import launchers
+  monkeypatch.setattr(launchers.jax, "process_count", lambda: 2)
+  cause = RuntimeError("checkpoint 3: Gloo AllGather failed: Connection reset by peer")
+  lost = launchers.peer_lost(cause)
+  assert isinstance(lost, launchers.DistributedError)
+  assert str(lost).count("another process") == 1 and "Gloo" in str(lost)
+  assert launchers.peer_lost(lost) is lost  # the store re-raised it; cli must not wrap it again
+  assert launchers.peer_lost(ValueError("a bad key")) is None
+  other = launchers.DistributedError("process 1 of 2 never arrived")  # not a lost peer report
+  assert launchers.peer_lost(other) is None
+  monkeypatch.setattr(launchers.jax, "process_count", lambda: 1)
+  assert launchers.peer_lost(cause) is None

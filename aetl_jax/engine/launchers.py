@@ -203,7 +203,11 @@ _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "heartbea
 
 def peer_lost(error: BaseException) -> DistributedError | None:
   """The DistributedError to report when ``error`` is a collective that failed because
-  another process of this multi-process run stopped; None for any other error."""
+  another process of this multi-process run stopped; None for any other error. A
+  DistributedError already made by this function (e.g. by the checkpoint store, which
+  re-raises a read that failed in a collective) is returned as it is, not wrapped again."""
+  if isinstance(error, DistributedError) and str(error).startswith("another process of this"):
+    return error
   text = str(error)
   if jax.process_count() == 1 or not any(s in text for s in _PEER_LOST):
     return None

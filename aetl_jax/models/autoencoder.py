@@ -222,7 +222,7 @@ class AddaClassifier(DomainClassifier):
 
   CAN: ClassVar[Can] = Can(classify=True, init="init_all")
 
-  adversary_on: str = "codes"
+  adversary_on: str = "logits"  # the paper's code; the strategy's default too
 
   def setup(self):
     super().setup()

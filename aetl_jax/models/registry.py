@@ -99,7 +99,7 @@ def build_autoencoder(m, image_shape: Sequence[int], kind: str = "autoencoder"):
 def build_classifier(m, num_classes: int, kind: str = "autoencoder", *,
                      decoder_shape: Sequence[int] | None = None,
                      domain_hidden: Sequence[int] | None = None, adda: bool = False,
-                     adda_features: str = "codes"):
+                     adda_features: str = "logits"):
   """Encoder + linear head; with ``decoder_shape`` also the decoder (joint objectives), with
   ``domain_hidden`` (the hidden widths) a domain classifier on the codes (adversarial
   adaptation; with ``adda``, ADDA's source encoder too, its discriminator on
