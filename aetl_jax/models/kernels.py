@@ -1,7 +1,8 @@
-"""Max pooling and BatchNorm with hand-written gradients, for XLA:CPU (ResNet-18's step).
+"""Layers with hand-written gradients, for XLA:CPU: max pooling and BatchNorm (ResNet-18's
+step) and the LSTM recurrence (the sequence autoencoder). Each computes what the plain
+expression computes, values and gradients (tests compare them with autodiff's).
 
 :func:`max_pool`: a gradient that is elementwise work, not XLA:CPU's select-and-scatter.
-
 ``nn.max_pool``'s gradient is a ``select_and_scatter_add``, which XLA:CPU runs as a
 variadic ``reduce-window`` loop: ResNet-18's 3×3/2 pool over a 32×112×112×64 batch
 took 415 ms forward and backward on the 2-core CPU (BENCHMARKS.md), a fifth of its
