@@ -5,7 +5,10 @@ On XLA:CPU (jaxlib 0.10) convolutions are handed to YNNPACK by default. On the
 per batch (585 vs 833 ex/s at batch 64; 400 vs 812 at batch 256, ``python -m
 aetl_jax.bench.conv``) than XLA's own (Eigen) convolutions, while YNNPACK's
 dots are the fastest for dense layers. So conv families compile their step
-with YNNPACK used for dots only; everything else keeps XLA's defaults. The
+with YNNPACK used for dots only; everything else keeps XLA's defaults.
+ResNet-18 depends on the input size (:data:`_CPU_OPTIONS`, :func:`per_batch_on_cpu`):
+below 64 px it trains in a scan with matmul convolutions and XLA's defaults, from
+160 px YNNPACK keeps its elementwise and reduction fusions but not convolutions. The
 options go through ``jax.jit(..., compiler_options=...)``, so they apply to the
 train step alone and never to the user's other programs. Options the installed
 XLA does not know are dropped (checked once by compiling a tiny function).
