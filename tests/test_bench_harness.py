@@ -82,6 +82,13 @@ def test_onednn_bench_reports_an_effect_or_none_for_every_option_set():
   out = rows(1, 1, _TINY[:1])
   assert [r["options"] for r in out] == list(ONEDNN_OPTION_SETS)
   assert all(r["effect"] for r in out)
+  # the comparison ignores source locations (two traces) but sees another program
+  from aetl_jax.bench.conv_layers import table_program
+  from aetl_jax.bench.onednn import _instructions, _program
+  assert _instructions(_program(_TINY[0], {})[0]) == _instructions(_program(_TINY[0], {})[0])
+  patches, args = table_program(_TINY[0], "patches")
+  assert _instructions(patches.lower(*args).compile()) != \
+      _instructions(_program(_TINY[0], {})[0])
 
 
 @pytest.mark.parametrize("batches", ["a,2", "0", ""])

@@ -173,10 +173,9 @@ def main(argv=None):
   return rows
 
 
-
-# --table: every distinct convolution of the conv autoencoder (batch 64 and 256) and of
-# ResNet-18 (batch 32 at 64 and 224 px), each candidate formulation timed as one compiled
-# call of forward + the gradients a train step takes (the stem has no input gradient).
+# --table: every distinct convolution of ResNet-18 at the sizes of RESNET_SIZES (and with
+# --conv-ae the conv autoencoder's stride-1 layers), each candidate formulation timed as one
+# compiled call of forward + the gradients a train step takes (the stem has no input gradient).
 def resnet18_layers(size: int) -> list[tuple]:
   """(input size, cin, cout, kernel, stride, count) of ResNet-18's convolutions at ``size`` px."""
   s = -(-size // 4)  # after the stem and the max-pool
@@ -211,8 +210,10 @@ def conv_ae_layers() -> list[dict]:
           if kind == "conv" and stride == 1]
 
 
-def _table_fn(layer: dict, formulation: str):
-  """forward + gradients of ``layer`` by ``formulation``, jitted with the family's options."""
+def table_program(layer: dict, formulation: str, extra_options: dict | None = None):
+  """(forward + gradients of ``layer`` by ``formulation``, jitted with the options the
+  family's step compiles with at the network's input size plus ``extra_options``; its
+  arguments)."""
   import jax
   import jax.numpy as jnp
   from jax import lax
@@ -235,11 +236,17 @@ def _table_fn(layer: dict, formulation: str):
   kernel = 0.05 * jax.random.normal(jax.random.PRNGKey(1), (k, k, layer["cin"], layer["cout"]))
   dy = jax.random.normal(jax.random.PRNGKey(2), jax.eval_shape(conv, x, kernel).shape)
   argnums = (1,) if layer["cin"] <= 3 else (0, 1)  # an image input needs no gradient
-  # the options the family's step compiles with at the network's input size
   net = (layer["net"],) * 2 + (3,) if "net" in layer else None
+  options = {**train_compiler_options(layer["family"], None, net), **(extra_options or {})}
   grads = jax.jit(jax.grad(lambda x, kernel: jnp.vdot(conv(x, kernel), dy), argnums),
-                  compiler_options=train_compiler_options(layer["family"], None, net) or None)
-  return lambda: grads(x, kernel)
+                  compiler_options=options or None)
+  return grads, (x, kernel)
+
+
+def _table_fn(layer: dict, formulation: str):
+  """:func:`table_program` as a thunk."""
+  grads, args = table_program(layer, formulation)
+  return lambda: grads(*args)
 
 
 def table(repeats: int, layers=None) -> dict:

@@ -23,25 +23,19 @@ ONEDNN_OPTION_SETS = {
 
 
 def _program(layer: dict, extra: dict):
-  """(compiled forward + gradients of ``layer`` with ``extra`` options, its arguments)."""
-  import jax
-  import jax.numpy as jnp
-  from jax import lax
+  """(compiled forward + gradients of ``layer``, XLA's convolution, with ``extra`` options
+  added to the family's, its arguments): the program ``--table`` times."""
+  from aetl_jax.bench.conv_layers import table_program
+  grads, args = table_program(layer, "xla", extra)
+  return grads.lower(*args).compile(), args
 
-  from aetl_jax.engine.compiler import train_compiler_options
-  k, s, p = layer["kernel"], (layer["stride"],) * 2, layer["kernel"] // 2
-  x = jax.random.normal(jax.random.PRNGKey(0),
-                        (layer["batch"], layer["size"], layer["size"], layer["cin"]))
-  kernel = 0.05 * jax.random.normal(jax.random.PRNGKey(1), (k, k, layer["cin"], layer["cout"]))
 
-  def loss(x, kernel):
-    return jnp.sum(jnp.tanh(lax.conv_general_dilated(
-        x, kernel, s, ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))))
-
-  options = {**train_compiler_options(layer["family"]), **extra}
-  compiled = jax.jit(jax.grad(loss, (0, 1)), compiler_options=options or None).lower(
-      x, kernel).compile()
-  return compiled, (x, kernel)
+def _instructions(compiled) -> list[str]:
+  """The optimised program's instructions without source locations (metadata and the
+  stack-frame table differ between two traces of the same function)."""
+  import re
+  return [re.sub(r",? (metadata=\{[^}]*\}|stack_frame_id=\d+)", "", line)
+          for line in compiled.as_text().splitlines() if " = " in line]
 
 
 def rows(repeats: int, rounds: int, layers=None) -> list[dict]:
@@ -57,7 +51,7 @@ def rows(repeats: int, rounds: int, layers=None) -> list[dict]:
         out.append({**layer, "options": name, "effect": f"refused: {str(err)[:80]}"})
         continue
       row = {**layer, "options": name}
-      if compiled.as_text() == base.as_text():
+      if _instructions(compiled) == _instructions(base):
         row["effect"] = "none (identical program)"
       else:
         wins = []
