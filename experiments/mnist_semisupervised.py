@@ -17,7 +17,11 @@ Strategies: ``scratch``; autoencoder transfer (``linear_probe``, ``finetune``, `
 ``joint_finetune``: + reconstruction of the pool while fine-tuning); manifold probes on the
 frozen codes (``knn_probe``; ``spreading``: label spreading over a 10-NN graph of all 60,000
 codes; ``knn_umap`` / ``spreading_umap``: the same after a 10-d UMAP of the codes, fitted on
-the training pool only — inductive); ``pseudo_label`` (FixMatch-style, from the pretrained
+the training pool only — inductive; ``knn_umap_pixels``: the same on the pixels, what the
+graph owes to the autoencoder); ``propagate_finetune`` (the recipe: every pool image labelled
+by ``knn_umap`` on the pretrained codes, then the pretrained encoder + a head trained on
+them for 10 passes, as Iscen et al. 2019 do with a network's own features) and
+``propagate_scratch`` (the same labels, a random start); ``pseudo_label`` (FixMatch-style, from the pretrained
 encoder) and ``pseudo_label_scratch`` (the same from a random one); the Ladder network
 (``ladder``, Rasmus et al. 2015: 784-1000-500-250-250-250-10, λ = 1000, 10, 0.1 ... noise 0.3;
 ``ladder_gamma``: the Γ-model), trained from scratch for 30 passes over the pool (the paper:
@@ -29,9 +33,10 @@ Published test errors at 100 labels (reference rows): NN baseline 25.81%, CAE 13
 M1+TSVM 11.82%, M1+M2 3.33% (Kingma et al. 2014, Table 1); Ladder 1.06% (Rasmus et al.
 2015), Ladder with the improved combinator 1.0% (Pezeshki et al. 2016).
 
-What it gave (2026-12-04, 2-core CPU, offline IDX MNIST as in the second command; 10 labels
-per class + 5 validation labels per class; 5 seeds; mean ± 95% CI; paired differences to
-``scratch`` by seed)::
+What it gave (2026-12-04, 2-core CPU, offline IDX MNIST as in the second command; the
+``knn_umap_pixels``, ``propagate_*`` and ``ladder_gamma`` rows 2026-12-05, the same pretrained
+autoencoder, draws and seeds; 10 labels per class + 5 validation labels per class; 5 seeds;
+mean ± 95% CI; paired differences to ``scratch`` by seed)::
 
     | strategy | test accuracy | error | vs scratch | worst seed |
     |---|---|---|---|---|
@@ -44,6 +49,9 @@ per class + 5 validation labels per class; 5 seeds; mean ± 95% CI; paired diffe
     | spreading | 92.1 ± 1.5% | 7.9% | +14.4 ± 1.1 | 90.7% |
     | knn_umap (inductive) | 95.5 ± 1.0% | 4.5% | +17.7 ± 2.4 | 94.5% |
     | spreading_umap (inductive) | 95.2 ± 1.3% | 4.8% | +17.5 ± 2.3 | 93.6% |
+    | knn_umap_pixels (inductive) | 94.2 ± 1.6% | 5.8% | +16.4 ± 3.0 | 92.3% |
+    | propagate_finetune | 96.4 ± 1.1% | 3.6% | +18.7 ± 2.4 | 95.2% |
+    | propagate_scratch | 96.3 ± 1.0% | 3.7% | +18.5 ± 2.4 | 95.3% |
     | pseudo_label | 93.0 ± 1.1% | 7.0% | +15.2 ± 2.7 | 91.9% |
     | pseudo_label_scratch | 93.1 ± 0.9% | 6.9% | +15.4 ± 2.3 | 92.2% |
     | ladder | 98.4 ± 0.6% | 1.62% | +20.6 ± 2.9 | 97.6% |
@@ -63,7 +71,8 @@ autoencoder transfer now beats scratch with a paired CI above 0 (``lp_ft`` +2.0 
 ``finetune`` +1.6 ± 1.1), but far from the CAE's 86.5% (13.47% error). Pretraining adds nothing to pseudo-labelling (−0.2 ± 0.7
 for the pretrained start against the random one). The codes hold the classes for a graph
 method: UMAP then k-NN reaches 95.5% inductively, but the ≤ 5% error target holds on 3 of 5
-seeds only (94.54% and 94.99% miss it).
+seeds only (94.54% and 94.99% miss it); trained on the labels it propagates
+(``propagate_finetune``, 2026-12-05), the network holds it on every seed (worst 95.22%).
 
 UMAP's own settings chosen on the validation labels too (2026-12-05, the same pretrained
 autoencoder and draws; ``--config.transfer.strategies='("knn_umap","spreading_umap")'
@@ -75,19 +84,40 @@ the validation labels chose (30, 0.0) on one seed), spreading_umap 95.1 ± 1.2% 
 the two settings on most seeds, and the worst seed stays at 94.54%: the target still holds on
 4 of 5 seeds at best, not on every one.
 
-Levers measured for the autoencoder recipe (3 seeds, 10 labels/class, the same draws; earlier
+The autoencoder recipe that reaches the CAE and beyond (2026-12-05, the same pretrained
+autoencoder and draws; ``--config.transfer.strategies='("propagate_finetune",
+"propagate_scratch")'``, 9 minutes; the pixel rows with ``'("knn_umap_pixels",
+"propagate_finetune")' --config.transfer.propagate_with=knn_umap_pixels``, 5 minutes):
+``propagate_finetune`` reaches 3.6% error (96.68 / 97.58 / 95.22 / 95.97 / 96.75%), ≤ 5% on
+every seed, against the CAE's 13.47%. Each lever alone, paired by seed (n = 5):
+
+* the graph on the autoencoder's codes instead of the pixels: +1.0 ± 0.8 pt after training
+  (pixels: 95.4 ± 1.7%, worst seed 93.46%), +1.3 ± 0.9 pt for k-NN on the UMAP alone
+  (95.5% vs 94.2%): the autoencoder's share;
+* training on every pool image with the propagated labels instead of classifying by the
+  probe: +0.9 ± 0.2 pt over ``knn_umap`` (the pool's propagated labels are 95.2-97.4% right;
+  the trained network, 96.4% on the test set);
+* the pretrained start instead of a random one, with the same labels: +0.1 ± 0.2 pt, not
+  significant: the autoencoder helps through its codes' neighbourhoods, not its weights.
+
+The number of passes (10) was set before the run and not tuned; the validation images are
+in the pool with the labels the probe gave them, so ``val_accuracy`` of these cells scores
+images they trained on (it chooses nothing).
+
+Levers measured for the autoencoder fine-tuning recipes (3 seeds, 10 labels/class, the same draws; earlier
 runs of this file): a plain AE 784-512-256-64, finetune 77.4% vs scratch 76.9%; the denoising
 AE 784-1000-500-250 (this default) 80.2% vs 78.4%; random translations while fine-tuning lift
 both alike (scratch 83.5%, finetune 82.6%; with the denoising AE 83.9% / 83.7%); 4,000 steps
 instead of 1,000 with both: finetune 84.0% vs scratch 83.1% (+1.0 ± 1.0); joint_finetune 83.9%.
-UMAP with min_dist 0 or 20 neighbours did not beat the defaults. None of these reached the CAE.
+UMAP with min_dist 0 or 20 neighbours did not beat the defaults. None of these fine-tuning
+recipes on the 100 labels alone reached the CAE; training on the propagated labels does.
 """
 
 from aetl_jax.tasks.transfer import default_config
 
 
 def get_config():
-  """Denoising AE 784-1000-500-250 on all 60k images; 13 strategies at 10 labels/class × 5 seeds."""
+  """Denoising AE 784-1000-500-250 on all 60k images; 16 strategies at 10 labels/class × 5 seeds."""
   c = default_config()
   c.data.update(source="mnist", target="mnist", source_fraction=0.0)
   c.model.update(family="mlp", widths=(1000, 500), code_dim=250)
@@ -96,11 +126,12 @@ def get_config():
                     checkpoint_every=5)
   c.transfer.strategies = (
       "scratch", "linear_probe", "finetune", "lp_ft", "joint_finetune", "knn_probe", "spreading",
-      "knn_umap", "spreading_umap", "pseudo_label", "pseudo_label_scratch", "ladder",
-      "ladder_gamma")
+      "knn_umap", "spreading_umap", "knn_umap_pixels", "propagate_finetune", "propagate_scratch",
+      "pseudo_label", "pseudo_label_scratch", "ladder", "ladder_gamma")
   c.transfer.update(budgets=(10,), seeds=5, epochs=100, min_steps=1000, learning_rate=1e-3,
                     val_per_class=5, validation="extra", batch_size=32)
   c.transfer.update(lp_epochs=50, reconstruction_weight=1.0, unlabelled_ratio=4.0,
                     semi_epochs=4, pseudo_label_weight=1.0, confidence=0.95)
+  c.transfer.update(propagate_with="knn_umap", propagate_epochs=10, propagate_batch_size=128)
   c.transfer.update(ladder_epochs=30, ladder_learning_rate=0.002)
   return c

@@ -31,6 +31,7 @@ import pytest  # noqa: E402
 
 from aetl_jax.api import load_config  # noqa: E402
 from aetl_jax.data.digits import load_digits_arrays  # noqa: E402
+from aetl_jax.strategies import STRATEGIES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_CONFIG = ROOT / "experiments" / "digits_transfer.py"
@@ -41,12 +42,8 @@ TINY = [
     "transfer.val_per_class=2", "transfer.min_steps=0", "transfer.probe_steps=0",
 ]
 # Every built-in strategy, so their keys are in a tiny config.
-ALL_STRATEGIES = ("transfer.strategies=('scratch','linear_probe','finetune','partial',"
-                  "'discriminative','layerwise','lp_ft','gradual_unfreeze','ridge_probe',"
-                  "'knn_probe','bitfit','joint_finetune','rules','pseudo_label','source_only',"
-                  "'drcn','dann','coral','mmd','frozen_backbone','backbone_ae','adda','knn_pca',"
-                  "'knn_umap','spreading','spreading_pca','spreading_umap','ladder','ladder_gamma',"
-                  "'pseudo_label_scratch')")
+# Every registered strategy: a config with all their keys.
+ALL_STRATEGIES = f"transfer.strategies={STRATEGIES.names()!r}"
 
 
 # A program a test compiles for itself only to compare arithmetic (two formulations of one

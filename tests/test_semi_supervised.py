@@ -212,7 +212,7 @@ def test_label_spreading_equals_scikit_learns_on_the_same_graph():
   y = np.full(len(pool), -1)
   y[train_at] = y_pool[train_at]
   for transductive in (False, True):
-    pred, val_acc, _, chosen = manifold.spread(
+    pred, val_acc, _, chosen, pool_pred = manifold.spread(
         pool, train_at, y_pool[train_at], val_at, y_pool[val_at], test, alpha_grid=(0.5,),
         neighbors=7, transductive=transductive)
     x = np.concatenate([pool, test]) if transductive else pool
@@ -222,6 +222,7 @@ def test_label_spreading_equals_scikit_learns_on_the_same_graph():
     np.testing.assert_array_equal(pred, expected)
     assert val_acc == np.mean(ref.transduction_[val_at] == y_pool[val_at])
     assert chosen == {"alpha": 0.5}
+    np.testing.assert_array_equal(pool_pred, ref.transduction_[:len(pool)])
 
 
 def test_a_sweep_fits_the_embedding_once_for_every_cell():
@@ -342,7 +343,7 @@ def test_ladder_umap_spreading_and_pseudo_labels_from_scratch_in_a_sweep(tmp_pat
   assert rows[("pseudo_label_scratch", 0)]["checkpoint_step"] is None
   assert rows[("spreading_umap", 0)]["manifold_mode"] == "inductive"
   md = (tmp_path / "results" / "results.md").read_text()
-  assert "Manifold probes (spreading_umap) ran inductive" in md
+  assert "trained on their labels (spreading_umap) ran inductive" in md
   assert "3 + 2 labels per class in all" not in md and "k + 2 labels per class in all" in md
 
 
@@ -351,3 +352,59 @@ TINY_SEMI = ("pretrain.epochs=3", "transfer.budgets=(3,)", "transfer.seeds=2",
              "transfer.epochs=4", "transfer.semi_epochs=1", "transfer.ladder_epochs=2",
              "transfer.ladder_widths=(32,)", "transfer.ladder_costs=(1000.0,10.0,0.1)",
              "transfer.batch_size=16", "data.max_pool=300")
+
+
+@pytest.mark.slow
+def test_propagate_trains_on_the_pool_as_the_probe_labelled_it_on_the_pretrained_codes(tmp_path):
+  """``propagate_*`` fit their probe on the pretrained encoder's codes whatever their init
+  (the same report as the probe's own cell, same draw), then train on every pool image."""
+  from aetl_jax import api
+  from tests.conftest import digits_config
+  strategies = ("spreading", "propagate_finetune", "propagate_scratch")
+  tiny = [o for o in TINY_SEMI if not o.startswith(("transfer.semi", "transfer.ladder"))]
+  config = digits_config(*tiny, f"transfer.strategies={strategies!r}",
+                         "transfer.propagate_with='spreading'", "transfer.propagate_epochs=2")
+  out = api.run(config, tmp_path, progress=False)
+  rows = {(r["strategy"], r["seed"]): r for r in out["rows"]}
+  for seed in (0, 1):
+    probe = rows[("spreading", seed)]
+    for name in ("propagate_finetune", "propagate_scratch"):
+      r = rows[(name, seed)]
+      assert r["propagated_test_accuracy"] == probe["test_accuracy"]
+      assert r["propagated_alpha"] == probe["alpha"]
+      assert 0.5 < r["propagated_pool_accuracy"] <= 1.0
+  assert rows[("propagate_finetune", 0)]["checkpoint_step"] is not None
+  assert rows[("propagate_scratch", 0)]["checkpoint_step"] is None
+  md = (tmp_path / "results" / "results.md").read_text()
+  assert "labels (spreading, propagate_finetune, propagate_scratch) ran inductive" in md
+
+
+def test_propagated_labels_spread_the_cells_labels_over_the_pixels(
+    monkeypatch):
+  """A probe on pixels is fitted on the flattened images (not the codes) and labels every pool
+  image from the cell's training labels, which those images keep; the report's keys are the
+  probe's, prefixed."""
+  from aetl_jax.transfer.cell import propagated_labels
+  from tests.conftest import classifier_and_params, tiny_config
+  seen = []
+  monkeypatch.setattr(manifold, "_embedder", lambda kind, dim, seed, umap: _Recorder(seen, dim))
+  model, params = classifier_and_params(tiny_config())
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(3, 8, 8, 1)) * 3
+  y_pool = np.repeat(np.arange(3), 20)
+  pool = (centres[y_pool] + rng.normal(size=(60, 8, 8, 1))).astype(np.float32)
+  train_at, val_at = np.array([0, 20, 40]), np.array([1, 21, 41])
+  wrong = y_pool.copy()
+  wrong[train_at] = (wrong[train_at] + 1) % 3  # every class renamed
+  cfg = _Cfg(**{k: key.default for k, key in manifold.DEFAULTS.items()})
+  cfg.update(manifold_k_grid=(1,), manifold_dim=2)
+  splits = {"train": (pool[train_at], wrong[train_at]), "val": (pool[val_at], y_pool[val_at]),
+            "test": (pool[:5], y_pool[:5])}
+  labels, report = propagated_labels("knn_umap_pixels", model, params, splits,
+                                     (pool, train_at, val_at, {}), num_classes=3, cfg=cfg)
+  np.testing.assert_array_equal(seen[0], pool.reshape(60, 64))
+  np.testing.assert_array_equal(labels[train_at], wrong[train_at])
+  others = np.setdiff1d(np.arange(60), train_at)
+  # the probe spread the labels it was given (shifted by one class) to every other image
+  assert labels.shape == (60,) and np.mean(labels[others] == (y_pool[others] + 1) % 3) > 0.9
+  assert report["propagated_embedding"] == "umap" and report["propagated_k"] == 1

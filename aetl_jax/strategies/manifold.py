@@ -4,8 +4,9 @@ target pool, optionally after a PCA or UMAP embedding of those codes.
 The codes of an autoencoder can hold the classes on a curved manifold that a linear head on
 a hundred labels does not find; a neighbourhood graph over every pool image does (label
 spreading, Zhou et al. 2004; UMAP then k-NN, as N2D clusters). Each probe is registered as a
-strategy (``knn_pca``, ``knn_umap``, ``spreading``, ``spreading_pca``, ``spreading_umap``)
-owning the keys below:
+strategy (``knn_pca``, ``knn_umap``, ``spreading``, ``spreading_pca``, ``spreading_umap``;
+``knn_umap_pixels`` and ``spreading_umap_pixels`` fit on the images' pixels instead of the
+codes: what the graph owes to the autoencoder) owning the keys below:
 
 * ``manifold_mode``: ``'inductive'`` fits the embedding and the graph on the target pool only
   (labelled and unlabelled training images) and maps the test set through them afterwards;
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -88,7 +89,18 @@ def embed(kind: str, pool: np.ndarray, test: np.ndarray, *, dim: int, mode: str,
   return out
 
 
-def knn(pool_x, train_at, y_train, val_at, y_val, test_x, *, k_grid: Sequence[int]):
+class Fit(NamedTuple):
+  """What a manifold method gives: its labels of the test images and of every pool image,
+  its validation and training accuracy, and the settings the validation labels chose."""
+
+  test: np.ndarray
+  val_accuracy: float | None
+  train_accuracy: float
+  chosen: dict
+  pool: np.ndarray
+
+
+def knn(pool_x, train_at, y_train, val_at, y_val, test_x, *, k_grid: Sequence[int]) -> Fit:
   """k-NN (Euclidean) on the embedded training labels; k chosen on validation."""
   from sklearn.neighbors import KNeighborsClassifier
   ks = [k for k in k_grid if k <= len(train_at)] or [1]
@@ -101,11 +113,12 @@ def knn(pool_x, train_at, y_train, val_at, y_val, test_x, *, k_grid: Sequence[in
 
   k, val_accuracy = select(ks, val_acc, len(val_at) > 0)
   clf = fit(k)
-  return clf.predict(test_x), val_accuracy, float(clf.score(pool_x[train_at], y_train)), {"k": k}
+  return Fit(clf.predict(test_x), val_accuracy, float(clf.score(pool_x[train_at], y_train)),
+             {"k": k}, clf.predict(pool_x))
 
 
 def spread(pool_x, train_at, y_train, val_at, y_val, test_x, *, alpha_grid: Sequence[float],
-           neighbors: int, transductive: bool):
+           neighbors: int, transductive: bool) -> Fit:
   """Label spreading (scikit-learn, k-NN kernel) over the pool graph (+ the test images when
   transductive) from the training labels; alpha chosen on the validation images' labels
   as spread (they are unlabelled in the graph)."""
@@ -127,15 +140,17 @@ def spread(pool_x, train_at, y_train, val_at, y_val, test_x, *, alpha_grid: Sequ
   model = fitted.get(alpha) or fit(alpha)
   test = model.transduction_[len(pool_x):] if transductive else model.predict(test_x)
   train = float(np.mean(model.transduction_[train_at] == y_train))
-  return test, val_accuracy, train, {"alpha": alpha}
+  return Fit(test, val_accuracy, train, {"alpha": alpha}, model.transduction_[:len(pool_x)])
 
 
 def manifold_probe(method: str, embedding: str):
-  """The probe ``fn(train, val, test, *, num_classes, cfg, pool)`` of one method on one
-  embedding of the pool's codes."""
+  """The probe ``fn(train, val, test, *, num_classes, cfg, pool, pool_labels=False)`` of one
+  method on one embedding of the pool's codes; with ``pool_labels`` its result also holds
+  ``pool_predictions``: the method's label of every pool image (what ``labels_from``
+  strategies train on)."""
 
-  def fitted(cfg, pool: ProbePool, train, val, test_codes, settings):
-    """(predictions, validation accuracy, training accuracy, choices) of one embedding."""
+  def fitted(cfg, pool: ProbePool, train, val, test_codes, settings) -> Fit:
+    """The method's fit on one embedding (its choices include the embedding's settings)."""
     mode = cfg.manifold_mode
     pool_x, test_x = embed(embedding, pool.features, test_codes, dim=cfg.manifold_dim,
                            mode=mode, cache=pool.cache, **settings)
@@ -145,9 +160,10 @@ def manifold_probe(method: str, embedding: str):
     else:
       out = spread(*args, alpha_grid=tuple(cfg.spreading_alpha_grid),
                    neighbors=cfg.spreading_neighbors, transductive=mode == "transductive")
-    return out[:3] + ({**out[3], **{k: list(v) for k, v in settings.items()}},)
+    return out._replace(chosen={**out.chosen, **{k: list(v) for k, v in settings.items()}})
 
-  def probe(train, val, test, *, num_classes: int, cfg, pool: ProbePool) -> dict:
+  def probe(train, val, test, *, num_classes: int, cfg, pool: ProbePool,
+            pool_labels: bool = False) -> dict:
     del num_classes
     grid = ([{"umap": tuple(u)} for u in cfg.get("umap_grid", (UMAP_DEFAULT,))]
             if embedding == "umap" else [{}])
@@ -155,13 +171,14 @@ def manifold_probe(method: str, embedding: str):
 
     def score(i):
       runs[i] = fitted(cfg, pool, train, val, test[0], grid[i])
-      return runs[i][1]
+      return runs[i].val_accuracy
 
     best, _ = select(list(range(len(grid))), score, len(pool.val_at) > 0)
-    pred, val_acc, train_acc, chosen = runs[best]
-    return {"test_accuracy": float(np.mean(pred == np.asarray(test[1]))), "val_accuracy": val_acc,
-            "train_accuracy": train_acc, "manifold_mode": cfg.manifold_mode,
-            "embedding": embedding, **chosen}
+    fit = runs[best]
+    out = {"test_accuracy": float(np.mean(fit.test == np.asarray(test[1]))),
+           "val_accuracy": fit.val_accuracy, "train_accuracy": fit.train_accuracy,
+           "manifold_mode": cfg.manifold_mode, "embedding": embedding, **fit.chosen}
+    return {**out, "pool_predictions": np.asarray(fit.pool)} if pool_labels else out
 
   return probe
 
@@ -195,11 +212,15 @@ DEFAULTS = dict(
                        "(n_neighbors, min_dist) pairs")))
 
 
-def _register(name: str, method: str, embedding: str, doc: str) -> None:
-  PROBES.register(name, pool=True)(manifold_probe(method, embedding))
+POOL_PROBES: list[str] = []  # the probes above, by name: they label every pool image too
+
+
+def _register(name: str, method: str, embedding: str, doc: str, inputs: str = "codes") -> None:
+  PROBES.register(name, pool=True, inputs=inputs)(manifold_probe(method, embedding))
+  POOL_PROBES.append(name)
 
   def strategy(ctx):
-    return Strategy(ctx.name, "pretrained", probe=name)
+    return Strategy(ctx.name, "pretrained" if inputs == "codes" else "random", probe=name)
 
   strategy.__doc__ = doc
   STRATEGIES.register(name, defaults=DEFAULTS, validate=_check_umap if embedding == "umap" else None,
@@ -211,3 +232,7 @@ _register("knn_umap", "knn", "umap", "k-NN on a UMAP embedding of the pool's cod
 _register("spreading", "spreading", "none", "Label spreading over a k-NN graph of the pool's codes.")
 _register("spreading_pca", "spreading", "pca", "Label spreading over the PCA-embedded pool's codes.")
 _register("spreading_umap", "spreading", "umap", "Label spreading over the UMAP-embedded pool's codes.")
+# The same on the images' pixels: what the graph owes to the autoencoder (no checkpoint read).
+_register("knn_umap_pixels", "knn", "umap", "k-NN on a UMAP embedding of the pool's pixels.", "pixels")
+_register("spreading_umap_pixels", "spreading", "umap",
+          "Label spreading over the UMAP-embedded pool's pixels.", "pixels")

@@ -52,12 +52,16 @@ class Strategy:
 
   A strategy either trains through ``phases`` or fits a closed-form ``probe``
   (a name in :data:`aetl_jax.strategies.probes.PROBES`) on frozen features.
+  With ``labels_from`` (a probe that labels the pool: ``manifold.POOL_PROBES``) its
+  labelled stream is the whole target pool, each image with that probe's label, fitted on
+  the pretrained encoder's codes (the cell's labelled images keep their own).
   """
 
   name: str
   init: str
   phases: tuple[Phase, ...] = ()
   probe: str | None = None
+  labels_from: str | None = None
   # params -> params once the encoder (and head) are loaded, before training: e.g. ADDA's
   # target encoder starts as a copy of the source encoder.
   start: Callable | None = None

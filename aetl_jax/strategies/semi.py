@@ -2,7 +2,10 @@
 (``joint_finetune``: the pretrained autoencoder's reconstruction; ``pseudo_label`` from the
 pretrained encoder and ``pseudo_label_scratch`` from a random one: FixMatch-style confident
 pseudo-labels for ``semi_epochs`` passes over the pool; ``ladder`` and ``ladder_gamma``: the
-Ladder network, Rasmus et al. 2015, trained from scratch)."""
+Ladder network, Rasmus et al. 2015, trained from scratch; ``propagate_finetune`` and
+``propagate_scratch``: labels spread over a graph of the pretrained encoder's codes, then the
+classifier trained on every pool image, as Iscen et al. 2019 do with a network's own
+features)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from aetl_jax.models.ladder import COMBINATORS, LadderNetwork
 from aetl_jax.objectives.augmentation import check_chain
 from aetl_jax.objectives.ladder import PAPER_COSTS
 from aetl_jax.objectives.reconstruction import RECONSTRUCTION_LOSSES
+from aetl_jax.strategies import manifold
 from aetl_jax.strategies.registry import EVERYTHING, STRATEGIES, Strategy
 from aetl_jax.core.registry import Key, at_least, each, one_of, positive, within
 
@@ -138,3 +142,42 @@ def pseudo_label(ctx):
 def pseudo_label_scratch(ctx):
   """``pseudo_label`` from a random initialisation: what the pretrained encoder adds to it."""
   return _pseudo_label(ctx, "random")
+
+
+def _check_propagate(t) -> None:
+  if str(t.propagate_with).endswith("_umap"):
+    manifold._check_umap(t)
+
+
+PROPAGATE_DEFAULTS = dict(
+    manifold.DEFAULTS,
+    propagate_with=Key("knn_umap", "the manifold probe whose labels of the pool are trained on",
+                       one_of(*manifold.POOL_PROBES)),
+    propagate_epochs=Key(10, "passes over the relabelled target pool", positive(integer=True)),
+    propagate_batch_size=Key(128, "batch size over the relabelled pool", positive(integer=True)))
+
+
+def _propagate(ctx, init: str):
+  """One phase over the whole pool, each image with the label ``propagate_with`` gave it on
+  the pretrained encoder's codes (the labelled images keep theirs): every parameter trains
+  for ``propagate_epochs`` passes in batches of ``propagate_batch_size``."""
+  cfg = ctx.cfg
+  bs = int(cfg.propagate_batch_size)
+  return Strategy(ctx.name, init, (ctx.phase(
+      "propagated", EVERYTHING, cfg.propagate_epochs, batch_sizes={"labelled": bs}),),
+                  labels_from=str(cfg.propagate_with))
+
+
+@STRATEGIES.register("propagate_finetune", validate=_check_propagate, unlabelled=True,
+                     defaults=PROPAGATE_DEFAULTS)
+def propagate_finetune(ctx):
+  """Fine-tune the pretrained encoder + a head on the pool labelled by a manifold probe."""
+  return _propagate(ctx, "pretrained")
+
+
+@STRATEGIES.register("propagate_scratch", validate=_check_propagate, unlabelled=True,
+                     defaults=PROPAGATE_DEFAULTS)
+def propagate_scratch(ctx):
+  """``propagate_finetune`` from a random initialisation (the labels still come from the
+  pretrained encoder's codes): what the pretrained weights add beyond the graph."""
+  return _propagate(ctx, "random")

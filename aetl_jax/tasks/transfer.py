@@ -329,15 +329,16 @@ def _labels_caption(t, data: TransferData) -> str:
             f"labels per class in all")
   if 0 in t.budgets:
     text += "; budget 0 uses no target label at all (no validation either)"
-  if any(s in MANIFOLD_STRATEGIES for s in t.strategies):
-    text += (". Manifold probes (" + ", ".join(s for s in t.strategies if s in MANIFOLD_STRATEGIES)
-             + f") ran {t.manifold_mode}: their embedding and graph were fitted on the target "
+  from aetl_jax.strategies.registry import STRATEGIES
+  manifold = [s for s in t.strategies if "manifold_mode" in STRATEGIES.get(s).defaults]
+  if manifold:
+    text += (". Manifold probes and the strategies trained on their labels ("
+             + ", ".join(manifold) + f") ran {t.manifold_mode}: their embedding and graph were "
+             + "fitted on the target "
              + ("pool and the test images together (test labels unread)"
                 if t.manifold_mode == "transductive" else "pool only, the test set mapped after"))
   return text + "."
 
-
-MANIFOLD_STRATEGIES = ("knn_pca", "knn_umap", "spreading", "spreading_pca", "spreading_umap")
 # Held-out images pretraining is evaluated on when it cannot hold any out (streamed source,
 # holdout_fraction 0: then they are also training images, and the log says "train").
 HELD_OUT_STREAMED = 5000

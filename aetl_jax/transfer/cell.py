@@ -171,25 +171,43 @@ def run_cells_vmapped(strategy: Strategy, model, params, data: dict, splits: dic
 
 
 def run_probe(strategy: Strategy, model, params, splits: dict, *, num_classes: int, cfg,
-              pool=None) -> dict:
-  """Fits ``strategy.probe`` on frozen encoder features of each split; a probe that reads the
-  pool gets ``pool = (pool images, train positions, val positions, cache)`` as features."""
+              pool=None, **probe_kw) -> dict:
+  """Fits ``strategy.probe`` on frozen encoder features of each split (on the pixels for a
+  probe registered with ``inputs='pixels'``); a probe that reads the pool gets ``pool = (pool images, train positions, val positions, cache)`` as features
+  (``probe_kw``: further keywords of the probe)."""
+  entry = PROBES.get(strategy.probe)
+  pixels = entry.info.get("inputs") == "pixels"
+
   def features(x):
     if len(x) == 0:
       return None
+    if pixels:
+      return np.asarray(x, np.float32).reshape(len(x), -1)
     return np.asarray(batched_apply(_encode(model), params, jnp.asarray(x)))
 
   feats = {name: (features(x), np.asarray(y)) for name, (x, y) in splits.items()}
   dim = feats["train"][0].shape[1]
   feats = {n: (np.zeros((0, dim), np.float32) if f is None else f, y) for n, (f, y) in feats.items()}
-  entry = PROBES.get(strategy.probe)
   kw = {}
   if entry.info.get("pool"):
     from aetl_jax.strategies.manifold import ProbePool
     images, train_at, val_at, cache = pool
     kw["pool"] = ProbePool(features(images), train_at, val_at, cache)
   return entry.fn(feats["train"], feats["val"], feats["test"], num_classes=num_classes, cfg=cfg,
-                  **kw)
+                  **kw, **probe_kw)
+
+
+def propagated_labels(probe: str, model, params, splits: dict, pool, *, num_classes: int,
+                      cfg) -> tuple[np.ndarray, dict]:
+  """(a label for every pool image, what the probe reported): the pool probe ``probe``
+  fitted on the codes of ``params``' encoder; the cell's labelled training images keep their
+  own labels. The report's keys start with ``propagated_`` (its test accuracy: the probe's
+  own score, before any training)."""
+  result = run_probe(Strategy("propagation", "pretrained", probe=probe), model, params, splits,
+                     num_classes=num_classes, cfg=cfg, pool=pool, pool_labels=True)
+  labels = np.array(result.pop("pool_predictions"), dtype=np.asarray(splits["train"][1]).dtype)
+  labels[pool[1]] = splits["train"][1]
+  return labels, {f"propagated_{k}": v for k, v in result.items()}
 
 
 def train_strategy(name: str, tcfg, model, params, splits: dict, rng, *, runtime=None,
@@ -209,13 +227,18 @@ def train_strategy(name: str, tcfg, model, params, splits: dict, rng, *, runtime
   ctx = StrategyContext(name, tcfg, model, params, Optim.from_config(tcfg), cache_features,
                         budget=len(splits["train"][1]) // classes)
   strategy = build_strategy(name, ctx)
-  if strategy.probe is not None:  # the pool: the labelled images (no others are given here)
-    n_train, n_val = len(splits["train"][1]), len(splits["val"][1])
-    pool = (np.concatenate([splits["train"][0], splits["val"][0]]), np.arange(n_train),
-            n_train + np.arange(n_val), {})
+  # The pool: the labelled images (no others are given here).
+  n_train, n_val = len(splits["train"][1]), len(splits["val"][1])
+  pool = (np.concatenate([splits["train"][0], splits["val"][0]]), np.arange(n_train),
+          n_train + np.arange(n_val), {})
+  if strategy.probe is not None:
     return params, run_probe(strategy, model, params, splits, cfg=tcfg, pool=pool,
-                             num_classes=num_classes or model.num_classes), []
+                             num_classes=classes), []
   x, y = splits["train"]
+  if strategy.labels_from is not None:
+    y, _ = propagated_labels(strategy.labels_from, model, params, splits, pool,
+                             num_classes=classes, cfg=tcfg)
+    x = pool[0]
   data = {"target_labelled": {"image": jnp.asarray(x), "label": jnp.asarray(y)},
           "target_unlabelled": {"image": jnp.asarray(x)}}
   data = {k: v for k, v in data.items() if k in {s for p in strategy.phases for s in p.streams}}

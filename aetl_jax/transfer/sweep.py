@@ -25,7 +25,7 @@ from aetl_jax.engine.phase import Optim
 from aetl_jax.engine.runtime import Runtime
 from aetl_jax.strategies.registry import (StrategyContext, build_strategy, needs_target_labels,
                                           target_model_kind)
-from aetl_jax.transfer.cell import run_cell, run_cells_vmapped, run_probe
+from aetl_jax.transfer.cell import propagated_labels, run_cell, run_cells_vmapped, run_probe
 from aetl_jax.transfer.encoder import load_encoder, load_head, strategy_model
 from aetl_jax.models.registry import init_method
 from aetl_jax.models.variables import tree_of
@@ -137,8 +137,27 @@ class Sweep:
       data["source_labelled"] = self.labelled_source()
     info = {"train_per_class": class_counts(d.labels, train_idx, d.num_classes),
             "val_size": int(len(val_idx)), "checkpoint_step": step, "reinit": reinit}
-    return _Cell(seed, strategy, model, params, data, splits, train_key, info,
-                 (self._pool_at[train_idx], self._pool_at[val_idx]))
+    labelled_at = (self._pool_at[train_idx], self._pool_at[val_idx])
+    if strategy.labels_from is not None:
+      data["target_labelled"], found = self.propagated(strategy.labels_from, name, model, params,
+                                                       splits, labelled_at)
+      info.update(found)
+    return _Cell(seed, strategy, model, params, data, splits, train_key, info, labelled_at)
+
+  def propagated(self, probe: str, name: str, model, params, splits, labelled_at):
+    """The labelled stream of a ``labels_from`` strategy: every pool image with the label
+    the pool probe ``probe`` gives it on the pretrained encoder's codes, and the probe's
+    report (+ ``propagated_pool_accuracy``: the share of pool labels right, read after the
+    fact from labels no choice sees)."""
+    encoder = self.pretrained(name, model, params)[1]
+    pool_images = self.d.images[self.d.split.target_pool]
+    labels, report = propagated_labels(
+        probe, model, {**params, "encoder": encoder}, splits,
+        (pool_images, *labelled_at, self.probe_cache), num_classes=self.d.num_classes,
+        cfg=self.tcfg)
+    truth = self.d.labels[self.d.split.target_pool]
+    report["propagated_pool_accuracy"] = float(np.mean(labels == truth))
+    return {"image": pool_images, "label": labels}, report
 
   def run_one(self, budget, name, seed):
     c = self.cell_inputs(budget, name, seed)
