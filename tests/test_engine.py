@@ -454,3 +454,30 @@ def test_a_phase_without_decay_keeps_the_optimiser_state_its_checkpoints_were_wr
   assert set(decayed.hyperparams) == {"learning_rate", "weight_decay", "l1_decay"}
   assert float(decayed.hyperparams["weight_decay"]) == pytest.approx(0.1)
   assert len(decayed.inner_state) == len(plain.inner_state) + 2  # the two decays' terms
+
+
+def test_a_leaf_shared_by_the_vmapped_seeds_trains_as_if_stacked():
+  """``shared=('s/image',)``: every seed reads one copy of the images beside its own targets,
+  and trains exactly as with the images stacked per seed."""
+  from aetl_jax.engine.driver import first_seed, run_phases_vmapped, seed_axes
+  from aetl_jax.engine.phase import Optim, Phase
+  from aetl_jax.engine.runtime import make_runtime
+
+  def loss(p, b, rng):
+    return jnp.mean((b["x"]["image"] @ p["w"] - b["x"]["label"]) ** 2), {}
+
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.random((16, 3)), jnp.float32)
+  targets = jnp.asarray(rng.random((2, 16, 2)), jnp.float32)  # per seed
+  phase = Phase("p", loss, (("x", "s", 4),), 2, Optim(1e-1, schedule="constant"))
+  runtime = make_runtime(runner="scan")
+  params = {"w": jnp.zeros((2, 3, 2))}
+  rngs = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(1)])
+  shared = {"s": {"image": images, "label": targets}}
+  stacked = {"s": {"image": jnp.stack([images] * 2), "label": targets}}
+  assert seed_axes(shared, ("s/image",)) == (("s", (("image", None), ("label", 0))),)
+  assert first_seed(shared, ("s/image",))["s"]["image"].shape == (16, 3)
+  a, _ = run_phases_vmapped([phase], params, shared, rngs, runtime=runtime, shared=("s/image",))
+  b, _ = run_phases_vmapped([phase], params, stacked, rngs, runtime=runtime)
+  np.testing.assert_allclose(a["w"], b["w"], rtol=1e-6)
+  assert not np.allclose(a["w"][0], a["w"][1])  # each seed fitted its own targets

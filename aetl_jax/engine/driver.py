@@ -234,30 +234,63 @@ def _vmapped_cell(phases: tuple, spec: tuple, sizes: tuple, runtime: Runtime, da
       epoch += phase.epochs
     return params, history
 
-  return jax.jit(jax.vmap(cell, in_axes=(0, dict(data_axes), 0, 0, None, None)),
+  axes = {k: dict(a) if isinstance(a, tuple) else a for k, a in data_axes}
+  return jax.jit(jax.vmap(cell, in_axes=(0, axes, 0, 0, None, None)),
                  compiler_options=runtime.options)
+
+
+def _is_shared(shared: Sequence[str], stream: str, leaf: str | None = None) -> bool:
+  return stream in shared or (leaf is not None and f"{stream}/{leaf}" in shared)
+
+
+def seed_axes(data: dict, shared: Sequence[str] = ()) -> tuple:
+  """The vmap axes of ``data`` as a hashable tuple: per stream None (every seed reads it
+  alike: ``stream`` in ``shared``), 0, or per leaf of a dict stream (``stream/leaf`` in
+  ``shared``: e.g. one pool of images under per-seed labels)."""
+  def axes(k, v):
+    if k in shared:
+      return None
+    if isinstance(v, dict) and any(_is_shared(shared, k, n) for n in v):
+      return tuple(sorted((n, None if _is_shared(shared, k, n) else 0) for n in v))
+    return 0
+  return tuple(sorted((k, axes(k, v)) for k, v in data.items()))
+
+
+def first_seed(data: dict, shared: Sequence[str] = ()) -> dict:
+  """One seed's view of vmapped ``data`` (:func:`seed_axes`): shared streams and leaves as
+  they are, the others' first entry."""
+  out = {}
+  for k, ax in seed_axes(data, shared):
+    if ax is None:
+      out[k] = data[k]
+    elif isinstance(ax, tuple):
+      out[k] = {n: data[k][n] if a is None else jax.tree.map(lambda x: x[0], data[k][n])
+                for n, a in ax}
+    else:
+      out[k] = jax.tree.map(lambda x: x[0], data[k])
+  return out
 
 
 def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, runtime: Runtime,
                        metric_prefix: str = "", label: str = "", shared: Sequence[str] = (),
                        epoch_metrics: Callable | None = None, epoch_data=None):
   """K seeds at once: every leaf of ``params``, ``rngs`` and of the streams of
-  ``data`` (except those named in ``shared``) has a leading seed axis, and so has every leaf
-  of ``epoch_data`` (what ``epoch_metrics`` reads, as in :func:`run_phases`).
+  ``data`` (except the streams, or ``stream/leaf`` leaves, named in ``shared``) has a
+  leading seed axis, and so has every leaf of ``epoch_data`` (what ``epoch_metrics`` reads,
+  as in :func:`run_phases`).
 
   Returns (stacked params, K lists of per-epoch rows). Raises NonFiniteError
   naming the seed, phase, epoch and step of the first non-finite loss.
   """
   check_streams(phases, data)
   one = jax.tree.map(lambda a: a[0], params)
-  one_data = {k: v if k in shared else jax.tree.map(lambda a: a[0], v) for k, v in data.items()}
+  one_data = first_seed(data, shared)
   phases = resolve_lengths(phases, one_data)
   runtime = runtime.single_device()
   progs = programs(phases, one, one_data, runtime)
   sizes = tuple(_size(one_data[p.streams[0]]) for p in phases)
-  axes = tuple(sorted((k, None if k in shared else 0) for k in data))
   cell = _vmapped_cell(tuple(compile_key(p) for p in phases), tree_spec(one), sizes, runtime,
-                       axes, epoch_metrics)
+                       seed_axes(data, shared), epoch_metrics)
   hyper = tuple(jax.tree.map(jnp.float32, prog.hyper) for prog in progs)
   values = tuple({k: jnp.float32(v) for k, v in p.values} for p in phases)
   params, history = cell(params, data, rngs, epoch_data, hyper, values)

@@ -19,7 +19,7 @@ import optax
 
 from aetl_jax.core.rules import freeze_and_multipliers, tree_paths
 from aetl_jax.core.statistics import statistics_mask
-from aetl_jax.engine.driver import resolve_lengths, run_phases, run_phases_vmapped
+from aetl_jax.engine.driver import first_seed, resolve_lengths, run_phases, run_phases_vmapped
 from aetl_jax.engine.metrics_log import JsonlLog
 from aetl_jax.engine.store import CheckpointStore
 from aetl_jax.evaluation.batched import batched_apply
@@ -157,13 +157,12 @@ def run_cell(strategy: Strategy, model, params, data: dict, splits: dict, rng, *
 def run_cells_vmapped(strategy: Strategy, model, params, data: dict, splits: dict, rngs, *,
                       runtime, shared=()):
   """K seeds as one program; every leaf of ``params``/``rngs`` has a seed axis, and so
-  does every stream of ``data`` except those named in ``shared``."""
+  does every stream of ``data`` except the streams (or ``stream/leaf``) named in ``shared``."""
   params, rows = run_phases_vmapped(strategy.phases, params, data, rngs, runtime=runtime,
                                     label=strategy.name, shared=shared,
                                     **_validation(model, splits))
   results = score(model, params, splits)
-  one = {k: v if k in shared else jax.tree.map(lambda a: a[0], v) for k, v in data.items()}
-  phases = resolve_lengths(strategy.phases, one)
+  phases = resolve_lengths(strategy.phases, first_seed(data, shared))
   first = jax.tree.map(lambda a: a[0], params)
   for result, seed_rows in zip(results, rows):
     result.update(phases=_phase_log(phases, seed_rows, first), vmapped_seeds=len(rows))

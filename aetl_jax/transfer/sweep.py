@@ -185,8 +185,9 @@ class Sweep:
     stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
     streams = _streams(strategy)
     shared = tuple(s for s in SHARED_STREAMS if s in streams)
-    data = {k: (cells[0].data[k] if k in shared else stack([c.data[k] for c in cells]))
-            for k in streams}
+    if strategy.labels_from is not None:  # one relabelled pool: its images, per-seed labels
+      shared += ("target_labelled/image",)
+    data = {k: _seeds_of(k, [c.data[k] for c in cells], shared, stack) for k in streams}
     splits = {k: stack([c.splits[k] for c in cells]) for k in ("train", "val")}
     splits["test"] = self.test
     start = time.perf_counter()
@@ -200,6 +201,15 @@ class Sweep:
 
 # Streams every seed of a cell group reads alike (not stacked per seed).
 SHARED_STREAMS = ("target_unlabelled", "source_labelled")
+
+
+def _seeds_of(name: str, streams: list, shared: tuple, stack):
+  """One stream for a group of seeds: the first seed's when ``name`` is shared, else each
+  leaf stacked over the seeds, except the leaves shared as ``name/leaf``."""
+  if name in shared:
+    return streams[0]
+  return {n: streams[0][n] if f"{name}/{n}" in shared else stack([s[n] for s in streams])
+          for n in streams[0]}
 
 
 def _streams(strategy) -> set:
