@@ -59,7 +59,7 @@ mean ± 95% CI; paired differences to ``scratch`` by seed)::
     | (CAE; M1+M2: Kingma et al. 2014, Table 1) | | 13.47%; 3.33% | | |
 
 The Ladder network (30 passes over the 60,000 images, ~18,000 steps; 5 seeds as one vmapped
-program: 1,227 s on 2 cores shared with another job) reaches 1.62% mean error: the ≤ 2% target
+program: 1,227 s per seed, ~100 minutes for the five, on 2 cores shared with another job) reaches 1.62% mean error: the ≤ 2% target
 holds for the mean and on 4 of 5 seeds (97.61% on seed 1); the paper's 1.06% used 150 epochs.
 ``ladder_gamma`` (the Γ-model) was not run to the end in this session (CPU time).
 

@@ -145,7 +145,7 @@ def pseudo_label_scratch(ctx):
 
 
 def _check_propagate(t) -> None:
-  if str(t.propagate_with).endswith("_umap"):
+  if "_umap" in str(t.propagate_with):
     manifold._check_umap(t)
 
 

@@ -150,14 +150,14 @@ class Sweep:
     report (+ ``propagated_pool_accuracy``: the share of pool labels right, read after the
     fact from labels no choice sees)."""
     encoder = self.pretrained(name, model, params)[1]
-    pool_images = self.d.images[self.d.split.target_pool]
     labels, report = propagated_labels(
         probe, model, {**params, "encoder": encoder}, splits,
-        (pool_images, *labelled_at, self.probe_cache), num_classes=self.d.num_classes,
+        (self.unlabelled, *labelled_at, self.probe_cache), num_classes=self.d.num_classes,
         cfg=self.tcfg)
     truth = self.d.labels[self.d.split.target_pool]
     report["propagated_pool_accuracy"] = float(np.mean(labels == truth))
-    return {"image": pool_images, "label": labels}, report
+    # the pool's images already on the device, one copy for every seed and cell
+    return {"image": self.unlabelled, "label": labels}, report
 
   def run_one(self, budget, name, seed):
     c = self.cell_inputs(budget, name, seed)
