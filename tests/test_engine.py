@@ -417,6 +417,27 @@ def test_strategies_that_differ_only_in_an_objective_weight_share_their_compile_
     assert a != b and compile_key(a) == compile_key(b)
 
 
+def test_linear_probes_that_differ_only_in_their_l2_share_their_compile_key():
+  """The probe's L2 (1 / (C n)) is a value of its step: probes with another probe_c (or
+  another budget of the same labelled-set size) share their programs, cached features or
+  not, and the value is the one scikit-learn's C gives."""
+  from aetl_jax.engine.phase import Optim, compile_key
+  config = tiny_config()
+  model, params = classifier_and_params(config)
+
+  def phase(c, cache):
+    cfg = ml_collections.ConfigDict(config.transfer.to_dict())
+    cfg.probe_c = c
+    ctx = StrategyContext("linear_probe", cfg, model, params, Optim(1e-3), cache, budget=3)
+    return build_strategy("linear_probe", ctx).phases[0]
+
+  for cache in (True, False):
+    a, b = phase(1.0, cache), phase(4.0, cache)
+    assert dict(a.values)["probe_l2"] == pytest.approx(1 / 30)
+    assert dict(b.values)["probe_l2"] == pytest.approx(1 / 120)
+    assert a != b and compile_key(a) == compile_key(b)
+
+
 def test_every_declared_value_key_is_a_number_of_a_registered_objective():
   """``value=True`` is declared on numbers only (a string or a tuple cannot be an argument of
   the compiled step), and every objective's weights are values."""

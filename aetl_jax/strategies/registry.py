@@ -30,6 +30,7 @@ import ml_collections
 from aetl_jax.core.registry import Registry
 from aetl_jax.core.rules import FROZEN, Rule, trainable_mask
 from aetl_jax.engine.phase import EVERYTHING, Optim, Phase  # noqa: F401 - strategies use it
+from aetl_jax.engine.step import VALUES
 from aetl_jax.models.family import FAMILIES
 from aetl_jax.objectives.augmentation import augmenting, check_chain
 from aetl_jax.objectives.classification import make_classification_loss
@@ -111,12 +112,13 @@ class StrategyContext:
       l2 = 1.0 / (float(self.cfg.get("probe_c", 1.0)) * n) if n else 0.0
       min_steps = max(min_steps, int(self.cfg.get("probe_steps", 0)))
       if self.cache_features and not chain:
-        return Phase(name, _head_loss(self.model, l2), feed, epochs, optim, rules,
+        return Phase(name, _head_loss(self.model, bool(l2)), feed, epochs, optim, rules,
                      tuple(wd_rules), subtree="head", prepare=_features(self.model),
-                     min_steps=min_steps)
+                     min_steps=min_steps, values=((PROBE_L2, l2),) if l2 else ())
     loss, values = objective_loss(objective, self.model, objective_cfg)
     if l2:
-      loss = _with_l2(loss, l2, lambda params: params["head"]["kernel"])
+      loss = _with_l2(loss, _head_kernel)
+      values = (*values, (PROBE_L2, l2))
     if chain:  # augmented labelled images: features cannot be cached
       loss = augmenting(loss, chain, ("labelled", "source"))
     return Phase(name, loss, feed, epochs, optim, rules, tuple(wd_rules), min_steps=min_steps,
@@ -142,25 +144,39 @@ def _objective_loss(objective: str, model, cfg: ml_collections.FrozenConfigDict)
   return make_loss(objective, model, cfg)
 
 
+# The probe's L2 strength: a run-time value of its step (``batches['values']``), not a constant,
+# so probes that differ only in it (another budget of the same size, another probe_c) share
+# their compiled programs.
+PROBE_L2 = "probe_l2"
+
+
+def _head_kernel(params):
+  return params["head"]["kernel"]
+
+
+def _kernel(head):
+  return head["kernel"]
+
+
 @functools.lru_cache(maxsize=32)
-def _with_l2(loss_fn, l2: float, kernel):
-  """``loss_fn`` + ``l2`` × ||kernel(params)||² / 2 (the head's kernel; its bias is not
-  penalised, as scikit-learn's LogisticRegression does not)."""
+def _with_l2(loss_fn, kernel):
+  """``loss_fn`` + ``values['probe_l2']`` × ||kernel(params)||² / 2 (the head's kernel; its
+  bias is not penalised, as scikit-learn's LogisticRegression does not)."""
 
   def penalised(params, batches, rng):
     loss, aux = loss_fn(params, batches, rng)
-    penalty = 0.5 * l2 * jnp.sum(kernel(params) ** 2)
+    penalty = 0.5 * batches[VALUES][PROBE_L2] * jnp.sum(kernel(params) ** 2)
     return loss + penalty, {**aux, "l2_penalty": penalty}
 
   return penalised
 
 
 @functools.lru_cache(maxsize=32)
-def _head_loss(model, l2: float = 0.0):
-  """Cross-entropy of the head on cached features (+ ``l2`` × ||kernel||² / 2)."""
+def _head_loss(model, penalised: bool = False):
+  """Cross-entropy of the head on cached features (+ the L2 value × ||kernel||² / 2)."""
   ce = make_classification_loss(
       lambda head, f, rng: model.apply({"params": {"head": head}}, f, method="classify_features"))
-  return _with_l2(ce, l2, lambda head: head["kernel"]) if l2 else ce
+  return _with_l2(ce, _kernel) if penalised else ce
 
 
 @functools.lru_cache(maxsize=32)
