@@ -323,13 +323,17 @@ def test_linear_probe_matches_scikit_learns_logistic_regression_on_the_same_code
 def test_ladder_umap_spreading_and_pseudo_labels_from_scratch_in_a_sweep(tmp_path):
   """End to end on digits: the ladder's saved classifier predicts what its cell scored
   (recomputed from the saved parameters), the inductive UMAP probe is named in the caption,
-  pseudo_label_scratch starts from no checkpoint."""
+  pseudo_label_scratch starts from no checkpoint; ``propagate_*`` fit their probe on the
+  pretrained encoder's codes whatever their init (the same report as the probe's own cell,
+  same draw), then train on the relabelled pool."""
   from aetl_jax import api
   from aetl_jax.data.domains import build_transfer_data
   from aetl_jax.transfer.classifiers import load_classifier
   from tests.conftest import digits_config
-  strategies = ("scratch", "ladder", "ladder_gamma", "spreading_umap", "pseudo_label_scratch")
-  config = digits_config(*TINY_SEMI, f"transfer.strategies={strategies!r}")
+  strategies = ("scratch", "ladder", "ladder_gamma", "spreading_umap", "pseudo_label_scratch",
+                "propagate_finetune", "propagate_scratch")
+  config = digits_config(*TINY_SEMI, f"transfer.strategies={strategies!r}",
+                         "transfer.propagate_with='spreading_umap'", "transfer.propagate_epochs=2")
   out = api.run(config, tmp_path, progress=False)
   rows = {(r["strategy"], r["seed"]): r for r in out["rows"]}
   assert {s for s, _ in rows} == set(strategies)
@@ -342,8 +346,18 @@ def test_ladder_umap_spreading_and_pseudo_labels_from_scratch_in_a_sweep(tmp_pat
   assert rows[("ladder", 0)]["checkpoint_step"] is None  # a model of its own: nothing loaded
   assert rows[("pseudo_label_scratch", 0)]["checkpoint_step"] is None
   assert rows[("spreading_umap", 0)]["manifold_mode"] == "inductive"
+  for seed in (0, 1):
+    probe = rows[("spreading_umap", seed)]
+    for name in ("propagate_finetune", "propagate_scratch"):
+      r = rows[(name, seed)]
+      assert r["propagated_test_accuracy"] == probe["test_accuracy"]
+      assert r["propagated_alpha"] == probe["alpha"] and r["propagated_umap"] == probe["umap"]
+      assert 0.5 < r["propagated_pool_accuracy"] <= 1.0
+  assert rows[("propagate_finetune", 0)]["checkpoint_step"] is not None
+  assert rows[("propagate_scratch", 0)]["checkpoint_step"] is None
   md = (tmp_path / "results" / "results.md").read_text()
-  assert "trained on their labels (spreading_umap) ran inductive" in md
+  assert ("trained on their labels (spreading_umap, propagate_finetune, propagate_scratch) ran "
+          "inductive") in md
   assert "3 + 2 labels per class in all" not in md and "k + 2 labels per class in all" in md
 
 
@@ -352,31 +366,6 @@ TINY_SEMI = ("pretrain.epochs=3", "transfer.budgets=(3,)", "transfer.seeds=2",
              "transfer.epochs=4", "transfer.semi_epochs=1", "transfer.ladder_epochs=2",
              "transfer.ladder_widths=(32,)", "transfer.ladder_costs=(1000.0,10.0,0.1)",
              "transfer.batch_size=16", "data.max_pool=300")
-
-
-@pytest.mark.slow
-def test_propagate_trains_on_the_pool_as_the_probe_labelled_it_on_the_pretrained_codes(tmp_path):
-  """``propagate_*`` fit their probe on the pretrained encoder's codes whatever their init
-  (the same report as the probe's own cell, same draw), then train on every pool image."""
-  from aetl_jax import api
-  from tests.conftest import digits_config
-  strategies = ("spreading", "propagate_finetune", "propagate_scratch")
-  tiny = [o for o in TINY_SEMI if not o.startswith(("transfer.semi", "transfer.ladder"))]
-  config = digits_config(*tiny, f"transfer.strategies={strategies!r}",
-                         "transfer.propagate_with='spreading'", "transfer.propagate_epochs=2")
-  out = api.run(config, tmp_path, progress=False)
-  rows = {(r["strategy"], r["seed"]): r for r in out["rows"]}
-  for seed in (0, 1):
-    probe = rows[("spreading", seed)]
-    for name in ("propagate_finetune", "propagate_scratch"):
-      r = rows[(name, seed)]
-      assert r["propagated_test_accuracy"] == probe["test_accuracy"]
-      assert r["propagated_alpha"] == probe["alpha"]
-      assert 0.5 < r["propagated_pool_accuracy"] <= 1.0
-  assert rows[("propagate_finetune", 0)]["checkpoint_step"] is not None
-  assert rows[("propagate_scratch", 0)]["checkpoint_step"] is None
-  md = (tmp_path / "results" / "results.md").read_text()
-  assert "labels (spreading, propagate_finetune, propagate_scratch) ran inductive" in md
 
 
 def test_propagated_labels_spread_the_cells_labels_over_the_pixels(
