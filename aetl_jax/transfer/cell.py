@@ -216,7 +216,9 @@ def train_strategy(name: str, tcfg, model, params, splits: dict, rng, *, runtime
 
   ``params`` already hold the encoder the strategy starts from; ``splits`` maps
   'train', 'val', 'test' to (images, labels). Returns (params, result, history).
-  The sweep does the same for every cell; this is the entry point for one.
+  The sweep does the same for every cell; this is the entry point for one. Here the pool of
+  probes and of ``labels_from`` strategies is the train and validation images, and the
+  latter's labels come from the codes of ``params``' encoder.
   """
   from aetl_jax.engine.phase import Optim
   from aetl_jax.engine.runtime import make_runtime
