@@ -10,7 +10,8 @@ images are all available without labels (``data.source_fraction=0``: the autoenc
 pretrains on the whole target pool, less 10% held out to evaluate it), 10 labels per class
 are drawn from them, and the 10,000 test images score. Validation: 5 more labels per class
 (``transfer.validation='extra'``), so every cell uses 150 labels; they choose only the
-probes' k / alpha / L2. Seeds vary the labelled draw and the initialisation.
+probes' k / alpha / L2 / UMAP pair (the probe behind ``propagate_*`` included). Seeds vary
+the labelled draw and the initialisation.
 
 The autoencoder: a denoising AE (masking 30% of the pixels) 784-1000-500-250, 30 epochs.
 Strategies: ``scratch``; autoencoder transfer (``linear_probe``, ``finetune``, ``lp_ft``,
