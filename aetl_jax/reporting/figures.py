@@ -57,7 +57,6 @@ def summary_figure(path, *, originals, reconstructions, summary, strategies, bud
   baseline, diffs = next(((b, rows) for b, rows in (paired or {}).items() if rows), (None, []))
   panels = [b for b in budgets if any(s["budget"] == b for s in summary)] or list(budgets)
   rows = 2 + (1 if diffs else 0)
-  height = 1.1 * k / max(len(panels), 1) if k else 0
   fig = plt.figure(figsize=(max(8, 3.6 * len(panels)), 1.6 + 0.32 * len(strategies) * (rows - 1)
                             + (2.2 if k else 0)), constrained_layout=True)
   outer = fig.add_gridspec(2 if k else 1, 1, height_ratios=[1, 3.2] if k else [1])
@@ -72,9 +71,8 @@ def summary_figure(path, *, originals, reconstructions, summary, strategies, bud
         ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([])
-        if i == 0:
-          ax.set_ylabel(label, fontsize=8)
-  del height
+        if i == 0:  # across, left of the row: upright labels of two short rows overlap
+          ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
   charts = outer[-1].subgridspec(rows - 1, len(panels))
   for j, b in enumerate(panels):
     ax = fig.add_subplot(charts[0, j])
