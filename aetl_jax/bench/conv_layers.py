@@ -144,10 +144,11 @@ def main(argv=None):
   if args.table:
     try:
       resnet = tuple(tuple(int(v) for v in pair.split(":")) for pair in args.resnet.split(","))
-      assert all(len(p) == 2 and p[0] >= 32 and p[1] >= 1 for p in resnet)
-    except (ValueError, AssertionError):
+    except ValueError:
+      resnet = ()
+    if not resnet or not all(len(p) == 2 and p[0] >= 32 and p[1] >= 1 for p in resnet):
       raise SystemExit(f"--resnet takes SIZE:BATCH pairs, comma-separated, size >= 32 and "
-                       f"batch >= 1 (e.g. 32:64,224:32), got {args.resnet!r}") from None
+                       f"batch >= 1 (e.g. 32:64,224:32), got {args.resnet!r}")
     measured = table(args.repeats, table_layers(resnet)
                      + (conv_ae_layers() if args.conv_ae else []))
     if args.write:

@@ -239,7 +239,9 @@ def _vmapped_cell(phases: tuple, spec: tuple, sizes: tuple, runtime: Runtime, da
                  compiler_options=runtime.options)
 
 
-def _is_shared(shared: Sequence[str], stream: str, leaf: str | None = None) -> bool:
+def is_shared(shared: Sequence[str], stream: str, leaf: str | None = None) -> bool:
+  """Whether every vmapped seed reads ``stream`` (or its ``leaf``) alike: the stream, or
+  ``stream/leaf``, is named in ``shared``."""
   return stream in shared or (leaf is not None and f"{stream}/{leaf}" in shared)
 
 
@@ -250,8 +252,8 @@ def seed_axes(data: dict, shared: Sequence[str] = ()) -> tuple:
   def axes(k, v):
     if k in shared:
       return None
-    if isinstance(v, dict) and any(_is_shared(shared, k, n) for n in v):
-      return tuple(sorted((n, None if _is_shared(shared, k, n) else 0) for n in v))
+    if isinstance(v, dict) and any(is_shared(shared, k, n) for n in v):
+      return tuple(sorted((n, None if is_shared(shared, k, n) else 0) for n in v))
     return 0
   return tuple(sorted((k, axes(k, v)) for k, v in data.items()))
 

@@ -201,18 +201,22 @@ _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "heartbea
               "tasks are unhealthy", "Gloo")
 
 
+class PeerLostError(DistributedError):
+  """A collective failed because another process of this multi-process run stopped."""
+
+
 def peer_lost(error: BaseException) -> DistributedError | None:
   """The DistributedError to report when ``error`` is a collective that failed because
-  another process of this multi-process run stopped; None for any other error. A
-  DistributedError already made by this function (e.g. by the checkpoint store, which
-  re-raises a read that failed in a collective) is returned as it is, not wrapped again."""
-  if isinstance(error, DistributedError) and str(error).startswith("another process of this"):
+  another process of this multi-process run stopped; None for any other error. One already
+  made by this function (e.g. by the checkpoint store, which re-raises a read that failed in
+  a collective) is returned as it is, not wrapped again."""
+  if isinstance(error, PeerLostError):
     return error
   text = str(error)
   if jax.process_count() == 1 or not any(s in text for s in _PEER_LOST):
     return None
-  return DistributedError(f"another process of this {jax.process_count()}-process run stopped "
-                          f"({first_line(error, 200)})")
+  return PeerLostError(f"another process of this {jax.process_count()}-process run stopped "
+                       f"({first_line(error, 200)})")
 
 
 def from_main(values: tuple[int, ...]) -> tuple[int, ...]:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from aetl_jax.data.splits import class_counts
 from aetl_jax.data.transfer_split import TransferSplit, draw_target_labels
+from aetl_jax.engine.driver import is_shared
 from aetl_jax.engine.metrics_log import JsonlLog, TensorBoard
 from aetl_jax.engine.phase import Optim
 from aetl_jax.engine.runtime import Runtime
@@ -206,9 +207,9 @@ SHARED_STREAMS = ("target_unlabelled", "source_labelled")
 def _seeds_of(name: str, streams: list, shared: tuple, stack):
   """One stream for a group of seeds: the first seed's when ``name`` is shared, else each
   leaf stacked over the seeds, except the leaves shared as ``name/leaf``."""
-  if name in shared:
+  if is_shared(shared, name):
     return streams[0]
-  return {n: streams[0][n] if f"{name}/{n}" in shared else stack([s[n] for s in streams])
+  return {n: streams[0][n] if is_shared(shared, name, n) else stack([s[n] for s in streams])
           for n in streams[0]}
 
 
