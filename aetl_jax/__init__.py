@@ -11,4 +11,4 @@ one driver, checkpoints) and ``data`` → ``models`` → ``objectives`` →
     api.run(api.load_config("experiments/digits_transfer.py"), "runs/digits")
 """
 
-__version__ = "0.5.0"  # the one version number: pyproject.toml reads it
+__version__ = "0.6.0"  # the one version number: pyproject.toml reads it

@@ -159,11 +159,13 @@ def test_budget_zero_evaluates_the_source_classifier_without_training(adapted):
   zero = [r for r in out["rows"] if r["strategy"] == "source_only"]
   assert len(zero) == 4 and all(r["test_accuracy"] == pytest.approx(expected, abs=1e-6) for r in zero)
   assert expected > 0.5  # the digits source classifier is far above chance on digits
-  # the pretraining log scored the classifier on a held-out 10% of the *source*, never on the
-  # target's test set: the same split, carved here by hand from the source's labels
-  held = np.sort(np.concatenate([np.random.default_rng(config.data.split_seed + 5).permutation(
-      np.flatnonzero(data.source_labels == c))[:int(round(0.1 * np.sum(data.source_labels == c)))]
-      for c in np.unique(data.source_labels)]))
+  # the pretraining log scored the classifier on a held-out share of the *source*, never on
+  # the target's test set: the same split, carved here by hand from the source's labels (one
+  # generator drawing every class in turn)
+  draw, share = np.random.default_rng(config.data.split_seed + 5), config.pretrain.holdout_fraction
+  labels = data.source_labels
+  held = np.sort(np.concatenate([draw.permutation(np.flatnonzero(labels == c))[
+      :int(round(share * np.sum(labels == c)))] for c in np.unique(labels)]))
   logits = model.apply({"params": {"encoder": encoder, "head": head}}, data.source_images[held])
   on_source = float(np.mean(np.argmax(np.asarray(logits), -1) == data.source_labels[held]))
   last = [r for r in out["pretrain_history"] if "eval_accuracy" in r][-1]

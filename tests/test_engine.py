@@ -454,11 +454,12 @@ def test_every_declared_value_key_is_a_number_of_a_registered_objective():
 
 def test_a_phase_without_decay_keeps_the_optimiser_state_its_checkpoints_were_written_in():
   """Zero decays are neither injected nor in the chain: the state of a phase without decay is
-  the one 0.3 wrote (the learning rate alone injected around the bare optimiser), so those
-  checkpoints restore as they are (a structure change would quarantine them); a non-zero
-  decay adds its value and its term."""
+  the one 0.3 wrote (the learning rate alone injected around the bare optimiser) but for the
+  schedule's length (injected since 0.6; ``engine.compat`` reads the earlier layouts); a
+  non-zero decay adds its value and its term."""
   import optax
   from aetl_jax.core.optim import make_optimizer
+  from aetl_jax.engine.compat import LENGTH, learning_rate_only
   from aetl_jax.engine.phase import Optim, Phase, build_program, tree_spec
   from aetl_jax.engine.runtime import make_runtime
 
@@ -469,10 +470,11 @@ def test_a_phase_without_decay_keeps_the_optimiser_state_its_checkpoints_were_wr
   written_by_0_3 = optax.inject_hyperparams(lambda learning_rate: make_optimizer(
       learning_rate=lambda count: learning_rate * 1.0))(learning_rate=1e-3).init(params)
   plain = state(Optim(1e-3))
-  assert set(plain.hyperparams) == {"learning_rate"}
-  assert jax.tree.structure(plain) == jax.tree.structure(written_by_0_3)
+  assert set(plain.hyperparams) == {"learning_rate", *LENGTH}
+  assert jax.tree.structure(learning_rate_only(plain)) == jax.tree.structure(written_by_0_3)
+  assert float(plain.hyperparams["total_steps"]) == 4  # 16 examples in batches of 4, 1 epoch
   decayed = state(Optim(1e-3, weight_decay=0.1, l1_decay=0.01))
-  assert set(decayed.hyperparams) == {"learning_rate", "weight_decay", "l1_decay"}
+  assert set(decayed.hyperparams) == {"learning_rate", "weight_decay", "l1_decay", *LENGTH}
   assert float(decayed.hyperparams["weight_decay"]) == pytest.approx(0.1)
   assert len(decayed.inner_state) == len(plain.inner_state) + 2  # the two decays' terms
 
@@ -480,7 +482,7 @@ def test_a_phase_without_decay_keeps_the_optimiser_state_its_checkpoints_were_wr
 def test_a_leaf_shared_by_the_vmapped_seeds_trains_as_if_stacked():
   """``shared=('s/image',)``: every seed reads one copy of the images beside its own targets,
   and trains exactly as with the images stacked per seed."""
-  from aetl_jax.engine.driver import first_seed, run_phases_vmapped, seed_axes
+  from aetl_jax.engine.driver import seed_shapes, run_phases_vmapped, seed_axes
   from aetl_jax.engine.phase import Optim, Phase
   from aetl_jax.engine.runtime import make_runtime
 
@@ -497,8 +499,77 @@ def test_a_leaf_shared_by_the_vmapped_seeds_trains_as_if_stacked():
   shared = {"s": {"image": images, "label": targets}}
   stacked = {"s": {"image": jnp.stack([images] * 2), "label": targets}}
   assert seed_axes(shared, ("s/image",)) == (("s", (("image", None), ("label", 0))),)
-  assert first_seed(shared, ("s/image",))["s"]["image"].shape == (16, 3)
+  assert seed_shapes(shared, ("s/image",))["s"]["image"].shape == (16, 3)
   a, _ = run_phases_vmapped([phase], params, shared, rngs, runtime=runtime, shared=("s/image",))
   b, _ = run_phases_vmapped([phase], params, stacked, rngs, runtime=runtime)
   np.testing.assert_allclose(a["w"], b["w"], rtol=1e-6)
   assert not np.allclose(a["w"][0], a["w"][1])  # each seed fitted its own targets
+
+
+def _fit(p, b, rng):
+  noise = 0.01 * jax.random.normal(rng, b["x"]["label"].shape)
+  return jnp.mean((b["x"]["image"] @ p["w"] - b["x"]["label"] + noise) ** 2), {}
+
+
+def _fit_and_shrink(p, b, rng):
+  return _fit(p, b, rng)[0] + 0.1 * jnp.mean((b["u"]["image"] @ p["w"]) ** 2), {}
+
+
+def _budget_run(n: int, *, pad: bool, vmapped: bool):
+  """A labelled stream of ``n`` examples beside a fixed pool, through two phases: one over the
+  labelled stream whose epochs follow its size (``min_steps``), one led by the pool with the
+  labelled stream drawn beside it. (params, rows, compilations it caused)."""
+  from aetl_jax.engine.driver import run_phases, run_phases_vmapped
+  from aetl_jax.engine.phase import Optim, Phase
+  from aetl_jax.engine.runtime import make_runtime
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, duration, **kw: compiles.append(event)
+      if event == "/jax/core/compile/backend_compile_duration" else None)
+
+  rng = np.random.default_rng(n)  # numpy: building the data compiles nothing
+  labelled = {"image": rng.random((n, 3), np.float32), "label": rng.random((n, 2), np.float32)}
+  pool = {"image": np.random.default_rng(0).random((48, 3), np.float32)}
+  phases = [Phase("fit", _fit, (("x", "lab", 16),), 1, Optim(0.05, warmup_epochs=1),
+                  min_steps=30),
+            Phase("both", _fit_and_shrink, (("u", "pool", 16), ("x", "lab", 8)), 2,
+                  Optim(0.02, schedule="linear_tail"))]
+  runtime = make_runtime(runner="scan")
+  streams = ("lab",) if pad else ()
+  if not vmapped:
+    params, rows = run_phases(phases, {"w": jnp.zeros((3, 2))}, {"lab": labelled, "pool": pool},
+                              jax.random.PRNGKey(3), runtime=runtime, pad=streams)
+    return params, rows, len(compiles)
+  two = lambda t: jax.tree.map(lambda a: np.stack([a, a[::-1]]), t)
+  params, rows = run_phases_vmapped(
+      phases, {"w": jnp.zeros((2, 3, 2))}, {"lab": two(labelled), "pool": pool},
+      jnp.stack([jax.random.PRNGKey(3), jax.random.PRNGKey(4)]), runtime=runtime,
+      shared=("pool",), pad=streams)
+  return params, rows, len(compiles)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("vmapped", [False, True], ids=["sequential", "vmapped"])
+def test_label_budgets_padded_to_one_bucket_share_programs_and_keep_their_numbers(vmapped):
+  """A labelled stream padded to its size bucket (100 and 200 examples both to 256) trains to
+  the parameters and per-epoch rows of the unpadded run (its epochs, its schedule, its
+  shuffles), and a second budget of the bucket compiles nothing."""
+  from aetl_jax.engine.loop import bucket
+  assert bucket(100) == bucket(200) == 256 and bucket(64) == 64
+  plain, plain_rows, _ = _budget_run(100, pad=False, vmapped=vmapped)
+  padded, padded_rows, _ = _budget_run(100, pad=True, vmapped=vmapped)
+  np.testing.assert_allclose(padded["w"], plain["w"], rtol=2e-5, atol=1e-6)
+  if vmapped:
+    plain_rows, padded_rows = plain_rows[1], padded_rows[1]
+  assert [(r["phase"], r["epoch"]) for r in padded_rows] == [
+      (r["phase"], r["epoch"]) for r in plain_rows]
+  assert sum(r["phase"] == "fit" for r in plain_rows) == 5  # 30 steps at 6 steps an epoch
+  for a, b in zip(padded_rows, plain_rows):
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    assert a["learning_rate"] == pytest.approx(b["learning_rate"], rel=1e-5)
+  other, other_rows, compiled = _budget_run(200, pad=True, vmapped=vmapped)
+  assert compiled == 0  # the second budget of the bucket ran the first one's programs
+  rows = other_rows[0] if vmapped else other_rows
+  assert sum(r["phase"] == "fit" for r in rows) == 3  # its own length: 12 steps an epoch
+  _, _, unpadded_compiles = _budget_run(200, pad=False, vmapped=vmapped)
+  assert unpadded_compiles > 0  # unpadded, the size is a shape: the same check can fail

@@ -189,3 +189,29 @@ def test_a_step_saved_before_the_decays_were_injected_resumes_bitwise(tmp_path):
   resumed, _ = _updates(new_tx, tree["params"], tree["opt_state"], 3)
   assert tree_equal(resumed, reference)
   assert not (tmp_path / "quarantine").exists()
+
+
+def test_a_step_saved_before_the_schedule_length_was_injected_resumes_bitwise(tmp_path):
+  """0.5 compiled the schedule's total and warm-up steps in; since 0.6 they are values in the
+  optimiser state (label budgets of one size bucket share programs). A 0.5 step is read in
+  its layout, given the phase's length, and the next updates equal 0.5's."""
+  import optax
+  from aetl_jax.core.optim import make_optimizer, schedule_factor
+  from aetl_jax.engine.compat import without_length
+  old_tx = optax.inject_hyperparams(lambda learning_rate: make_optimizer(
+      learning_rate=lambda c: learning_rate * schedule_factor("cosine", c, 10, 2)))(
+          learning_rate=0.1)
+  new_tx = optax.inject_hyperparams(lambda learning_rate, total_steps, warmup_steps: make_optimizer(
+      learning_rate=lambda c: learning_rate * schedule_factor("cosine", c, total_steps,
+                                                              warmup_steps)))(
+          learning_rate=0.1, total_steps=10.0, warmup_steps=2.0)
+  params = {"w": jnp.linspace(-1.0, 1.0, 5)}
+  p2, s2, reference = _saved_after_two_updates(old_tx, params, tmp_path / "checkpoints")
+
+  fresh = {"params": params, "opt_state": new_tx.init(params), "step": jnp.int32(0)}
+  assert jax.tree.structure(without_length(fresh["opt_state"])) == jax.tree.structure(s2)
+  step, tree = CheckpointStore(tmp_path / "checkpoints").restore(lambda s: fresh)
+  assert step == 2 and float(tree["opt_state"].hyperparams["total_steps"]) == 10.0
+  resumed, _ = _updates(new_tx, tree["params"], tree["opt_state"], 3)
+  assert tree_equal(resumed, reference)
+  assert not (tmp_path / "quarantine").exists()

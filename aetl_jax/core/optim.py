@@ -58,36 +58,48 @@ LINEAR_TAIL = 1 / 3
 INVERSE_POWER = (10.0, 0.75)
 
 
-def inverse_power_schedule(learning_rate: float, total_steps: int, alpha: float = 10.0,
+def inverse_power_schedule(learning_rate: float, total_steps, alpha: float = 10.0,
                            beta: float = 0.75):
   """``learning_rate / (1 + alpha p)^beta`` with ``p = step / total_steps``."""
-  total = max(total_steps, 1)
+  total = jnp.maximum(total_steps, 1)
   return lambda step: learning_rate / (1.0 + alpha * step / total) ** beta
 
 
-def learning_rate_schedule(learning_rate: float, total_steps: int, *, schedule: str = "cosine",
-                           warmup_steps: int = 0):
-  """Named schedules: 'constant', 'cosine' (with optional linear warm-up), 'linear_tail'
-  and 'inverse_power' (see :data:`LINEAR_TAIL`, :data:`INVERSE_POWER`)."""
+SCHEDULES = ("constant", "cosine", "linear_tail", "inverse_power")
+
+
+def schedule_factor(schedule: str, count, total_steps, warmup_steps=0):
+  """The named schedule at learning rate 1, at optimiser step ``count`` of ``total_steps``
+  with ``warmup_steps`` of linear warm-up ('constant' and 'cosine'). Every argument but the
+  name may be a traced array: a phase's length is a value of its compiled program, so label
+  budgets of different sizes share one (``engine.phase``)."""
+  count = jnp.asarray(count, jnp.float32)
+  total = jnp.asarray(total_steps, jnp.float32)
+  warm = jnp.asarray(warmup_steps, jnp.float32)
   if schedule == "linear_tail":
-    flat = int(round(total_steps * (1 - LINEAR_TAIL)))
-    return optax.join_schedules(
-        [optax.constant_schedule(learning_rate),
-         optax.linear_schedule(learning_rate, 0.0, max(total_steps - flat, 1))], [flat])
+    flat = jnp.round(total * (1 - LINEAR_TAIL))
+    return 1.0 - jnp.clip((count - flat) / jnp.maximum(total - flat, 1.0), 0.0, 1.0)
   if schedule == "inverse_power":
-    return inverse_power_schedule(learning_rate, total_steps, *INVERSE_POWER)
+    alpha, beta = INVERSE_POWER
+    return 1.0 / (1.0 + alpha * count / jnp.maximum(total, 1.0)) ** beta
+  ramp = jnp.clip(count / jnp.maximum(warm, 1.0), 0.0, 1.0)
   if schedule == "constant":
-    if warmup_steps:
-      return optax.join_schedules(
-          [optax.linear_schedule(0.0, learning_rate, warmup_steps),
-           optax.constant_schedule(learning_rate)], [warmup_steps])
-    return optax.constant_schedule(learning_rate)
+    return jnp.where(count < warm, ramp, 1.0)
   if schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(
-        0.0 if warmup_steps else learning_rate, learning_rate, warmup_steps,
-        max(total_steps, warmup_steps + 1), end_value=0.0)
-  raise ValueError(f"unknown schedule {schedule!r}; valid: 'constant', 'cosine', 'linear_tail', "
-                   f"'inverse_power'")
+    span = jnp.maximum(total, warm + 1.0) - warm
+    cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(count - warm, 0.0, span) / span))
+    return jnp.where(count < warm, ramp, cosine)
+  raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(map(repr, SCHEDULES))}")
+
+
+def learning_rate_schedule(learning_rate: float, total_steps, *, schedule: str = "cosine",
+                           warmup_steps=0):
+  """Named schedules: 'constant', 'cosine' (with optional linear warm-up), 'linear_tail'
+  and 'inverse_power' (see :data:`LINEAR_TAIL`, :data:`INVERSE_POWER`,
+  :func:`schedule_factor`)."""
+  if schedule not in SCHEDULES:
+    raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(map(repr, SCHEDULES))}")
+  return lambda count: learning_rate * schedule_factor(schedule, count, total_steps, warmup_steps)
 
 
 def _given(value) -> bool:

@@ -8,7 +8,9 @@ schedule lives inside the wrapped optimiser and counts its own steps; the wrappe
 only records updates). Since 0.4 the weight and L1 decays are injected too (when not zero):
 a 0.3 state holding the learning rate alone gets the configured decays. Since 0.5 the rules'
 learning-rate and weight-decay multipliers are injected too (``lr_multipliers``,
-``wd_multipliers``): a 0.4 state without them gets the configured ones.
+``wd_multipliers``): a 0.4 state without them gets the configured ones. Since 0.6 the
+schedule's length is injected too (``total_steps``, ``warmup_steps``: label budgets of one
+size bucket share their programs): an earlier state without it gets the phase's own.
 """
 
 from __future__ import annotations
@@ -72,6 +74,16 @@ def without_multipliers(tree):
       inner_state=without_multipliers(state.inner_state)))
 
 
+LENGTH = ("total_steps", "warmup_steps")
+
+
+def without_length(tree):
+  """``tree`` with no injected schedule length (0.5's layout)."""
+  return _at_states(tree, tree, lambda state, _: state._replace(
+      hyperparams={k: v for k, v in state.hyperparams.items() if k not in LENGTH},
+      inner_state=without_length(state.inner_state)))
+
+
 def with_configured_decays(fresh, old):
   """``old`` (an earlier layout) with the hyper-parameters it lacks taken from ``fresh``."""
   return _at_states(fresh, old, lambda state, o: o._replace(
@@ -88,14 +100,16 @@ def legacy_layouts(template: dict) -> list:
   fresh = template["opt_state"]
   same = lambda a: jax.tree.structure(a) == jax.tree.structure(fresh)
   out = []
-  plain = without_multipliers(fresh)
+  configured = lambda tree: {**tree, "opt_state": with_configured_decays(fresh, tree["opt_state"])}
+  before_length = without_length(fresh)
+  if not same(before_length):
+    out.append(({**template, "opt_state": before_length}, configured))
+  plain = without_multipliers(before_length)
   if not same(plain):
-    out.append(({**template, "opt_state": plain},
-                lambda tree: {**tree, "opt_state": with_configured_decays(fresh, tree["opt_state"])}))
+    out.append(({**template, "opt_state": plain}, configured))
   lr_only = learning_rate_only(fresh)
   if not same(lr_only):
-    out.append(({**template, "opt_state": lr_only},
-                lambda tree: {**tree, "opt_state": with_configured_decays(fresh, tree["opt_state"])}))
+    out.append(({**template, "opt_state": lr_only}, configured))
   bare = without_injection(fresh)
   if not same(bare):
     out.append(({**template, "opt_state": bare},

@@ -23,7 +23,7 @@ from aetl_jax.engine.phase import (Phase, Program, build_program, compile_key, s
                                    tree_spec)
 from aetl_jax.engine.runtime import Runtime
 from aetl_jax.engine.store import CheckpointStore
-from aetl_jax.engine.loop import num_examples
+from aetl_jax.engine.loop import (Padded, bucket, bucket_floor, is_tokens, num_examples, when)
 
 
 class HostStream:
@@ -52,6 +52,44 @@ def resolve_lengths(phases: Sequence[Phase], data: dict) -> tuple[Phase, ...]:
   return tuple(p.for_size(_size(data[p.streams[0]])) for p in phases)
 
 
+def paddable(phases: Sequence[Phase], data: dict, streams: Sequence[str],
+             runtime: Runtime) -> dict:
+  """``{stream: its size}`` of the ``streams`` to pad to their :func:`bucket
+  <aetl_jax.engine.loop.bucket>` (streams whose size varies between calls: a label budget):
+  those the phases read from memory, not token ids (batched by length), at least a batch
+  long where they come first, on one device."""
+  if runtime.launcher.kind != "jit":
+    return {}
+  out = {}
+  for name in streams:
+    stream = data.get(name)
+    if stream is None or isinstance(stream, HostStream) or not any(
+        name in p.streams for p in phases):
+      continue
+    n = _size(stream)
+    if is_tokens(stream) or any(
+        p.streams[0] == name and n < p.feed[0].batch_size for p in phases):
+      continue
+    out[name] = n
+  return out
+
+
+def _padded(tree, length: int, axis: int = 0):
+  """Every leaf of ``tree`` with zeros appended along ``axis`` to ``length`` (on the host: a
+  label budget's stream is small, and a device pad would compile for every size)."""
+  def pad(a):
+    a = np.asarray(a)
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, length - a.shape[axis])
+    return np.pad(a, widths)
+  return jax.tree.map(pad, tree)
+
+
+def with_counts(data: dict, counts: dict) -> dict:
+  """``data`` with its streams named in ``counts`` as :class:`Padded` (their real sizes)."""
+  return {k: Padded(v, counts[k]) if k in counts else v for k, v in data.items()}
+
+
 def programs(phases, params, data, runtime: Runtime) -> list[Program]:
   spec = tree_spec(params)
   return [build_program(p, spec, _size(data[p.streams[0]]), runtime) for p in phases]
@@ -73,7 +111,8 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
                evaluate: Callable[[dict], dict] | None = None, eval_every: int = 0,
                metric_prefix: str = "", label: str = "",
                on_phase_end: Callable | None = None, on_epoch: Callable | None = None,
-               epoch_metrics: Callable | None = None, epoch_data=None):
+               epoch_metrics: Callable | None = None, epoch_data=None,
+               pad: Sequence[str] = ()):
   """Trains ``params`` through ``phases``; returns (params, per-epoch rows).
 
   ``data`` maps stream names to pytrees of arrays (or :class:`HostStream`).
@@ -83,10 +122,14 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
   epochs and after the last one; ``epoch_metrics(params, epoch_data)`` (pure, jittable: a
   cell's validation loss and accuracy) adds its keys to every row, on both paths. ``on_phase_end(name, params_at_start, params_at_end)``
   sees every phase boundary this run trains through; ``on_epoch(row)`` every epoch.
+  The streams named in ``pad`` are padded to their size bucket (:func:`paddable`): runs
+  over budgets of one bucket share their compiled programs, with the unpadded run's numbers.
   """
   check_streams(phases, data)
   phases = resolve_lengths(phases, data)
   progs = programs(phases, params, data, runtime)
+  counts = {k: np.int32(n) for k, n in paddable(phases, data, pad, runtime).items()}
+  data = {k: _padded(v, bucket(int(counts[k]))) if k in counts else v for k, v in data.items()}
   total = sum(p.epochs for p in phases)
   per_epoch = _jitted(epoch_metrics)
   start, params, state = _resume(store, progs, params) if store else (0, params, None)
@@ -97,7 +140,7 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
   for prog, (phase, first, last) in zip(progs, _spans(phases)):
     if last <= start:
       continue
-    pdata = phase.prepare(params, data) if phase.prepare else data
+    pdata = with_counts(phase.prepare(params, data) if phase.prepare else data, counts)
     start_params = params
     # The epoch runner donates its state: train on a copy so the caller's trees survive.
     state = runtime.launcher.replicate(
@@ -132,12 +175,25 @@ def _jitted(fn):
   return None if fn is None else jax.jit(fn)
 
 
+_KEY_CHUNK = 64
+
+
+@jax.jit
+def _key_chunk(rng, start):
+  return jax.vmap(lambda e: jax.random.fold_in(rng, start + e))(jnp.arange(_KEY_CHUNK))
+
+
 def _epoch_keys(rng, lo: int, hi: int):
-  """``fold_in(rng, epoch)`` for every epoch of [lo, hi), in one dispatch (many short epochs
-  otherwise pay one host round trip each)."""
-  if hi <= lo:
-    return []
-  return list(jax.vmap(lambda e: jax.random.fold_in(rng, e))(jnp.arange(lo, hi)))
+  """``fold_in(rng, epoch)`` for every epoch of [lo, hi), in a dispatch per 64 epochs (many
+  short epochs otherwise pay one host round trip each), one program whatever the number."""
+  chunks = [np.asarray(_key_chunk(rng, np.int32(s))) for s in range(lo, hi, _KEY_CHUNK)]
+  return list(np.concatenate(chunks)[: hi - lo]) if chunks else []
+
+
+def _schedule(prog: Program, steps):
+  """The player's schedule at learning rate 1 after ``steps`` optimiser steps."""
+  h = prog.hyper[0]
+  return _jitted(prog.unit)(steps, h["total_steps"], h["warmup_steps"])
 
 
 def _floats(tree: dict) -> dict:
@@ -155,7 +211,7 @@ def _epoch(prog: Program, state, data, rng, epoch, runtime, label):
   else:
     state, metrics = prog.epoch_fn(state, data, rng)
   step = runtime.launcher.unreplicate(state.step)
-  metrics = _floats({**metrics, "learning_rate": _jitted(prog.unit)(step)})
+  metrics = _floats({**metrics, "learning_rate": _schedule(prog, step)})
   metrics["learning_rate"] *= prog.learning_rate
   check_finite(metrics, phase=label, epoch=epoch, first_step=first_step)
   metrics.pop("first_nonfinite_step")
@@ -209,34 +265,65 @@ def _resume(store: CheckpointStore, progs, params):
 
 
 @functools.lru_cache(maxsize=32)
-def _vmapped_cell(phases: tuple, spec: tuple, sizes: tuple, runtime: Runtime, data_axes: tuple,
+def _vmapped_cell(phases: tuple, spec: tuple, loops: tuple, runtime: Runtime, data_axes: tuple,
                   epoch_metrics=None):
-  progs = [build_program(p, spec, n, runtime) for p, n in zip(phases, sizes)]
+  """The jitted, vmapped cell of ``phases`` (compile keys): per phase a scan over ``cap``
+  epochs (``loops``: (cap, masked)); a masked phase runs only its first ``epochs[i]`` (a
+  value: budgets of one size bucket differ in their epochs, not their program)."""
+  progs = [build_program(p, spec, 1, runtime) for p in phases]
 
-  def cell(params, data, rng, epoch_data, hyper, values):
+  def cell(params, data, rng, epoch_data, hyper, values, counts, epochs):
     history = []
-    epoch = 0
-    for prog, h, v in zip(progs, hyper, values):
+    offset = 0
+    for prog, h, v, (cap, masked), n in zip(progs, hyper, values, loops, epochs):
       prog = prog.with_hyper(h, v)  # arguments, not constants: one program for any values
       phase = prog.phase
-      pdata = phase.prepare(params, data) if phase.prepare else data
+      pdata = with_counts(phase.prepare(params, data) if phase.prepare else data, counts)
 
-      def one_epoch(state, e, prog=prog, pdata=pdata, params=params):
-        state, metrics = prog.body(state, pdata, jax.random.fold_in(rng, e))
+      def one_epoch(state, e, prog=prog, pdata=pdata, params=params, offset=offset):
+        state, metrics = prog.body(state, pdata, jax.random.fold_in(rng, offset + e))
         if epoch_metrics is not None:
           metrics = {**metrics, **epoch_metrics(prog.merge(params, state.params), epoch_data)}
         return state, metrics
 
-      state, metrics = jax.lax.scan(one_epoch, prog.init_state(params),
-                                    jnp.arange(epoch, epoch + phase.epochs))
+      body = one_epoch
+      if masked:
+        body = lambda state, e, one_epoch=one_epoch, n=n: when(e < n, one_epoch, state, e)
+      state, metrics = jax.lax.scan(body, prog.init_state(params), jnp.arange(cap))
       params = prog.merge(params, state.params)
       history.append(metrics)
-      epoch += phase.epochs
+      offset = offset + n
     return params, history
 
   axes = {k: dict(a) if isinstance(a, tuple) else a for k, a in data_axes}
-  return jax.jit(jax.vmap(cell, in_axes=(0, axes, 0, 0, None, None)),
+  return jax.jit(jax.vmap(cell, in_axes=(0, axes, 0, 0, None, None, None, None)),
                  compiler_options=runtime.options)
+
+
+def _loop(given: Phase, resolved: Phase, counts: dict) -> tuple[int, bool]:
+  """(epochs the vmapped cell's scan holds, whether it runs fewer): a phase whose first stream
+  is padded and whose epochs follow its size (``min_steps``) scans the epochs of the smallest
+  stream of its bucket and runs its own."""
+  lead = resolved.streams[0]
+  if lead not in counts or not given.min_steps:
+    return resolved.epochs, False
+  floor = max(bucket_floor(bucket(counts[lead])), resolved.feed[0].batch_size)
+  return max(given.for_size(floor).epochs, resolved.epochs), True
+
+
+def _pad_seeds(data: dict, axes: tuple, counts: dict) -> dict:
+  """The streams named in ``counts`` padded to their bucket along the example axis of each
+  leaf (after the seed axis where the seeds have their own, :func:`seed_axes`)."""
+  out = dict(data)
+  for k, ax in axes:
+    if k not in counts:
+      continue
+    length = bucket(counts[k])
+    if isinstance(ax, tuple):
+      out[k] = {n: _padded(data[k][n], length, 0 if a is None else 1) for n, a in ax}
+    else:
+      out[k] = _padded(data[k], length, 0 if ax is None else 1)
+  return out
 
 
 def is_shared(shared: Sequence[str], stream: str, leaf: str | None = None) -> bool:
@@ -258,51 +345,56 @@ def seed_axes(data: dict, shared: Sequence[str] = ()) -> tuple:
   return tuple(sorted((k, axes(k, v)) for k, v in data.items()))
 
 
-def first_seed(data: dict, shared: Sequence[str] = ()) -> dict:
-  """One seed's view of vmapped ``data`` (:func:`seed_axes`): shared streams and leaves as
-  they are, the others' first entry."""
+def seed_shapes(data: dict, shared: Sequence[str] = ()) -> dict:
+  """One seed's view of vmapped ``data`` (:func:`seed_axes`) as shapes
+  (``jax.ShapeDtypeStruct``): shared streams and leaves as they are, the others without
+  their seed axis. (Shapes, not slices: a slice would compile for every size.)"""
+  shape = lambda x, drop: jax.ShapeDtypeStruct(x.shape[drop:], x.dtype)
   out = {}
   for k, ax in seed_axes(data, shared):
-    if ax is None:
-      out[k] = data[k]
-    elif isinstance(ax, tuple):
-      out[k] = {n: data[k][n] if a is None else jax.tree.map(lambda x: x[0], data[k][n])
+    if isinstance(ax, tuple):
+      out[k] = {n: jax.tree.map(lambda x, a=a: shape(x, a is not None), data[k][n])
                 for n, a in ax}
     else:
-      out[k] = jax.tree.map(lambda x: x[0], data[k])
+      out[k] = jax.tree.map(lambda x: shape(x, ax is not None), data[k])
   return out
 
 
 def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, runtime: Runtime,
                        metric_prefix: str = "", label: str = "", shared: Sequence[str] = (),
-                       epoch_metrics: Callable | None = None, epoch_data=None):
+                       epoch_metrics: Callable | None = None, epoch_data=None,
+                       pad: Sequence[str] = ()):
   """K seeds at once: every leaf of ``params``, ``rngs`` and of the streams of
   ``data`` (except the streams, or ``stream/leaf`` leaves, named in ``shared``) has a
   leading seed axis, and so has every leaf of ``epoch_data`` (what ``epoch_metrics`` reads,
-  as in :func:`run_phases`).
+  as in :func:`run_phases`). The streams named in ``pad`` are padded to their size bucket,
+  as in :func:`run_phases`.
 
   Returns (stacked params, K lists of per-epoch rows). Raises NonFiniteError
   naming the seed, phase, epoch and step of the first non-finite loss.
   """
   check_streams(phases, data)
   one = jax.tree.map(lambda a: a[0], params)
-  one_data = first_seed(data, shared)
-  phases = resolve_lengths(phases, one_data)
+  one_data = seed_shapes(data, shared)
+  given, phases = phases, resolve_lengths(phases, one_data)
   runtime = runtime.single_device()
   progs = programs(phases, one, one_data, runtime)
-  sizes = tuple(_size(one_data[p.streams[0]]) for p in phases)
-  cell = _vmapped_cell(tuple(compile_key(p) for p in phases), tree_spec(one), sizes, runtime,
-                       seed_axes(data, shared), epoch_metrics)
+  counts = paddable(phases, one_data, pad, runtime)
+  axes = seed_axes(data, shared)
+  loops = tuple(_loop(g, p, counts) for g, p in zip(given, phases))
+  cell = _vmapped_cell(tuple(compile_key(p) for p in phases), tree_spec(one), loops, runtime,
+                       axes, epoch_metrics)
   hyper = tuple(jax.tree.map(jnp.float32, prog.hyper) for prog in progs)
   values = tuple({k: jnp.float32(v) for k, v in p.values} for p in phases)
-  params, history = cell(params, data, rngs, epoch_data, hyper, values)
+  params, history = cell(params, _pad_seeds(data, axes, counts), rngs, epoch_data, hyper, values,
+                         {k: np.int32(n) for k, n in counts.items()},
+                         tuple(np.int32(p.epochs) for p in phases))
   rows = [[] for _ in range(int(rngs.shape[0]))]
   for prog, metrics, (phase, first, _) in zip(progs, history, _spans(phases)):
-    metrics = jax.tree.map(np.asarray, metrics)  # (K, epochs)
+    metrics = jax.tree.map(lambda m: np.asarray(m)[:, :phase.epochs], metrics)  # (K, epochs)
     steps = _epoch_steps(prog, one_data)
-    unit = _jitted(prog.unit)
     epoch_lrs = prog.learning_rate * np.asarray(jax.device_get(
-        [unit(np.int32((e + 1) * steps)) for e in range(phase.epochs)]))
+        [_schedule(prog, np.int32((e + 1) * steps)) for e in range(phase.epochs)]))
     for k, seed_rows in enumerate(rows):
       where = first_nonfinite(metrics["first_nonfinite_step"][k])
       if where is not None:

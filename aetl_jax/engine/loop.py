@@ -8,6 +8,13 @@ from their own reshuffled orders, cycled when shorter (a few labelled
 examples beside many unlabelled ones). Without a feed the data is one stream
 and each step gets its batch directly.
 
+A stream may be :class:`Padded`: held in arrays longer than it is (a label budget padded
+to its size bucket, :func:`bucket`), its real size a value. Its shuffle ranks each example
+by random bits of its own index, so the order of the real examples does not depend on the
+padding; an epoch over a padded first stream is a loop over its own steps (a count every
+vmapped seed shares), so the rows past them are not run at all. Budgets of one bucket so
+share their compiled programs and give the numbers of the unpadded run.
+
 Both runners take the same pure step and consume the rng identically, so they
 give the same result; which one is faster depends on model family and backend
 (convolutions inside ``scan`` are slow on XLA:CPU, jax#12868). Either runs on
@@ -45,19 +52,55 @@ def as_feed(feed) -> Feed:
   return tuple(Source(*entry) for entry in feed)
 
 
+class Padded(NamedTuple):
+  """A stream whose first ``size`` examples are the stream, the rest of its arrays padding
+  that no step reads. ``size`` is an argument of the compiled programs (an int32 scalar),
+  so streams padded to the same length share them."""
+  data: object
+  size: object
+
+
+# A padded stream's arrays hold the next power of SIZE_RATIO examples (:func:`bucket`).
+SIZE_RATIO = 4
+
+
+def bucket(n: int) -> int:
+  """The length a stream of ``n`` examples is padded to: the next power of
+  :data:`SIZE_RATIO` (budgets of 100 and 200 labels share 256)."""
+  b = 1
+  while b < n:
+    b *= SIZE_RATIO
+  return b
+
+
+def bucket_floor(length: int) -> int:
+  """The smallest stream padded to ``length`` (:func:`bucket`)."""
+  return length // SIZE_RATIO + 1 if length > 1 else 1
+
+
+def unpadded(stream):
+  return stream.data if isinstance(stream, Padded) else stream
+
+
 def num_examples(data) -> int:
-  sizes = {x.shape[0] for x in jax.tree.leaves(data)}
+  """The examples a stream's arrays hold (a :class:`Padded` stream's padding included)."""
+  sizes = {x.shape[0] for x in jax.tree.leaves(unpadded(data))}
   if len(sizes) != 1:
     raise ValueError(f"data arrays disagree on the number of examples: {sorted(sizes)}")
   return sizes.pop()
 
 
-def summarise(metrics):
-  """Mean of each per-step metric, plus the index of the first step whose loss
-  or gradient norm was non-finite (-1 if none), so a NaN is located exactly."""
+def _nonfinite(metrics):
   bad = ~jnp.isfinite(metrics["loss"])
   if "grad_norm" in metrics:
     bad = bad | ~jnp.isfinite(metrics["grad_norm"])
+  return bad
+
+
+def summarise(metrics):
+  """Mean of each per-step metric, plus the index of the first step whose loss
+  or gradient norm was non-finite (-1 if none), so a NaN is located exactly."""
+  bad = _nonfinite(metrics)
   summary = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
   summary["first_nonfinite_step"] = jnp.where(bad.any(), jnp.argmax(bad), -1)
   return summary
@@ -71,13 +114,16 @@ def _stack(history):
 BUCKET_WINDOW = 32
 
 
-def _token_lengths(stream):
-  """Sequence lengths when a stream's ``image`` is integer token ids (batch, max_len), else
-  None: such streams are batched by length (:func:`_bucket`)."""
+def is_tokens(stream) -> bool:
+  """Whether a stream's ``image`` is integer token ids (batch, max_len) (arrays or shapes)."""
   x = stream.get("image") if isinstance(stream, dict) else None
-  if x is None or x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.integer):
-    return None
-  return jnp.sum(x != 0, axis=-1)
+  return x is not None and len(x.shape) == 2 and jnp.issubdtype(x.dtype, jnp.integer)
+
+
+def _token_lengths(stream):
+  """Sequence lengths when a stream is token ids (:func:`is_tokens`), else None: such streams
+  are batched by length (:func:`_bucket`)."""
+  return jnp.sum(stream["image"] != 0, axis=-1) if is_tokens(stream) else None
 
 
 def _bucket(order, lengths, bs: int, num_batches: int, rng):
@@ -92,35 +138,85 @@ def _bucket(order, lengths, bs: int, num_batches: int, rng):
   return order.reshape(num_batches, bs)[jax.random.permutation(rng, num_batches)]
 
 
-def _plan(rng, sizes: Sequence[int], batch_sizes: Sequence[int], lengths=None):
+def _order(rng, length: int, count=None):
+  """A shuffle of the first ``count`` (default all) of ``length`` indices, the others after
+  them. Each index is ranked by random bits of its own (``fold_in(rng, index)``), so the
+  order of the first ``count`` is the same whatever ``length`` (a padded stream shuffles as
+  its unpadded self)."""
+  index = jnp.arange(length)
+  bits = jax.vmap(lambda i: jax.random.bits(jax.random.fold_in(rng, i), dtype=jnp.uint32))(index)
+  if count is None:
+    return jnp.lexsort((index, bits))
+  return jnp.lexsort((index, bits, index >= count))
+
+
+def _plan(rng, sizes: Sequence[int], batch_sizes: Sequence[int], lengths=None, counts=None):
   """Per stream (num_batches, batch) indices, and one rng per step.
 
   Stream 0 is shuffled and cut (remainder dropped), or, with its sequence
   ``lengths``, bucketed by length; stream i > 0 draws its indices from fresh
-  permutations of its own, concatenated as often as the epoch needs.
+  permutations of its own, concatenated as often as the epoch needs. ``sizes`` are the
+  streams' array lengths; ``counts`` their real sizes where they are :class:`Padded`
+  (traced; None elsewhere): then num_batches is what the arrays' length allows, and only
+  the first ``counts[0] // batch`` rows are steps (:meth:`_Reader.steps`).
   """
+  counts = tuple(counts or (None,) * len(sizes))
   n = sizes[0]
   if n < 1:
     raise ValueError("cannot run an epoch over an empty dataset")
   bs = min(batch_sizes[0], n)
   num_batches = n // bs
   perm_rng, step_rng = jax.random.split(rng)
-  order = jax.random.permutation(perm_rng, n)
+  order = _order(perm_rng, n, counts[0])
   if lengths is None:
     idx = [order[: num_batches * bs].reshape(num_batches, bs)]
   else:
     idx = [_bucket(order, lengths, bs, num_batches, jax.random.fold_in(perm_rng, 2**31 - 1))]
-  for i, (m, b) in enumerate(zip(sizes[1:], batch_sizes[1:]), 1):
+  for i, (m, b, count) in enumerate(zip(sizes[1:], batch_sizes[1:], counts[1:]), 1):
     if m < 1:
       raise ValueError("cannot draw batches from an empty stream")
     need = num_batches * b
     r = jax.random.fold_in(perm_rng, i)
     # One vmapped draw of every permutation the epoch needs (a Python loop here put one sort
     # per permutation into the program: ~1,500 of them for 10 labels beside 60,000 images).
-    perms = jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(r, k), m))(
-        jnp.arange(-(-need // m)))
-    idx.append(perms.reshape(-1)[:need].reshape(num_batches, b))
-  return tuple(idx), jax.random.split(step_rng, num_batches)
+    cycles = -(-need // (m if count is None else bucket_floor(m)))
+    perms = jax.vmap(lambda k: _order(jax.random.fold_in(r, k), m, count))(jnp.arange(cycles))
+    if count is None:
+      flat = perms.reshape(-1)[:need]
+    else:  # the first ``count`` of each permutation, concatenated
+      j = jnp.arange(need)
+      flat = perms[j // count, j % count]
+    idx.append(flat.reshape(num_batches, b))
+  steps = jax.vmap(lambda k: jax.random.fold_in(step_rng, k))(jnp.arange(num_batches))
+  return tuple(idx), steps
+
+
+def _first_steps(run, state, idx, rngs, steps):
+  """``run(state, batch_idx, rng)`` over the first ``steps`` rows of the plan (a traced
+  count: a loop of that many steps, not a scan over every row), summarised as
+  :func:`summarise` does."""
+  shapes = jax.eval_shape(run, state, tuple(x[0] for x in idx), rngs[0])[1]
+
+  def body(i, carry):
+    state, sums, bad = carry
+    state, metrics = run(state, tuple(x[i] for x in idx), rngs[i])
+    bad = jnp.where((bad < 0) & _nonfinite(metrics), i, bad)
+    return state, jax.tree.map(jnp.add, sums, metrics), bad
+
+  zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), shapes)
+  state, sums, bad = jax.lax.fori_loop(0, steps, body, (state, zeros, jnp.int32(-1)))
+  summary = jax.tree.map(lambda m: m / steps, sums)
+  summary["first_nonfinite_step"] = bad
+  return state, summary
+
+
+def when(pred, step, state, *args):
+  """``step(state, *args)`` where ``pred``, else ``state`` as it is and zero metrics (a
+  ``lax.cond``: with ``pred`` the same for every vmapped seed, the skipped step costs
+  nothing)."""
+  metrics = jax.eval_shape(step, state, *args)[1]
+  skip = lambda state, *_: (state, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics))
+  return jax.lax.cond(pred, step, skip, state, *args)
 
 
 class _Reader:
@@ -152,15 +248,32 @@ class _Reader:
                        f"{', '.join(data)}")
     return tuple(num_examples(data[f.stream]) for f in self.feed)
 
+  def _streams(self, data) -> list:
+    return [data] if self.feed is None else [data[f.stream] for f in self.feed]
+
+  def counts(self, data) -> tuple | None:
+    """The real sizes of the :class:`Padded` streams (None for the others), or None."""
+    counts = tuple(s.size if isinstance(s, Padded) else None for s in self._streams(data))
+    return None if all(c is None for c in counts) else counts
+
+  def steps(self, data):
+    """The epoch's steps: None when they are all the plan's rows, else their number (the
+    first stream is :class:`Padded`; traced in a program, a number on the host)."""
+    first = self._streams(data)[0]
+    if not isinstance(first, Padded):
+      return None
+    return first.size // min(self.batch_sizes[0], num_examples(first))
+
   def plan(self, rng, data):
-    first = data if self.feed is None else data[self.feed[0].stream]
-    return _plan(rng, self.sizes(data), self.batch_sizes, _token_lengths(first))
+    first = self._streams(data)[0]
+    lengths = None if isinstance(first, Padded) else _token_lengths(first)
+    return _plan(rng, self.sizes(data), self.batch_sizes, lengths, self.counts(data))
 
   def gather(self, data, idx):
     """idx: one index array per stream (any leading shape)."""
     if self.feed is None:
-      return jax.tree.map(lambda a: a[idx[0]], data)
-    return {role: jax.tree.map(lambda a, i=i: a[i], data[stream])
+      return jax.tree.map(lambda a: a[idx[0]], unpadded(data))
+    return {role: jax.tree.map(lambda a, i=i: a[i], unpadded(data[stream]))
             for (role, stream, _), i in zip(self.feed, idx)}
 
 
@@ -173,12 +286,11 @@ def epoch_body(step, *, batch_size: int | None = None, feed: Feed | None = None)
 
   def epoch(state, data, rng):
     idx, rngs = reader.plan(rng, data)
-
-    def body(state, xs):
-      batch_idx, r = xs
-      return step(state, reader.gather(data, batch_idx), r)
-
-    state, metrics = jax.lax.scan(body, state, (idx, rngs))
+    steps = reader.steps(data)
+    run = lambda state, batch_idx, r: step(state, reader.gather(data, batch_idx), r)
+    if steps is not None:  # a padded stream: its own steps, however many the arrays allow
+      return _first_steps(run, state, idx, rngs, steps)
+    state, metrics = jax.lax.scan(lambda state, xs: run(state, *xs), state, (idx, rngs))
     return state, summarise(metrics)
 
   return epoch
@@ -218,8 +330,9 @@ def _per_batch(reader: _Reader, step_jit):
 
   def epoch(state, data, rng):
     idx, rngs = plan(rng, data)
+    steps = reader.steps(data)
     history = []
-    for i in range(rngs.shape[0]):
+    for i in range(rngs.shape[0] if steps is None else int(steps)):
       state, metrics = step_jit(state, data, tuple(x[i] for x in idx), rngs[i])
       history.append(metrics)
     return state, summarise(_stack(history))

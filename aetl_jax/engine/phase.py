@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from aetl_jax.core.optim import learning_rate_schedule, make_optimizer
+from aetl_jax.core.optim import make_optimizer, schedule_factor
 from aetl_jax.core.rules import (FROZEN, Rule, freeze_and_multipliers, split_by_mask, tree_paths,
                                  weight_decay_multipliers)
 from aetl_jax.core.statistics import statistics_mask
@@ -138,28 +138,41 @@ def _unit_rules(rules) -> tuple:
 
 def compile_key(phase: Phase) -> Phase:
   """``phase`` without the values that are arguments of its compiled programs, not constants
-  (learning rate, decays and the rules' learning-rate and weight-decay multipliers: held in
-  the optimiser state, ``optax.inject_hyperparams``; the loss's ``values``: in the train
-  state); phases equal but for them share one set of programs (a sweep over them compiles
-  once per shape)."""
+  (learning rate, decays and the rules' learning-rate and weight-decay multipliers, and the
+  schedule's length: held in the optimiser state, ``optax.inject_hyperparams``; the loss's
+  ``values``: in the train state); phases equal but for them share one set of programs (a
+  sweep over them compiles once per shape). Its length (``epochs``, ``min_steps``) is not in
+  it either: the schedule reads its total as a value, and a loop over epochs is the caller's
+  (the vmapped cell takes its length from the phase's size bucket, ``engine.driver``)."""
   unit = lambda o: dataclasses.replace(o, **{k: 1.0 for k in injected(o)})
   adversary = phase.adversary and dataclasses.replace(
       phase.adversary, optim=unit(phase.adversary.optim), rules=_unit_rules(phase.adversary.rules))
   return dataclasses.replace(phase, optim=unit(phase.optim), adversary=adversary,
-                             rules=_unit_rules(phase.rules),
+                             epochs=0, min_steps=0, rules=_unit_rules(phase.rules),
                              wd_rules=tuple((r, 1.0) for r, _ in phase.wd_rules),
                              values=tuple((k, 1.0) for k, _ in phase.values))
 
 
-def hyperparameters(phase: Phase, spec: tuple) -> tuple[dict, ...]:
-  """The values :func:`compile_key` takes out, for parameters of ``spec``: (player's,) or
-  (player's, adversary's)."""
+def schedule_length(phase: Phase, lead_size: int, optim: Optim | None = None) -> dict:
+  """The schedule's total and warm-up steps of ``phase`` (its length resolved) over a first
+  stream of ``lead_size`` examples, for ``optim`` (default the phase's): values in the
+  optimiser state, like the learning rate."""
+  per_epoch = steps_per_epoch(lead_size, phase.feed[0].batch_size)
+  return {"total_steps": float(per_epoch * phase.epochs),
+          "warmup_steps": float((optim or phase.optim).warmup_epochs * per_epoch)}
+
+
+def hyperparameters(phase: Phase, spec: tuple, lead_size: int) -> tuple[dict, ...]:
+  """The values :func:`compile_key` takes out, for parameters of ``spec`` and a first stream
+  of ``lead_size`` examples: (player's,) or (player's, adversary's)."""
   template = _template(spec)
   player = _Masks.of(template, phase.rules, phase.wd_rules, phase.subtree)
-  out = ({**injected(phase.optim), **player.vectors(phase.optim)},)
+  out = ({**injected(phase.optim), **player.vectors(phase.optim),
+          **schedule_length(phase, lead_size)},)
   if phase.adversary is not None:
     a = phase.adversary
-    out += ({**injected(a.optim), **_Masks.of(template, a.rules, (), None).vectors(a.optim)},)
+    out += ({**injected(a.optim), **_Masks.of(template, a.rules, (), None).vectors(a.optim),
+             **schedule_length(phase, lead_size, a.optim)},)
   return out
 
 
@@ -176,7 +189,7 @@ class Program(NamedTuple):
   body: Callable  # pure (state, data, rng) -> (state, metrics), one device
   epoch_fn: Callable  # the runtime's runner and launcher
   stream_epoch_fn: Callable  # (state, iterator of device batches, rng), one device
-  unit: Callable  # optimiser step -> the schedule at learning rate 1 (rate: lr * unit)
+  unit: Callable  # (step, total_steps, warmup_steps) -> the schedule at learning rate 1
   # The injected values the state starts with, per optimiser (:func:`hyperparameters`).
   hyper: tuple = ({"learning_rate": 1.0},)
   values: dict = {}  # the loss's run-time values (``Phase.values``; numbers or traced arrays)
@@ -269,31 +282,37 @@ class _Optimiser(NamedTuple):
   mask: Any  # the differentiated leaves (running statistics never are)
   step_mask: Any  # ``mask``, or None when every leaf trains
   stats_mask: Any  # the rules' mask where running statistics are updated, or None
-  unit: Callable  # the schedule at learning rate 1
+  unit: Callable  # (step, total_steps, warmup_steps) -> the schedule at learning rate 1
 
 
-def _optimiser(template, rules, wd_rules, o: Optim, subtree, total: int, per_epoch: int):
+# What a program's optimiser state holds before :meth:`Program.init_state` sets the phase's
+# own values (:func:`hyperparameters`).
+_PLACEHOLDER_LENGTH = {"total_steps": 1.0, "warmup_steps": 0.0}
+
+
+def _optimiser(template, rules, wd_rules, o: Optim, subtree):
   """The optimiser of one group of leaves: the rules' freeze mask and multipliers over
-  ``template`` (or its ``subtree``), the schedule over ``total`` steps. The multipliers are
-  values in its state (see :meth:`_Masks.vectors`)."""
+  ``template`` (or its ``subtree``), the named schedule. The multipliers and the schedule's
+  total and warm-up steps are values in its state (see :meth:`_Masks.vectors`,
+  :func:`schedule_length`)."""
   m = _Masks.of(template, rules, wd_rules, subtree)
   treedef = jax.tree.structure(m.mults)
-  unit = learning_rate_schedule(1.0, total, schedule=o.schedule,
-                                warmup_steps=o.warmup_epochs * per_epoch)
+  unit = functools.partial(schedule_factor, o.schedule)
 
   # The decays and multipliers default to None, not 0: inject_hyperparams injects every
   # numeric argument, defaults included, and an injected decay puts its term in the chain
   # (see core.optim).
-  def optimiser(learning_rate, weight_decay=None, l1_decay=None, lr_multipliers=None,
-                wd_multipliers=None):
+  def optimiser(learning_rate, total_steps, warmup_steps, weight_decay=None, l1_decay=None,
+                lr_multipliers=None, wd_multipliers=None):
     wd = m.wd if m.wd is None or wd_multipliers is None else _as_tree(treedef, wd_multipliers)
-    return make_optimizer(learning_rate=lambda count: learning_rate * unit(count),
+    return make_optimizer(learning_rate=lambda count: learning_rate * unit(
+                              count, total_steps, warmup_steps),
                           optimizer=o.optimizer, weight_decay=weight_decay, l1_decay=l1_decay,
                           grad_clip_norm=o.grad_clip_norm or None, momentum=o.momentum,
                           nesterov=o.nesterov, beta1=o.beta1,
                           lr_multipliers=_as_tree(treedef, lr_multipliers), wd_multipliers=wd)
 
-  tx = optax.inject_hyperparams(optimiser)(**injected(o), **m.vectors(o))
+  tx = optax.inject_hyperparams(optimiser)(**injected(o), **m.vectors(o), **_PLACEHOLDER_LENGTH)
   return _Optimiser(tx, m.mask, m.step_mask, m.stats_mask, unit)
 
 
@@ -309,15 +328,15 @@ def _both(player: _Optimiser, adversary: _Optimiser) -> optax.GradientTransforma
   return optax.GradientTransformation(init, update)
 
 
-def _two_player_steps(phase: Phase, template, total: int, per_epoch: int, runtime: Runtime):
+def _two_player_steps(phase: Phase, template, runtime: Runtime):
   """(combined init, the step on the runtime's device axis, the step on one device, the
   player's schedule) of a phase with an adversary."""
   a = phase.adversary
   if phase.subtree is not None or phase.wd_rules:
     raise ValueError(f"phase '{phase.name}': a two-player phase trains the whole tree with "
                      f"its rules (no subtree, no wd_rules)")
-  player = _optimiser(template, phase.rules, (), phase.optim, None, total, per_epoch)
-  adversary = _optimiser(template, a.rules, (), a.optim, None, total, per_epoch)
+  player = _optimiser(template, phase.rules, (), phase.optim, None)
+  adversary = _optimiser(template, a.rules, (), a.optim, None)
   if player.stats_mask is not None or adversary.stats_mask is not None:
     raise ValueError(f"phase '{phase.name}': two-player phases do not update BatchNorm statistics")
   shared = [path for path, p, q in zip(tree_paths(template), jax.tree.leaves(player.mask),
@@ -326,41 +345,38 @@ def _two_player_steps(phase: Phase, template, total: int, per_epoch: int, runtim
     raise ValueError(f"phase '{phase.name}': the player's and the adversary's rules both train "
                      f"{', '.join(shared[:5])}{' ...' if len(shared) > 5 else ''}; each "
                      f"parameter belongs to one player")
-  progress = total if phase.progress else None
-
   def make(axis_name):
     return make_two_player_step(phase.loss, player.tx, player.mask, a.loss, adversary.tx,
                                 adversary.mask, order=a.order, axis_name=axis_name,
-                                progress_steps=progress)
+                                progress=phase.progress)
 
   return _both(player, adversary), make(runtime.launcher.axis_name), make(None), player.unit
 
 
 def build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -> Program:
-  """The compiled pieces of ``phase`` for parameters of ``spec`` (see :func:`tree_spec`),
-  shared by every phase with the same :func:`compile_key`, its injected values bound."""
-  hyper = hyperparameters(phase, spec)  # checks the rules before anything is built
-  return _build_program(compile_key(phase), spec, lead_size, runtime)._replace(
+  """The compiled pieces of ``phase`` for parameters of ``spec`` (see :func:`tree_spec`) and
+  a first stream of ``lead_size`` examples, shared by every phase with the same
+  :func:`compile_key`, its injected values (and schedule length) bound. The pieces are
+  jitted functions: data of another shape compiles again, data padded to a shared size
+  (``engine.loop.Padded``) does not."""
+  hyper = hyperparameters(phase, spec, lead_size)  # checks the rules before anything is built
+  return _build_program(compile_key(phase), spec, runtime)._replace(
       phase=phase, hyper=hyper, values=dict(phase.values))
 
 
 @functools.lru_cache(maxsize=64)
-def _build_program(phase: Phase, spec: tuple, lead_size: int, runtime: Runtime) -> Program:
+def _build_program(phase: Phase, spec: tuple, runtime: Runtime) -> Program:
   template = _template(spec)
-  per_epoch = steps_per_epoch(lead_size, phase.feed[0].batch_size)
-  total = per_epoch * phase.epochs
   if phase.adversary is not None:
-    tx, step, single, unit = _two_player_steps(phase, template, total, per_epoch, runtime)
+    tx, step, single, unit = _two_player_steps(phase, template, runtime)
     step_mask = None
   else:
-    o = _optimiser(template, phase.rules, phase.wd_rules, phase.optim, phase.subtree, total,
-                   per_epoch)
+    o = _optimiser(template, phase.rules, phase.wd_rules, phase.optim, phase.subtree)
     tx, step_mask, unit = o.tx, o.step_mask, o.unit
-    progress = total if phase.progress else None
     step = make_train_step(phase.loss, tx, step_mask, axis_name=runtime.launcher.axis_name,
-                           stats_mask=o.stats_mask, progress_steps=progress)
+                           stats_mask=o.stats_mask, progress=phase.progress)
     single = make_train_step(phase.loss, tx, step_mask, stats_mask=o.stats_mask,
-                             progress_steps=progress)
+                             progress=phase.progress)
   epoch_fn = make_epoch_fn(step, feed=phase.feed, runner=runtime.runner,
                            launcher=runtime.launcher, compiler_options=runtime.options)
   return Program(phase, tx, step_mask, step, epoch_body(single, feed=phase.feed), epoch_fn,

@@ -36,7 +36,7 @@ ORDERS = ("alternating", "simultaneous")
 VALUES = "values"
 
 
-def with_progress(batch, step, progress_steps: int | None):
+def with_progress(batch, step, progress_steps):
   """``batch`` with ``'progress'``: the share of the phase's ``progress_steps`` done (for
   losses that ramp a weight over training); unchanged when None."""
   if progress_steps is None:
@@ -44,22 +44,28 @@ def with_progress(batch, step, progress_steps: int | None):
   return {**batch, "progress": step.astype(jnp.float32) / progress_steps}
 
 
-def _loss_batch(state: TrainState, batch, progress_steps: int | None):
+def total_steps(opt_state):
+  """The phase's length in optimiser steps, a value in its (first) optimiser's state
+  (``optax.inject_hyperparams``, see ``engine.phase.schedule_length``)."""
+  first = opt_state if hasattr(opt_state, "hyperparams") else opt_state[0]  # (player, adversary)
+  return first.hyperparams["total_steps"]
+
+
+def _loss_batch(state: TrainState, batch, progress: bool):
   """What the loss reads: ``batch``, the phase's progress, the state's run-time values."""
-  batch = with_progress(batch, state.step, progress_steps)
+  batch = with_progress(batch, state.step, total_steps(state.opt_state) if progress else None)
   return {**batch, VALUES: state.values} if state.values else batch
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, trainable_mask=None,
-                    *, axis_name: str | None = None, stats_mask=None,
-                    progress_steps: int | None = None):
+                    *, axis_name: str | None = None, stats_mask=None, progress: bool = False):
   """Builds the pure step. ``trainable_mask`` is a static bool tree of the differentiated
   leaves (None = all); ``stats_mask`` (static, None = no statistics) says which running
-  statistics are updated; with ``progress_steps`` the loss's batch carries ``'progress'``
-  (see :func:`with_progress`)."""
+  statistics are updated; with ``progress`` the loss's batch carries ``'progress'``
+  (see :func:`with_progress`; the total is the optimiser state's ``total_steps``)."""
 
   def step(state: TrainState, batch, rng):
-    batch = _loss_batch(state, batch, progress_steps)
+    batch = _loss_batch(state, batch, progress)
     if axis_name is not None:  # independent dropout noise on every device
       rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
     if trainable_mask is None:
@@ -93,7 +99,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, trainable
 
 def make_two_player_step(player_loss: LossFn, player_tx, player_mask, adversary_loss: LossFn,
                          adversary_tx, adversary_mask, *, order: str = "alternating",
-                         axis_name: str | None = None, progress_steps: int | None = None):
+                         axis_name: str | None = None, progress: bool = False):
   """A step of a two-player game ``(state, batch, rng) -> (state, metrics)``.
 
   Two disjoint groups of leaves (static bool masks over the full tree), each minimising its
@@ -118,7 +124,7 @@ def make_two_player_step(player_loss: LossFn, player_tx, player_mask, adversary_
     return merge_split(optax.apply_updates(trainable, updates), frozen), opt_state, aux
 
   def step(state: TrainState, batch, rng):
-    batch = _loss_batch(state, batch, progress_steps)
+    batch = _loss_batch(state, batch, progress)
     if axis_name is not None:
       rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
     r_adv, r_player = jax.random.split(rng)

@@ -19,7 +19,8 @@ import optax
 
 from aetl_jax.core.rules import freeze_and_multipliers, tree_paths
 from aetl_jax.core.statistics import statistics_mask
-from aetl_jax.engine.driver import first_seed, resolve_lengths, run_phases, run_phases_vmapped
+from aetl_jax.engine.driver import seed_shapes, resolve_lengths, run_phases, run_phases_vmapped
+from aetl_jax.engine.loop import bucket
 from aetl_jax.engine.metrics_log import JsonlLog
 from aetl_jax.engine.store import CheckpointStore
 from aetl_jax.evaluation.batched import batched_apply
@@ -78,9 +79,13 @@ def score(model, params, splits: dict) -> list[dict]:
         if name == "train":
           o["train_loss"] = None
       continue
+    n = y.shape[-1]
     if y.ndim == 1:
       x, y = jnp.broadcast_to(x, (k, *x.shape)), np.broadcast_to(y, (k, *y.shape))
-    logits = np.asarray(_predict(model)(params, x), np.float64)
+    else:  # a seed's own images (its labelled set): padded on the host to their size bucket,
+      # one program for every budget of the bucket
+      x = np.pad(np.asarray(x), [(0, 0), (0, bucket(n) - n)] + [(0, 0)] * (x.ndim - 2))
+    logits = np.asarray(_predict(model)(params, x), np.float64)[:, :n]
     y = np.asarray(y)
     acc = np.mean(np.argmax(logits, -1) == y, axis=1)
     for o, a in zip(out, acc):
@@ -133,12 +138,14 @@ def _phase_log(phases, rows, params, resumed_from: int = 0) -> list[dict]:
 
 
 def run_cell(strategy: Strategy, model, params, data: dict, splits: dict, rng, *, runtime,
-             cell_dir=None, checkpoint_every: int = 0, on_phase_end=None, on_epoch=None):
+             cell_dir=None, checkpoint_every: int = 0, on_phase_end=None, on_epoch=None,
+             pad=()):
   """Trains one seed; returns (params, result, per-epoch history).
 
   With ``cell_dir`` the cell checkpoints at every phase end and every
   ``checkpoint_every`` epochs, its history goes to ``cell_dir/history.jsonl``
-  and a rerun resumes from both.
+  and a rerun resumes from both. The streams named in ``pad`` are padded to their size
+  bucket (``engine.driver.run_phases``: budgets of one bucket share their programs).
   """
   store = log = None
   if cell_dir is not None:
@@ -146,7 +153,7 @@ def run_cell(strategy: Strategy, model, params, data: dict, splits: dict, rng, *
     log = JsonlLog(cell_dir / "history.jsonl")
   params, rows = run_phases(strategy.phases, params, data, rng, runtime=runtime, store=store,
                             log=log, label=strategy.name, on_phase_end=on_phase_end,
-                            on_epoch=on_epoch, **_validation(model, splits))
+                            on_epoch=on_epoch, pad=pad, **_validation(model, splits))
   history = log.read() if log is not None else rows
   phases = resolve_lengths(strategy.phases, data)
   result = {**score(model, _stack1(params), splits)[0],
@@ -155,14 +162,15 @@ def run_cell(strategy: Strategy, model, params, data: dict, splits: dict, rng, *
 
 
 def run_cells_vmapped(strategy: Strategy, model, params, data: dict, splits: dict, rngs, *,
-                      runtime, shared=()):
+                      runtime, shared=(), pad=()):
   """K seeds as one program; every leaf of ``params``/``rngs`` has a seed axis, and so
-  does every stream of ``data`` except the streams (or ``stream/leaf``) named in ``shared``."""
+  does every stream of ``data`` except the streams (or ``stream/leaf``) named in ``shared``;
+  ``pad`` as in :func:`run_cell`."""
   params, rows = run_phases_vmapped(strategy.phases, params, data, rngs, runtime=runtime,
-                                    label=strategy.name, shared=shared,
+                                    label=strategy.name, shared=shared, pad=pad,
                                     **_validation(model, splits))
   results = score(model, params, splits)
-  phases = resolve_lengths(strategy.phases, first_seed(data, shared))
+  phases = resolve_lengths(strategy.phases, seed_shapes(data, shared))
   first = jax.tree.map(lambda a: a[0], params)
   for result, seed_rows in zip(results, rows):
     result.update(phases=_phase_log(phases, seed_rows, first), vmapped_seeds=len(rows))

@@ -174,7 +174,8 @@ class Sweep:
     data = {k: jax.device_put(v) for k, v in c.data.items() if k in _streams(c.strategy)}
     params, result, history = run_cell(c.strategy, c.model, c.params, data, c.splits, c.rng,
                                        runtime=self.runtime, cell_dir=cell_dir,
-                                       checkpoint_every=self.tcfg.checkpoint_every)
+                                       checkpoint_every=self.tcfg.checkpoint_every,
+                                       pad=_padded_streams(c.strategy))
     return [Done(c, result, history, time.perf_counter() - start, params)]
 
   def run_group(self, budget, name, seeds):
@@ -183,7 +184,7 @@ class Sweep:
     strategy = cells[0].strategy
     if strategy.probe is not None:
       return [r for seed in seeds for r in self.run_one(budget, name, seed)]
-    stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    stack = lambda trees: jax.tree.map(_stacked, *trees)
     streams = _streams(strategy)
     shared = tuple(s for s in SHARED_STREAMS if s in streams)
     if strategy.labels_from is not None:  # one relabelled pool: its images, per-seed labels
@@ -194,14 +195,28 @@ class Sweep:
     start = time.perf_counter()
     params, results, rows = run_cells_vmapped(
         strategy, cells[0].model, stack([c.params for c in cells]), data, splits,
-        jnp.stack([c.rng for c in cells]), runtime=self.runtime, shared=shared)
+        jnp.stack([c.rng for c in cells]), runtime=self.runtime, shared=shared,
+        pad=_padded_streams(strategy))
     seconds = (time.perf_counter() - start) / len(seeds)
     return [Done(c, r, h, seconds, jax.tree.map(lambda a, k=k: a[k], params))
             for k, (c, r, h) in enumerate(zip(cells, results, rows))]
 
 
+def _stacked(*xs):
+  """The seeds' arrays stacked: host arrays on the host (a device stack compiles for every
+  size: every label budget), device arrays on the device."""
+  return np.stack(xs) if isinstance(xs[0], np.ndarray) else jnp.stack(xs)
+
+
 # Streams every seed of a cell group reads alike (not stacked per seed).
 SHARED_STREAMS = ("target_unlabelled", "source_labelled")
+
+
+def _padded_streams(strategy) -> tuple:
+  """The streams whose size is the label budget, padded to their size bucket so that budgets
+  of one bucket share their compiled programs (``engine.loop.bucket``); a ``labels_from``
+  strategy's labelled stream is the whole pool, whatever the budget."""
+  return () if strategy.labels_from is not None else ("target_labelled",)
 
 
 def _seeds_of(name: str, streams: list, shared: tuple, stack):
