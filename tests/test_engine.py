@@ -515,7 +515,7 @@ def _fit_and_shrink(p, b, rng):
   return _fit(p, b, rng)[0] + 0.1 * jnp.mean((b["u"]["image"] @ p["w"]) ** 2), {}
 
 
-def _budget_run(n: int, *, pad: bool, vmapped: bool):
+def _budget_run(n: int, *, pad: bool, path: str):
   """A labelled stream of ``n`` examples beside a fixed pool, through two phases: one over the
   labelled stream whose epochs follow its size (``min_steps``), one led by the pool with the
   labelled stream drawn beside it. (params, rows, compilations it caused)."""
@@ -534,9 +534,9 @@ def _budget_run(n: int, *, pad: bool, vmapped: bool):
                   min_steps=30),
             Phase("both", _fit_and_shrink, (("u", "pool", 16), ("x", "lab", 8)), 2,
                   Optim(0.02, schedule="linear_tail"))]
-  runtime = make_runtime(runner="scan")
+  runtime = make_runtime(runner="per_batch" if path == "per_batch" else "scan")
   streams = ("lab",) if pad else ()
-  if not vmapped:
+  if path != "vmapped":
     params, rows = run_phases(phases, {"w": jnp.zeros((3, 2))}, {"lab": labelled, "pool": pool},
                               jax.random.PRNGKey(3), runtime=runtime, pad=streams)
     return params, rows, len(compiles)
@@ -549,15 +549,17 @@ def _budget_run(n: int, *, pad: bool, vmapped: bool):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("vmapped", [False, True], ids=["sequential", "vmapped"])
-def test_label_budgets_padded_to_one_bucket_share_programs_and_keep_their_numbers(vmapped):
+@pytest.mark.parametrize("path", ["scan", "per_batch", "vmapped"])
+def test_label_budgets_padded_to_one_bucket_share_programs_and_keep_their_numbers(path):
   """A labelled stream padded to its size bucket (100 and 200 examples both to 256) trains to
   the parameters and per-epoch rows of the unpadded run (its epochs, its schedule, its
-  shuffles), and a second budget of the bucket compiles nothing."""
+  shuffles), and a second budget of the bucket compiles nothing: one seed (a whole epoch in
+  a scan, or a step per call) and vmapped seeds."""
   from aetl_jax.engine.loop import bucket
   assert bucket(100) == bucket(200) == 256 and bucket(64) == 64
-  plain, plain_rows, _ = _budget_run(100, pad=False, vmapped=vmapped)
-  padded, padded_rows, _ = _budget_run(100, pad=True, vmapped=vmapped)
+  vmapped = path == "vmapped"
+  plain, plain_rows, _ = _budget_run(100, pad=False, path=path)
+  padded, padded_rows, _ = _budget_run(100, pad=True, path=path)
   np.testing.assert_allclose(padded["w"], plain["w"], rtol=2e-5, atol=1e-6)
   if vmapped:
     plain_rows, padded_rows = plain_rows[1], padded_rows[1]
@@ -567,9 +569,9 @@ def test_label_budgets_padded_to_one_bucket_share_programs_and_keep_their_number
   for a, b in zip(padded_rows, plain_rows):
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     assert a["learning_rate"] == pytest.approx(b["learning_rate"], rel=1e-5)
-  other, other_rows, compiled = _budget_run(200, pad=True, vmapped=vmapped)
+  other, other_rows, compiled = _budget_run(200, pad=True, path=path)
   assert compiled == 0  # the second budget of the bucket ran the first one's programs
   rows = other_rows[0] if vmapped else other_rows
   assert sum(r["phase"] == "fit" for r in rows) == 3  # its own length: 12 steps an epoch
-  _, _, unpadded_compiles = _budget_run(200, pad=False, vmapped=vmapped)
+  _, _, unpadded_compiles = _budget_run(200, pad=False, path=path)
   assert unpadded_compiles > 0  # unpadded, the size is a shape: the same check can fail

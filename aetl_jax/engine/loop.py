@@ -30,6 +30,7 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -106,8 +107,16 @@ def summarise(metrics):
   return summary
 
 
-def _stack(history):
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *history)
+def _summarise_steps(history):
+  """:func:`summarise` of per-step metrics returned one call at a time, on the host (on the
+  device every number of steps, every label budget, would compile its own reductions)."""
+  metrics = jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(history))
+  bad = ~np.isfinite(metrics["loss"])
+  if "grad_norm" in metrics:
+    bad = bad | ~np.isfinite(metrics["grad_norm"])
+  summary = jax.tree.map(lambda m: m.mean(axis=0), metrics)
+  summary["first_nonfinite_step"] = np.int32(np.argmax(bad) if bad.any() else -1)
+  return summary
 
 
 # Token streams are batched by length within windows of this many batches.
@@ -335,7 +344,7 @@ def _per_batch(reader: _Reader, step_jit):
     for i in range(rngs.shape[0] if steps is None else int(steps)):
       state, metrics = step_jit(state, data, tuple(x[i] for x in idx), rngs[i])
       history.append(metrics)
-    return state, summarise(_stack(history))
+    return state, _summarise_steps(history)
 
   return epoch
 
@@ -355,7 +364,7 @@ def make_stream_epoch_fn(step, compiler_options: dict | None = None):
       history.append(metrics)
     if not history:
       raise ValueError("the stream yielded no batch (dataset smaller than one batch?)")
-    return state, summarise(_stack(history))
+    return state, _summarise_steps(history)
 
   return epoch
 
@@ -420,6 +429,6 @@ def _shard_map_epoch(step, scan_body, shuffled_batches, reader, runner, launcher
       batch = jax.device_put(jax.tree.map(lambda a: a[i], batches), batch_sharding)
       state, metrics = run_step(state, batch, rngs[i])
       history.append(metrics)
-    return state, summarise(_stack(history))
+    return state, _summarise_steps(history)
   return epoch
 
