@@ -114,6 +114,54 @@ def test_vmapped_seeds_equal_sequential_runs(digits, name):
         assert row_k[n] == pytest.approx(row_seq[n], rel=1e-3, abs=1e-5), (k, n)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lp_ft", "ladder"])
+def test_a_cell_padded_to_its_budgets_bucket_trains_as_the_unpadded_one(digits, name):
+  """The sweep pads a cell's labelled set to its size bucket (96 images to 256): vmapped seeds
+  give the parameters, scores and per-epoch rows of the unpadded cell. lp_ft: a probe phase
+  on cached features whose epochs follow ``min_steps``, then fine-tuning; the Ladder: the
+  labelled set drawn beside the unlabelled images that lead its epochs."""
+  from aetl_jax.models.registry import init_method
+  from aetl_jax.models.variables import tree_of
+  from aetl_jax.transfer.encoder import strategy_model
+  images, labels = digits
+  config = tiny_config("transfer.epochs=2", "transfer.lp_epochs=2", "transfer.min_steps=12",
+                       "transfer.probe_steps=0", "transfer.ladder_epochs=1",
+                       "transfer.ladder_widths=(32,)", "transfer.batch_size=32")
+  model = strategy_model(config, name, 10, (8, 8, 1))
+  init = lambda seed: tree_of(model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 1)),
+                                         method=init_method(model)))
+  strategy = build_strategy(name, StrategyContext(name, config.transfer, model, init(0),
+                                                  Optim.from_config(config.transfer), budget=9))
+  split = lambda lo, hi: (images[lo:hi], labels[lo:hi])
+  train = [split(100 * k, 100 * k + 96) for k in (0, 1)]
+  stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
+  data = {"target_labelled": stack([{"image": x, "label": y} for x, y in train]),
+          "target_unlabelled": {"image": jnp.asarray(images[400:720])}}
+  data = {k: v for k, v in data.items() if any(k in p.streams for p in strategy.phases)}
+  splits = {"train": stack(train), "val": stack([split(1000, 1040)] * 2), "test": split(1100, 1300)}
+  params = jax.tree.map(lambda *xs: jnp.stack(xs), init(1), init(2))
+  rngs = jnp.stack([jax.random.PRNGKey(5), jax.random.PRNGKey(6)])
+  run = lambda pad: run_cells_vmapped(strategy, model, params, data, splits, rngs,
+                                      runtime=make_runtime(runner="scan"),
+                                      shared=("target_unlabelled",), pad=pad)
+  from aetl_jax.engine.driver import paddable, seed_shapes
+  one = seed_shapes(data, ("target_unlabelled",))
+  assert paddable(strategy.phases, one, ("target_labelled",),
+                  make_runtime(runner="scan")) == {"target_labelled": 96}  # it is padded
+  plain, plain_results, plain_rows = run(())
+  padded, padded_results, padded_rows = run(("target_labelled",))
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(padded)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+  for a, b, ra, rb in zip(plain_results, padded_results, plain_rows, padded_rows):
+    assert b["test_accuracy"] == pytest.approx(a["test_accuracy"], abs=1 / 200)
+    assert [(r["phase"], r["epoch"]) for r in rb] == [(r["phase"], r["epoch"]) for r in ra]
+    for x, y in zip(ra, rb):
+      assert y["loss"] == pytest.approx(x["loss"], rel=1e-3, abs=1e-5)
+  if name == "lp_ft":  # the probe's epochs follow min_steps: 12 steps at 3 steps an epoch
+    assert sum(r["phase"] == strategy.phases[0].name for r in plain_rows[0]) == 4
+
+
 EXPERIMENT = ["--config", str(DIGITS_CONFIG), "--no-progress", "--config.pretrain.epochs=4",
               "--config.transfer.budgets=(4,)", "--config.transfer.seeds=1",
               "--config.transfer.epochs=3", "--config.transfer.strategies=('linear_probe','finetune')",
