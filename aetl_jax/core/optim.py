@@ -58,13 +58,6 @@ LINEAR_TAIL = 1 / 3
 INVERSE_POWER = (10.0, 0.75)
 
 
-def inverse_power_schedule(learning_rate: float, total_steps, alpha: float = 10.0,
-                           beta: float = 0.75):
-  """``learning_rate / (1 + alpha p)^beta`` with ``p = step / total_steps``."""
-  total = jnp.maximum(total_steps, 1)
-  return lambda step: learning_rate / (1.0 + alpha * step / total) ** beta
-
-
 SCHEDULES = ("constant", "cosine", "linear_tail", "inverse_power")
 
 
@@ -72,7 +65,8 @@ def schedule_factor(schedule: str, count, total_steps, warmup_steps=0):
   """The named schedule at learning rate 1, at optimiser step ``count`` of ``total_steps``
   with ``warmup_steps`` of linear warm-up ('constant' and 'cosine'). Every argument but the
   name may be a traced array: a phase's length is a value of its compiled program, so label
-  budgets of different sizes share one (``engine.phase``)."""
+  budgets of different sizes share one (``engine.phase``). Optax's schedules check their
+  step counts as Python numbers, hence these formulas (equal to them: tests/test_science.py)."""
   count = jnp.asarray(count, jnp.float32)
   total = jnp.asarray(total_steps, jnp.float32)
   warm = jnp.asarray(warmup_steps, jnp.float32)
