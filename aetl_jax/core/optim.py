@@ -66,7 +66,7 @@ def schedule_factor(schedule: str, count, total_steps, warmup_steps=0):
   with ``warmup_steps`` of linear warm-up ('constant' and 'cosine'). Every argument but the
   name may be a traced array: a phase's length is a value of its compiled program, so label
   budgets of different sizes share one (``engine.phase``). Optax's schedules check their
-  step counts as Python numbers, hence these formulas (equal to them: tests/test_science.py)."""
+  step counts as Python numbers, hence these formulas (checked in tests/test_science.py)."""
   count = jnp.asarray(count, jnp.float32)
   total = jnp.asarray(total_steps, jnp.float32)
   warm = jnp.asarray(warmup_steps, jnp.float32)
