@@ -85,6 +85,14 @@ def _padded(tree, length: int, axis: int = 0):
   return jax.tree.map(pad, tree)
 
 
+def _pad_streams(phases, data: dict, pad: Sequence[str], runtime: Runtime):
+  """(``data`` with the streams of ``pad`` that :func:`paddable` allows padded to their
+  bucket, ``{stream: its real size}``)."""
+  counts = {k: np.int32(n) for k, n in paddable(phases, data, pad, runtime).items()}
+  return {k: _padded(v, bucket(int(counts[k]))) if k in counts else v
+          for k, v in data.items()}, counts
+
+
 def with_counts(data: dict, counts: dict) -> dict:
   """``data`` with its streams named in ``counts`` as :class:`Padded` (their real sizes)."""
   return {k: Padded(v, counts[k]) if k in counts else v for k, v in data.items()}
@@ -128,8 +136,7 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
   check_streams(phases, data)
   phases = resolve_lengths(phases, data)
   progs = programs(phases, params, data, runtime)
-  counts = {k: np.int32(n) for k, n in paddable(phases, data, pad, runtime).items()}
-  data = {k: _padded(v, bucket(int(counts[k]))) if k in counts else v for k, v in data.items()}
+  data, counts = _pad_streams(phases, data, pad, runtime)
   total = sum(p.epochs for p in phases)
   per_epoch = _jitted(epoch_metrics)
   start, params, state = _resume(store, progs, params) if store else (0, params, None)
