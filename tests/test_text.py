@@ -449,3 +449,22 @@ def test_lstm_scan_equals_autodiff_of_the_plain_scan_values_and_gradients():
          jax.random.normal(keys[6], (t, b, hidden)))
   for a, r in zip(jax.tree.leaves(out_vjp(cot)), jax.tree.leaves(ref_vjp(cot))):
     np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
+
+
+def test_the_decoders_token_loss_and_accuracy_are_log_softmax_and_argmax_of_its_logits():
+  """The training readout takes each token's negative log-likelihood and whether it is the top
+  prediction from one max over the vocabulary: the same numbers as log-softmax and argmax of
+  the decoder's teacher-forced logits."""
+  from aetl_jax.models.sequence import RNNDecoder
+  decoder = RNNDecoder(vocab_size=50, embed_dim=8, hidden=16, chunk=4)
+  code = jax.random.normal(jax.random.PRNGKey(0), (6, 16))
+  targets = jnp.asarray(random_tokens(6, 10, seed=3, vocab=50)).at[0, :].set(7)  # one full row
+  variables = decoder.init(jax.random.PRNGKey(1), code, targets)
+  bias = variables["params"]["out_bias"].at[7].set(8.0)  # token 7 the top prediction, mostly
+  variables = {"params": {**variables["params"], "out_bias": bias}}
+  nll, correct = decoder.apply(variables, code, targets)
+  logits = decoder.apply(variables, code, targets, logits=True)
+  want = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+  np.testing.assert_allclose(nll, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(correct, (jnp.argmax(logits, -1) == targets).astype(jnp.float32))
+  assert 0 < float(correct.mean()) < 1  # both right and wrong tokens are checked
