@@ -89,8 +89,7 @@ def _pad_streams(phases, data: dict, pad: Sequence[str], runtime: Runtime):
   """(``data`` with the streams of ``pad`` that :func:`paddable` allows padded to their
   bucket, ``{stream: its real size}``)."""
   counts = {k: np.int32(n) for k, n in paddable(phases, data, pad, runtime).items()}
-  return {k: _padded(v, bucket(int(counts[k]))) if k in counts else v
-          for k, v in data.items()}, counts
+  return _pad_to_buckets(data, tuple((k, None) for k in counts), counts), counts
 
 
 def with_counts(data: dict, counts: dict) -> dict:
@@ -318,9 +317,10 @@ def _loop(given: Phase, resolved: Phase, counts: dict) -> tuple[int, bool]:
   return max(given.for_size(floor).epochs, resolved.epochs), True
 
 
-def _pad_seeds(data: dict, axes: tuple, counts: dict) -> dict:
+def _pad_to_buckets(data: dict, axes: tuple, counts: dict) -> dict:
   """The streams named in ``counts`` padded to their bucket along the example axis of each
-  leaf (after the seed axis where the seeds have their own, :func:`seed_axes`)."""
+  leaf: after the seed axis where ``axes`` (as :func:`seed_axes` gives them) say the seeds
+  have their own, the first axis where they say None."""
   out = dict(data)
   for k, ax in axes:
     if k not in counts:
@@ -393,8 +393,8 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
                        axes, epoch_metrics)
   hyper = tuple(jax.tree.map(jnp.float32, prog.hyper) for prog in progs)
   values = tuple({k: jnp.float32(v) for k, v in p.values} for p in phases)
-  params, history = cell(params, _pad_seeds(data, axes, counts), rngs, epoch_data, hyper, values,
-                         {k: np.int32(n) for k, n in counts.items()},
+  params, history = cell(params, _pad_to_buckets(data, axes, counts), rngs, epoch_data, hyper,
+                         values, {k: np.int32(n) for k, n in counts.items()},
                          tuple(np.int32(p.epochs) for p in phases))
   rows = [[] for _ in range(int(rngs.shape[0]))]
   for prog, metrics, (phase, first, _) in zip(progs, history, _spans(phases)):

@@ -91,32 +91,27 @@ def num_examples(data) -> int:
   return sizes.pop()
 
 
-def _nonfinite(metrics):
-  bad = ~jnp.isfinite(metrics["loss"])
+def _nonfinite(metrics, xp=jnp):
+  bad = ~xp.isfinite(metrics["loss"])
   if "grad_norm" in metrics:
-    bad = bad | ~jnp.isfinite(metrics["grad_norm"])
+    bad = bad | ~xp.isfinite(metrics["grad_norm"])
   return bad
 
 
-def summarise(metrics):
+def summarise(metrics, xp=jnp):
   """Mean of each per-step metric, plus the index of the first step whose loss
-  or gradient norm was non-finite (-1 if none), so a NaN is located exactly."""
-  bad = _nonfinite(metrics)
-  summary = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-  summary["first_nonfinite_step"] = jnp.where(bad.any(), jnp.argmax(bad), -1)
+  or gradient norm was non-finite (-1 if none), so a NaN is located exactly. ``xp``: the
+  array module (numpy for metrics on the host)."""
+  bad = _nonfinite(metrics, xp)
+  summary = jax.tree.map(lambda m: xp.mean(m, axis=0), metrics)
+  summary["first_nonfinite_step"] = xp.where(bad.any(), xp.argmax(bad), -1)
   return summary
 
 
 def _summarise_steps(history):
   """:func:`summarise` of per-step metrics returned one call at a time, on the host (on the
   device every number of steps, every label budget, would compile its own reductions)."""
-  metrics = jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(history))
-  bad = ~np.isfinite(metrics["loss"])
-  if "grad_norm" in metrics:
-    bad = bad | ~np.isfinite(metrics["grad_norm"])
-  summary = jax.tree.map(lambda m: m.mean(axis=0), metrics)
-  summary["first_nonfinite_step"] = np.int32(np.argmax(bad) if bad.any() else -1)
-  return summary
+  return summarise(jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(history)), np)
 
 
 # Token streams are batched by length within windows of this many batches.
