@@ -72,7 +72,7 @@ def get_config():
   c.data.update(source="tsv:../shared/datasets/sst2", target="tsv:../shared/datasets/sst2",
                 source_fraction=0.0, max_len=64)
   c.model.update(family="rnn", vocab_size=4000, embed_dim=128, hidden=256, cell="lstm",
-                 code_dim=0, dropout_rate=0.0, chunk=8, tie_output=True)
+                 code_dim=0, dropout_rate=0.0, chunk=4, tie_output=True)
   c.objective.name = "seq_reconstruction"
   c.pretrain.update(epochs=4, batch_size=64, learning_rate=2e-3, eval_every=1,
                     checkpoint_every=1)

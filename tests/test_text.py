@@ -468,3 +468,64 @@ def test_the_decoders_token_loss_and_accuracy_are_log_softmax_and_argmax_of_its_
   np.testing.assert_allclose(nll, want, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(correct, (jnp.argmax(logits, -1) == targets).astype(jnp.float32))
   assert 0 < float(correct.mean()) < 1  # both right and wrong tokens are checked
+
+
+def test_linear_cross_entropy_equals_autodiff_of_the_plain_expression():
+  """The fused readout loss: the same value, correct flags and gradients (x, w, b and the
+  weights) as autodiff of log-softmax over ``x wᵀ + b``."""
+  from aetl_jax.models.kernels import linear_cross_entropy
+  keys = jax.random.split(jax.random.PRNGKey(0), 5)
+  x = jax.random.normal(keys[0], (3, 5, 8))
+  w = jax.random.normal(keys[1], (40, 8))
+  b = jax.random.normal(keys[2], (40,))
+  targets = jax.random.randint(keys[3], (3, 5), 0, 40).at[0, 0].set(0)
+  b = b.at[0].set(20.0)  # target 0 is the top logit at [0, 0]: both outcomes are checked
+  weights = jax.random.uniform(keys[4], (3, 5))
+
+  def plain(x, w, b, weights):
+    logp = jax.nn.log_softmax(x @ w.T + b)
+    nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+    return jnp.sum(weights * nll), (jnp.argmax(logp, -1) == targets).astype(jnp.float32)
+
+  fused = lambda x, w, b, weights: linear_cross_entropy(x, w, b, targets, weights)
+  (loss, correct), grads = jax.value_and_grad(fused, argnums=(0, 1, 2, 3), has_aux=True)(
+      x, w, b, weights)
+  (want, want_correct), want_grads = jax.value_and_grad(plain, argnums=(0, 1, 2, 3),
+                                                        has_aux=True)(x, w, b, weights)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  np.testing.assert_array_equal(correct, want_correct)
+  assert 0 < float(correct.mean()) < 1
+  for got, ref in zip(grads, want_grads):
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+  # the cotangent scales every gradient
+  scaled = jax.grad(lambda *a: 3.0 * fused(*a)[0], argnums=(0, 1, 2, 3))(x, w, b, weights)
+  for got, ref in zip(scaled, want_grads):
+    np.testing.assert_allclose(got, 3.0 * ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_the_decoders_weighted_loss_is_the_weighted_sum_of_its_per_token_loss(tie):
+  """The training path (``weights=``, the fused readout) gives the value and parameter
+  gradients of Σ weights · nll over the per-token path, past padding and skipped chunks."""
+  from aetl_jax.models.sequence import RNNDecoder
+  decoder = RNNDecoder(vocab_size=50, embed_dim=8, hidden=16, chunk=4, tie=tie)
+  code = jax.random.normal(jax.random.PRNGKey(0), (6, 16))
+  targets = jnp.pad(jnp.asarray(random_tokens(6, 8, seed=3, vocab=50)), ((0, 0), (0, 4)))
+  # width 12 in chunks of 4: the last chunk is past every sentence, skipped
+  params = decoder.init(jax.random.PRNGKey(1), code, targets)["params"]
+  mask = (targets != PAD).astype(jnp.float32)
+  weights = mask / jnp.sum(mask)
+
+  def per_token(params):
+    nll, correct = decoder.apply({"params": params}, code, targets)
+    return jnp.sum(weights * nll), correct
+
+  def weighted(params):
+    return decoder.apply({"params": params}, code, targets, weights=weights)
+
+  (want, want_correct), want_grads = jax.value_and_grad(per_token, has_aux=True)(params)
+  (loss, correct), grads = jax.value_and_grad(weighted, has_aux=True)(params)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  np.testing.assert_array_equal(correct, want_correct)
+  jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6),
+               grads, want_grads)

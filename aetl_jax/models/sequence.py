@@ -12,7 +12,9 @@ goes further (:func:`by_width`): it cuts the batch to the smallest static width 
 holds its longest sentence, and with length-bucketed batches (see
 :mod:`aetl_jax.engine.loop`) short phrases do not pay for the longest sentence. The
 decoder's vocabulary projection and per-token loss run inside the chunks, so the
-``(batch, max_len, vocab)`` logits are never built while training.
+``(batch, max_len, vocab)`` logits are never built while training; the training loss
+(``weights=``) takes the projection's gradient in the same pass
+(:func:`aetl_jax.models.kernels.linear_cross_entropy`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from jax import lax
 
 from aetl_jax.models.capabilities import Can
 from aetl_jax.models.family import DROPOUT, FAMILIES
-from aetl_jax.models.kernels import lstm_scan
+from aetl_jax.models.kernels import linear_cross_entropy, lstm_scan
 from aetl_jax.core.registry import Key
 
 PAD, UNK, BOS, EOS, MASK = 0, 1, 2, 3, 4
@@ -71,7 +73,10 @@ def _to_chunks(x, chunk: int):
 
 
 def _from_chunks(y, t: int):
-  """Inverse of :func:`_to_chunks` for outputs: → (batch, T, ...)."""
+  """Inverse of :func:`_to_chunks` for outputs: → (batch, T, ...); one value per chunk
+  (a chunk's loss) stays as it is, (chunks,)."""
+  if y.ndim == 1:
+    return y
   y = y.reshape(-1, *y.shape[2:])[:t]
   return jnp.moveaxis(y, 0, 1)
 
@@ -82,7 +87,7 @@ class Recurrent(nn.Module):
 
   hidden: int
   cell: str = "lstm"
-  chunk: int = 8
+  chunk: int = 4
 
   @nn.compact
   def __call__(self, x, longest, carry=None, readout=None, extra=None):
@@ -99,7 +104,7 @@ class Recurrent(nn.Module):
     readout = readout or (lambda h, _: h)
     t = x.shape[1]
     chunk = min(self.chunk, t)
-    xs = (_to_chunks(x, chunk), None if extra is None else _to_chunks(extra, chunk))
+    xs = (_to_chunks(x, chunk), jax.tree.map(lambda e: _to_chunks(e, chunk), extra))
     active = jnp.arange(xs[0].shape[0]) * chunk < longest
 
     def run_chunk(carry, inp):
@@ -133,7 +138,7 @@ class RNNEncoder(nn.Module):
   cell: str = "lstm"
   code_dim: int = 0
   dropout_rate: float = 0.0
-  chunk: int = 8
+  chunk: int = 4
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False):
@@ -162,13 +167,17 @@ class RNNDecoder(nn.Module):
   embed_dim: int = 128
   hidden: int = 256
   cell: str = "lstm"
-  chunk: int = 8
+  chunk: int = 4
   tie: bool = True
 
   @nn.compact
-  def __call__(self, code, targets, *, logits: bool = False, train: bool = False):
+  def __call__(self, code, targets, *, weights=None, logits: bool = False,
+               train: bool = False):
     """Per-token (negative log-likelihood, correct) of ``targets``, each (batch, T); with
-    ``logits=True`` the teacher-forced logits (batch, T, vocab) instead (for evaluation)."""
+    ``weights`` (batch, T) the loss Σ weights · nll instead of the per-token values (its
+    gradient through :func:`~aetl_jax.models.kernels.linear_cross_entropy`, the training
+    path) and correct; with ``logits=True`` the teacher-forced logits (batch, T, vocab)
+    instead (for evaluation)."""
     del train
     targets = targets.astype(jnp.int32)
     inputs = jnp.concatenate([jnp.full_like(targets[:, :1], BOS), targets[:, :-1]], axis=1)
@@ -178,16 +187,21 @@ class RNNDecoder(nn.Module):
     table = self.param("embedding", nn.initializers.normal(1.0), (self.vocab_size, self.embed_dim))
     if self.tie:
       proj = self.param("out_proj", nn.initializers.lecun_normal(), (self.hidden, self.embed_dim))
-      w = None
+      features, out_w = (lambda h: h @ proj), table
     else:
       w = self.param("out_kernel", nn.initializers.lecun_normal(), (self.hidden, self.vocab_size))
+      features, out_w = (lambda h: h), w.T
     b = self.param("out_bias", nn.initializers.zeros, (self.vocab_size,))
+
+    def weighted_loss(h, extra):  # one chunk, time-major: h (chunk, batch, hidden)
+      y, wt = extra
+      return linear_cross_entropy(features(h), out_w, b, y, wt)
 
     # Rematerialised: the backward pass keeps the chunk's hidden states, not its
     # (chunk, batch, vocab) logits.
     @jax.checkpoint
-    def readout(h, y):  # one chunk, time-major: h (chunk, batch, hidden), y (chunk, batch)
-      out = ((h @ proj) @ table.T if w is None else h @ w) + b
+    def per_token(h, y):  # one chunk, time-major: h (chunk, batch, hidden), y (chunk, batch)
+      out = features(h) @ out_w.T + b
       if logits:
         return out
       # The token's negative log-likelihood and whether it is the top prediction, from one
@@ -199,8 +213,11 @@ class RNNDecoder(nn.Module):
       return lse - picked, (picked >= top).astype(jnp.float32)
 
     rnn = Recurrent(self.hidden, self.cell, self.chunk, name="rnn")
-    return rnn(jnp.take(table, inputs, axis=0), _longest(targets), carry, readout,
-               targets)[1]
+    weighted = weights is not None and not logits
+    readout, extra = ((weighted_loss, (targets, weights.astype(jnp.float32))) if weighted
+                      else (per_token, targets))
+    out = rnn(jnp.take(table, inputs, axis=0), _longest(targets), carry, readout, extra)[1]
+    return (jnp.sum(out[0]), out[1]) if weighted else out
 
 
 class SequenceAutoencoder(nn.Module):
@@ -212,11 +229,11 @@ class SequenceAutoencoder(nn.Module):
   encoder: nn.Module
   decoder: nn.Module
 
-  def __call__(self, tokens, *, inputs=None, train: bool = False):
+  def __call__(self, tokens, *, inputs=None, weights=None, train: bool = False):
     """Per-token (negative log-likelihood, correct), each (batch, T); pads included (mask
-    them with ``tokens != PAD``)."""
+    them with ``tokens != PAD``). With ``weights`` (batch, T): (Σ weights · nll, correct)."""
     code = self.encoder(tokens if inputs is None else inputs, train=train)
-    return self.decoder(code, tokens, train=train)
+    return self.decoder(code, tokens, weights=weights, train=train)
 
   def encode(self, tokens, *, train: bool = False):
     return self.encoder(tokens, train=train)
@@ -259,7 +276,7 @@ def _decoder(m, shape):
                        cell=Key("lstm", "lstm or gru"),
                        code_dim=Key(0, "size of the code (0: the trunk's own features)"),
                        dropout_rate=DROPOUT,
-                       chunk=Key(8, "time steps per rematerialised chunk"),
+                       chunk=Key(4, "time steps per chunk (chunks past the longest sequence are skipped)"),
                        tie_output=Key(True, "tie the output layer to the embedding")))
 def rnn(m, code_dim: int):
   """Token ids → ``block_0`` embedding → ``block_1`` LSTM/GRU (→ ``block_2`` dense code)."""
