@@ -529,3 +529,33 @@ def test_the_decoders_weighted_loss_is_the_weighted_sum_of_its_per_token_loss(ti
   np.testing.assert_array_equal(correct, want_correct)
   jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6),
                grads, want_grads)
+  # ungated (every step in one scan, as under by_width): the same loss
+  ungated = decoder.apply({"params": params}, code, targets, weights=weights, gated=False)[0]
+  np.testing.assert_allclose(ungated, want, rtol=1e-5)
+
+
+def test_by_width_runs_the_smallest_width_and_takes_the_gradient_of_the_uncut_loss():
+  """The loss at the width picked for the batch's longest sentence, its gradient in the
+  parameters (taken inside the branch), scaled by the cotangent; tokens and keys take none."""
+  from aetl_jax.models.sequence import by_width, widths
+  assert widths(64) == (4, 8, 12, 16, 24, 32, 48, 64) and widths(10) == (4, 8, 10)
+  table = jax.random.normal(jax.random.PRNGKey(0), (40, 3))
+
+  def fn(tokens, params, key):
+    h = jnp.tanh(params["table"][tokens] * params["scale"]) * (tokens != PAD)[..., None]
+    noise = jax.random.uniform(key, ())
+    return jnp.sum(h ** 2) + 0.0 * noise, {"width": jnp.asarray(tokens.shape[1], jnp.float32)}
+
+  params = {"table": table, "scale": jnp.float32(1.3)}
+  tokens = jnp.pad(jnp.asarray(random_tokens(5, 14, seed=2)), ((0, 0), (0, 50)))  # width 64
+  longest = int(jnp.max(jnp.sum(tokens != PAD, -1)))
+  key = jax.random.PRNGKey(3)
+  cut = lambda p: 2.5 * by_width(fn, tokens, p, key)[0]
+  whole = lambda p: 2.5 * fn(tokens, p, key)[0]
+  value, grads = jax.jit(jax.value_and_grad(cut))(params)
+  want, want_grads = jax.value_and_grad(whole)(params)
+  np.testing.assert_allclose(value, want, rtol=1e-6)
+  jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6), grads,
+               want_grads)
+  width = float(by_width(fn, tokens, params, key)[1]["width"])
+  assert width == min(w for w in widths(64) if w >= longest) < 64

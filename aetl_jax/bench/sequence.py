@@ -7,7 +7,7 @@ teacher-forced decoder, output tied to its embedding) on token sequences whose l
 training phrases (a log-normal fitted to them: median 8 tokens, 90th
 percentile 22, padded to 64). Both sides see length-bucketed batches:
 aetl_jax's epoch buckets a token stream itself and its loss cuts each batch to
-the smallest static width (8, 16, 32, 64) that holds the longest sentence
+the smallest static width (4, 8, 12, 16, 24, 32, 48, 64) that holds the longest sentence
 (``models.sequence.by_width``); PyTorch gets each batch cut to its longest
 sentence, with ``pack_padded_sequence`` in the encoder, and the same Adam step.
 One epoch per call, the whole epoch one compiled ``scan``; median of

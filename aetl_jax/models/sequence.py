@@ -9,21 +9,23 @@ decoder starts from the code and predicts each token from the previous ones
 Time steps run inside one ``lax.scan`` in chunks of ``model.chunk`` steps; a chunk
 wholly past the batch's longest sequence is skipped (``lax.cond``). The training loss
 goes further (:func:`by_width`): it cuts the batch to the smallest static width that
-holds its longest sentence, and with length-bucketed batches (see
-:mod:`aetl_jax.engine.loop`) short phrases do not pay for the longest sentence. The
-decoder's vocabulary projection and per-token loss run inside the chunks, so the
-``(batch, max_len, vocab)`` logits are never built while training; the training loss
+holds its longest sentence and runs every step of it ungated (``gated=False``), and with
+length-bucketed batches (see :mod:`aetl_jax.engine.loop`) short phrases do not pay for
+the longest sentence. The decoder's vocabulary projection and per-token loss run inside
+the chunks, so the ``(batch, max_len, vocab)`` logits are never kept; the training loss
 (``weights=``) takes the projection's gradient in the same pass
 (:func:`aetl_jax.models.kernels.linear_cross_entropy`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from aetl_jax.models.capabilities import Can
@@ -92,7 +94,8 @@ class Recurrent(nn.Module):
   @nn.compact
   def __call__(self, x, longest, carry=None, readout=None, extra=None):
     """x: (batch, T, features); ``longest``: the batch's longest sequence (chunks past it are
-    skipped). Returns (final carry, outputs (batch, T, ...))."""
+    skipped; None: every step runs, one scan without gating). Returns (final carry,
+    outputs (batch, T, ...))."""
     k = 4 if self.cell == "lstm" else 3
     w_in = self.param("input_kernel", nn.initializers.lecun_normal(), (x.shape[-1], k * self.hidden))
     w_h = self.param("recurrent_kernel", nn.initializers.orthogonal(), (self.hidden, k * self.hidden))
@@ -103,9 +106,8 @@ class Recurrent(nn.Module):
       carry = (zeros, zeros) if self.cell == "lstm" else zeros
     readout = readout or (lambda h, _: h)
     t = x.shape[1]
-    chunk = min(self.chunk, t)
+    chunk = t if longest is None else min(self.chunk, t)
     xs = (_to_chunks(x, chunk), jax.tree.map(lambda e: _to_chunks(e, chunk), extra))
-    active = jnp.arange(xs[0].shape[0]) * chunk < longest
 
     def run_chunk(carry, inp):
       x_chunk, e_chunk = inp
@@ -121,12 +123,18 @@ class Recurrent(nn.Module):
         carry, hs = lax.scan(step, carry, x_gates)
       return carry, readout(hs, e_chunk)
 
-    carry, ys = chunked_scan(run_chunk, carry, xs, active)
+    if longest is None:
+      carry, ys = run_chunk(carry, jax.tree.map(lambda a: a[0], xs))
+      ys = jax.tree.map(lambda y: y[None], ys)
+    else:
+      active = jnp.arange(xs[0].shape[0]) * chunk < longest
+      carry, ys = chunked_scan(run_chunk, carry, xs, active)
     return carry, jax.tree.map(lambda y: _from_chunks(y, t), ys)
 
 
-def _longest(tokens):
-  return jnp.max(lengths_of(tokens))
+def _longest(tokens, gated: bool = True):
+  """The batch's longest sequence, or None (no gating) where ``gated`` is False."""
+  return jnp.max(lengths_of(tokens)) if gated else None
 
 
 class RNNEncoder(nn.Module):
@@ -141,12 +149,14 @@ class RNNEncoder(nn.Module):
   chunk: int = 4
 
   @nn.compact
-  def __call__(self, tokens, *, train: bool = False):
+  def __call__(self, tokens, *, train: bool = False, gated: bool = True):
+    """``gated``: skip the chunks past the batch's longest sequence (False: every step runs,
+    for batches already cut to their longest, :func:`by_width`)."""
     tokens = tokens.astype(jnp.int32)
     x = nn.Embed(self.vocab_size, self.embed_dim, name="block_0")(tokens)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     _, hs = Recurrent(self.hidden, self.cell, self.chunk, name="block_1")(
-        x, _longest(tokens))
+        x, _longest(tokens, gated))
     last = jnp.maximum(lengths_of(tokens) - 1, 0)
     h = jnp.take_along_axis(hs, last[:, None, None], axis=1)[:, 0]
     if self.code_dim:
@@ -172,12 +182,12 @@ class RNNDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, code, targets, *, weights=None, logits: bool = False,
-               train: bool = False):
+               train: bool = False, gated: bool = True):
     """Per-token (negative log-likelihood, correct) of ``targets``, each (batch, T); with
     ``weights`` (batch, T) the loss Σ weights · nll instead of the per-token values (its
     gradient through :func:`~aetl_jax.models.kernels.linear_cross_entropy`, the training
     path) and correct; with ``logits=True`` the teacher-forced logits (batch, T, vocab)
-    instead (for evaluation)."""
+    instead (for evaluation). ``gated``: as :class:`RNNEncoder`'s."""
     del train
     targets = targets.astype(jnp.int32)
     inputs = jnp.concatenate([jnp.full_like(targets[:, :1], BOS), targets[:, :-1]], axis=1)
@@ -216,7 +226,8 @@ class RNNDecoder(nn.Module):
     weighted = weights is not None and not logits
     readout, extra = ((weighted_loss, (targets, weights.astype(jnp.float32))) if weighted
                       else (per_token, targets))
-    out = rnn(jnp.take(table, inputs, axis=0), _longest(targets), carry, readout, extra)[1]
+    out = rnn(jnp.take(table, inputs, axis=0), _longest(targets, gated), carry, readout,
+              extra)[1]
     return (jnp.sum(out[0]), out[1]) if weighted else out
 
 
@@ -229,11 +240,13 @@ class SequenceAutoencoder(nn.Module):
   encoder: nn.Module
   decoder: nn.Module
 
-  def __call__(self, tokens, *, inputs=None, weights=None, train: bool = False):
+  def __call__(self, tokens, *, inputs=None, weights=None, train: bool = False,
+               gated: bool = True):
     """Per-token (negative log-likelihood, correct), each (batch, T); pads included (mask
-    them with ``tokens != PAD``). With ``weights`` (batch, T): (Σ weights · nll, correct)."""
-    code = self.encoder(tokens if inputs is None else inputs, train=train)
-    return self.decoder(code, tokens, weights=weights, train=train)
+    them with ``tokens != PAD``). With ``weights`` (batch, T): (Σ weights · nll, correct).
+    ``gated``: as :class:`RNNEncoder`'s."""
+    code = self.encoder(tokens if inputs is None else inputs, train=train, gated=gated)
+    return self.decoder(code, tokens, weights=weights, train=train, gated=gated)
 
   def encode(self, tokens, *, train: bool = False):
     return self.encoder(tokens, train=train)
@@ -284,28 +297,61 @@ def rnn(m, code_dim: int):
                     code_dim=code_dim, dropout_rate=m.dropout_rate, chunk=m.chunk)
 
 
-def widths(max_len: int, smallest: int = 8) -> tuple[int, ...]:
-  """The static widths a batch is cut to: powers of two from ``smallest``, and ``max_len``."""
-  out, w = [], smallest
+def widths(max_len: int) -> tuple[int, ...]:
+  """The static widths a batch is cut to: 4, 8, 12, 16, then powers of two and 1.5 times
+  them (24, 32, 48, 64, 96, ...), and ``max_len``: a batch pays at most 1.5 times its
+  longest sentence above 16 tokens."""
+  out, w = [], 4
   while w < max_len:
     out.append(w)
-    w *= 2
+    w = w + 4 if w < 16 else w * 3 // 2 if w & (w - 1) == 0 else w * 4 // 3
   return tuple(out) + (max_len,)
 
 
-def by_width(fn, tokens, *args):
-  """``fn(tokens[:, :w], *args)`` for the smallest of :func:`widths` that holds the batch's
-  longest sequence, chosen at run time by ``lax.switch`` among static shapes.
+def _no_gradient(x):
+  """The zero cotangent of an input that takes none (tokens, random keys, floats)."""
+  x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
+  if jnp.issubdtype(x.dtype, jnp.inexact):
+    return jnp.zeros_like(x)
+  return np.zeros(x.shape, jax.dtypes.float0)
 
-  Differentiating a switch keeps the residuals of every branch (zeros for those not
-  taken). Rematerialising each branch instead paid off while the LSTM's backward was
-  autodiff's (111 against 189 ms per step); with the hand-written LSTM backward
-  (:func:`aetl_jax.models.kernels.lstm_scan`) it costs more than it saves (pretraining
-  epoch 648 → 738 sentences/s with the LSTM, 719 → 775 with the GRU; BENCHMARKS.md), so
-  the branches are not rematerialised. Under ``vmap`` the switch becomes a select and
+
+def by_width(fn, tokens, params, *args):
+  """``fn(tokens[:, :w], params, *args) -> (loss, metrics)`` for the smallest of
+  :func:`widths` that holds the batch's longest sequence, chosen at run time by
+  ``lax.switch`` among static shapes; differentiable in ``params`` (the loss only: the
+  metrics carry no gradient).
+
+  Autodiff of a switch keeps the residuals of every branch, zeros for those not taken (with
+  12 branches the zero-filled buffers cost more than the finer widths save). Differentiated,
+  each branch here takes its own loss's gradient (``jax.value_and_grad`` inside the branch,
+  a ``custom_vjp``), so only a parameter-shaped gradient leaves the switch, and the backward
+  pass scales it by the loss's cotangent (a gradient for every leaf of ``params``, frozen
+  ones included: pass only what trains). Under ``vmap`` the switch becomes a select and
   every branch runs: correct, not faster.
   """
   ws = widths(tokens.shape[1])
-  index = jnp.searchsorted(jnp.asarray(ws), _longest(tokens))
-  branches = [lambda t, *a, w=w: fn(t[:, :w], *a) for w in ws]
-  return lax.switch(index, branches, tokens, *args)
+
+  def switch(branch, tokens, *rest):
+    index = jnp.searchsorted(jnp.asarray(ws), _longest(tokens))
+    return lax.switch(index, [functools.partial(branch, w) for w in ws], tokens, *rest)
+
+  @jax.custom_vjp
+  def run(params, tokens, *args):
+    return switch(lambda w, t, p, *a: fn(t[:, :w], p, *a), tokens, params, *args)
+
+  def run_fwd(params, tokens, *args):
+    def branch(w, t, p, *a):
+      grad_fn = jax.value_and_grad(lambda p: fn(t[:, :w], p, *a), has_aux=True)
+      return grad_fn(p)
+    out, grads = switch(branch, tokens, params, *args)
+    return out, (grads, tokens, args)
+
+  def run_bwd(residuals, cotangents):
+    grads, tokens, args = residuals
+    ct = cotangents[0]
+    return (jax.tree.map(lambda g: ct * g, grads), _no_gradient(tokens),
+            *jax.tree.map(_no_gradient, args))
+
+  run.defvjp(run_fwd, run_bwd)
+  return run(params, tokens, *args)
