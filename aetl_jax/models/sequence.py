@@ -323,7 +323,7 @@ def by_width(fn, tokens, params, *args):
   metrics carry no gradient).
 
   Autodiff of a switch keeps the residuals of every branch, zeros for those not taken (with
-  12 branches the zero-filled buffers cost more than the finer widths save). Differentiated,
+  16 branches of 4 tokens the zero-filled buffers cost more than the finer widths saved). Differentiated,
   each branch here takes its own loss's gradient (``jax.value_and_grad`` inside the branch,
   a ``custom_vjp``), so only a parameter-shaped gradient leaves the switch, and the backward
   pass scales it by the loss's cotangent (a gradient for every leaf of ``params``, frozen
