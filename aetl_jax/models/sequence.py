@@ -30,7 +30,7 @@ from jax import lax
 
 from aetl_jax.models.capabilities import Can
 from aetl_jax.models.family import DROPOUT, FAMILIES
-from aetl_jax.models.kernels import linear_cross_entropy, lstm_scan
+from aetl_jax.models.kernels import linear_cross_entropy, lstm_scan, token_nll
 from aetl_jax.core.registry import Key
 
 PAD, UNK, BOS, EOS, MASK = 0, 1, 2, 3, 4
@@ -212,15 +212,7 @@ class RNNDecoder(nn.Module):
     @jax.checkpoint
     def per_token(h, y):  # one chunk, time-major: h (chunk, batch, hidden), y (chunk, batch)
       out = features(h) @ out_w.T + b
-      if logits:
-        return out
-      # The token's negative log-likelihood and whether it is the top prediction, from one
-      # max over the vocabulary (an argmax is a second, (value, index), reduction over the
-      # chunk's logits: 10% of a training step; a tie at the top counts as right).
-      top = lax.stop_gradient(jnp.max(out, axis=-1))
-      picked = jnp.take_along_axis(out, y[..., None], axis=-1)[..., 0]
-      lse = top + jnp.log(jnp.sum(jnp.exp(out - top[..., None]), axis=-1))
-      return lse - picked, (picked >= top).astype(jnp.float32)
+      return out if logits else token_nll(out, y)[:2]
 
     rnn = Recurrent(self.hidden, self.cell, self.chunk, name="rnn")
     weighted = weights is not None and not logits
