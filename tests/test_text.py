@@ -488,17 +488,18 @@ def test_linear_cross_entropy_equals_autodiff_of_the_plain_expression():
     return jnp.sum(weights * nll), (jnp.argmax(logp, -1) == targets).astype(jnp.float32)
 
   fused = lambda x, w, b, weights: linear_cross_entropy(x, w, b, targets, weights)
-  (loss, correct), grads = jax.value_and_grad(fused, argnums=(0, 1, 2, 3), has_aux=True)(
-      x, w, b, weights)
-  (want, want_correct), want_grads = jax.value_and_grad(plain, argnums=(0, 1, 2, 3),
-                                                        has_aux=True)(x, w, b, weights)
+  (loss, correct), grads = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 2, 3),
+                                                      has_aux=True))(x, w, b, weights)
+  (want, want_correct), want_grads = jax.jit(jax.value_and_grad(plain, argnums=(0, 1, 2, 3),
+                                                                has_aux=True))(x, w, b, weights)
   np.testing.assert_allclose(loss, want, rtol=1e-5)
   np.testing.assert_array_equal(correct, want_correct)
   assert 0 < float(correct.mean()) < 1
   for got, ref in zip(grads, want_grads):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
   # the cotangent scales every gradient
-  scaled = jax.grad(lambda *a: 3.0 * fused(*a)[0], argnums=(0, 1, 2, 3))(x, w, b, weights)
+  scaled = jax.jit(jax.grad(lambda *a: 3.0 * fused(*a)[0], argnums=(0, 1, 2, 3)))(
+      x, w, b, weights)
   for got, ref in zip(scaled, want_grads):
     np.testing.assert_allclose(got, 3.0 * ref, rtol=1e-4, atol=1e-5)
 
@@ -523,14 +524,15 @@ def test_the_decoders_weighted_loss_is_the_weighted_sum_of_its_per_token_loss(ti
   def weighted(params):
     return decoder.apply({"params": params}, code, targets, weights=weights)
 
-  (want, want_correct), want_grads = jax.value_and_grad(per_token, has_aux=True)(params)
-  (loss, correct), grads = jax.value_and_grad(weighted, has_aux=True)(params)
+  (want, want_correct), want_grads = jax.jit(jax.value_and_grad(per_token, has_aux=True))(params)
+  (loss, correct), grads = jax.jit(jax.value_and_grad(weighted, has_aux=True))(params)
   np.testing.assert_allclose(loss, want, rtol=1e-5)
   np.testing.assert_array_equal(correct, want_correct)
   jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6),
                grads, want_grads)
   # ungated (every step in one scan, as under by_width): the same loss
-  ungated = decoder.apply({"params": params}, code, targets, weights=weights, gated=False)[0]
+  ungated = jax.jit(lambda p: decoder.apply({"params": p}, code, targets, weights=weights,
+                                           gated=False)[0])(params)
   np.testing.assert_allclose(ungated, want, rtol=1e-5)
 
 
