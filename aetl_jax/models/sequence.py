@@ -302,7 +302,7 @@ def widths(max_len: int) -> tuple[int, ...]:
 
 def _no_gradient(x):
   """The zero cotangent of an input that takes none (tokens, random keys, floats)."""
-  x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
+  x = jnp.asarray(x)
   if jnp.issubdtype(x.dtype, jnp.inexact):
     return jnp.zeros_like(x)
   return np.zeros(x.shape, jax.dtypes.float0)
@@ -315,11 +315,11 @@ def by_width(fn, tokens, params, *args):
   metrics carry no gradient).
 
   Autodiff of a switch keeps the residuals of every branch, zeros for those not taken (with
-  16 branches of 4 tokens the zero-filled buffers cost more than the finer widths saved). Differentiated,
-  each branch here takes its own loss's gradient (``jax.value_and_grad`` inside the branch,
-  a ``custom_vjp``), so only a parameter-shaped gradient leaves the switch, and the backward
-  pass scales it by the loss's cotangent (a gradient for every leaf of ``params``, frozen
-  ones included: pass only what trains). Under ``vmap`` the switch becomes a select and
+  16 branches of 4 tokens the zero-filled buffers cost more than the finer widths saved).
+  Differentiated, each branch here takes its own loss's gradient (``jax.value_and_grad``
+  inside the branch, a ``custom_vjp``), so only a parameter-shaped gradient leaves the
+  switch, and the backward pass scales it by the loss's cotangent (a gradient for every
+  leaf of ``params``, frozen ones included: pass only what trains). Under ``vmap`` the switch becomes a select and
   every branch runs: correct, not faster.
   """
   ws = widths(tokens.shape[1])

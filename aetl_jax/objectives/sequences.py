@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from aetl_jax.models.sequence import EOS, MASK, PAD, by_width
+from aetl_jax.models.sequence import EOS, MASK, PAD, by_width, masked_mean
 from aetl_jax.objectives.registry import OBJECTIVES
 from aetl_jax.core.registry import Key, within
 
@@ -37,7 +37,7 @@ def token_loss(model, corrupt_fn=None):
     # to its width already: every step runs, ungated.
     loss, correct = model.apply({"params": params}, tokens, inputs=inputs, weights=mask / count,
                                 train=True, gated=False, rngs={"dropout": drop_rng})
-    return loss, {"token_accuracy": jnp.sum(correct * mask) / count, "perplexity": jnp.exp(loss)}
+    return loss, {"token_accuracy": masked_mean(correct, tokens), "perplexity": jnp.exp(loss)}
 
   def loss_fn(params, batches, rng):
     tokens = batches["images"]["image"].astype(jnp.int32)
