@@ -232,6 +232,70 @@ def test_a_short_stream_beside_a_long_one_costs_one_vmapped_draw_not_a_sort_per_
   assert counts.max() - counts.min() <= 1 and idx[1].shape == (468, 32)  # cycled evenly
 
 
+def test_the_curve_is_read_at_most_points_times_per_phase_and_at_its_last_epoch():
+  from aetl_jax.engine.driver import curve_due
+  for n in range(1, 40):
+    for points in range(0, 12):
+      due = [bool(curve_due(e, n, points)) for e in range(n)]
+      traced = jax.jit(lambda e, n, p: curve_due(e, n, p))
+      assert due == [bool(traced(np.int32(e), np.int32(n), np.int32(points))) for e in range(n)]
+      assert sum(due) == (n if points == 0 else min(n, points)) and due[-1]
+      if 0 < points < n:  # evenly spread: gaps differ by at most one epoch
+        at = np.flatnonzero(due)
+        gaps = np.diff(np.concatenate([[-1], at]))
+        assert gaps.max() - gaps.min() <= 1
+
+
+@pytest.mark.slow
+def test_the_validation_curve_has_the_same_rows_sequential_and_vmapped_and_its_points_are_values():
+  """``epoch_metrics`` runs after ``curve_points`` epochs of each phase (the last always): the
+  sequential and the vmapped path give the same rows (a padded phase whose epochs follow its
+  budget, ``min_steps``, included), each value the one an every-epoch curve reads at that
+  epoch, and another number of points compiles nothing on the vmapped path."""
+  from aetl_jax.engine.driver import curve_due, run_phases_vmapped
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, duration, **kw: compiles.append(event)
+      if event == "/jax/core/compile/backend_compile_duration" else None)
+
+  def loss(p, b, rng):
+    return jnp.mean((b["x"]["image"] @ p["w"] - 1.0) ** 2), {}
+
+  reads = []
+
+  def metrics(p, d):
+    jax.debug.callback(lambda: reads.append(1))  # runs where the curve is computed
+    return {"val": jnp.sum(p["w"] * d)}
+
+  params = {"w": jnp.zeros((3, 2))}
+  x = jnp.asarray(np.random.default_rng(0).random((12, 3)), jnp.float32)
+  optim = Optim(1e-2, schedule="constant")
+  phases = [Phase("a", loss, (("x", "s", 4),), 7, optim),
+            Phase("b", loss, (("x", "s", 4),), 1, optim, min_steps=20)]  # 7 epochs of 3 steps
+  runtime, rng = make_runtime(runner="scan"), jax.random.PRNGKey(0)
+  kw = dict(runtime=runtime, epoch_metrics=metrics, pad=("s",))
+  _, every = run_phases(phases, params, {"s": {"image": x}}, rng, epoch_data=jnp.ones(()), **kw)
+  _, rows = run_phases(phases, params, {"s": {"image": x}}, rng, epoch_data=jnp.ones(()),
+                       curve_points=3, **kw)
+  two = lambda t: jax.tree.map(lambda a: jnp.stack([a, a]), t)
+  run_phases_vmapped(phases, two(params), {"s": {"image": two(x)}}, two(rng),
+                     epoch_data=jnp.ones((2,)), curve_points=5, **kw)
+  before, read = len(compiles), len(reads)
+  _, vrows = run_phases_vmapped(phases, two(params), {"s": {"image": two(x)}}, two(rng),
+                                epoch_data=jnp.ones((2,)), curve_points=3, **kw)
+  assert len(compiles) == before  # the points are a value of the compiled cell
+  assert len(reads) - read == 6  # computed only where read: 3 points in each of 2 phases
+  assert [r["epoch"] for r in rows] == list(range(14)) and len(every) == 14
+  start = {"a": 0, "b": 7}
+  for r, v, e in zip(rows, vrows[0], every):
+    due = bool(curve_due(r["epoch"] - start[r["phase"]], 7, 3))
+    assert ("val" in r) == ("val" in v) == due
+    if due:
+      assert r["val"] == pytest.approx(e["val"], abs=1e-6)
+      assert v["val"] == pytest.approx(e["val"], abs=1e-6)
+  assert "val" in rows[6] and "val" in rows[13] and sum("val" in r for r in rows) == 6
+
+
 def _second_optimiser_run(first, second, *, init: float):
   """A least-squares phase trained with optimiser settings ``first``, then ``second``, on the
   sequential and the vmapped (2 seeds) path: (sequential (params, rows) of each, the vmapped

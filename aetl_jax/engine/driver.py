@@ -113,12 +113,21 @@ def _row(phase, epoch, metrics: dict, prefix: str) -> dict:
   return {"phase": phase.name, "epoch": epoch, **{prefix + k: v for k, v in metrics.items()}}
 
 
+def curve_due(epoch, epochs, points):
+  """Whether the curve of ``epoch_metrics`` is read after ``epoch`` (0-based) of a phase of
+  ``epochs``: after at most ``points`` epochs spread evenly over the phase, the last always
+  (``points`` 0: every epoch). Python ints on the sequential path, arrays in the vmapped
+  cell: the same rows on both."""
+  return (points == 0) | (epochs <= points) | ((epoch + 1) * points // epochs
+                                               > epoch * points // epochs)
+
+
 def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Runtime,
                store: CheckpointStore | None = None, log: JsonlLog | None = None,
                evaluate: Callable[[dict], dict] | None = None, eval_every: int = 0,
                metric_prefix: str = "", label: str = "",
                on_phase_end: Callable | None = None, on_epoch: Callable | None = None,
-               epoch_metrics: Callable | None = None, epoch_data=None,
+               epoch_metrics: Callable | None = None, epoch_data=None, curve_points: int = 0,
                pad: Sequence[str] = ()):
   """Trains ``params`` through ``phases``; returns (params, per-epoch rows).
 
@@ -127,8 +136,10 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
   is truncated to the epochs before that point and receives every new row.
   ``evaluate(params, epoch)`` adds keys to the row every ``eval_every``
   epochs and after the last one; ``epoch_metrics(params, epoch_data)`` (pure, jittable: a
-  cell's validation loss and accuracy) adds its keys to every row, on both paths. ``on_phase_end(name, params_at_start, params_at_end)``
-  sees every phase boundary this run trains through; ``on_epoch(row)`` every epoch.
+  cell's validation loss and accuracy) adds its keys to the rows of at most ``curve_points``
+  epochs per phase, the last included (:func:`curve_due`; 0: every row), on both paths.
+  ``on_phase_end(name, params_at_start, params_at_end)`` sees every phase boundary this run
+  trains through; ``on_epoch(row)`` every epoch.
   The streams named in ``pad`` are padded to their size bucket (:func:`paddable`): runs
   over budgets of one bucket share their compiled programs, with the unpadded run's numbers.
   """
@@ -156,7 +167,7 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
       state, metrics = _epoch(prog, state, pdata, key, epoch, runtime,
                               f"{label}/{phase.name}" if label else phase.name)
       done = epoch + 1
-      if per_epoch is not None:
+      if per_epoch is not None and curve_due(epoch - first, phase.epochs, curve_points):
         metrics.update(_floats(per_epoch(_merged(prog, params, state, runtime), epoch_data)))
       rows.append(_row(phase, epoch, metrics, metric_prefix))
       if evaluate and (done == total or (eval_every and done % eval_every == 0)):
@@ -278,7 +289,7 @@ def _vmapped_cell(phases: tuple, spec: tuple, loops: tuple, runtime: Runtime, da
   value: budgets of one size bucket differ in their epochs, not their program)."""
   progs = [build_program(p, spec, 1, runtime) for p in phases]
 
-  def cell(params, data, rng, epoch_data, hyper, values, counts, epochs):
+  def cell(params, data, rng, epoch_data, hyper, values, counts, epochs, points):
     history = []
     offset = 0
     for prog, h, v, (cap, masked), n in zip(progs, hyper, values, loops, epochs):
@@ -286,11 +297,13 @@ def _vmapped_cell(phases: tuple, spec: tuple, loops: tuple, runtime: Runtime, da
       phase = prog.phase
       pdata = with_counts(phase.prepare(params, data) if phase.prepare else data, counts)
 
-      def one_epoch(state, e, prog=prog, pdata=pdata, params=params, offset=offset):
+      def one_epoch(state, e, prog=prog, pdata=pdata, params=params, offset=offset, n=n):
         state, metrics = prog.body(state, pdata, jax.random.fold_in(rng, offset + e))
-        if epoch_metrics is not None:
-          metrics = {**metrics, **epoch_metrics(prog.merge(params, state.params), epoch_data)}
-        return state, metrics
+        if epoch_metrics is None:
+          return state, (metrics, {})
+        curve = lambda _, p: ((), epoch_metrics(p, epoch_data))
+        merged = prog.merge(params, state.params)
+        return state, (metrics, when(curve_due(e, n, points), curve, (), merged)[1])
 
       body = one_epoch
       if masked:
@@ -302,7 +315,7 @@ def _vmapped_cell(phases: tuple, spec: tuple, loops: tuple, runtime: Runtime, da
     return params, history
 
   axes = {k: dict(a) if isinstance(a, tuple) else a for k, a in data_axes}
-  return jax.jit(jax.vmap(cell, in_axes=(0, axes, 0, 0, None, None, None, None)),
+  return jax.jit(jax.vmap(cell, in_axes=(0, axes, 0, 0, None, None, None, None, None)),
                  compiler_options=runtime.options)
 
 
@@ -370,12 +383,12 @@ def seed_shapes(data: dict, shared: Sequence[str] = ()) -> dict:
 def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, runtime: Runtime,
                        metric_prefix: str = "", label: str = "", shared: Sequence[str] = (),
                        epoch_metrics: Callable | None = None, epoch_data=None,
-                       pad: Sequence[str] = ()):
+                       curve_points: int = 0, pad: Sequence[str] = ()):
   """K seeds at once: every leaf of ``params``, ``rngs`` and of the streams of
   ``data`` (except the streams, or ``stream/leaf`` leaves, named in ``shared``) has a
   leading seed axis, and so has every leaf of ``epoch_data`` (what ``epoch_metrics`` reads,
-  as in :func:`run_phases`). The streams named in ``pad`` are padded to their size bucket,
-  as in :func:`run_phases`.
+  as in :func:`run_phases`, at the same ``curve_points``). The streams named in ``pad`` are
+  padded to their size bucket, as in :func:`run_phases`.
 
   Returns (stacked params, K lists of per-epoch rows). Raises NonFiniteError
   naming the seed, phase, epoch and step of the first non-finite loss.
@@ -395,10 +408,11 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
   values = tuple({k: jnp.float32(v) for k, v in p.values} for p in phases)
   params, history = cell(params, _pad_to_buckets(data, axes, counts), rngs, epoch_data, hyper,
                          values, {k: np.int32(n) for k, n in counts.items()},
-                         tuple(np.int32(p.epochs) for p in phases))
+                         tuple(np.int32(p.epochs) for p in phases), np.int32(curve_points))
   rows = [[] for _ in range(int(rngs.shape[0]))]
-  for prog, metrics, (phase, first, _) in zip(progs, history, _spans(phases)):
-    metrics = jax.tree.map(lambda m: np.asarray(m)[:, :phase.epochs], metrics)  # (K, epochs)
+  for prog, (metrics, curve), (phase, first, _) in zip(progs, history, _spans(phases)):
+    metrics, curve = jax.tree.map(lambda m: np.asarray(m)[:, :phase.epochs], (metrics, curve))
+    due = [bool(curve_due(e, phase.epochs, curve_points)) for e in range(phase.epochs)]
     steps = _epoch_steps(prog, one_data)
     epoch_lrs = prog.learning_rate * np.asarray(jax.device_get(
         [_schedule(prog, np.int32((e + 1) * steps)) for e in range(phase.epochs)]))
@@ -411,7 +425,8 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
                      epoch=first + e, first_step=e * steps)
       seed_rows.extend(_row(phase, first + e, {
           **{n: float(v[k, e]) for n, v in metrics.items() if n != "first_nonfinite_step"},
-          "learning_rate": float(epoch_lrs[e])}, metric_prefix)
+          "learning_rate": float(epoch_lrs[e]),
+          **({n: float(v[k, e]) for n, v in curve.items()} if due[e] else {})}, metric_prefix)
           for e in range(phase.epochs))
   return params, rows
 

@@ -100,6 +100,9 @@ KEYS = {
                       epochs_check=positive(integer=True), batch_doc="labelled batch size"),
     "transfer.min_steps": Key(1000, "every phase runs at least this many optimiser steps",
                               count(0, " (0: epochs alone)")),
+    "transfer.val_points": Key(50, "points of each phase's validation curve (val_loss, "
+                               "val_accuracy): epochs spread evenly, the last always",
+                               count(0, " (0: after every epoch)")),
     "transfer.probe_steps": Key(10000, "a linear probe's optimiser steps (logistic regression to "
                                 "convergence)", count(0, " (0: epochs alone)")),
     "transfer.probe_c": Key(1.0, "the linear probe's inverse L2 strength (scikit-learn's C)",

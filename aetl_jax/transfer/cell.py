@@ -39,8 +39,8 @@ def _predict(model):
 
 @functools.lru_cache(maxsize=32)
 def _val_metrics(model):
-  """``(params, (images, labels)) -> {val_loss, val_accuracy}``: the cell's validation curve,
-  computed after every epoch (pure: the vmapped seeds compute it inside their program)."""
+  """``(params, (images, labels)) -> {val_loss, val_accuracy}``: the cell's validation curve
+  (pure: the vmapped seeds compute it inside their program)."""
   def metrics(params, val):
     x, y = val
     logits = model.apply(variables(params), x)
@@ -49,12 +49,14 @@ def _val_metrics(model):
   return metrics
 
 
-def _validation(model, splits) -> dict:
-  """The driver's per-epoch validation keywords (none without validation labels)."""
+def _validation(model, splits, points: int) -> dict:
+  """The driver's validation-curve keywords (none without validation labels): read after at
+  most ``points`` epochs of each phase, its last included (0: every epoch)."""
   x, y = splits["val"]
   if y.shape[-1] == 0:
     return {}
-  return {"epoch_metrics": _val_metrics(model), "epoch_data": (jnp.asarray(x), jnp.asarray(y))}
+  return {"epoch_metrics": _val_metrics(model), "epoch_data": (jnp.asarray(x), jnp.asarray(y)),
+          "curve_points": points}
 
 
 @functools.lru_cache(maxsize=32)
@@ -139,9 +141,11 @@ def _phase_log(phases, rows, params, resumed_from: int = 0) -> list[dict]:
 
 def run_cell(strategy: Strategy, model, params, data: dict, splits: dict, rng, *, runtime,
              cell_dir=None, checkpoint_every: int = 0, on_phase_end=None, on_epoch=None,
-             pad=()):
+             pad=(), val_points: int = 0):
   """Trains one seed; returns (params, result, per-epoch history).
 
+  The history's rows carry the validation curve (``val_loss``, ``val_accuracy``) at most
+  ``val_points`` times per phase, at its last epoch always (0: every epoch).
   With ``cell_dir`` the cell checkpoints at every phase end and every
   ``checkpoint_every`` epochs, its history goes to ``cell_dir/history.jsonl``
   and a rerun resumes from both. The streams named in ``pad`` are padded to their size
@@ -153,7 +157,8 @@ def run_cell(strategy: Strategy, model, params, data: dict, splits: dict, rng, *
     log = JsonlLog(cell_dir / "history.jsonl")
   params, rows = run_phases(strategy.phases, params, data, rng, runtime=runtime, store=store,
                             log=log, label=strategy.name, on_phase_end=on_phase_end,
-                            on_epoch=on_epoch, pad=pad, **_validation(model, splits))
+                            on_epoch=on_epoch, pad=pad,
+                            **_validation(model, splits, val_points))
   history = log.read() if log is not None else rows
   phases = resolve_lengths(strategy.phases, data)
   result = {**score(model, _stack1(params), splits)[0],
@@ -162,13 +167,13 @@ def run_cell(strategy: Strategy, model, params, data: dict, splits: dict, rng, *
 
 
 def run_cells_vmapped(strategy: Strategy, model, params, data: dict, splits: dict, rngs, *,
-                      runtime, shared=(), pad=()):
+                      runtime, shared=(), pad=(), val_points: int = 0):
   """K seeds as one program; every leaf of ``params``/``rngs`` has a seed axis, and so
   does every stream of ``data`` except the streams (or ``stream/leaf``) named in ``shared``;
-  ``pad`` as in :func:`run_cell`."""
+  ``pad`` and ``val_points`` as in :func:`run_cell` (the same rows)."""
   params, rows = run_phases_vmapped(strategy.phases, params, data, rngs, runtime=runtime,
                                     label=strategy.name, shared=shared, pad=pad,
-                                    **_validation(model, splits))
+                                    **_validation(model, splits, val_points))
   results = score(model, params, splits)
   phases = resolve_lengths(strategy.phases, seed_shapes(data, shared))
   first = jax.tree.map(lambda a: a[0], params)
@@ -252,4 +257,5 @@ def train_strategy(name: str, tcfg, model, params, splits: dict, rng, *, runtime
           "target_unlabelled": {"image": jnp.asarray(x)}}
   data = {k: v for k, v in data.items() if k in {s for p in strategy.phases for s in p.streams}}
   return run_cell(strategy, model, params, data, splits, rng, runtime=runtime, cell_dir=cell_dir,
-                  checkpoint_every=checkpoint_every, on_phase_end=on_phase_end, on_epoch=on_epoch)
+                  checkpoint_every=checkpoint_every, on_phase_end=on_phase_end, on_epoch=on_epoch,
+                  val_points=int(tcfg.get("val_points", 0)))

@@ -175,7 +175,8 @@ class Sweep:
     params, result, history = run_cell(c.strategy, c.model, c.params, data, c.splits, c.rng,
                                        runtime=self.runtime, cell_dir=cell_dir,
                                        checkpoint_every=self.tcfg.checkpoint_every,
-                                       pad=_padded_streams(c.strategy))
+                                       pad=_padded_streams(c.strategy),
+                                       val_points=self.tcfg.val_points)
     return [Done(c, result, history, time.perf_counter() - start, params)]
 
   def run_group(self, budget, name, seeds):
@@ -196,7 +197,7 @@ class Sweep:
     params, results, rows = run_cells_vmapped(
         strategy, cells[0].model, stack([c.params for c in cells]), data, splits,
         jnp.stack([c.rng for c in cells]), runtime=self.runtime, shared=shared,
-        pad=_padded_streams(strategy))
+        pad=_padded_streams(strategy), val_points=self.tcfg.val_points)
     seconds = (time.perf_counter() - start) / len(seeds)
     return [Done(c, r, h, seconds, jax.tree.map(lambda a, k=k: a[k], params))
             for k, (c, r, h) in enumerate(zip(cells, results, rows))]
