@@ -296,6 +296,39 @@ def test_the_validation_curve_has_the_same_rows_sequential_and_vmapped_and_its_p
   assert "val" in rows[6] and "val" in rows[13] and sum("val" in r for r in rows) == 6
 
 
+@pytest.mark.slow
+def test_phases_that_differ_only_in_their_epochs_share_the_vmapped_cell():
+  """The vmapped cell scans a phase's epochs rounded up to their bucket and runs its own (a
+  value): 5 and 7 epochs share one program, and each gives the sequential path's parameters
+  and rows."""
+  import dataclasses
+  from aetl_jax.engine.driver import run_phases_vmapped
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, duration, **kw: compiles.append(event)
+      if event == "/jax/core/compile/backend_compile_duration" else None)
+
+  def loss(p, b, rng):
+    return jnp.mean((b["x"]["image"] @ p["w"] - 1.0) ** 2), {}
+
+  params = {"w": jnp.zeros((3, 2))}
+  x = jnp.asarray(np.random.default_rng(0).random((12, 3)), jnp.float32)
+  two = lambda t: jax.tree.map(lambda a: jnp.stack([a, a]), t)
+  runtime, rng = make_runtime(runner="scan"), jax.random.PRNGKey(0)
+  phase = Phase("p", loss, (("x", "s", 4),), 5, Optim(1e-2, schedule="cosine"))
+  run_phases_vmapped([phase], two(params), {"s": {"image": two(x)}}, two(rng), runtime=runtime)
+  before = len(compiles)
+  longer = dataclasses.replace(phase, epochs=7)
+  vout, vrows = run_phases_vmapped([longer], two(params), {"s": {"image": two(x)}}, two(rng),
+                                   runtime=runtime)
+  assert len(compiles) == before  # nothing compiled for 7 epochs after 5
+  out, rows = run_phases([longer], params, {"s": {"image": x}}, rng, runtime=runtime)
+  np.testing.assert_allclose(vout["w"][1], out["w"], rtol=1e-5, atol=1e-7)
+  assert len(vrows[1]) == len(rows) == 7
+  for a, b in zip(vrows[1], rows):
+    assert a.keys() == b.keys() and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
 def _second_optimiser_run(first, second, *, init: float):
   """A least-squares phase trained with optimiser settings ``first``, then ``second``, on the
   sequential and the vmapped (2 seeds) path: (sequential (params, rows) of each, the vmapped

@@ -285,14 +285,15 @@ def _resume(store: CheckpointStore, progs, params):
 def _vmapped_cell(phases: tuple, spec: tuple, loops: tuple, runtime: Runtime, data_axes: tuple,
                   epoch_metrics=None):
   """The jitted, vmapped cell of ``phases`` (compile keys): per phase a scan over ``cap``
-  epochs (``loops``: (cap, masked)); a masked phase runs only its first ``epochs[i]`` (a
-  value: budgets of one size bucket differ in their epochs, not their program)."""
+  epochs (``loops``, :func:`_loop`) that runs only its first ``epochs[i]`` (a value: budgets
+  of one size bucket, and lengths of one epoch bucket, share the program; a skipped epoch is
+  the empty branch of a ``lax.cond`` every seed shares)."""
   progs = [build_program(p, spec, 1, runtime) for p in phases]
 
   def cell(params, data, rng, epoch_data, hyper, values, counts, epochs, points):
     history = []
     offset = 0
-    for prog, h, v, (cap, masked), n in zip(progs, hyper, values, loops, epochs):
+    for prog, h, v, cap, n in zip(progs, hyper, values, loops, epochs):
       prog = prog.with_hyper(h, v)  # arguments, not constants: one program for any values
       phase = prog.phase
       pdata = with_counts(phase.prepare(params, data) if phase.prepare else data, counts)
@@ -305,9 +306,7 @@ def _vmapped_cell(phases: tuple, spec: tuple, loops: tuple, runtime: Runtime, da
         merged = prog.merge(params, state.params)
         return state, (metrics, when(curve_due(e, n, points), curve, (), merged)[1])
 
-      body = one_epoch
-      if masked:
-        body = lambda state, e, one_epoch=one_epoch, n=n: when(e < n, one_epoch, state, e)
+      body = lambda state, e, one_epoch=one_epoch, n=n: when(e < n, one_epoch, state, e)
       state, metrics = jax.lax.scan(body, prog.init_state(params), jnp.arange(cap))
       params = prog.merge(params, state.params)
       history.append(metrics)
@@ -319,15 +318,19 @@ def _vmapped_cell(phases: tuple, spec: tuple, loops: tuple, runtime: Runtime, da
                  compiler_options=runtime.options)
 
 
-def _loop(given: Phase, resolved: Phase, counts: dict) -> tuple[int, bool]:
-  """(epochs the vmapped cell's scan holds, whether it runs fewer): a phase whose first stream
-  is padded and whose epochs follow its size (``min_steps``) scans the epochs of the smallest
-  stream of its bucket and runs its own."""
+def _loop(given: Phase, resolved: Phase, counts: dict) -> int:
+  """The epochs the vmapped cell's scan over a phase holds (it runs the phase's own, a
+  value): its longest length rounded up to a :func:`bucket <aetl_jax.engine.loop.bucket>`,
+  so phases that differ only in their epochs share a program (a sweep over
+  ``transfer.epochs``). The longest is the phase's epochs, or, when its first stream is
+  padded and its epochs follow its size (``min_steps``), those of the smallest stream of
+  that stream's bucket (budgets of one bucket share a program)."""
+  longest = resolved.epochs
   lead = resolved.streams[0]
-  if lead not in counts or not given.min_steps:
-    return resolved.epochs, False
-  floor = max(bucket_floor(bucket(counts[lead])), resolved.feed[0].batch_size)
-  return max(given.for_size(floor).epochs, resolved.epochs), True
+  if lead in counts and given.min_steps:
+    floor = max(bucket_floor(bucket(counts[lead])), resolved.feed[0].batch_size)
+    longest = max(given.for_size(floor).epochs, longest)
+  return bucket(longest)
 
 
 def _pad_to_buckets(data: dict, axes: tuple, counts: dict) -> dict:
