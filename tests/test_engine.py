@@ -234,11 +234,11 @@ def test_a_short_stream_beside_a_long_one_costs_one_vmapped_draw_not_a_sort_per_
 
 def test_the_curve_is_read_at_most_points_times_per_phase_and_at_its_last_epoch():
   from aetl_jax.engine.driver import curve_due
+  traced, every = jax.jit(curve_due), np.arange(40, dtype=np.int32)  # one program
   for n in range(1, 40):
     for points in range(0, 12):
       due = [bool(curve_due(e, n, points)) for e in range(n)]
-      traced = jax.jit(lambda e, n, p: curve_due(e, n, p))
-      assert due == [bool(traced(np.int32(e), np.int32(n), np.int32(points))) for e in range(n)]
+      assert due == np.asarray(traced(every, np.int32(n), np.int32(points)))[:n].tolist()
       assert sum(due) == (n if points == 0 else min(n, points)) and due[-1]
       if 0 < points < n:  # evenly spread: gaps differ by at most one epoch
         at = np.flatnonzero(due)
@@ -327,6 +327,63 @@ def test_phases_that_differ_only_in_their_epochs_share_the_vmapped_cell():
   assert len(vrows[1]) == len(rows) == 7
   for a, b in zip(vrows[1], rows):
     assert a.keys() == b.keys() and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_short_epochs_run_many_to_a_call_with_the_rows_of_one_at_a_time(tmp_path, monkeypatch):
+  """Epochs of a few steps run many to a call (no host round trip per epoch): the parameters,
+  rows, validation curve, evaluations and checkpoints are those of one epoch to a call, and a
+  run stopped inside a phase resumes from its last checkpoint to the same end."""
+  from aetl_jax.engine import driver
+  from aetl_jax.engine.checkpoint import finished_steps
+  from aetl_jax.engine.store import CheckpointStore
+
+  def loss(p, b, rng):
+    noise = 0.01 * jax.random.normal(rng, ())
+    return jnp.mean((b["x"]["image"] @ p["w"] - 1.0 + noise) ** 2), {}
+
+  params = {"w": jnp.zeros((3, 2))}
+  data = {"s": {"image": jnp.asarray(np.random.default_rng(0).random((12, 3)), jnp.float32)}}
+  phases = [Phase("a", loss, (("x", "s", 4),), 20, Optim(1e-2, schedule="cosine")),
+            Phase("b", loss, (("x", "s", 4),), 7, Optim(3e-3, schedule="constant"))]
+
+  def run(directory, on_epoch=None):
+    evaluated = []
+    out = run_phases(phases, params, data, jax.random.PRNGKey(0), runtime=make_runtime(runner="scan"),
+                     store=CheckpointStore(directory, every=5, keep=None), eval_every=4,
+                     evaluate=lambda p, e: evaluated.append(e) or {"w": float(p["w"].sum())},
+                     epoch_metrics=lambda p, d: {"val": jnp.sum(p["w"]) * d},
+                     epoch_data=jnp.float32(2), curve_points=6, on_epoch=on_epoch)
+    return out, evaluated
+
+  calls, original = [], driver._epoch
+  monkeypatch.setattr(driver, "_epoch", lambda *a, **k: calls.append(1) or original(*a, **k))
+  (chunked, rows), evaluated = run(tmp_path / "chunked")
+  assert not calls  # no epoch ran alone
+  monkeypatch.setattr(driver, "_CHUNK_STEPS", 1)
+  (single, single_rows), single_evaluated = run(tmp_path / "single")
+  assert len(calls) == 27
+  np.testing.assert_allclose(chunked["w"], single["w"], rtol=1e-6, atol=1e-7)
+  assert evaluated == single_evaluated == [3, 7, 11, 15, 19, 23, 26]
+  assert finished_steps(tmp_path / "chunked") == finished_steps(tmp_path / "single") == [
+      5, 10, 15, 20, 25, 27]
+  assert [r.keys() for r in rows] == [r.keys() for r in single_rows]
+  for a, b in zip(rows, single_rows):
+    assert (a.pop("phase"), a.pop("epoch")) == (b.pop("phase"), b.pop("epoch"))
+    assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
+  assert sum("val" in r for r in rows) == 6 + 6
+  monkeypatch.undo()
+
+  def stop(row):
+    if row["epoch"] == 12:
+      raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    run(tmp_path / "stopped", on_epoch=stop)
+  assert finished_steps(tmp_path / "stopped") == [5, 10]
+  (resumed, resumed_rows), _ = run(tmp_path / "stopped")
+  np.testing.assert_allclose(resumed["w"], chunked["w"], rtol=1e-6, atol=1e-7)
+  assert [r["epoch"] for r in resumed_rows] == list(range(10, 27))
 
 
 def _second_optimiser_run(first, second, *, init: float):

@@ -163,12 +163,12 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
     state = runtime.launcher.replicate(
         state if state is not None else prog.init_state(jax.tree.map(jnp.copy, params)))
     lo = max(first, start)
-    for epoch, key in zip(range(lo, last), _epoch_keys(rng, lo, last)):
-      state, metrics = _epoch(prog, state, pdata, key, epoch, runtime,
-                              f"{label}/{phase.name}" if label else phase.name)
+    stops = (eval_every if evaluate else 0, store.every if store is not None else 0)
+    curve = (per_epoch, epoch_data, curve_points)
+    for epoch, metrics, state in _phase_epochs(prog, state, pdata, params, rng, lo, first, last,
+                                               runtime, stops, curve,
+                                               f"{label}/{phase.name}" if label else phase.name):
       done = epoch + 1
-      if per_epoch is not None and curve_due(epoch - first, phase.epochs, curve_points):
-        metrics.update(_floats(per_epoch(_merged(prog, params, state, runtime), epoch_data)))
       rows.append(_row(phase, epoch, metrics, metric_prefix))
       if evaluate and (done == total or (eval_every and done % eval_every == 0)):
         rows[-1].update({f"eval_{k}": v for k, v in
@@ -185,6 +185,99 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
   if store is not None:
     store.close()
   return params, rows
+
+
+# Epochs of at most this many steps run several to a call (:func:`_phase_epochs`).
+_CHUNK_STEPS = 256
+
+
+def _phase_epochs(prog: Program, state, data, params, rng, lo: int, first: int, last: int,
+                  runtime: Runtime, stops: tuple, curve: tuple, label: str):
+  """Trains epochs [lo, last) of the phase spanning [first, last); yields (epoch, its row's
+  metrics, the state after it, or None where it is not at hand). Short epochs (a 1,000-step
+  phase over 20 labels is 1,000 one-step epochs) run up to :data:`_CHUNK_STEPS` steps' worth
+  to a call (:func:`_chunk_program`: no host round trip per epoch), each call ending where
+  the caller needs the state: every ``stops`` epochs (evaluation, checkpoints; 0: none) and
+  at the phase's end. The rows are those of one epoch to a call (the same programs' numbers,
+  the non-finite guard, the validation curve ``curve = (epoch_metrics, its data, points)``)."""
+  per_epoch, epoch_data, points = curve
+  lead = data[prog.phase.streams[0]]
+  chunk = 0
+  if runtime.launcher.kind == "jit" and runtime.runner == "scan" and not any(
+      isinstance(data[s], HostStream) for s in prog.phase.streams):
+    chunk = _CHUNK_STEPS // steps_per_epoch(_size(lead), prog.phase.feed[0].batch_size)
+  keys = _epoch_keys(rng, lo, last)
+  if chunk < 2:
+    for epoch, key in zip(range(lo, last), keys):
+      state, metrics = _epoch(prog, state, data, key, epoch, runtime, label)
+      if per_epoch is not None and curve_due(epoch - first, last - first, points):
+        metrics.update(_floats(per_epoch(_merged(prog, params, state, runtime), epoch_data)))
+      yield epoch, metrics, state
+    return
+  run = _chunk_program(prog.body, prog.phase.subtree, chunk, curve[0], runtime)
+  epoch = lo
+  while epoch < last:
+    n = min(chunk, _next_stop(epoch, last, stops) - epoch)
+    start_step = int(state.step)
+    batch_keys = np.zeros((chunk, *keys[0].shape), keys[0].dtype)
+    batch_keys[:n] = keys[epoch - lo: epoch - lo + n]
+    state, out = run(state, data, batch_keys, np.int32(n), params, epoch_data,
+                     np.int32(epoch - first), np.int32(last - first), np.int32(points))
+    metrics, values, steps = jax.device_get(out)
+    h = prog.hyper[0]
+    lrs = prog.learning_rate * np.asarray(_schedules(prog.unit)(  # every row: one shape
+        steps, np.float32(h["total_steps"]), np.float32(h["warmup_steps"])))
+    for i in range(n):
+      row = {k: float(v[i]) for k, v in metrics.items()}
+      check_finite(row, phase=label, epoch=epoch + i,
+                   first_step=start_step if i == 0 else int(steps[i - 1]))
+      row.pop("first_nonfinite_step")
+      row["learning_rate"] = float(lrs[i])
+      if per_epoch is not None and curve_due(epoch + i - first, last - first, points):
+        row.update({k: float(v[i]) for k, v in values.items()})
+      yield epoch + i, row, state if i == n - 1 else None
+    epoch += n
+
+
+def _next_stop(epoch: int, last: int, every: tuple) -> int:
+  """The first epoch count after ``epoch`` that is a multiple of one of ``every`` (0: none), or
+  ``last``."""
+  return min([last] + [(epoch // k + 1) * k for k in every if k])
+
+
+@functools.lru_cache(maxsize=32)
+def _chunk_program(body, subtree, length: int, epoch_metrics, runtime: Runtime):
+  """``(state, data, keys, n, params, epoch_data, e0, epochs, points) -> (state, (metrics,
+  curve, steps))``: the first ``n`` of ``length`` epochs of ``body`` (a value: one program for
+  every count), each with its key; per epoch its metrics, the validation curve where
+  :func:`curve_due` (epoch ``e0 + i`` of ``epochs``) and the optimiser step after it."""
+  def merge(params, trained):
+    return trained if subtree is None else {**params, subtree: trained}
+
+  def chunk(state, data, keys, n, params, epoch_data, e0, epochs, points):
+    def one_epoch(state, i):
+      state, metrics = body(state, data, keys[i])
+      values = _curve(epoch_metrics, curve_due(e0 + i, epochs, points),
+                      merge(params, state.params), epoch_data)
+      return state, (metrics, values, state.step)
+
+    return jax.lax.scan(lambda s, i: when(i < n, one_epoch, s, i), state, jnp.arange(length))
+
+  return jax.jit(chunk, donate_argnums=0, compiler_options=runtime.options)
+
+
+def _curve(epoch_metrics, due, params, epoch_data) -> dict:
+  """Inside a compiled loop over epochs: ``epoch_metrics(params, epoch_data)`` where ``due``,
+  zeros elsewhere (a ``lax.cond``: skipped, not computed); {} without ``epoch_metrics``."""
+  if epoch_metrics is None:
+    return {}
+  return when(due, lambda _, p: ((), epoch_metrics(p, epoch_data)), (), params)[1]
+
+
+@functools.lru_cache(maxsize=32)
+def _schedules(unit):
+  """The schedule at learning rate 1 after each of an array of step counts."""
+  return jax.jit(jax.vmap(unit, in_axes=(0, None, None)))
 
 
 @functools.lru_cache(maxsize=32)
@@ -300,11 +393,8 @@ def _vmapped_cell(phases: tuple, spec: tuple, loops: tuple, runtime: Runtime, da
 
       def one_epoch(state, e, prog=prog, pdata=pdata, params=params, offset=offset, n=n):
         state, metrics = prog.body(state, pdata, jax.random.fold_in(rng, offset + e))
-        if epoch_metrics is None:
-          return state, (metrics, {})
-        curve = lambda _, p: ((), epoch_metrics(p, epoch_data))
-        merged = prog.merge(params, state.params)
-        return state, (metrics, when(curve_due(e, n, points), curve, (), merged)[1])
+        return state, (metrics, _curve(epoch_metrics, curve_due(e, n, points),
+                                       prog.merge(params, state.params), epoch_data))
 
       body = lambda state, e, one_epoch=one_epoch, n=n: when(e < n, one_epoch, state, e)
       state, metrics = jax.lax.scan(body, prog.init_state(params), jnp.arange(cap))
