@@ -232,6 +232,15 @@ def test_a_short_stream_beside_a_long_one_costs_one_vmapped_draw_not_a_sort_per_
   assert counts.max() - counts.min() <= 1 and idx[1].shape == (468, 32)  # cycled evenly
 
 
+def _compile_counter() -> list:
+  """A list that grows by one entry for every XLA backend compilation from now on."""
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, duration, **kw: compiles.append(event)
+      if event == "/jax/core/compile/backend_compile_duration" else None)
+  return compiles
+
+
 def test_the_curve_is_read_at_most_points_times_per_phase_and_at_its_last_epoch():
   from aetl_jax.engine.driver import curve_due
   traced, every = jax.jit(curve_due), np.arange(40, dtype=np.int32)  # one program
@@ -253,10 +262,7 @@ def test_the_validation_curve_has_the_same_rows_sequential_and_vmapped_and_its_p
   budget, ``min_steps``, included), each value the one an every-epoch curve reads at that
   epoch, and another number of points compiles nothing on the vmapped path."""
   from aetl_jax.engine.driver import curve_due, run_phases_vmapped
-  compiles = []
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda event, duration, **kw: compiles.append(event)
-      if event == "/jax/core/compile/backend_compile_duration" else None)
+  compiles = _compile_counter()
 
   def loss(p, b, rng):
     return jnp.mean((b["x"]["image"] @ p["w"] - 1.0) ** 2), {}
@@ -303,10 +309,7 @@ def test_phases_that_differ_only_in_their_epochs_share_the_vmapped_cell():
   and rows."""
   import dataclasses
   from aetl_jax.engine.driver import run_phases_vmapped
-  compiles = []
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda event, duration, **kw: compiles.append(event)
-      if event == "/jax/core/compile/backend_compile_duration" else None)
+  compiles = _compile_counter()
 
   def loss(p, b, rng):
     return jnp.mean((b["x"]["image"] @ p["w"] - 1.0) ** 2), {}
@@ -394,10 +397,7 @@ def _second_optimiser_run(first, second, *, init: float):
   from aetl_jax.engine.driver import run_phases, run_phases_vmapped
   from aetl_jax.engine.phase import Phase
   from aetl_jax.engine.runtime import make_runtime
-  compiles = []
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda event, duration, **kw: compiles.append(event)
-      if event == "/jax/core/compile/backend_compile_duration" else None)
+  compiles = _compile_counter()
 
   def loss(p, b, rng):
     return jnp.mean((b["x"]["image"] @ p["w"] - 1.0) ** 2), {}
@@ -455,10 +455,7 @@ def test_phases_that_differ_only_in_rule_multipliers_share_their_compiled_progra
   d the decay m·d."""
   import dataclasses
   from aetl_jax.engine.driver import run_phases_vmapped
-  compiles = []
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda event, duration, **kw: compiles.append(event)
-      if event == "/jax/core/compile/backend_compile_duration" else None)
+  compiles = _compile_counter()
 
   def loss(p, b, rng):
     return jnp.mean((b["x"]["image"] @ p["w"] + p["b"] - 1.0) ** 2), {}
@@ -512,10 +509,7 @@ def test_an_objectives_weights_are_values_of_the_compiled_step_not_constants(tmp
   from aetl_jax.engine.driver import run_phases_vmapped
   from aetl_jax.engine.store import CheckpointStore
   from aetl_jax.objectives.registry import ValuedLoss, make_loss
-  compiles = []
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda event, duration, **kw: compiles.append(event)
-      if event == "/jax/core/compile/backend_compile_duration" else None)
+  compiles = _compile_counter()
   config, model, params, data = _sparse_autoencoder()
   runtime, rng = make_runtime(runner="scan"), jax.random.PRNGKey(1)
 
@@ -676,10 +670,7 @@ def _budget_run(n: int, *, pad: bool, path: str):
   from aetl_jax.engine.driver import run_phases, run_phases_vmapped
   from aetl_jax.engine.phase import Optim, Phase
   from aetl_jax.engine.runtime import make_runtime
-  compiles = []
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda event, duration, **kw: compiles.append(event)
-      if event == "/jax/core/compile/backend_compile_duration" else None)
+  compiles = _compile_counter()
 
   rng = np.random.default_rng(n)  # numpy: building the data compiles nothing
   labelled = {"image": rng.random((n, 3), np.float32), "label": rng.random((n, 2), np.float32)}
