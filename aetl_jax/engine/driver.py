@@ -224,9 +224,7 @@ def _phase_epochs(prog: Program, state, data, params, rng, lo: int, first: int, 
     state, out = run(state, data, batch_keys, np.int32(n), params, epoch_data,
                      np.int32(epoch - first), np.int32(last - first), np.int32(points))
     metrics, values, steps = jax.device_get(out)
-    h = prog.hyper[0]
-    lrs = prog.learning_rate * np.asarray(_schedules(prog.unit)(  # every row: one shape
-        steps, np.float32(h["total_steps"]), np.float32(h["warmup_steps"])))
+    lrs = _learning_rates(prog, steps)  # every row: one shape
     for i in range(n):
       row = {k: float(v[i]) for k, v in metrics.items()}
       check_finite(row, phase=label, epoch=epoch + i,
@@ -272,6 +270,14 @@ def _curve(epoch_metrics, due, params, epoch_data) -> dict:
   if epoch_metrics is None:
     return {}
   return when(due, lambda _, p: ((), epoch_metrics(p, epoch_data)), (), params)[1]
+
+
+def _learning_rates(prog: Program, steps: np.ndarray) -> np.ndarray:
+  """The player's learning rate after each of an array of optimiser step counts, in one call
+  (one program per length of ``steps``)."""
+  h = prog.hyper[0]
+  unit = _schedules(prog.unit)(steps, np.float32(h["total_steps"]), np.float32(h["warmup_steps"]))
+  return prog.learning_rate * np.asarray(unit)
 
 
 @functools.lru_cache(maxsize=32)
@@ -503,12 +509,13 @@ def run_phases_vmapped(phases: Sequence[Phase], params, data: dict, rngs, *, run
                          values, {k: np.int32(n) for k, n in counts.items()},
                          tuple(np.int32(p.epochs) for p in phases), np.int32(curve_points))
   rows = [[] for _ in range(int(rngs.shape[0]))]
-  for prog, (metrics, curve), (phase, first, _) in zip(progs, history, _spans(phases)):
+  for prog, (metrics, curve), cap, (phase, first, _) in zip(progs, history, loops,
+                                                          _spans(phases)):
     metrics, curve = jax.tree.map(lambda m: np.asarray(m)[:, :phase.epochs], (metrics, curve))
     due = [bool(curve_due(e, phase.epochs, curve_points)) for e in range(phase.epochs)]
     steps = _epoch_steps(prog, one_data)
-    epoch_lrs = prog.learning_rate * np.asarray(jax.device_get(
-        [_schedule(prog, np.int32((e + 1) * steps)) for e in range(phase.epochs)]))
+    # after each epoch, in one call over the scan's length (one program, as the cell's)
+    epoch_lrs = _learning_rates(prog, steps * np.arange(1, cap + 1, dtype=np.int32))
     for k, seed_rows in enumerate(rows):
       where = first_nonfinite(metrics["first_nonfinite_step"][k])
       if where is not None:
