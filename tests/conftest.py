@@ -22,6 +22,24 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _run_compilation_cache()
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+# Every program of the run, the library's included, compiles for the tests' needs: without
+# LLVM's optimisation passes and with XLA:CPU's loop emitters instead of its MLIR fusion
+# emitters. The same HLO after XLA's own passes, compiled in a fraction of the time (compilation
+# is two thirds of the suite; tests/test_strategies.py alone 45 -> 23 s, the suite 827 -> 484 s
+# on the 2-core VM). Tests check what a program computes; its speed is measured by
+# `python -m aetl_jax.bench`, at XLA's defaults. AETL_TEST_XLA_DEFAULTS=1 runs the suite at the
+# defaults instead. Subprocesses inherit the flags (`xla_flags` adds their own to them).
+TEST_XLA_FLAGS = "" if os.environ.get("AETL_TEST_XLA_DEFAULTS") == "1" else (
+    "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
+if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+
+def xla_flags(*flags: str) -> str:
+  """``XLA_FLAGS`` for a subprocess: the run's flags and ``flags``."""
+  return " ".join((os.environ["XLA_FLAGS"], *flags)).strip()
+
+
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
@@ -47,9 +65,8 @@ ALL_STRATEGIES = f"transfer.strategies={STRATEGIES.names()!r}"
 
 
 # A program a test compiles for itself only to compare arithmetic (two formulations of one
-# function and their gradients, a loss that must fall) skips LLVM's optimisation passes: the same
-# XLA operations, compiled in about half the time. The library's own programs (train steps,
-# cells, bench rows) keep XLA's defaults, as users run them.
+# function and their gradients, a loss that must fall) skips LLVM's optimisation passes even
+# when the run keeps XLA's defaults (AETL_TEST_XLA_DEFAULTS=1, above).
 quick_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
@@ -101,11 +118,11 @@ def classifier_and_params(config, num_classes=10, input_shape=(8, 8, 1), seed=0)
 # leaves short files for the end, so neither worker idles while the other finishes a long one
 # (simulated from the measured times: about 50 s of wall time). Order only: the files not
 # listed follow in their usual order, and a stale list only costs that time again.
-HEAVIEST_FIRST = ("test_bench_harness.py", "test_models.py", "test_backbone.py", "test_text.py",
-                  "test_conv_ops.py", "test_semi_supervised.py", "test_launchers.py",
-                  "test_adaptation.py", "test_multihost.py", "test_preemption.py",
-                  "test_applications.py", "test_strategies.py", "test_data_sources.py",
-                  "test_hostile.py", "test_quickstart.py", "test_engine.py")
+HEAVIEST_FIRST = ("test_backbone.py", "test_models.py", "test_text.py", "test_semi_supervised.py",
+                  "test_bench_harness.py", "test_preemption.py", "test_conv_ops.py",
+                  "test_launchers.py", "test_multihost.py", "test_engine.py", "test_adaptation.py",
+                  "test_data_sources.py", "test_hostile.py", "test_strategies.py",
+                  "test_applications.py", "test_quickstart.py")
 
 
 def pytest_configure(config):

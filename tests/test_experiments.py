@@ -54,5 +54,7 @@ def test_vae_bounds_of_a_model_that_knows_nothing_are_d_log_2():
   zero = jax.tree.map(jnp.zeros_like, params)
   x = (np.random.default_rng(0).random((7, 6, 5, 1)) > 0.5).astype(np.float32)
   out = vae_bounds(model, zero, x, jax.random.PRNGKey(2), num_samples=5, batch_size=3)
-  assert out["neg_elbo_nats"] == pytest.approx(30 * math.log(2), rel=1e-6)
-  assert out["nll_is_nats"] == pytest.approx(30 * math.log(2), rel=1e-6)
+  # float32 sums of 30 pixels' log 2 over 7 images: ~10 ulps apart from the exact value
+  # (1.2e-6 without LLVM's optimisations, tests/conftest.py); a pixel too many is 3%.
+  assert out["neg_elbo_nats"] == pytest.approx(30 * math.log(2), rel=1e-5)
+  assert out["nll_is_nats"] == pytest.approx(30 * math.log(2), rel=1e-5)

@@ -17,14 +17,14 @@ from aetl_jax.engine.phase import Optim
 from aetl_jax.engine.runtime import make_runtime
 from aetl_jax.strategies import StrategyContext, build_strategy
 from aetl_jax.transfer.cell import run_cell, run_cells_vmapped
-from tests.conftest import DIGITS_CONFIG, classifier_and_params, tiny_config
+from tests.conftest import DIGITS_CONFIG, classifier_and_params, tiny_config, xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def four_devices():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+  env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=4"),
          "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
   out = subprocess.run([sys.executable, str(ROOT / "tests" / "multidevice_worker.py")], env=env,
                        capture_output=True, text=True, cwd=ROOT)
@@ -189,7 +189,7 @@ def one_device_experiment(tmp_path_factory):
 @pytest.mark.parametrize("launcher", ["shard_map"])  # 'pmap' names the same path (tests above)
 def test_experiment_on_four_devices_matches_single_device(tmp_path, launcher, one_device_experiment):
   """The whole pipeline (pretraining, cached-feature probe, fine-tune) on 4 devices."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+  env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=4"),
          "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
   out = subprocess.run([sys.executable, "-m", "aetl_jax", "run", "--workdir", str(tmp_path / "multi"),
                         *EXPERIMENT, f"--config.launch.launcher={launcher}"],

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import DIGITS_CONFIG, ROOT, TINY
+from tests.conftest import DIGITS_CONFIG, ROOT, TINY, xla_flags
 
 pytestmark = pytest.mark.slow  # python -m pytest -m "not slow": the fast tier
 
@@ -27,8 +27,9 @@ def _port() -> int:
 
 
 # The run's compilation cache (tests/conftest.py) is kept: a resumed run loads what the
-# killed one compiled (this file: 97 -> 93 s, user CPU 125 -> 113 s).
-KEEP = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+# killed one compiled (this file: 97 -> 93 s, user CPU 125 -> 113 s); so are the run's XLA flags,
+# which every process compared here must share.
+KEEP = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "XLA_FLAGS")
 
 
 def _env(**extra):
@@ -112,7 +113,7 @@ def _files(workdir):
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("one") / "w"
-  p = _aetl(workdir, _env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+  p = _aetl(workdir, _env(XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2")))
   out, err = p.communicate(timeout=300)
   assert p.returncode == 0, err[-3000:]
   return workdir
