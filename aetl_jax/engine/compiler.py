@@ -36,8 +36,14 @@ _DOT_ELTWISE_REDUCE = (
 # applies. ResNet-18's train step (batch 32, interleaved, BENCHMARKS.md "ResNet-18"): XLA's
 # defaults 118.0 against 107.4 ex/s for DOT,ELTWISE,REDUCE at 64 px, 28.0 against 27.6 at
 # 128 px, 9.1 against 11.7 at 224 px; at 32 px (scan, im2col) defaults 428 against 398.
+# Trained one call per batch (from 64 px), ResNet-18 also takes copy insertion's region
+# analysis: without it XLA:CPU copies every donated convolution kernel once a step before Adam
+# updates it in place (53 copies, 42.6 MiB a step at 64, 128 and 224 px); with it none, the
+# same numbers. Interleaved A/B, batch 32: 64 px 123.2 -> 132.3 and 110.8 -> 116.1 ex/s;
+# 128 and 224 px within their noise (-6% to +6%, 0%).
+_REGIONS = (("xla_cpu_copy_insertion_use_region_analysis", True),)
 _CPU_OPTIONS = {"conv": ((0, _DOT),), "resnet": ((0, _DOT),), "lenet": ((0, _DOT),),
-                "resnet18": ((0, ()), (160, _DOT_ELTWISE_REDUCE))}
+                "resnet18": ((0, ()), (64, _REGIONS), (160, _DOT_ELTWISE_REDUCE + _REGIONS))}
 # Families whose convolutions run XLA's kernels on CPU: one call per batch (engine.runtime).
 CONV_FAMILIES = tuple(_CPU_OPTIONS)
 # ...from this input size (height) on; below it the whole epoch is one scan and the model's
