@@ -8,7 +8,8 @@ dots are the fastest for dense layers. So conv families compile their step
 with YNNPACK used for dots only; everything else keeps XLA's defaults.
 ResNet-18 depends on the input size (:data:`_CPU_OPTIONS`, :func:`per_batch_on_cpu`):
 below 64 px it trains in a scan with matmul convolutions and XLA's defaults, from
-160 px YNNPACK keeps its elementwise and reduction fusions but not convolutions. The
+160 px YNNPACK keeps its elementwise and reduction fusions but not convolutions, and
+from 64 px copy insertion's region analysis spares a copy of every donated kernel. The
 options go through ``jax.jit(..., compiler_options=...)``, so they apply to the
 train step alone and never to the user's other programs. Options the installed
 XLA does not know are dropped (checked once by compiling a tiny function).
