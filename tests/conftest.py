@@ -37,7 +37,7 @@ if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
 
 def xla_flags(*flags: str) -> str:
   """``XLA_FLAGS`` for a subprocess: the run's flags and ``flags``."""
-  return " ".join((os.environ["XLA_FLAGS"], *flags)).strip()
+  return " ".join((os.environ.get("XLA_FLAGS", ""), *flags)).strip()
 
 
 from pathlib import Path  # noqa: E402
