@@ -648,10 +648,10 @@ def test_the_per_batch_step_copies_no_donated_kernel_before_updating_it():
         *args).compile().as_text()
     entry = text[text.index("\nENTRY"):]
     return len(re.findall(r"copy\(%state_params_\S*kernel", entry))
-  assert "xla_cpu_copy_insertion_use_region_analysis" in RUNTIME.options
+  option = "xla_cpu_copy_insertion_use_region_analysis"
+  assert RUNTIME.options.get(option) is True
   assert kernel_copies(RUNTIME.options) == 0
-  without = {k: v for k, v in RUNTIME.options.items()
-             if k != "xla_cpu_copy_insertion_use_region_analysis"}
+  without = {k: v for k, v in RUNTIME.options.items() if k != option}
   assert kernel_copies(without) >= 20  # XLA's default copies every one: the option still pays
 
 
