@@ -19,8 +19,8 @@ import numpy as np
 
 from aetl_jax.engine.guard import check_finite, first_nonfinite
 from aetl_jax.engine.metrics_log import JsonlLog
-from aetl_jax.engine.phase import (Phase, Program, build_program, compile_key, steps_per_epoch,
-                                   tree_spec)
+from aetl_jax.engine.phase import (Phase, Program, build_program, compile_key, merge_subtree,
+                                   steps_per_epoch, tree_spec)
 from aetl_jax.engine.runtime import Runtime
 from aetl_jax.engine.store import CheckpointStore
 from aetl_jax.engine.loop import (Padded, bucket, bucket_floor, is_tokens, num_examples, when)
@@ -249,14 +249,11 @@ def _chunk_program(body, subtree, length: int, epoch_metrics, runtime: Runtime):
   curve, steps))``: the first ``n`` of ``length`` epochs of ``body`` (a value: one program for
   every count), each with its key; per epoch its metrics, the validation curve where
   :func:`curve_due` (epoch ``e0 + i`` of ``epochs``) and the optimiser step after it."""
-  def merge(params, trained):
-    return trained if subtree is None else {**params, subtree: trained}
-
   def chunk(state, data, keys, n, params, epoch_data, e0, epochs, points):
     def one_epoch(state, i):
       state, metrics = body(state, data, keys[i])
       values = _curve(epoch_metrics, curve_due(e0 + i, epochs, points),
-                      merge(params, state.params), epoch_data)
+                      merge_subtree(subtree, params, state.params), epoch_data)
       return state, (metrics, values, state.step)
 
     return jax.lax.scan(lambda s, i: when(i < n, one_epoch, s, i), state, jnp.arange(length))

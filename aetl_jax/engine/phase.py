@@ -181,6 +181,12 @@ def _with_values(opt_state, values: dict):
       k: jnp.asarray(v, jnp.float32) for k, v in values.items()}})
 
 
+def merge_subtree(subtree: str | None, params, trained):
+  """``params`` with the trained part replaced: ``trained`` itself when the phase trains the
+  whole tree (``subtree`` None), else ``params`` with ``trained`` at key ``subtree``."""
+  return trained if subtree is None else {**params, subtree: trained}
+
+
 class Program(NamedTuple):
   phase: Phase
   tx: optax.GradientTransformation
@@ -215,7 +221,7 @@ class Program(NamedTuple):
                                          zip(state.opt_state, self.hyper)))
 
   def merge(self, params, trained):
-    return trained if self.phase.subtree is None else {**params, self.phase.subtree: trained}
+    return merge_subtree(self.phase.subtree, params, trained)
 
 
 def tree_spec(params) -> tuple:
