@@ -130,3 +130,21 @@ def test_one_class_bench_times_vmapped_against_sequential_without_recompiling():
   assert [r["contender"] for r in rows] == ["vmapped", "sequential"]
   assert all(r["examples_per_s"] > 0 and r["compiles"] == 0 for r in rows)
   assert rows[1]["speedup_vs_sequential"] == 1.0
+
+
+@pytest.mark.slow
+def test_host_devices_bench_times_one_device_against_data_parallel_in_own_processes():
+  from aetl_jax.bench.host_devices import main
+  rows = main(["--devices", "2", "--batches", "8", "--examples", "32", "--rounds", "1",
+               "--repeats", "1", "--kinds", "transpose", "--no-torch"])
+  assert [(r["mode"], r["devices"]) for r in rows] == [("jit", 1), ("shard_map", 2)]
+  assert all(r["examples_per_s"] > 0 and len(r["rounds"]) == 1 for r in rows)
+  assert all(r["ratio_vs_torch"] is None for r in rows)
+
+
+@pytest.mark.slow
+def test_host_devices_bench_names_the_failing_contender():
+  from aetl_jax.bench.host_devices import _arguments, _spawn
+  args = _arguments(["--devices", "0", "--examples", "8", "--repeats", "1"])
+  with pytest.raises(RuntimeError, match="contender transpose/shard_map/b8 failed"):
+    _spawn("transpose", "shard_map", 8, args)
