@@ -145,6 +145,18 @@ def test_host_devices_bench_times_one_device_against_data_parallel_in_own_proces
 @pytest.mark.slow
 def test_host_devices_bench_names_the_failing_contender():
   from aetl_jax.bench.host_devices import _arguments, _spawn
-  args = _arguments(["--devices", "0", "--examples", "8", "--repeats", "1"])
-  with pytest.raises(RuntimeError, match="contender transpose/shard_map/b8 failed"):
-    _spawn("transpose", "shard_map", 8, args)
+  args = _arguments(["--examples", "8", "--repeats", "1"])
+  with pytest.raises(RuntimeError, match="contender nope/jit/b8 failed: .*nope"):
+    _spawn("nope", "jit", 8, args)
+
+
+@pytest.mark.parametrize("argv, what", [
+    (["--kinds", "transposed"], "--kinds 'transposed': valid kinds are transpose, subpixel"),
+    (["--devices", "2", "--batches", "64,255"], "divisible by --devices 2"),
+    (["--devices", "0"], "--devices must be at least 1"),
+    (["--rounds", "0"], "--rounds must be at least 1")])
+def test_host_devices_bench_refuses_bad_arguments_in_one_line(argv, what, capsys):
+  from aetl_jax.bench.host_devices import _arguments
+  with pytest.raises(SystemExit):
+    _arguments(argv)
+  assert what in capsys.readouterr().err

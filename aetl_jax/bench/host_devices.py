@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -46,7 +47,17 @@ def _arguments(argv):
   parser.add_argument("--no-torch", action="store_true")
   parser.add_argument("--contender", nargs=3, metavar=("KIND", "MODE", "BATCH"),
                       help=argparse.SUPPRESS)  # one process's part (internal)
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  for name in ("devices", "examples", "repeats", "rounds"):
+    if getattr(args, name) < 1:
+      parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+  if not set(args.kinds.split(",")) <= set(KINDS):
+    parser.error(f"--kinds {args.kinds!r}: valid kinds are {', '.join(KINDS)}")
+  if not all(b.isdigit() and int(b) > 0 and int(b) % args.devices == 0
+             for b in args.batches.split(",")):
+    parser.error(f"--batches {args.batches!r}: positive whole numbers divisible by --devices "
+                 f"{args.devices}")
+  return args
 
 
 def contender_rate(kind: str, mode: str, batch: int, examples: int, repeats: int,
@@ -111,7 +122,8 @@ def _spawn(kind: str, mode: str, batch: int, args) -> float:
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
   if out.returncode != 0 or not lines:
-    tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+    errors = [ln for ln in out.stderr.splitlines() if re.match(r"[\w.]+(Error|Exception)\b", ln)]
+    tail = (errors or out.stderr.strip().splitlines() or ["no output"])[-1]
     raise RuntimeError(f"contender {kind}/{mode}/b{batch} failed: {tail}")
   return json.loads(lines[-1])["examples_per_s"]
 
