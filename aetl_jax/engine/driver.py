@@ -149,10 +149,7 @@ def run_phases(phases: Sequence[Phase], params, data: dict, rng, *, runtime: Run
   data, counts = _pad_streams(phases, data, pad, runtime)
   total = sum(p.epochs for p in phases)
   per_epoch = _jitted(epoch_metrics)
-  start, params, state = _resume(store, progs, params) if store else (0, params, None)
-  if log is not None:
-    log.repair()
-    log.keep(lambda r: r.get("epoch", -1) < start)
+  start, params, state = _resume_run(store, log, progs, params)
   rows = []
   for prog, (phase, first, last) in zip(progs, _spans(phases)):
     if last <= start:
@@ -345,6 +342,17 @@ def _snapshot(prog: Program, params, state, runtime) -> dict:
   state = launcher.unreplicate(state)
   return {"params": prog.merge(params, state.params), "opt_state": state.opt_state,
           "step": state.step}
+
+
+def _resume_run(store: CheckpointStore | None, log: JsonlLog | None, progs, params):
+  """(first epoch to run, params, state of the phase to continue or None) after ``store``'s
+  latest intact checkpoint (without one, or without a store: from the start); ``log`` keeps
+  the rows of the epochs before that point only."""
+  start, params, state = _resume(store, progs, params) if store else (0, params, None)
+  if log is not None:
+    log.repair()
+    log.keep(lambda r: r.get("epoch", -1) < start)
+  return start, params, state
 
 
 def _resume(store: CheckpointStore, progs, params):
