@@ -65,19 +65,13 @@ def matmul_peak(n: int, repeats: int) -> float:
 CONV_IMPL_FOR_RUNNER = {"scan": "matmul", "per_batch": "auto"}
 
 
-def jax_pretrain(family: str, batch: int, runner: str, n: int, kernel_cache: dict | None = None):
-  """(one epoch as a thunk, XLA-counted FLOPs per example, examples per epoch,
-  (the step's matmuls and convolutions alone, ``LOOP`` times each, as a thunk;
-  their FLOPs per step): :mod:`aetl_jax.bench.ceiling`; equal kernels compiled once
-  through ``kernel_cache``)."""
+def pretrain_setup(family: str, runner: str, n: int):
+  """(reconstruction objective, initial params, ``n`` random 28×28 images) of the model of
+  one pretraining row: 'mlp', 'conv' (sub-pixel) or 'conv_transpose', with the conv
+  implementation recommended for ``runner``."""
+  from aetl_jax.api import load_config
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.objectives.registry import make_objective
-  from aetl_jax.engine.compiler import train_compiler_options
-  from aetl_jax.engine.loop import make_epoch_fn
-  from aetl_jax.engine.state import TrainState
-  from aetl_jax.engine.step import make_train_step
-  from aetl_jax.core.optim import make_optimizer
-  from aetl_jax.api import load_config
   from aetl_jax.tasks.transfer import default_config
   upsampling = "transpose" if family == "conv_transpose" else "subpixel"
   base = family.split("_")[0]
@@ -87,12 +81,26 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int, kernel_cache: dic
   x = jax.random.uniform(jax.random.PRNGKey(0), (n, 28, 28, 1))
   model = build_autoencoder(config.model, (28, 28, 1))
   params = model.init(jax.random.PRNGKey(0), x[:1], method="reconstruct")["params"]
+  return make_objective(model, config.objective), params, x
+
+
+def jax_pretrain(family: str, batch: int, runner: str, n: int, kernel_cache: dict | None = None):
+  """(one epoch as a thunk, XLA-counted FLOPs per example, examples per epoch,
+  (the step's matmuls and convolutions alone, ``LOOP`` times each, as a thunk;
+  their FLOPs per step): :mod:`aetl_jax.bench.ceiling`; equal kernels compiled once
+  through ``kernel_cache``)."""
+  from aetl_jax.engine.compiler import train_compiler_options
+  from aetl_jax.engine.loop import make_epoch_fn
+  from aetl_jax.engine.state import TrainState
+  from aetl_jax.engine.step import make_train_step
+  from aetl_jax.core.optim import make_optimizer
+  loss, params, x = pretrain_setup(family, runner, n)
   tx = make_optimizer(learning_rate=1e-3)
-  step = make_train_step(make_objective(model, config.objective), tx)
+  step = make_train_step(loss, tx)
   state = TrainState.create(params, tx)
   step_args = (state, {"images": {"image": x[:batch]}}, jax.random.PRNGKey(0))
   flops = hlo_flops(jax.jit(step), *step_args)
-  options = train_compiler_options(config.model.family)
+  options = train_compiler_options(family.split("_")[0])
   kernels, kernel_flops, _ = kernels_thunk(step, step_args, compiler_options=options,
                                            cache=kernel_cache)
   epoch = make_epoch_fn(step, batch_size=batch, runner=runner, compiler_options=options)

@@ -32,6 +32,7 @@ import subprocess
 import sys
 
 KINDS = ("transpose", "subpixel")
+FAMILY_OF = {"transpose": "conv_transpose", "subpixel": "conv"}  # as bench.__main__ names them
 MODES = ("jit", "shard_map", "torch")
 
 
@@ -69,8 +70,7 @@ def contender_rate(kind: str, mode: str, batch: int, examples: int, repeats: int
     from aetl_jax.bench.__main__ import torch_pretrain
     from aetl_jax.bench.timing import torch_usable
     torch_usable()
-    family = "conv_transpose" if kind == "transpose" else "conv"
-    run = torch_pretrain(family, batch, examples, "channels_last")
+    run = torch_pretrain(FAMILY_OF[kind], batch, examples, "channels_last")
   else:
     run = _jax_epoch(kind, mode, batch, examples, devices)
   return (examples // batch) * batch / time_calls(run, repeats=repeats)["median_s"]
@@ -80,25 +80,17 @@ def _jax_epoch(kind: str, mode: str, batch: int, examples: int, devices: int):
   """One pretraining epoch of the conv AE through the engine, as a thunk."""
   import jax
 
-  from aetl_jax.api import load_config
+  from aetl_jax.bench.__main__ import pretrain_setup
   from aetl_jax.core.optim import make_optimizer
   from aetl_jax.engine.compiler import train_compiler_options
   from aetl_jax.engine.launchers import make_launcher
   from aetl_jax.engine.loop import make_epoch_fn
   from aetl_jax.engine.state import TrainState
   from aetl_jax.engine.step import make_train_step
-  from aetl_jax.models.registry import build_autoencoder
-  from aetl_jax.objectives.registry import make_objective
-  from aetl_jax.tasks.transfer import default_config
-  config = load_config(default_config(), ["model.family='conv'", f"model.upsampling='{kind}'",
-                                          "model.conv_impl='auto'"])
-  x = jax.random.uniform(jax.random.PRNGKey(0), (examples, 28, 28, 1))
-  model = build_autoencoder(config.model, (28, 28, 1))
-  params = model.init(jax.random.PRNGKey(0), x[:1], method="reconstruct")["params"]
+  loss, params, x = pretrain_setup(FAMILY_OF[kind], "per_batch", examples)
   tx = make_optimizer(learning_rate=1e-3)
   launcher = make_launcher("jit") if mode == "jit" else make_launcher("shard_map", devices)
-  step = make_train_step(make_objective(model, config.objective), tx,
-                         axis_name=launcher.axis_name)
+  step = make_train_step(loss, tx, axis_name=launcher.axis_name)
   epoch = make_epoch_fn(step, batch_size=batch, runner="per_batch", launcher=launcher,
                         compiler_options=train_compiler_options("conv"))
   holder = {"s": launcher.replicate(TrainState.create(params, tx))}
