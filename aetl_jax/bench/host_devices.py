@@ -109,8 +109,8 @@ def _spawn(kind: str, mode: str, batch: int, args) -> float:
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                         f" --xla_force_host_platform_device_count={args.devices}").strip()
   cmd = [sys.executable, "-m", "aetl_jax.bench.host_devices", "--contender", kind, mode,
-         str(batch), "--devices", str(args.devices), "--examples", str(args.examples),
-         "--repeats", str(args.repeats)]
+         str(batch), "--batches", str(batch), "--devices", str(args.devices),
+         "--examples", str(args.examples), "--repeats", str(args.repeats)]
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
   if out.returncode != 0 or not lines:
