@@ -15,7 +15,7 @@ import pytest
 from aetl_jax.models.conv import depth_to_space
 from aetl_jax.models.conv_ops import (FormulatedConv, FormulatedConvTranspose, bias_add,
                                       choose_formulation, conv_class, conv_transpose_class,
-                                      resolve_conv_impl, subpixel_conv_transpose)
+                                      materialised, resolve_conv_impl, subpixel_conv_transpose)
 from aetl_jax.engine.compiler import train_compiler_options
 from tests.conftest import normal, quick_jit, uniform
 
@@ -91,6 +91,22 @@ def test_narrow_formulation_refuses_strides():
   with pytest.raises(ValueError, match="stride 1"):
     FormulatedConv(1, (3, 3), strides=(2, 2), formulation="narrow").init(
         jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 2)))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion decisions")
+def test_hybrid_kernel_gradients_read_a_stored_input_after_xla_s_passes():
+  """The conditional that keeps a ReLU out of the kernel gradient's layout transpose is
+  still in the compiled program (XLA removes one it can fold), and changes no value."""
+  x = normal(0, (2, 8, 8, 4))
+  for module in (FormulatedConv(8, (3, 3), formulation="hybrid"),
+                 FormulatedConvTranspose(8, (4, 4), (2, 2), formulation="hybrid")):
+    params = module.init(jax.random.PRNGKey(0), x)
+    loss = lambda p, x, module=module: jnp.sum(module.apply(p, nn.relu(x)) ** 2)
+    text = jax.jit(jax.grad(loss)).lower(params, x).compile().as_text()
+    assert " conditional(" in text, type(module).__name__
+  y = x.at[0, 0, 0, 0].set(jnp.nan)
+  np.testing.assert_array_equal(jax.jit(materialised)(y), y)
+  np.testing.assert_array_equal(jax.jit(materialised)(x), x)
 
 
 def test_bias_add_gradient_is_the_sum_over_every_axis_but_channels():

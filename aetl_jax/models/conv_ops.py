@@ -34,7 +34,9 @@ narrow formulation for narrow stride-1 layers, the sub-pixel formulation (with
 XLA's convolutions) for transposed ones, whose input gradient is XLA's own
 strided convolution, and computes every bias gradient as ``ones @ dy``
 (XLA:CPU lowers the plain sum over batch×height×width to a slow
-``reduce-window``).
+``reduce-window``); the kernel gradients of its XLA convolutions read a stored
+copy of their input (:func:`materialised`), not a transpose with the input's
+producer fused into it.
 
 :class:`FormulatedConv` and :class:`FormulatedConvTranspose` have exactly the
 parameters (names, shapes, initialisers) of ``nn.Conv`` and
@@ -271,6 +273,44 @@ def _narrow_conv_bwd(padding, residuals, dy):
 narrow_conv.defvjp(_narrow_conv_fwd, _narrow_conv_bwd)
 
 
+def materialised(x):
+  """``x`` as a buffer of its own, which XLA cannot fuse ``x``'s producer into.
+
+  The kernel gradient of XLA:CPU's convolution reads its input in a batch-minor layout,
+  and XLA fuses the elementwise producer of that input (bias, ReLU, depth-to-space) into
+  the layout transpose; the fused transpose walks its operands across the channel axis
+  (2.7-3.0 ms for the transposed-conv AE's 64×14×14×64 activation, a plain transpose of
+  the stored one a fraction of that). A conditional is a fusion boundary XLA keeps
+  (``lax.optimization_barrier`` is gone before fusion on CPU). Its predicate reads ``x``,
+  so the compiler cannot fold it, and is true unless that element is NaN; the other
+  branch (also ``x``) differs in form only, since XLA removes a conditional whose
+  branches are the same computation. Values are untouched.
+  """
+  first = x.reshape(-1)[0]
+  return lax.cond(first == first, lambda v: v, lambda v: v * 1.0, x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def hybrid_conv(x, kernel, strides: Sequence[int] = (1, 1), padding: str = "SAME"):
+  """:func:`xla_conv` whose kernel gradient reads a :func:`materialised` copy of ``x``."""
+  return xla_conv(x, kernel, strides, padding)
+
+
+def _hybrid_conv_fwd(x, kernel, strides, padding):
+  return xla_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _hybrid_conv_bwd(strides, padding, residuals, dy):
+  x, kernel = residuals
+  dx, = jax.linear_transpose(lambda v: xla_conv(v, kernel, strides, padding), x)(dy)
+  stored = materialised(x)
+  dk, = jax.linear_transpose(lambda k: xla_conv(stored, k, strides, padding), kernel)(dy)
+  return dx, dk
+
+
+hybrid_conv.defvjp(_hybrid_conv_fwd, _hybrid_conv_bwd)
+
+
 @jax.custom_vjp
 def bias_add(y, bias):
   """``y + bias`` whose bias gradient is ``ones @ dy`` (a matmul, not a reduce-window on CPU)."""
@@ -366,7 +406,9 @@ def _hybrid_transpose_bwd(strides, padding, residuals, dy):
   # Both maps are linear: transpose them without tracing a forward pass to throw away.
   dx, = jax.linear_transpose(lambda v: lax.conv_transpose(
       v, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")), x)(dy)
-  dk, = jax.linear_transpose(lambda k: _phase_convs(x, k, strides, padding, "xla"), kernel)(dy)
+  stored = materialised(x)
+  dk, = jax.linear_transpose(lambda k: _phase_convs(stored, k, strides, padding, "xla"),
+                             kernel)(dy)
   return dx, dk
 
 
@@ -466,8 +508,9 @@ class FormulatedConv(_KernelAndBias):
   ``formulation``: 'xla' (``lax.conv_general_dilated``), 'patches',
   'shift_add', 'narrow' (stride 1), 'auto' (per layer, the smaller
   intermediate; see :func:`choose_formulation`) or 'hybrid' ('narrow' for
-  stride-1 layers with fewer than ``NARROW_BELOW`` output channels, 'xla'
-  otherwise, and the bias gradient as a matmul).
+  stride-1 layers with fewer than ``NARROW_BELOW`` output channels, otherwise
+  XLA's convolution whose kernel gradient reads a stored input
+  (:func:`hybrid_conv`); the bias gradient as a matmul).
   """
 
   def _convolve(self, x, kernel, strides):
@@ -476,8 +519,9 @@ class FormulatedConv(_KernelAndBias):
       out_hw = [g[0] for g in _forward_geometry(x, kernel, strides, self.padding)]
       formulation = choose_formulation(x.shape[1:3], out_hw, x.shape[-1], self.features)
     elif formulation == "hybrid":
-      narrow = self.features < NARROW_BELOW and strides == (1, 1)
-      formulation, add = ("narrow" if narrow else "xla"), bias_add
+      if self.features < NARROW_BELOW and strides == (1, 1):
+        return narrow_conv(x, kernel, _check_padding(self.padding)), bias_add
+      return hybrid_conv(x, kernel, strides, self.padding), bias_add
     if formulation == "xla":
       return xla_conv(x, kernel, strides, self.padding), add
     if formulation == "patches":

@@ -225,7 +225,7 @@ _DEFAULTS = dict(
                          each(positive(integer=True), "positive integers")),
     upsampling=Key("transpose", "the decoder's upsampling: transpose, resize or subpixel",
                    one_of(*UPSAMPLING)),
-    conv_impl=Key("auto", "convolution formulation: auto, xla, hybrid, im2col, shift_add, matmul",
+    conv_impl=Key("auto", f"convolution formulation: {', '.join(CONV_IMPLS)}",
                   one_of(*CONV_IMPLS)))
 
 
