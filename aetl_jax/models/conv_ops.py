@@ -284,8 +284,12 @@ def materialised(x):
   (``lax.optimization_barrier`` is gone before fusion on CPU). Its predicate reads ``x``,
   so the compiler cannot fold it, and is true unless that element is NaN; the other
   branch (also ``x``) differs in form only, since XLA removes a conditional whose
-  branches are the same computation. Values are untouched.
+  branches are the same computation. Values are untouched. Other backends get ``x``
+  itself: the fusion is XLA:CPU's, and a GPU reads a conditional's predicate back to the
+  host.
   """
+  if jax.default_backend() != "cpu":
+    return x
   first = x.reshape(-1)[0]
   return lax.cond(first == first, lambda v: v, lambda v: v * 1.0, x)
 
