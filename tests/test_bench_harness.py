@@ -91,29 +91,26 @@ def test_onednn_bench_reports_an_effect_or_none_for_every_option_set():
       _instructions(_program(_TINY[0], {})[0])
 
 
-def test_onednn_library_bench_compares_every_xla_layer_or_names_what_is_missing(tmp_path,
-                                                                                monkeypatch):
-  """With g++ and a system oneDNN: both runtimes' three passes for every layer 'hybrid'
-  gives XLA; without them, one line naming the missing piece and the install command."""
+def test_onednn_library_bench_times_both_or_names_what_is_missing(tmp_path, monkeypatch):
+  """Per layer (every layer 'hybrid' gives XLA) and per step, XLA's convolutions against
+  the oneDNN custom calls; without oneDNN here, one line naming the install command."""
   from aetl_jax.bench import onednn_library as bench
-  with monkeypatch.context() as m:
-    m.setattr(bench.shutil, "which", lambda _: None)
-    with pytest.raises(SystemExit, match=r"no C\+\+ compiler .*apt-get install g\+\+ libdnnl-dev"):
-      bench.build(str(tmp_path))
+  from aetl_jax.models import onednn
+  monkeypatch.setenv("AETL_CACHE", str(tmp_path))  # any build goes here, not to ~/.cache
   for bad in (["--batches", "0"], ["--batches", "a"], ["--rounds", "0"]):
     with pytest.raises(SystemExit, match="--batches takes positive integers"):
       bench.main(bad)
-  try:
-    binary = bench.build(str(tmp_path))
-  except SystemExit as missing:  # this machine has no oneDNN (or no compiler)
-    assert "apt-get install g++ libdnnl-dev" in str(missing) and "\n" not in str(missing)
+  if (why := onednn.problem()) is not None:
+    with pytest.raises(SystemExit, match="apt-get install g\\+\\+ libdnnl-dev"):
+      bench.main(["--batches", "2"])
     return
-  out = bench.rows((2,), 1, 1, binary)
+  out = bench.layer_rows((2,), 1, 1)
   assert [r["layer"] for r in out] == [layer[0] for layer in bench.layers()]
   assert {"decoder/block_1", "decoder/block_2"} <= {r["layer"] for r in out}
-  for r in out:
-    assert all(r[who, p] > 0 for who in ("xla", "onednn") for p in bench.PASSES), r
-    assert r["onednn"].count(".") == 2 and r["impl"], r
+  assert all(r[who, p] > 0 for r in out for who in ("xla", "onednn") for p in bench.PASSES)
+  steps = bench.step_rows((8,), 1, 1, use_torch=False, n=16)
+  assert [(r["family"], r["batch"]) for r in steps] == [("conv", 8), ("conv_transpose", 8)]
+  assert all(r["auto"] > 0 and r["onednn"] > 0 and "torch" not in r for r in steps)
 
 
 @pytest.mark.parametrize("batches", ["a,2", "0", ""])

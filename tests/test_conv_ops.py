@@ -15,7 +15,8 @@ import pytest
 from aetl_jax.models.conv import depth_to_space
 from aetl_jax.models.conv_ops import (FormulatedConv, FormulatedConvTranspose, bias_add,
                                       choose_formulation, conv_class, conv_transpose_class,
-                                      materialised, resolve_conv_impl, subpixel_conv_transpose)
+                                      materialised, resolve_conv_impl, subpixel_conv_transpose,
+                                      xla_conv)
 from aetl_jax.engine.compiler import train_compiler_options
 from tests.conftest import normal, quick_jit, uniform
 
@@ -206,6 +207,54 @@ def test_conv_autoencoder_is_the_same_function_with_every_impl(upsampling):
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=impl)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="oneDNN's custom calls are CPU's")
+def test_onednn_conv_autoencoder_is_the_xla_one_or_the_config_says_what_is_missing(tmp_path,
+                                                                                monkeypatch):
+  """With a compiler and a system oneDNN, conv_impl='onednn' computes the conv AE's outputs
+  and gradients (strided encoder, wide sub-pixel decoder) as XLA's convolutions do; without
+  them the config is refused in one line naming the install command."""
+  from aetl_jax.api import load_config
+  from aetl_jax.core.config import ConfigError
+  from aetl_jax.models import onednn
+  from aetl_jax.models.registry import build_autoencoder
+  from aetl_jax.tasks.transfer import default_config
+  from aetl_jax.validation import validate_transfer_config
+  monkeypatch.setenv("AETL_CACHE", str(tmp_path))  # a fresh build, written here
+  overrides = ["model.family='conv'", "model.upsampling='subpixel'"]
+  onednn_config = lambda: load_config(default_config(), overrides + ["model.conv_impl='onednn'"])
+  with monkeypatch.context() as m:  # a machine without a compiler
+    m.setattr(onednn.shutil, "which", lambda _: None)
+    onednn.require.cache_clear()
+    with pytest.raises(ConfigError, match=r"^config key 'model.conv_impl': .*g\+\+ libdnnl-dev\)$"):
+      validate_transfer_config(onednn_config())
+  onednn.require.cache_clear()
+  if onednn.problem() is not None:  # this machine: no oneDNN to compare with
+    assert "apt-get install g++ libdnnl-dev" in onednn.problem()
+    return
+  assert list(tmp_path.glob("onednn_conv-*.so"))  # built where AETL_CACHE points
+  x = uniform(0, (3, 28, 28, 1))
+  models = {impl: build_autoencoder(load_config(default_config(), overrides + [
+      f"model.conv_impl='{impl}'"]).model, x.shape[1:]) for impl in ("xla", "onednn")}
+  params = models["xla"].init(jax.random.PRNGKey(3), x, method="reconstruct")["params"]
+  out = {}
+  for impl, model in models.items():
+    reconstruct = lambda p, model=model: model.apply({"params": p}, x, method="reconstruct")
+    loss = lambda p, reconstruct=reconstruct: jnp.mean(jnp.square(reconstruct(p) - x))
+    out[impl] = jax.jit(lambda p, r=reconstruct, l=loss: (r(p), jax.grad(l)(p)))(params)
+  np.testing.assert_allclose(out["onednn"][0], out["xla"][0], rtol=1e-4, atol=1e-4)
+  for a, b in zip(jax.tree.leaves(out["onednn"][1]), jax.tree.leaves(out["xla"][1])):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+  text = jax.jit(lambda p: jax.grad(lambda q: jnp.sum(models["onednn"].apply(
+      {"params": q}, x, method="reconstruct")))(p)).lower(params).as_text()
+  assert text.count("aetl_onednn_conv_") >= 3 * 3  # 3 wide convolutions, 3 passes each
+  xs, k = uniform(1, (2, 3, 7, 7, 4)), uniform(2, (3, 3, 4, 8))  # vmapped, as seeds are
+  loss = lambda conv: lambda k, x: jnp.sum(jnp.sin(conv(x, k, (2, 2), "SAME")))
+  grads = {name: jax.jit(jax.vmap(jax.grad(loss(conv), argnums=(0, 1)), in_axes=(None, 0)))(k, xs)
+           for name, conv in (("xla", xla_conv), ("onednn", onednn.conv))}
+  for a, b in zip(grads["onednn"], grads["xla"]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_resolve_conv_impl():
   assert resolve_conv_impl("auto", backend="cpu") == "hybrid"
   assert resolve_conv_impl("auto", backend="gpu") == "xla"
@@ -216,7 +265,9 @@ def test_resolve_conv_impl():
   assert conv_transpose_class("matmul").keywords["formulation"] == "subpixel_patches"
   assert conv_transpose_class("im2col").keywords["formulation"] == "subpixel_patches"
   assert conv_transpose_class("shift_add").keywords["formulation"] == "overlap_add"
-  with pytest.raises(ValueError, match="auto, xla, hybrid, im2col, shift_add, matmul"):
+  assert conv_class("onednn").keywords["formulation"] == "onednn"
+  assert conv_transpose_class("onednn").keywords["formulation"] == "hybrid"
+  with pytest.raises(ValueError, match="auto, xla, hybrid, onednn, im2col, shift_add, matmul"):
     resolve_conv_impl("winograd")
 
 

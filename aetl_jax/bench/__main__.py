@@ -65,10 +65,10 @@ def matmul_peak(n: int, repeats: int) -> float:
 CONV_IMPL_FOR_RUNNER = {"scan": "matmul", "per_batch": "auto"}
 
 
-def pretrain_setup(family: str, runner: str, n: int):
+def pretrain_setup(family: str, runner: str, n: int, conv_impl: str | None = None):
   """(reconstruction objective, initial params, ``n`` random 28×28 images) of the model of
-  one pretraining row: 'mlp', 'conv' (sub-pixel) or 'conv_transpose', with the conv
-  implementation recommended for ``runner``."""
+  one pretraining row: 'mlp', 'conv' (sub-pixel) or 'conv_transpose', with ``conv_impl``
+  (default: the implementation recommended for ``runner``)."""
   from aetl_jax.api import load_config
   from aetl_jax.models.registry import build_autoencoder
   from aetl_jax.objectives.registry import make_objective
@@ -77,7 +77,8 @@ def pretrain_setup(family: str, runner: str, n: int):
   base = family.split("_")[0]
   config = load_config(default_config(), [f"model.family='{base}'"] + (
       ["model.widths=(256, 128)"] if base == "mlp" else
-      [f"model.upsampling='{upsampling}'", f"model.conv_impl='{CONV_IMPL_FOR_RUNNER[runner]}'"]))
+      [f"model.upsampling='{upsampling}'",
+       f"model.conv_impl='{conv_impl or CONV_IMPL_FOR_RUNNER[runner]}'"]))
   x = jax.random.uniform(jax.random.PRNGKey(0), (n, 28, 28, 1))
   model = build_autoencoder(config.model, (28, 28, 1))
   params = model.init(jax.random.PRNGKey(0), x[:1], method="reconstruct")["params"]

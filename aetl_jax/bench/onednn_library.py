@@ -1,48 +1,29 @@
-"""oneDNN's own convolutions against XLA:CPU's, per conv-AE layer: what a custom call would gain.
+"""``conv_impl='onednn'`` (a system oneDNN's convolutions as XLA custom calls) against XLA's.
 
     python -m aetl_jax.bench.onednn_library [--batches 64,256] [--repeats 7] [--rounds 3]
+                                            [--no-torch]
 
 jaxlib's CPU build runs no oneDNN (``python -m aetl_jax.bench.onednn``), and PyPI's oneDNN
-wheels are SYCL builds with 600 MB of Intel runtimes. A system oneDNN is another route
-(Debian/Ubuntu: ``apt-get install g++ libdnnl-dev``): this command compiles
-``onednn_conv.cpp`` (beside this module) against it and times, for every convolution of the
-conv autoencoder that ``conv_impl='hybrid'`` gives to XLA (the wide ones), oneDNN's forward,
-input-gradient and kernel-gradient passes (NHWC input and HWIO kernel, as a custom call
-would receive them: the kernel is reordered to oneDNN's layout inside each timed pass)
-against XLA's, jitted alone with the conv family's compiler options. The two runtimes are
-timed in alternating rounds (``--rounds``) and each pass reports the median; nothing of the
-library changes. Without a compiler or oneDNN it says what is missing, in one line.
+wheels are SYCL builds with 600 MB of Intel runtimes; :mod:`aetl_jax.models.onednn` compiles
+three custom calls against the system's oneDNN instead (Debian/Ubuntu: ``apt-get install g++
+libdnnl-dev``). Two tables, each timed round-robin within a round, medians of ``--rounds``:
+
+* per layer: for every convolution of the conv autoencoder that ``hybrid`` gives to XLA (the
+  wide ones), the forward pass, input gradient and kernel gradient, each jitted alone with
+  the conv family's compiler options, by XLA's convolution and by the custom call;
+* per step: the conv AE's train step per batch (sub-pixel and transposed decoders) with
+  ``conv_impl='auto'`` and ``'onednn'``, and PyTorch's channels-last step (unless
+  ``--no-torch`` or PyTorch is absent), in one run, with the ratios.
+
+Without a compiler or oneDNN it says what is missing, in one line, before timing anything.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import statistics
-import subprocess
-import tempfile
-from pathlib import Path
 
-SOURCE = Path(__file__).with_name("onednn_conv.cpp")
-INSTALL = "apt-get install g++ libdnnl-dev"
 PASSES = ("forward", "input grad", "kernel grad")
-
-
-def build(directory: str) -> str:
-  """The compiled ``onednn_conv`` in ``directory``; SystemExit naming what is missing."""
-  compiler = shutil.which("g++") or shutil.which("c++")
-  if compiler is None:
-    raise SystemExit(f"no C++ compiler (g++) on PATH: oneDNN's convolutions need one and "
-                     f"oneDNN ({INSTALL})")
-  binary = str(Path(directory) / "onednn_conv")
-  done = subprocess.run([compiler, "-O2", "-std=c++17", str(SOURCE), "-o", binary, "-ldnnl"],
-                        capture_output=True, text=True)
-  if done.returncode:
-    first = next((line for line in done.stderr.splitlines() if "error" in line),
-                 done.stderr.strip()[:200])
-    raise SystemExit(f"could not build against oneDNN ({INSTALL}): {first}")
-  return binary
 
 
 def layers() -> list[tuple]:
@@ -54,60 +35,105 @@ def layers() -> list[tuple]:
           if kind == "conv" and cout >= NARROW_BELOW]
 
 
-def _onednn(binary: str, layer: tuple, batch: int, repeats: int) -> dict:
-  from aetl_jax.models.conv_ops import _conv_geometry
+def _passes(conv, layer: tuple, batch: int) -> dict:
+  """{pass: thunk} of ``conv(x, kernel, strides)`` on ``layer``, each pass jitted alone with
+  the conv family's options."""
+  import jax
+
+  from aetl_jax.engine.compiler import train_compiler_options
   _, size, cin, cout, stride = layer
-  _, low, high = _conv_geometry(size, 3, stride, "SAME")
-  args = [batch, size, size, cin, cout, 3, stride, low, high, repeats, 3]
-  done = subprocess.run([binary, *map(str, args)], capture_output=True, text=True, check=True)
-  return json.loads(done.stdout)
+  options = train_compiler_options("conv") or None
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
+  kernel = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (3, 3, cin, cout))
+  f = lambda x, k: conv(x, k, (stride, stride), "SAME")
+  dy = jax.random.normal(jax.random.PRNGKey(2), jax.eval_shape(f, x, kernel).shape)
+  fns = {"forward": f,
+         "input grad": lambda x, k: jax.vjp(lambda v: f(v, k), x)[1](dy)[0],
+         "kernel grad": lambda x, k: jax.vjp(lambda v: f(x, v), k)[1](dy)[0]}
+  return {p: (lambda fn=jax.jit(fn, compiler_options=options): fn(x, kernel))
+          for p, fn in fns.items()}
 
 
-def _xla(layer: tuple, batch: int) -> dict:
-  """{pass: thunk} of XLA's convolution of ``layer`` (the per-layer bench's programs)."""
-  from aetl_jax.bench.conv_layers import _jax_contenders
-  name, size, cin, cout, stride = layer
-  contenders = dict(_jax_contenders((name, size, cin, cout, stride, "conv"), batch))
-  return contenders["jax xla"]
-
-
-def rows(batches, repeats: int, rounds: int, binary: str) -> list[dict]:
-  """One row per (batch, layer): each pass's median ms for XLA and oneDNN."""
+def layer_rows(batches, repeats: int, rounds: int) -> list[dict]:
+  """One row per (batch, layer): each pass's median ms by XLA and by oneDNN."""
   from aetl_jax.bench.timing import time_interleaved
+  from aetl_jax.models import conv_ops, onednn
   out = []
   for batch in batches:
     for layer in layers():
-      xla = _xla(layer, batch)
-      times = {("xla", p): [] for p in PASSES} | {("onednn", p): [] for p in PASSES}
-      impl = version = ""
+      fns = {(who, p): fn for who, conv in (("xla", conv_ops.xla_conv), ("onednn", onednn.conv))
+             for p, fn in _passes(conv, layer, batch).items()}
+      times = {key: [] for key in fns}
       for _ in range(rounds):
-        for p, seconds in time_interleaved(xla, repeats=repeats).items():
-          times["xla", p].append(1e3 * seconds)
-        measured = _onednn(binary, layer, batch, repeats)
-        impl, version = measured["impl"], measured["version"]
-        for p in PASSES:
-          times["onednn", p].append(measured[p])
-      row = {"layer": layer[0], "batch": batch, "shape": f"{layer[1]}x{layer[1]} "
-             f"{layer[2]}->{layer[3]} s{layer[4]}", "impl": impl, "onednn": version}
-      for key, ts in times.items():
-        row[key] = statistics.median(ts)
+        for key, seconds in time_interleaved(fns, repeats=repeats).items():
+          times[key].append(1e3 * seconds)
+      row = {"layer": layer[0], "batch": batch,
+             "shape": f"{layer[1]}x{layer[1]} {layer[2]}->{layer[3]} s{layer[4]}"}
+      row.update({key: statistics.median(ts) for key, ts in times.items()})
       out.append(row)
-      print_row(row)
+      cells = "  ".join(f"{p} {row['xla', p]:7.2f} / {row['onednn', p]:7.2f}" for p in PASSES)
+      xla, dnn = (sum(row[who, p] for p in PASSES) for who in ("xla", "onednn"))
+      print(f"b{batch:<4} {layer[0]:<16} {row['shape']:<17} ms XLA / oneDNN: {cells}  "
+            f"all three {xla:7.2f} / {dnn:7.2f} ({xla / dnn:.2f}x)", flush=True)
   return out
 
 
-def print_row(r: dict) -> None:
-  cells = "  ".join(f"{p} {r['xla', p]:7.2f} / {r['onednn', p]:7.2f}" for p in PASSES)
-  xla, onednn = (sum(r[who, p] for p in PASSES) for who in ("xla", "onednn"))
-  print(f"b{r['batch']:<4} {r['layer']:<16} {r['shape']:<17} ms XLA / oneDNN: {cells}  "
-        f"all three {xla:7.2f} / {onednn:7.2f} ({xla / onednn:.2f}x)", flush=True)
+def _epoch(family: str, batch: int, conv_impl: str, n: int):
+  """One epoch of the conv AE's train step per batch with ``conv_impl``, as a thunk."""
+  import jax
+  import jax.numpy as jnp
+
+  from aetl_jax.bench.__main__ import pretrain_setup
+  from aetl_jax.core.optim import make_optimizer
+  from aetl_jax.engine.compiler import train_compiler_options
+  from aetl_jax.engine.loop import make_epoch_fn
+  from aetl_jax.engine.state import TrainState
+  from aetl_jax.engine.step import make_train_step
+  loss, params, x = pretrain_setup(family, "per_batch", n, conv_impl)
+  tx = make_optimizer(learning_rate=1e-3)
+  epoch = make_epoch_fn(make_train_step(loss, tx), batch_size=batch, runner="per_batch",
+                        compiler_options=train_compiler_options("conv"))
+  holder = {"s": TrainState.create(jax.tree.map(jnp.copy, params), tx)}
+
+  def run():
+    holder["s"], metrics = epoch(holder["s"], {"images": {"image": x}}, jax.random.PRNGKey(1))
+    return metrics
+
+  return run
+
+
+def step_rows(batches, repeats: int, rounds: int, use_torch: bool, n: int = 1024) -> list[dict]:
+  """Examples/s of the conv AE's step per batch: 'auto', 'onednn' and (optionally)
+  PyTorch channels-last, round-robin; the median of ``rounds`` rounds."""
+  from aetl_jax.bench.__main__ import torch_pretrain
+  from aetl_jax.bench.timing import time_interleaved
+  out = []
+  for family in ("conv", "conv_transpose"):
+    for batch in batches:
+      used = (n // batch) * batch
+      fns = {impl: _epoch(family, batch, impl, n) for impl in ("auto", "onednn")}
+      if use_torch:
+        fns["torch"] = torch_pretrain(family, batch, n, "channels_last")
+      rates = {name: [] for name in fns}
+      for _ in range(rounds):
+        for name, seconds in time_interleaved(fns, repeats=repeats).items():
+          rates[name].append(used / seconds)
+      row = {"family": family, "batch": batch}
+      row.update({name: statistics.median(r) for name, r in rates.items()})
+      out.append(row)
+      vs = (f"  vs PyTorch channels-last {row['torch']:6.0f}: auto {row['auto'] / row['torch']:.2f}x"
+            f", onednn {row['onednn'] / row['torch']:.2f}x" if use_torch else "")
+      print(f"{family:<15} b{batch:<4} ex/s auto {row['auto']:6.0f}  onednn {row['onednn']:6.0f} "
+            f"({row['onednn'] / row['auto']:.2f}x){vs}", flush=True)
+  return out
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batches", default="64,256")
-  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--no-torch", action="store_true")
   args = parser.parse_args(argv)
   try:
     batches = tuple(int(b) for b in args.batches.split(","))
@@ -117,11 +143,16 @@ def main(argv=None):
     raise SystemExit(f"--batches takes positive integers, comma-separated, and --repeats, "
                      f"--rounds must be >= 1; got {args.batches!r}, {args.repeats}, "
                      f"{args.rounds}")
-  with tempfile.TemporaryDirectory() as directory:
-    binary = build(directory)
-    print(f"oneDNN's convolutions (onednn_conv.cpp) against XLA:CPU's, median of "
-          f"{args.rounds} alternating rounds")
-    return rows(batches, args.repeats, args.rounds, binary)
+  from aetl_jax.models import onednn
+  if (why := onednn.problem()) is not None:
+    raise SystemExit(why)
+  from aetl_jax.bench.timing import torch_usable
+  use_torch = not args.no_torch and torch_usable(threads=True)
+  print(f"per layer, median of {args.rounds} rounds of {args.repeats}")
+  layers_out = layer_rows(batches, args.repeats, args.rounds)
+  print(f"per step (epochs of 1,024 images), median of {args.rounds} rounds of {args.repeats}")
+  return {"layers": layers_out,
+          "steps": step_rows(batches, args.repeats, args.rounds, use_torch)}
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aetl_jax.models.conv_ops import (CONV_IMPLS, conv_class, conv_transpose_class,
-                                      depth_to_space)
+from aetl_jax.models.conv_ops import (CONV_IMPLS, check_conv_impl, conv_class,
+                                      conv_transpose_class, depth_to_space)
 from aetl_jax.models.family import DROPOUT, FAMILIES
 from aetl_jax.core.registry import Key, each, one_of, positive
 
@@ -173,12 +173,12 @@ _CONV = dict(
     dropout_rate=DROPOUT,
     upsampling=Key("transpose", "the decoder's upsampling: transpose, resize or subpixel",
                    one_of(*UPSAMPLING)),
-    conv_impl=Key("auto", "convolution formulation: auto, xla, hybrid, im2col, shift_add, matmul",
-                  one_of(*CONV_IMPLS)))
+    conv_impl=Key("auto", f"convolution formulation: {', '.join(CONV_IMPLS)} ('onednn': a "
+                  f"system oneDNN's convolutions, CPU)", one_of(*CONV_IMPLS)))
 
 
 @FAMILIES.register("conv", defaults=_CONV, decoder=_conv_decoder,
-                   check=_check_conv)
+                   check=_check_conv, validate=check_conv_impl)
 def conv(m, code_dim: int):
   """Stride-2 conv blocks ``model.channels`` → dense code; a mirrored decoder."""
   return ConvEncoder(channels=tuple(m.channels), code_dim=code_dim, norm=m.norm,
@@ -188,7 +188,7 @@ def conv(m, code_dim: int):
 @FAMILIES.register("resnet", defaults={
     **_CONV,
     "blocks_per_stage": Key(1, "residual blocks per stage", positive(integer=True))},
-                   decoder=_conv_decoder, check=_check_resnet)
+                   decoder=_conv_decoder, check=_check_resnet, validate=check_conv_impl)
 def resnet(m, code_dim: int):
   """Residual conv stages ``model.channels`` (``blocks_per_stage`` each) → dense code."""
   return ResNetEncoder(channels=tuple(m.channels), blocks_per_stage=m.blocks_per_stage,

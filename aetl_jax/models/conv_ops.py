@@ -56,19 +56,31 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from aetl_jax.models import onednn
+
 # xla: nn.Conv/nn.ConvTranspose. hybrid: XLA's convolution for wide layers, the
-# narrow formulation for narrow ones, bias gradients as matmuls. im2col /
+# narrow formulation for narrow ones, bias gradients as matmuls. onednn: hybrid with
+# oneDNN's convolutions for the wide layers (models/onednn.py, a system oneDNN). im2col /
 # shift_add: that formulation for every convolution. matmul: per layer, the
 # formulation with the smaller intermediate. auto: the measured default per
 # backend (see resolve_conv_impl).
-CONV_IMPLS = ("auto", "xla", "hybrid", "im2col", "shift_add", "matmul")
-FORMULATIONS = ("xla", "patches", "shift_add", "narrow", "hybrid")
+CONV_IMPLS = ("auto", "xla", "hybrid", "onednn", "im2col", "shift_add", "matmul")
+FORMULATIONS = ("xla", "patches", "shift_add", "narrow", "hybrid", "onednn")
 
 # Below this many output channels a layer counts as narrow: the shift-add planes
 # are laid out (tap, channel, batch, height, width) so the adds vectorise along
 # the width rather than along a channel axis of size 1, and 'hybrid' uses the
 # narrow formulation.
 NARROW_BELOW = 8
+
+
+def check_conv_impl(model_cfg) -> None:
+  """The conv families' config check: ``conv_impl='onednn'`` builds oneDNN's handlers now
+  (:mod:`aetl_jax.models.onednn`), so a machine without them is told in one line before
+  anything trains."""
+  if model_cfg.get("conv_impl") == "onednn" and (why := onednn.problem()) is not None:
+    from aetl_jax.core.config import ConfigError
+    raise ConfigError(f"config key 'model.conv_impl': {why}")
 
 
 def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
@@ -522,10 +534,11 @@ class FormulatedConv(_KernelAndBias):
     if formulation == "auto":
       out_hw = [g[0] for g in _forward_geometry(x, kernel, strides, self.padding)]
       formulation = choose_formulation(x.shape[1:3], out_hw, x.shape[-1], self.features)
-    elif formulation == "hybrid":
+    elif formulation in ("hybrid", "onednn"):
       if self.features < NARROW_BELOW and strides == (1, 1):
         return narrow_conv(x, kernel, _check_padding(self.padding)), bias_add
-      return hybrid_conv(x, kernel, strides, self.padding), bias_add
+      wide = hybrid_conv if formulation == "hybrid" else onednn.conv
+      return wide(x, kernel, strides, self.padding), bias_add
     if formulation == "xla":
       return xla_conv(x, kernel, strides, self.padding), add
     if formulation == "patches":
@@ -573,10 +586,11 @@ class FormulatedConvTranspose(_KernelAndBias):
 
 
 # The formulation each conv_impl (other than 'xla') gives plain and transposed convolutions.
-CONV_FORMULATION_OF = {"hybrid": "hybrid", "im2col": "patches", "shift_add": "shift_add",
-                       "matmul": "auto"}
-TRANSPOSE_FORMULATION_OF = {"hybrid": "hybrid", "im2col": "subpixel_patches",
-                            "matmul": "subpixel_patches", "shift_add": "overlap_add"}
+CONV_FORMULATION_OF = {"hybrid": "hybrid", "onednn": "onednn", "im2col": "patches",
+                       "shift_add": "shift_add", "matmul": "auto"}
+TRANSPOSE_FORMULATION_OF = {"hybrid": "hybrid", "onednn": "hybrid",
+                            "im2col": "subpixel_patches", "matmul": "subpixel_patches",
+                            "shift_add": "overlap_add"}
 
 
 def _module_class(impl: str, native, formulated, formulation_of: dict):

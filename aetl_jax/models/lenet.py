@@ -15,7 +15,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from aetl_jax.models.conv_ops import CONV_IMPLS, conv_class
+from aetl_jax.models.conv_ops import CONV_IMPLS, check_conv_impl, conv_class
 from aetl_jax.models.family import DROPOUT, FAMILIES
 from aetl_jax.core.registry import Key, each, one_of, positive
 
@@ -90,9 +90,9 @@ def _check(m, image_shape) -> None:
                  each(positive(integer=True), "positive integers")),
     code_dim=Key(500, "size of the code (0: the trunk's own features)"),
     dropout_rate=DROPOUT,
-    conv_impl=Key("auto", "convolution formulation: auto, xla, hybrid, im2col, shift_add, matmul",
-                  one_of(*CONV_IMPLS))),
-                   check=_check,
+    conv_impl=Key("auto", f"convolution formulation: {', '.join(CONV_IMPLS)} ('onednn': a "
+                  f"system oneDNN's convolutions, CPU)", one_of(*CONV_IMPLS))),
+                   check=_check, validate=check_conv_impl,
                    decoder=lambda m, shape: LeNetDecoder(image_shape=tuple(shape),
                                                          channels=tuple(reversed(tuple(m.channels))),
                                                          conv_impl=m.conv_impl))

@@ -1,0 +1,152 @@
+"""oneDNN's convolutions as XLA custom calls on CPU (``conv_impl='onednn'``).
+
+jaxlib's CPU build runs XLA's own (Eigen) convolutions; PyTorch runs oneDNN's, which
+train the conv autoencoder's wide layers 1.2-2.5× faster on the 2-core AVX-512 machine
+(``python -m aetl_jax.bench.onednn_library``, BENCHMARKS.md). This module compiles
+``onednn_conv.cpp`` (three XLA FFI handlers: forward, input gradient, kernel gradient)
+against the system's oneDNN the first time it is needed, registers the handlers with
+``jax.ffi`` and gives :func:`conv`, a drop-in for :func:`conv_ops.xla_conv` whose gradients
+are oneDNN's too. Needs a C++ compiler and oneDNN's headers and library (Debian/Ubuntu:
+``apt-get install g++ libdnnl-dev``); without them :func:`problem` says why in one line (the
+conv families check it when the config is read, before anything trains). The
+shared library is cached under ``$AETL_CACHE`` (default ``~/.cache/aetl_jax``), keyed by the
+source and the jaxlib version, and written atomically.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+
+SOURCE = Path(__file__).with_name("onednn_conv.cpp")
+INSTALL = "apt-get install g++ libdnnl-dev"
+_HANDLERS = ("Forward", "InputGrad", "KernelGrad")
+
+
+def cache_dir() -> Path:
+  return Path(os.environ.get("AETL_CACHE") or Path.home() / ".cache" / "aetl_jax")
+
+
+def _library_path() -> Path:
+  import jaxlib
+  digest = hashlib.sha1(SOURCE.read_bytes() + jaxlib.__version__.encode()).hexdigest()[:16]
+  return cache_dir() / f"onednn_conv-{digest}.so"
+
+
+class Unavailable(RuntimeError):
+  """This machine cannot build or load the handlers; the message says why, in one line."""
+
+
+def _compile(target: Path) -> None:
+  """Compile the handlers into ``target``, atomically."""
+  compiler = shutil.which("g++") or shutil.which("c++")
+  if compiler is None:
+    raise Unavailable(f"conv_impl='onednn' needs a C++ compiler (g++) and oneDNN ({INSTALL})")
+  target.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    built = Path(tmp) / target.name
+    done = subprocess.run(
+        [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
+         str(SOURCE), "-o", str(built), "-ldnnl"], capture_output=True, text=True)
+    if done.returncode:
+      first = next((line for line in done.stderr.splitlines() if "error" in line),
+                   done.stderr.strip()[:200])
+      raise Unavailable(f"conv_impl='onednn' could not build against oneDNN ({INSTALL}): "
+                        f"{first}")
+    os.replace(built, target)
+
+
+@functools.lru_cache(maxsize=None)
+def require() -> str:
+  """Build (once per source and jaxlib version) and register the handlers; the library's
+  path. :class:`Unavailable` when this machine cannot."""
+  if jax.default_backend() != "cpu":
+    raise Unavailable(f"conv_impl='onednn' runs on CPU only (backend "
+                      f"{jax.default_backend()}); use 'auto' or 'xla'")
+  path = _library_path()
+  if not path.exists():
+    _compile(path)
+  return _register(path)
+
+
+_REGISTERED: list[str] = []  # XLA's handler registry is per process: the library it holds
+
+
+def _register(path: Path) -> str:
+  """Load ``path`` and register its handlers, once per process; the registered library."""
+  if _REGISTERED:
+    return _REGISTERED[0]
+  try:
+    lib = ctypes.cdll.LoadLibrary(str(path))
+  except OSError as err:
+    raise Unavailable(f"conv_impl='onednn' could not load {path} ({err}); {INSTALL}") from err
+  for name in _HANDLERS:
+    jax.ffi.register_ffi_target(f"aetl_onednn_conv_{name}",
+                                jax.ffi.pycapsule(getattr(lib, f"AetlOnednnConv{name}")),
+                                platform="cpu")
+  _REGISTERED.append(str(path))
+  return str(path)
+
+
+def problem() -> str | None:
+  """None when the handlers are usable here (built and registered), else why not."""
+  try:
+    require()
+  except Unavailable as why:
+    return str(why)
+  return None
+
+
+def _geometry(x, kernel, strides, padding):
+  """(the handlers' int64 attributes, output shape) of a 'SAME'/'VALID' convolution."""
+  from aetl_jax.models.conv_ops import _forward_geometry
+  if x.dtype != np.float32 or kernel.dtype != np.float32:
+    raise ValueError(f"conv_impl='onednn' computes in float32, got {x.dtype} input and "
+                     f"{kernel.dtype} kernel")
+  (oh, top, bottom), (ow, left, right) = _forward_geometry(x, kernel, strides, padding)
+  attrs = dict(sh=strides[0], sw=strides[1], pt=top, pb=bottom, pl=left, pr=right)
+  return {k: np.int64(v) for k, v in attrs.items()}, (x.shape[0], oh, ow, kernel.shape[3])
+
+
+def _call(handler: str, shape, dtype, *args, **attrs):
+  require()
+  # Under vmap (seeds of a cell as one program) one call per vmapped element: the handlers
+  # take one NHWC batch.
+  return jax.ffi.ffi_call(f"aetl_onednn_conv_{handler}", jax.ShapeDtypeStruct(shape, dtype),
+                          vmap_method="sequential")(*args, **attrs)
+
+
+def _forward(x, kernel, strides, padding):
+  attrs, shape = _geometry(x, kernel, strides, padding)
+  return _call("Forward", shape, x.dtype, x, kernel, **attrs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv(x, kernel, strides=(1, 1), padding: str = "SAME"):
+  """``conv_ops.xla_conv(x, kernel, strides, padding)`` (NHWC/HWIO, float32) by oneDNN,
+  forward and both gradients."""
+  return _forward(x, kernel, tuple(strides), padding)
+
+
+def _conv_fwd(x, kernel, strides, padding):
+  return _forward(x, kernel, tuple(strides), padding), (x, kernel)
+
+
+def _conv_bwd(strides, padding, residuals, dy):
+  x, kernel = residuals
+  attrs, _ = _geometry(x, kernel, tuple(strides), padding)
+  dx = _call("InputGrad", x.shape, x.dtype, x, kernel, dy, **attrs)
+  dk = _call("KernelGrad", kernel.shape, kernel.dtype, x, kernel, dy, **attrs)
+  return dx, dk
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
