@@ -140,6 +140,47 @@ def test_logits_and_running_statistics_equal_torchvisions_recorded_outputs(impl)
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="oneDNN's custom calls are CPU's")
+def test_onednn_convolutions_give_the_xla_resnet_or_the_config_says_what_is_missing(
+    tmp_path, monkeypatch):
+  """conv_impl='onednn' with every convolution forced onto the custom calls (7×7/2 stem,
+  3×3/1 and /2, 1×1/2 downsamples, torch's explicit padding): XLA's logits, statistics and
+  gradients. Without oneDNN here, the config check refuses it in one line."""
+  from aetl_jax.models import onednn, resnet18
+  from aetl_jax.validation import validate_transfer_config
+  from aetl_jax.api import load_config
+  from aetl_jax.core.config import ConfigError
+  from aetl_jax.tasks.transfer import default_config
+  monkeypatch.setenv("AETL_CACHE", str(tmp_path))
+  if (why := onednn.problem()) is not None:
+    with pytest.raises(ConfigError, match="model.conv_impl.*libdnnl-dev"):
+      validate_transfer_config(load_config(default_config(), [
+          "model.family='resnet18'", "model.conv_impl='onednn'"]))
+    return
+  original = resnet18.resolve_impl
+  monkeypatch.setattr(resnet18, "resolve_impl",
+                      lambda impl, *a: "onednn" if impl == "onednn" else original(impl, *a))
+  _, params = classifier()
+  params = randomised_statistics(params)
+  b = batch()
+  models = {impl: build_classifier(resnet_cfg(conv_impl=impl), 5) for impl in ("onednn", "xla")}
+
+  def outputs(params, x, y, model):
+    def loss(p):
+      logits, state = apply_train(model, p, x)
+      return cross_entropy(logits, y)[0], (logits, state)
+    return jax.grad(loss, has_aux=True)(params)
+
+  out = {impl: jax.jit(outputs, static_argnums=3)(params, b["image"], b["label"], model)
+         for impl, model in models.items()}
+  for a, ref in zip(jax.tree.leaves(out["onednn"]), jax.tree.leaves(out["xla"])):
+    np.testing.assert_allclose(a, ref, rtol=1e-3, atol=1e-4)  # 18 BatchNorms amplify noise
+  text = jax.jit(outputs, static_argnums=3).lower(params, b["image"], b["label"],
+                                                  models["onednn"]).as_text()
+  assert text.count("aetl_onednn_conv_Forward") >= 20  # every convolution of the network
+
+
+@pytest.mark.slow
 def test_im2col_and_xla_convolutions_are_the_same_resnet():
   """CPU's default convolution (im2col) and XLA's: the same training-mode logits, running
   statistics and gradients from the same tree (without torch: the test above needs it)."""

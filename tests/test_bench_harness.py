@@ -91,6 +91,7 @@ def test_onednn_bench_reports_an_effect_or_none_for_every_option_set():
       _instructions(_program(_TINY[0], {})[0])
 
 
+@pytest.mark.slow
 def test_onednn_library_bench_times_both_or_names_what_is_missing(tmp_path, monkeypatch):
   """Per layer (every layer 'hybrid' gives XLA) and per step, XLA's convolutions against
   the oneDNN custom calls; without oneDNN here, one line naming the install command."""

@@ -207,6 +207,7 @@ def test_conv_autoencoder_is_the_same_function_with_every_impl(upsampling):
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=impl)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="oneDNN's custom calls are CPU's")
 def test_onednn_conv_autoencoder_is_the_xla_one_or_the_config_says_what_is_missing(tmp_path,
                                                                                 monkeypatch):

@@ -319,7 +319,7 @@ def other_rows(quick: bool, repeats: int, use_torch: bool) -> dict:
   print()
   out["backbone"] = backbone.rows((32,) if quick else (64, 224), 2 if quick else 32, repeats,
                                   use_torch and backbone.torchvision_usable() is None,
-                                  ("auto",) if quick else tuple(backbone.IMPLS))
+                                  ("auto",) if quick else None)
   backbone.print_rows(out["backbone"])
   print()
   out["steps"] = steps.rows(repeats, quick)

@@ -9,7 +9,8 @@ on the same random images; median of ``--repeats`` interleaved rounds after warm
 PyTorch on every core. The default ``conv_impl='auto'`` (on CPU, per layer, XLA's
 convolution or patches @ kernel, whichever the measured table
 :mod:`aetl_jax.models.conv_table` says trains that shape faster) next to either
-formulation everywhere (``xla``, ``im2col``).
+formulation everywhere (``xla``, ``im2col``), and ``onednn`` (auto with a system oneDNN's
+convolutions where auto uses XLA's) where this machine builds it.
 """
 
 from __future__ import annotations
@@ -86,11 +87,19 @@ def torchvision_usable() -> str | None:
     return described(e, 80)
 
 
-IMPLS = {"auto": "aetl_jax (auto)", "xla": "aetl_jax (xla conv)", "im2col": "aetl_jax (im2col)"}
+IMPLS = {"auto": "aetl_jax (auto)", "xla": "aetl_jax (xla conv)", "im2col": "aetl_jax (im2col)",
+         "onednn": "aetl_jax (onednn)"}
 
 
-def rows(sizes, batch: int, repeats: int, use_torch: bool, impls=tuple(IMPLS)) -> list[dict]:
+def default_impls() -> tuple:
+  """auto, xla, im2col, and onednn where this machine builds it (models/onednn.py)."""
+  from aetl_jax.models import onednn
+  return ("auto", "xla", "im2col") + (("onednn",) if onednn.problem() is None else ())
+
+
+def rows(sizes, batch: int, repeats: int, use_torch: bool, impls=None) -> list[dict]:
   from aetl_jax.bench.timing import timed_interleaved, with_ratios
+  impls = impls or default_impls()
   out = []
   for size in sizes:
     contenders = {IMPLS[impl]: jax_step(size, batch, impl) for impl in impls}

@@ -107,12 +107,18 @@ def problem() -> str | None:
 
 
 def _geometry(x, kernel, strides, padding):
-  """(the handlers' int64 attributes, output shape) of a 'SAME'/'VALID' convolution."""
+  """(the handlers' int64 attributes, output shape) of a convolution padded 'SAME', 'VALID'
+  or explicitly ``((top, bottom), (left, right))``."""
   from aetl_jax.models.conv_ops import _forward_geometry
   if x.dtype != np.float32 or kernel.dtype != np.float32:
     raise ValueError(f"conv_impl='onednn' computes in float32, got {x.dtype} input and "
                      f"{kernel.dtype} kernel")
-  (oh, top, bottom), (ow, left, right) = _forward_geometry(x, kernel, strides, padding)
+  if isinstance(padding, str):
+    (oh, top, bottom), (ow, left, right) = _forward_geometry(x, kernel, strides, padding)
+  else:
+    (top, bottom), (left, right) = padding
+    oh, ow = ((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi)
+              in zip(x.shape[1:3], kernel.shape[:2], strides, padding))
   attrs = dict(sh=strides[0], sw=strides[1], pt=top, pb=bottom, pl=left, pr=right)
   return {k: np.int64(v) for k, v in attrs.items()}, (x.shape[0], oh, ow, kernel.shape[3])
 

@@ -23,7 +23,8 @@ from jax import lax
 
 from aetl_jax.engine.compiler import per_batch_on_cpu
 from aetl_jax.models.conv import ConvDecoder, UPSAMPLING, check_downsampling
-from aetl_jax.models.conv_ops import patches_conv
+from aetl_jax.models import onednn
+from aetl_jax.models.conv_ops import check_conv_impl, patches_conv
 from aetl_jax.models.family import FAMILIES
 from aetl_jax.models.kernels import batch_norm, max_pool
 from aetl_jax.core.registry import Key, count, each, one_of, positive
@@ -40,14 +41,19 @@ BLOCKS = ("conv1", "bn1", *STAGES, "code")
 _kaiming = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # 'im2col': patches @ kernel; on XLA:CPU up to 40× faster than its convolution on ResNet-18's
 # small late maps, 1.5-2.5× slower on the wide early ones (BENCHMARKS.md, "ResNet-18").
-CONV_IMPLS = ("auto", "xla", "im2col")
+# 'onednn': auto's choice per layer, with a system oneDNN's convolutions (XLA custom calls,
+# models/onednn.py) wherever auto would run XLA's.
+CONV_IMPLS = ("auto", "xla", "im2col", "onednn")
 
 
 def resolve_impl(impl: str, x_shape=None, kernel_shape=None, stride: int = 1) -> str:
   """'auto': XLA's convolution on GPU/TPU; on CPU, per layer, whichever of XLA's
   convolution and im2col trained the layer's shape faster in the measured table
   (:mod:`aetl_jax.models.conv_table`), im2col where no measured shape is near. (Below
-  64-px inputs the network resolves 'auto' to im2col first: those train in a scan.)"""
+  64-px inputs the network resolves 'auto' to im2col first: those train in a scan.)
+  'onednn': auto's choice, with oneDNN's convolution (a custom call) where that is XLA's."""
+  if impl == "onednn":
+    return "onednn" if resolve_impl("auto", x_shape, kernel_shape, stride) == "xla" else "im2col"
   if impl != "auto":
     return impl
   backend = jax.default_backend()
@@ -77,10 +83,13 @@ class Conv(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", _kaiming, (*self.kernel_size, x.shape[-1], self.features))
     p = self.padding
-    if resolve_impl(self.impl, x.shape, kernel.shape, self.strides[0]) == "im2col":
+    impl = resolve_impl(self.impl, x.shape, kernel.shape, self.strides[0])
+    if impl == "im2col":
       if p:
         x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
       return patches_conv(x, kernel, self.strides, "VALID")
+    if impl == "onednn":
+      return onednn.conv(x, kernel, tuple(self.strides), ((p, p), (p, p)))
     return lax.conv_general_dilated(x, kernel, self.strides, ((p, p), (p, p)),
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -213,6 +222,7 @@ def _check(m, image_shape) -> None:
 def _validate(m) -> None:
   from aetl_jax.models.torchvision import check_weights
   check_weights(m.weights)
+  check_conv_impl(m)
 
 
 _DEFAULTS = dict(
