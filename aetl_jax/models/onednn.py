@@ -51,7 +51,11 @@ def _compile(target: Path) -> None:
   compiler = shutil.which("g++") or shutil.which("c++")
   if compiler is None:
     raise Unavailable(f"conv_impl='onednn' needs a C++ compiler (g++) and oneDNN ({INSTALL})")
-  target.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    target.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as err:
+    raise Unavailable(f"conv_impl='onednn' cannot write its build to {target.parent} ({err}); "
+                      f"set AETL_CACHE to a writable folder") from err
   with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
     built = Path(tmp) / target.name
     done = subprocess.run(
