@@ -1,6 +1,6 @@
 """``conv_impl='onednn'`` (a system oneDNN's convolutions as XLA custom calls) against XLA's.
 
-    python -m aetl_jax.bench.onednn_library [--batches 64,256] [--repeats 7] [--rounds 3]
+    python -m aetl_jax.bench.onednn_library [--batches 64,256] [--repeats 5] [--rounds 3]
                                             [--no-torch]
 
 jaxlib's CPU build runs no oneDNN (``python -m aetl_jax.bench.onednn``), and PyPI's oneDNN
