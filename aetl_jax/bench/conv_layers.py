@@ -39,11 +39,31 @@ def _flop(layer, batch: int) -> int:
   return 2 * batch * out_size * out_size * ksize * ksize * cin * cout
 
 
-def _jax_contenders(layer, batch: int):
-  """[(impl, {pass: thunk})] of one layer: forward, input and kernel grad."""
+def _library_formulations(layer) -> dict:
+  """{name: fn(x, kernel)}: XLA's convolution of ``layer`` and the library's formulations of it
+  (transposed: plain sub-pixel and 'hybrid'; narrow stride-1: 'narrow')."""
   import jax
 
   from aetl_jax.models import conv_ops
+  _, _, _, cout, stride, kind = layer
+  strides = (stride, stride)
+  if kind == "transpose":
+    return {
+        "xla": lambda x, k: jax.lax.conv_transpose(x, k, strides, "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC")),
+        "subpixel": lambda x, k: conv_ops.subpixel_conv_transpose(x, k, strides, "SAME"),
+        "hybrid": lambda x, k: conv_ops.hybrid_conv_transpose(x, k, strides, "SAME")}
+  formulations = {"xla": lambda x, k: conv_ops.xla_conv(x, k, strides, "SAME")}
+  if cout < conv_ops.NARROW_BELOW and stride == 1:
+    formulations["narrow"] = lambda x, k: conv_ops.narrow_conv(x, k, "SAME")
+  return formulations
+
+
+def _jax_contenders(layer, batch: int, formulations: dict | None = None):
+  """[(impl, {pass: thunk})] of one layer: forward, input and kernel grad, of each of
+  ``formulations`` ({name: fn(x, kernel)}; default :func:`_library_formulations`)."""
+  import jax
+
   from aetl_jax.engine.compiler import train_compiler_options
 
   name, size, cin, cout, stride, kind = layer
@@ -51,17 +71,7 @@ def _jax_contenders(layer, batch: int):
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
   ksize = 4 if kind == "transpose" else 3
   kernel = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (ksize, ksize, cin, cout))
-  strides = (stride, stride)
-  if kind == "transpose":
-    formulations = {
-        "xla": lambda x, k: jax.lax.conv_transpose(x, k, strides, "SAME",
-                                                   dimension_numbers=("NHWC", "HWIO", "NHWC")),
-        "subpixel": lambda x, k: conv_ops.subpixel_conv_transpose(x, k, strides, "SAME"),
-        "hybrid": lambda x, k: conv_ops.hybrid_conv_transpose(x, k, strides, "SAME")}
-  else:
-    formulations = {"xla": lambda x, k: conv_ops.xla_conv(x, k, strides, "SAME")}
-    if cout < conv_ops.NARROW_BELOW and stride == 1:
-      formulations["narrow"] = lambda x, k: conv_ops.narrow_conv(x, k, "SAME")
+  formulations = formulations or _library_formulations(layer)
   out = []
   for formulation, conv in formulations.items():
     y = conv(x, kernel)

@@ -35,34 +35,20 @@ def layers() -> list[tuple]:
           if kind == "conv" and cout >= NARROW_BELOW]
 
 
-def _passes(conv, layer: tuple, batch: int) -> dict:
-  """{pass: thunk} of ``conv(x, kernel, strides)`` on ``layer``, each pass jitted alone with
-  the conv family's options."""
-  import jax
-
-  from aetl_jax.engine.compiler import train_compiler_options
-  _, size, cin, cout, stride = layer
-  options = train_compiler_options("conv") or None
-  x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
-  kernel = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (3, 3, cin, cout))
-  f = lambda x, k: conv(x, k, (stride, stride), "SAME")
-  dy = jax.random.normal(jax.random.PRNGKey(2), jax.eval_shape(f, x, kernel).shape)
-  fns = {"forward": f,
-         "input grad": lambda x, k: jax.vjp(lambda v: f(v, k), x)[1](dy)[0],
-         "kernel grad": lambda x, k: jax.vjp(lambda v: f(x, v), k)[1](dy)[0]}
-  return {p: (lambda fn=jax.jit(fn, compiler_options=options): fn(x, kernel))
-          for p, fn in fns.items()}
-
-
 def layer_rows(batches, repeats: int, rounds: int) -> list[dict]:
   """One row per (batch, layer): each pass's median ms by XLA and by oneDNN."""
+  from aetl_jax.bench.conv_layers import _jax_contenders
   from aetl_jax.bench.timing import time_interleaved
   from aetl_jax.models import conv_ops, onednn
   out = []
   for batch in batches:
     for layer in layers():
-      fns = {(who, p): fn for who, conv in (("xla", conv_ops.xla_conv), ("onednn", onednn.conv))
-             for p, fn in _passes(conv, layer, batch).items()}
+      strides = (layer[4],) * 2
+      both = {"xla": lambda x, k, s=strides: conv_ops.xla_conv(x, k, s, "SAME"),
+              "onednn": lambda x, k, s=strides: onednn.conv(x, k, s, "SAME")}
+      fns = {(impl.removeprefix("jax "), p): fn
+             for impl, passes in _jax_contenders((*layer, "conv"), batch, both)
+             for p, fn in passes.items()}
       times = {key: [] for key in fns}
       for _ in range(rounds):
         for key, seconds in time_interleaved(fns, repeats=repeats).items():

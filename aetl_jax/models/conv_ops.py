@@ -526,7 +526,8 @@ class FormulatedConv(_KernelAndBias):
   intermediate; see :func:`choose_formulation`) or 'hybrid' ('narrow' for
   stride-1 layers with fewer than ``NARROW_BELOW`` output channels, otherwise
   XLA's convolution whose kernel gradient reads a stored input
-  (:func:`hybrid_conv`); the bias gradient as a matmul).
+  (:func:`hybrid_conv`); the bias gradient as a matmul) or 'onednn' ('hybrid' with
+  :func:`aetl_jax.models.onednn.conv` for the wide layers).
   """
 
   def _convolve(self, x, kernel, strides):
