@@ -212,7 +212,7 @@ def test_conv_autoencoder_is_the_same_function_with_every_impl(upsampling):
 def test_onednn_conv_autoencoder_is_the_xla_one_or_the_config_says_what_is_missing(tmp_path,
                                                                                 monkeypatch):
   """With a compiler and a system oneDNN, conv_impl='onednn' computes the conv AE's outputs
-  and gradients (strided encoder, wide sub-pixel decoder) as XLA's convolutions do; without
+  and gradients (strided encoder, wide sub-pixel or transposed decoder) as XLA's do; without
   them the config is refused in one line naming the install command."""
   from aetl_jax.api import load_config
   from aetl_jax.core.config import ConfigError
@@ -254,6 +254,46 @@ def test_onednn_conv_autoencoder_is_the_xla_one_or_the_config_says_what_is_missi
            for name, conv in (("xla", xla_conv), ("onednn", onednn.conv))}
   for a, b in zip(grads["onednn"], grads["xla"]):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  _check_onednn_transposed(models, overrides, x)
+
+
+def _check_onednn_transposed(models, overrides, x):
+  """oneDNN's transposed convolutions: lax.conv_transpose's outputs and gradients for
+  'SAME'/'VALID', kernels larger than, equal to and one more than the stride, odd sizes,
+  vmapped; strides larger than the kernel go to 'hybrid'; the transposed-conv AE as XLA's."""
+  from aetl_jax.api import load_config
+  from aetl_jax.models import onednn
+  from aetl_jax.models.registry import build_autoencoder
+  from aetl_jax.tasks.transfer import default_config
+  reference = lambda x, k, s, pad: jax.lax.conv_transpose(
+      x, k, s, pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  for shape, ksize, strides, pad in [((7, 7), 4, (2, 2), "SAME"), ((5, 6), 3, (2, 2), "SAME"),
+                                     ((5, 6), 3, (2, 1), "VALID"), ((4, 3), 2, (2, 2), "SAME"),
+                                     ((5, 5), 3, (3, 3), "VALID"), ((6, 5), 3, (1, 1), "SAME")]:
+    xs, k = uniform(4, (2, 3, *shape, 5)), uniform(5, (ksize, ksize, 5, 9))
+    loss = lambda conv: lambda k, x: jnp.sum(jnp.sin(conv(x, k, strides, pad)))
+    got = {name: jax.jit(jax.vmap(lambda k, x, c=conv: (c(x, k, strides, pad),
+                                                        jax.grad(loss(c), argnums=(0, 1))(k, x)),
+                                  in_axes=(None, 0)))(k, xs)
+           for name, conv in (("xla", reference), ("onednn", onednn.conv_transpose))}
+    for a, b in zip(jax.tree.leaves(got["onednn"]), jax.tree.leaves(got["xla"])):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=f"{shape} {ksize} {strides}")
+  assert onednn.adjoint_padding((5, 5), (2, 2), (3, 3), "SAME") is None
+  with pytest.raises(ValueError, match="no larger than the kernel"):
+    onednn.conv_transpose(uniform(6, (1, 5, 5, 2)), uniform(7, (2, 2, 2, 8)), (3, 3), "SAME")
+  overrides = [o for o in overrides if "upsampling" not in o] + ["model.upsampling='transpose'"]
+  models = {impl: build_autoencoder(load_config(default_config(), overrides + [
+      f"model.conv_impl='{impl}'"]).model, x.shape[1:]) for impl in ("xla", "onednn")}
+  params = models["xla"].init(jax.random.PRNGKey(3), x, method="reconstruct")["params"]
+  losses = {impl: jax.jit(jax.value_and_grad(lambda p, m=model: jnp.mean(jnp.square(
+      m.apply({"params": p}, x, method="reconstruct") - x))))(params)
+      for impl, model in models.items()}
+  for a, b in zip(jax.tree.leaves(losses["onednn"]), jax.tree.leaves(losses["xla"])):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+  text = jax.jit(jax.grad(lambda q: jnp.sum(models["onednn"].apply(
+      {"params": q}, x, method="reconstruct")))).lower(params).as_text()
+  # 2 strided and 2 transposed convolutions, 3 passes each (the image has no input gradient)
+  assert text.count("aetl_onednn_conv_") == 3 * 4 - 1
 
 
 def test_resolve_conv_impl():
@@ -267,7 +307,7 @@ def test_resolve_conv_impl():
   assert conv_transpose_class("im2col").keywords["formulation"] == "subpixel_patches"
   assert conv_transpose_class("shift_add").keywords["formulation"] == "overlap_add"
   assert conv_class("onednn").keywords["formulation"] == "onednn"
-  assert conv_transpose_class("onednn").keywords["formulation"] == "hybrid"
+  assert conv_transpose_class("onednn").keywords["formulation"] == "onednn"
   with pytest.raises(ValueError, match="auto, xla, hybrid, onednn, im2col, shift_add, matmul"):
     resolve_conv_impl("winograd")
 

@@ -7,7 +7,8 @@ In one run, after warm-up, medians of 5 repeats, compile time excluded:
   ``digits_transfer``'s default) on 28×28 inputs at two batch sizes with both
   epoch runners, each model's
   XLA-counted GFLOP per example and achieved GFLOP/s as a fraction of the peak
-  (conv rows: ``conv_impl=auto`` per batch, the matmul formulation in a scan);
+  (conv rows: ``conv_impl=auto`` per batch, the matmul formulation in a scan, and
+  ``conv_impl=onednn`` per batch where the machine builds it);
 * the ceiling each step's own kernels set: its matmuls and convolutions replayed
   alone (:mod:`aetl_jax.bench.ceiling`) as a fraction of the peak, and the
   share of the step's time they would take at that speed;
@@ -36,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from aetl_jax.bench.ceiling import LOOP, kernels_thunk
-from aetl_jax.bench.timing import (timed, timed_interleaved, hlo_flops,
+from aetl_jax.bench.timing import (timed, timed_interleaved, hlo_flops, int_list,
                                    time_calls, torch_usable, write_json)
 
 # The one command that installs CPU builds of the PyTorch baselines (a plain `pip install
@@ -85,17 +86,18 @@ def pretrain_setup(family: str, runner: str, n: int, conv_impl: str | None = Non
   return make_objective(model, config.objective), params, x
 
 
-def jax_pretrain(family: str, batch: int, runner: str, n: int, kernel_cache: dict | None = None):
+def jax_pretrain(family: str, batch: int, runner: str, n: int, kernel_cache: dict | None = None,
+                 conv_impl: str | None = None):
   """(one epoch as a thunk, XLA-counted FLOPs per example, examples per epoch,
   (the step's matmuls and convolutions alone, ``LOOP`` times each, as a thunk;
   their FLOPs per step): :mod:`aetl_jax.bench.ceiling`; equal kernels compiled once
-  through ``kernel_cache``)."""
+  through ``kernel_cache``), with ``conv_impl`` (default: the one for ``runner``)."""
   from aetl_jax.engine.compiler import train_compiler_options
   from aetl_jax.engine.loop import make_epoch_fn
   from aetl_jax.engine.state import TrainState
   from aetl_jax.engine.step import make_train_step
   from aetl_jax.core.optim import make_optimizer
-  loss, params, x = pretrain_setup(family, runner, n)
+  loss, params, x = pretrain_setup(family, runner, n, conv_impl)
   tx = make_optimizer(learning_rate=1e-3)
   step = make_train_step(loss, tx)
   state = TrainState.create(params, tx)
@@ -209,11 +211,8 @@ def _arguments(argv):
 def _batches(text: str | None, quick: bool) -> tuple[int, ...]:
   if text is None:
     return (32,) if quick else (64, 256)
-  try:
-    batches = tuple(int(b) for b in text.split(","))
-  except ValueError:
-    batches = ()
-  if not batches or min(batches) < 1:
+  batches = int_list(text)
+  if not batches:
     raise SystemExit(f"--batches must be comma-separated positive integers (e.g. 64,256), "
                      f"got {text!r}")
   return batches
@@ -235,7 +234,7 @@ def _machine(use_torch: bool) -> dict:
           "torch": __import__("torch").__version__ if use_torch else None}
 
 
-PRETRAIN_HEADER = (f"{'pretraining':<14} {'batch':>5} {'runner':<11} {'ex/s':>9} {'GFLOP/ex':>9} "
+PRETRAIN_HEADER = (f"{'pretraining':<14} {'batch':>5} {'runner':<16} {'ex/s':>9} {'GFLOP/ex':>9} "
                    f"{'GFLOP/s':>8} {'% peak':>7} {'torch ex/s':>10} {'jax/torch':>9} "
                    f"{'compiles':>8} {'kern %peak':>10} {'kern share':>10}")
 
@@ -253,12 +252,28 @@ def pretrain_rows(families, batches, use_torch: bool, peak: float, repeats: int)
   return out
 
 
+def _runs(family: str) -> list[tuple[str, str, str | None]]:
+  """(name, runner, conv_impl) of a family's rows: both runners with their recommended
+  implementation, and for the conv AEs per batch with ``conv_impl='onednn'`` where this
+  machine builds it (:mod:`aetl_jax.models.onednn`)."""
+  runs = [(runner, runner, None) for runner in ("scan", "per_batch")]
+  if family != "mlp":
+    from aetl_jax.models import onednn
+    if (why := onednn.problem()) is None:
+      runs.append(("onednn", "per_batch", "onednn"))
+    else:
+      print(f"  no conv_impl='onednn' row: {why}")
+  return runs
+
+
 def _pretrain_rows(family, n, batch, formats, peak, repeats, kernel_cache) -> list[dict]:
   contenders, flops_of, kernel_flops = {}, {}, {}
-  for runner in ("scan", "per_batch"):
-    contenders[runner], flops_of[runner], used, (kernels, kernel_flops[runner]) = (
-        jax_pretrain(family, batch, runner, n, kernel_cache))
-    contenders[f"{runner} kernels"] = kernels
+  runs = _runs(family)
+  for name, runner, conv_impl in runs:
+    contenders[name], flops_of[name], used, (kernels, kernel_flops[name]) = (
+        jax_pretrain(family, batch, runner, n, kernel_cache, conv_impl))
+    if conv_impl != "onednn":  # XLA neither counts nor replays the custom calls' work
+      contenders[f"{name} kernels"] = kernels
   for f in formats:
     contenders[f"torch {f}"] = torch_pretrain(family, batch, n, f)
   results = timed_interleaved(contenders, repeats)
@@ -270,33 +285,43 @@ def _pretrain_rows(family, n, batch, formats, peak, repeats, kernel_cache) -> li
     print("  torch " + ", ".join(f"{f} {r:.0f} ex/s" for f, r in torch_rates.items())
           + f" (baseline: {torch_format})")
   rows = []
-  for runner in ("scan", "per_batch"):
-    rate, flops = rate_of[runner], flops_of[runner]
-    kernel_s, step_s = results[f"{runner} kernels"][0] / LOOP, batch / rate
-    kernel_gflops = kernel_flops[runner] / kernel_s / 1e9 if kernel_s else float("nan")
-    gflops = rate * flops / 1e9
+  for name, runner, conv_impl in runs:
+    # The onednn row computes per_batch's model: its FLOPs; its kernels are not XLA's to replay.
+    rate, flops = rate_of[name], flops_of["per_batch" if conv_impl == "onednn" else name]
+    kernel_s = kernel_gflops = None
+    if f"{name} kernels" in results:
+      kernel_s = results[f"{name} kernels"][0] / LOOP
+      kernel_gflops = kernel_flops[name] / kernel_s / 1e9 if kernel_s else float("nan")
+    gflops, step_s = rate * flops / 1e9, batch / rate
     rows.append({"family": family, "batch": batch, "runner": runner,
-                 "conv_impl": CONV_IMPL_FOR_RUNNER[runner] if family != "mlp" else None,
+                 "conv_impl": (conv_impl or CONV_IMPL_FOR_RUNNER[runner]) if family != "mlp"
+                 else None,
                  "examples_per_s": rate, "gflop_per_example": flops / 1e9, "gflops": gflops,
                  "fraction_of_peak": gflops / peak, "torch_examples_per_s": torch_rate,
                  "torch_memory_format": torch_format, "torch_examples_per_s_by_format": torch_rates,
                  "ratio_vs_torch": rate / torch_rate if torch_rate else None,
-                 "compiles": results[runner][1], "kernels_alone_gflops": kernel_gflops,
-                 "kernels_alone_fraction_of_peak": kernel_gflops / peak,
-                 "kernel_time_share": kernel_s / step_s})
+                 "compiles": results[name][1], "kernels_alone_gflops": kernel_gflops,
+                 "kernels_alone_fraction_of_peak": (kernel_gflops / peak
+                                                    if kernel_gflops is not None else None),
+                 "kernel_time_share": kernel_s / step_s if kernel_s is not None else None})
     _print_pretrain_row(rows[-1])
   return rows
 
 
 def _print_pretrain_row(r: dict) -> None:
-  label = "scan/matmul" if r["family"] != "mlp" and r["runner"] == "scan" else r["runner"]
+  label = ("scan/matmul" if r["runner"] == "scan" else "per_batch/" + r["conv_impl"]
+           if r["conv_impl"] == "onednn" else r["runner"]) if r["family"] != "mlp" else r["runner"]
   torch_rate, ratio = r["torch_examples_per_s"], r["ratio_vs_torch"]
-  print(f"{r['family']:<14} {r['batch']:5d} {label:<11} {r['examples_per_s']:9.0f} "
+  print(f"{r['family']:<14} {r['batch']:5d} {label:<16} {r['examples_per_s']:9.0f} "
         f"{r['gflop_per_example']:9.4f} {r['gflops']:8.1f} {100 * r['fraction_of_peak']:6.1f}% "
         f"{(f'{torch_rate:10.0f}' if torch_rate else '         —')} "
         f"{(f'{ratio:8.2f}x' if torch_rate else '        —')} "
-        f"{r['compiles']:8d} {100 * r['kernels_alone_fraction_of_peak']:9.1f}% "
-        f"{100 * r['kernel_time_share']:9.1f}%", flush=True)
+        f"{r['compiles']:8d} {_percent(r['kernels_alone_fraction_of_peak'], 10)} "
+        f"{_percent(r['kernel_time_share'], 10)}", flush=True)
+
+
+def _percent(fraction, width: int) -> str:
+  return f"{100 * fraction:{width - 1}.1f}%" if fraction is not None else f"{'—':>{width}}"
 
 
 def finetune_rows(batch: int, n: int, repeats: int) -> list[dict]:

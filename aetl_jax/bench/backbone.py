@@ -128,11 +128,9 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--no-torch", action="store_true")
   args = parser.parse_args(argv)
-  try:
-    sizes = tuple(int(s) for s in args.sizes.split(","))
-  except ValueError:
-    sizes = ()
-  if not sizes or min(sizes) < 32 or args.batch < 1:
+  from aetl_jax.bench.timing import int_list
+  sizes = int_list(args.sizes, least=32)
+  if not sizes or args.batch < 1:
     raise SystemExit(f"--sizes must be comma-separated integers >= 32 and --batch >= 1, got "
                      f"{args.sizes!r} and {args.batch}")
   use_torch = not args.no_torch

@@ -8,9 +8,11 @@ wheels are SYCL builds with 600 MB of Intel runtimes; :mod:`aetl_jax.models.oned
 three custom calls against the system's oneDNN instead (Debian/Ubuntu: ``apt-get install g++
 libdnnl-dev``). Two tables, each timed round-robin within a round, medians of ``--rounds``:
 
-* per layer: for every convolution of the conv autoencoder that ``hybrid`` gives to XLA (the
-  wide ones), the forward pass, input gradient and kernel gradient, each jitted alone with
-  the conv family's compiler options, by XLA's convolution and by the custom call;
+* per layer: for every wide convolution and transposed convolution of the conv autoencoder
+  (those ``onednn`` gives to the custom calls), the forward pass, input gradient and kernel
+  gradient, each jitted alone with the conv family's compiler options, by ``auto``'s
+  formulation (XLA's convolution; the hybrid sub-pixel transposed convolution) and by the
+  custom calls;
 * per step: the conv AE's train step per batch (sub-pixel and transposed decoders) with
   ``conv_impl='auto'`` and ``'onednn'``, and PyTorch's channels-last step (unless
   ``--no-torch`` or PyTorch is absent), in one run, with the ratios.
@@ -27,27 +29,35 @@ PASSES = ("forward", "input grad", "kernel grad")
 
 
 def layers() -> list[tuple]:
-  """(name, size, cin, cout, stride) of the conv AE's convolutions that 'hybrid' runs with
-  XLA's convolution (at least ``NARROW_BELOW`` output channels)."""
+  """The conv AE's layers that ``auto`` and ``onednn`` run differently: (name, size, cin, cout,
+  stride, kind) of the wide ones (at least ``NARROW_BELOW`` output channels), convolutions
+  and transposed convolutions."""
   from aetl_jax.bench.conv_layers import LAYERS
   from aetl_jax.models.conv_ops import NARROW_BELOW
-  return [(name, size, cin, cout, stride) for name, size, cin, cout, stride, kind in LAYERS
-          if kind == "conv" and cout >= NARROW_BELOW]
+  return [layer for layer in LAYERS if layer[3] >= NARROW_BELOW]
+
+
+def _both(layer) -> dict:
+  """{'auto': what conv_impl='auto' runs for ``layer``, 'onednn': the custom calls}."""
+  from aetl_jax.models import conv_ops, onednn
+  strides = (layer[4],) * 2
+  if layer[5] == "transpose":
+    return {"auto": lambda x, k: conv_ops.hybrid_conv_transpose(x, k, strides, "SAME"),
+            "onednn": lambda x, k: onednn.conv_transpose(x, k, strides, "SAME")}
+  return {"auto": lambda x, k: conv_ops.xla_conv(x, k, strides, "SAME"),
+          "onednn": lambda x, k: onednn.conv(x, k, strides, "SAME")}
 
 
 def layer_rows(batches, repeats: int, rounds: int) -> list[dict]:
-  """One row per (batch, layer): each pass's median ms by XLA and by oneDNN."""
+  """One row per (batch, layer): each pass's median ms by ``auto``'s formulation and by
+  oneDNN."""
   from aetl_jax.bench.conv_layers import _jax_contenders
   from aetl_jax.bench.timing import time_interleaved
-  from aetl_jax.models import conv_ops, onednn
   out = []
   for batch in batches:
     for layer in layers():
-      strides = (layer[4],) * 2
-      both = {"xla": lambda x, k, s=strides: conv_ops.xla_conv(x, k, s, "SAME"),
-              "onednn": lambda x, k, s=strides: onednn.conv(x, k, s, "SAME")}
       fns = {(impl.removeprefix("jax "), p): fn
-             for impl, passes in _jax_contenders((*layer, "conv"), batch, both)
+             for impl, passes in _jax_contenders(layer, batch, _both(layer))
              for p, fn in passes.items()}
       times = {key: [] for key in fns}
       for _ in range(rounds):
@@ -57,10 +67,10 @@ def layer_rows(batches, repeats: int, rounds: int) -> list[dict]:
              "shape": f"{layer[1]}x{layer[1]} {layer[2]}->{layer[3]} s{layer[4]}"}
       row.update({key: statistics.median(ts) for key, ts in times.items()})
       out.append(row)
-      cells = "  ".join(f"{p} {row['xla', p]:7.2f} / {row['onednn', p]:7.2f}" for p in PASSES)
-      xla, dnn = (sum(row[who, p] for p in PASSES) for who in ("xla", "onednn"))
-      print(f"b{batch:<4} {layer[0]:<16} {row['shape']:<17} ms XLA / oneDNN: {cells}  "
-            f"all three {xla:7.2f} / {dnn:7.2f} ({xla / dnn:.2f}x)", flush=True)
+      cells = "  ".join(f"{p} {row['auto', p]:7.2f} / {row['onednn', p]:7.2f}" for p in PASSES)
+      ours, dnn = (sum(row[who, p] for p in PASSES) for who in ("auto", "onednn"))
+      print(f"b{batch:<4} {layer[0]:<18} {row['shape']:<17} ms auto / oneDNN: {cells}  "
+            f"all three {ours:7.2f} / {dnn:7.2f} ({ours / dnn:.2f}x)", flush=True)
   return out
 
 
@@ -121,11 +131,9 @@ def main(argv=None):
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--no-torch", action="store_true")
   args = parser.parse_args(argv)
-  try:
-    batches = tuple(int(b) for b in args.batches.split(","))
-  except ValueError:
-    batches = ()
-  if not batches or min(batches) < 1 or args.repeats < 1 or args.rounds < 1:
+  from aetl_jax.bench.timing import int_list
+  batches = int_list(args.batches)
+  if not batches or args.repeats < 1 or args.rounds < 1:
     raise SystemExit(f"--batches takes positive integers, comma-separated, and --repeats, "
                      f"--rounds must be >= 1; got {args.batches!r}, {args.repeats}, "
                      f"{args.rounds}")

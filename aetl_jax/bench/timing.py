@@ -127,6 +127,16 @@ def timed_interleaved(fns: dict, repeats: int) -> dict:
   return {name: (medians[name], compiles[name]) for name in fns}
 
 
+def int_list(text: str, least: int = 1) -> tuple[int, ...]:
+  """A flag's comma-separated integers, each at least ``least``; () when it is not that (the
+  caller names its flag and what is valid)."""
+  try:
+    values = tuple(int(v) for v in text.split(","))
+  except ValueError:
+    return ()
+  return values if values and min(values) >= least else ()
+
+
 def torch_usable(*, threads: bool = True) -> bool:
   """Whether PyTorch imports here; ``threads``: let it use every core, as JAX does."""
   try:

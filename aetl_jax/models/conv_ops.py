@@ -60,7 +60,8 @@ from aetl_jax.models import onednn
 
 # xla: nn.Conv/nn.ConvTranspose. hybrid: XLA's convolution for wide layers, the
 # narrow formulation for narrow ones, bias gradients as matmuls. onednn: hybrid with
-# oneDNN's convolutions for the wide layers (models/onednn.py, a system oneDNN). im2col /
+# oneDNN's (transposed) convolutions for the wide layers (models/onednn.py, a system
+# oneDNN). im2col /
 # shift_add: that formulation for every convolution. matmul: per layer, the
 # formulation with the smaller intermediate. auto: the measured default per
 # backend (see resolve_conv_impl).
@@ -554,7 +555,8 @@ class FormulatedConv(_KernelAndBias):
                      f"{', '.join(FORMULATIONS)}")
 
 
-TRANSPOSE_FORMULATIONS = ("xla", "overlap_add", "subpixel", "subpixel_patches", "hybrid")
+TRANSPOSE_FORMULATIONS = ("xla", "overlap_add", "subpixel", "subpixel_patches", "hybrid",
+                          "onednn")
 
 
 class FormulatedConvTranspose(_KernelAndBias):
@@ -564,14 +566,19 @@ class FormulatedConvTranspose(_KernelAndBias):
   overlap-add), 'subpixel' (one stride-1 XLA convolution per output phase +
   depth-to-space), 'subpixel_patches' (the phases as patches @ kernel) or
   'hybrid' ('subpixel' with XLA's strided convolution as input gradient and the
-  bias gradient as a matmul: :func:`hybrid_conv_transpose`, :func:`bias_add`).
+  bias gradient as a matmul: :func:`hybrid_conv_transpose`, :func:`bias_add`) or 'onednn'
+  (:func:`aetl_jax.models.onednn.conv_transpose` for wide layers, 'hybrid' for narrow ones
+  and where a stride exceeds the kernel).
   """
 
   formulation: str = "overlap_add"
 
   def _convolve(self, x, kernel, strides):
     formulation = self.formulation
-    if formulation == "hybrid":
+    if (formulation == "onednn" and self.features >= NARROW_BELOW and onednn.adjoint_padding(
+        x.shape[1:3], kernel.shape[:2], strides, _check_padding(self.padding)) is not None):
+      return onednn.conv_transpose(x, kernel, strides, self.padding), bias_add
+    if formulation in ("hybrid", "onednn"):
       return hybrid_conv_transpose(x, kernel, strides, self.padding), bias_add
     if formulation == "xla":
       _check_channels(x, kernel)
@@ -589,7 +596,7 @@ class FormulatedConvTranspose(_KernelAndBias):
 # The formulation each conv_impl (other than 'xla') gives plain and transposed convolutions.
 CONV_FORMULATION_OF = {"hybrid": "hybrid", "onednn": "onednn", "im2col": "patches",
                        "shift_add": "shift_add", "matmul": "auto"}
-TRANSPOSE_FORMULATION_OF = {"hybrid": "hybrid", "onednn": "hybrid",
+TRANSPOSE_FORMULATION_OF = {"hybrid": "hybrid", "onednn": "onednn",
                             "im2col": "subpixel_patches", "matmul": "subpixel_patches",
                             "shift_add": "overlap_add"}
 
@@ -613,7 +620,8 @@ def conv_transpose_class(impl: str):
   strided convolution as input gradient (:func:`hybrid_conv_transpose`); 'im2col'
   and 'matmul': the phases as patches @ kernel (in a scan on XLA:CPU 3.2×
   faster than matmul + overlap-add, BENCHMARKS.md); 'shift_add': matmul +
-  overlap-add.
+  overlap-add; 'onednn': oneDNN's for the wide layers
+  (:func:`aetl_jax.models.onednn.conv_transpose`).
   """
   return _module_class(impl, nn.ConvTranspose, FormulatedConvTranspose,
                        TRANSPOSE_FORMULATION_OF)

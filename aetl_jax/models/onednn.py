@@ -6,7 +6,7 @@ train the conv autoencoder's wide layers 1.2-2.5× faster on the 2-core AVX-512 
 ``onednn_conv.cpp`` (three XLA FFI handlers: forward, input gradient, kernel gradient)
 against the system's oneDNN the first time it is needed, registers the handlers with
 ``jax.ffi`` and gives :func:`conv`, a drop-in for :func:`conv_ops.xla_conv` whose gradients
-are oneDNN's too. Needs a C++ compiler and oneDNN's headers and library (Debian/Ubuntu:
+are oneDNN's too, and :func:`conv_transpose`, the same three handlers as ``lax.conv_transpose``. Needs a C++ compiler and oneDNN's headers and library (Debian/Ubuntu:
 ``apt-get install g++ libdnnl-dev``); without them :func:`problem` says why in one line (the
 conv families check it when the config is read, before anything trains). The
 shared library is cached under ``$AETL_CACHE`` (default ``~/.cache/aetl_jax``), keyed by the
@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 SOURCE = Path(__file__).with_name("onednn_conv.cpp")
@@ -154,9 +155,66 @@ def _conv_fwd(x, kernel, strides, padding):
 def _conv_bwd(strides, padding, residuals, dy):
   x, kernel = residuals
   attrs, _ = _geometry(x, kernel, tuple(strides), padding)
-  dx = _call("InputGrad", x.shape, x.dtype, x, kernel, dy, **attrs)
-  dk = _call("KernelGrad", kernel.shape, kernel.dtype, x, kernel, dy, **attrs)
+  dx = _call("InputGrad", x.shape, x.dtype, kernel, dy, **attrs)
+  dk = _call("KernelGrad", kernel.shape, kernel.dtype, x, dy, **attrs)
   return dx, dk
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+# A transposed convolution T(x; kernel) (``lax.conv_transpose``, ``transpose_kernel=False``)
+# is the transpose of a strided convolution S(y; K') from its output back to its input, K' the
+# kernel flipped in space with its channels swapped: T's forward pass is S's input gradient,
+# T's input gradient is S's forward pass and T's kernel gradient is S's kernel gradient with x
+# in the gradient's place (what oneDNN's own deconvolution does). No new handlers.
+def adjoint_padding(size_hw, kernel_hw, strides, padding: str):
+  """((top, bottom), (left, right)) padding of S for a transposed convolution of an input of
+  ``size_hw`` ('SAME'/'VALID'), or None where S would need a negative padding (a stride
+  larger than the kernel)."""
+  from aetl_jax.models.conv_ops import _transpose_geometry
+  pads = []
+  for size, k, s in zip(size_hw, kernel_hw, strides):
+    out, low = _transpose_geometry(size, k, s, padding)
+    top = k - 1 - low
+    pads.append((top, (size - 1) * s + k - out - top))
+  return tuple(pads) if min(min(pad) for pad in pads) >= 0 else None
+
+
+def _adjoint(x, kernel, strides, padding):
+  """(S's attributes, T's output shape, S's kernel K')."""
+  from aetl_jax.models.conv_ops import _check_padding, _transpose_geometry
+  pads = adjoint_padding(x.shape[1:3], kernel.shape[:2], strides, _check_padding(padding))
+  if pads is None:
+    raise ValueError(f"onednn.conv_transpose needs strides {strides} no larger than the "
+                     f"kernel {kernel.shape[:2]}; use conv_ops.hybrid_conv_transpose")
+  out_hw = [_transpose_geometry(n, k, s, padding)[0]
+            for n, k, s in zip(x.shape[1:3], kernel.shape[:2], strides)]
+  flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+  attrs, _ = _geometry(jax.ShapeDtypeStruct((1, *out_hw, kernel.shape[3]), x.dtype), flipped,
+                       strides, pads)
+  return attrs, (x.shape[0], *out_hw, kernel.shape[3]), flipped
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_transpose(x, kernel, strides=(2, 2), padding: str = "SAME"):
+  """``lax.conv_transpose(x, kernel, strides, padding)`` (NHWC/HWIO, float32, the kernel as
+  ``nn.ConvTranspose`` holds it) by oneDNN, forward and both gradients; strides no larger
+  than the kernel (:func:`adjoint_padding`)."""
+  return _conv_transpose_fwd(x, kernel, strides, padding)[0]
+
+
+def _conv_transpose_fwd(x, kernel, strides, padding):
+  attrs, shape, flipped = _adjoint(x, kernel, tuple(strides), padding)
+  return _call("InputGrad", shape, x.dtype, flipped, x, **attrs), (x, kernel)
+
+
+def _conv_transpose_bwd(strides, padding, residuals, dy):
+  x, kernel = residuals
+  attrs, _, flipped = _adjoint(x, kernel, tuple(strides), padding)
+  dx = _call("Forward", x.shape, x.dtype, dy, flipped, **attrs)
+  d_flipped = _call("KernelGrad", flipped.shape, kernel.dtype, dy, x, **attrs)
+  return dx, jnp.swapaxes(d_flipped, 2, 3)[::-1, ::-1]
+
+
+conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)

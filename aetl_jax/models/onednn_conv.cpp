@@ -79,15 +79,16 @@ ffi::Error guarded(F body) {
   return ffi::Error::Success();
 }
 
-#define GEOMETRY                                                                    \
-  auto xd = x.dimensions(); auto kd = k.dimensions();                               \
+// The convolution's primitives from its input's and kernel's shapes (the gradients' handlers
+// read them from the buffer they write: a transposed convolution has no such input to pass).
+#define GEOMETRY(xd, kd)                                                            \
   Conv& cv = get(xd[0], xd[1], xd[2], xd[3], kd[3], kd[0], kd[1], sh, sw, pt, pb, pl, pr);
 
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
                    ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
                    int64_t pb, int64_t pl, int64_t pr) {
   return guarded([&] {
-    GEOMETRY
+    GEOMETRY(x.dimensions(), k.dimensions())
     memory mx(cv.src, cpu(), x.typed_data()), mk(cv.hwio, cpu(), k.typed_data());
     memory my(cv.dst, cpu(), y->typed_data());
     cv.to_f.execute(strm(), mk, cv.kf);
@@ -96,11 +97,11 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
   });
 }
 
-ffi::Error InputGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
-                     ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx, int64_t sh,
-                     int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+ffi::Error InputGrad(ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> dy,
+                     ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw, int64_t pt,
+                     int64_t pb, int64_t pl, int64_t pr) {
   return guarded([&] {
-    GEOMETRY  // x: only its shape
+    GEOMETRY(dx->dimensions(), k.dimensions())
     memory mk(cv.hwio, cpu(), k.typed_data()), mdy(cv.dst, cpu(), dy.typed_data());
     memory mdx(cv.src, cpu(), dx->typed_data());
     cv.to_d.execute(strm(), mk, cv.kd);
@@ -110,11 +111,11 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
   });
 }
 
-ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
-                      ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dk, int64_t sh,
-                      int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                      ffi::ResultBuffer<ffi::F32> dk, int64_t sh, int64_t sw, int64_t pt,
+                      int64_t pb, int64_t pl, int64_t pr) {
   return guarded([&] {
-    GEOMETRY  // k: only its shape
+    GEOMETRY(x.dimensions(), dk->dimensions())
     memory mx(cv.src, cpu(), x.typed_data()), mdy(cv.dst, cpu(), dy.typed_data());
     memory mdk(cv.hwio, cpu(), dk->typed_data());
     cv.bwd_weights.execute(strm(), {{DNNL_ARG_SRC, mx}, {DNNL_ARG_DIFF_DST, mdy},
@@ -132,9 +133,10 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AetlOnednnConvForward, Forward,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
         .Ret<ffi::Buffer<ffi::F32>>() ATTRS);
+// Both gradients take two buffers and write the third.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AetlOnednnConvInputGrad, InputGrad,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-        .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>() ATTRS);
+        .Ret<ffi::Buffer<ffi::F32>>() ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AetlOnednnConvKernelGrad, KernelGrad,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-        .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>() ATTRS);
+        .Ret<ffi::Buffer<ffi::F32>>() ATTRS);
