@@ -6,9 +6,10 @@ train the conv autoencoder's wide layers 1.2-2.5× faster on the 2-core AVX-512 
 ``onednn_conv.cpp`` (three XLA FFI handlers: forward, input gradient, kernel gradient)
 against the system's oneDNN the first time it is needed, registers the handlers with
 ``jax.ffi`` and gives :func:`conv`, a drop-in for :func:`conv_ops.xla_conv` whose gradients
-are oneDNN's too, and :func:`conv_transpose`, the same three handlers as ``lax.conv_transpose``. Needs a C++ compiler and oneDNN's headers and library (Debian/Ubuntu:
-``apt-get install g++ libdnnl-dev``); without them :func:`problem` says why in one line (the
-conv families check it when the config is read, before anything trains). The
+are oneDNN's too, and :func:`conv_transpose`, the same three handlers as
+``lax.conv_transpose``. Needs a C++ compiler and oneDNN's headers and library
+(Debian/Ubuntu: ``apt-get install g++ libdnnl-dev``); without them :func:`problem` says why
+in one line (the conv families check it when the config is read, before anything trains). The
 shared library is cached under ``$AETL_CACHE`` (default ``~/.cache/aetl_jax``), keyed by the
 source and the jaxlib version, and written atomically.
 """
