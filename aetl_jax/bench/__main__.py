@@ -91,7 +91,8 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int, kernel_cache: dic
   """(one epoch as a thunk, XLA-counted FLOPs per example, examples per epoch,
   (the step's matmuls and convolutions alone, ``LOOP`` times each, as a thunk;
   their FLOPs per step): :mod:`aetl_jax.bench.ceiling`; equal kernels compiled once
-  through ``kernel_cache``), with ``conv_impl`` (default: the one for ``runner``)."""
+  through ``kernel_cache``), with ``conv_impl`` (default: the one for ``runner``). With
+  'onednn' the FLOPs and the kernels are None: XLA neither counts nor replays custom calls."""
   from aetl_jax.engine.compiler import train_compiler_options
   from aetl_jax.engine.loop import make_epoch_fn
   from aetl_jax.engine.state import TrainState
@@ -102,10 +103,12 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int, kernel_cache: dic
   step = make_train_step(loss, tx)
   state = TrainState.create(params, tx)
   step_args = (state, {"images": {"image": x[:batch]}}, jax.random.PRNGKey(0))
-  flops = hlo_flops(jax.jit(step), *step_args)
   options = train_compiler_options(family.split("_")[0])
-  kernels, kernel_flops, _ = kernels_thunk(step, step_args, compiler_options=options,
-                                           cache=kernel_cache)
+  flops = kernels = kernel_flops = None
+  if conv_impl != "onednn":
+    flops = hlo_flops(jax.jit(step), *step_args) / batch
+    kernels, kernel_flops, _ = kernels_thunk(step, step_args, compiler_options=options,
+                                             cache=kernel_cache)
   epoch = make_epoch_fn(step, batch_size=batch, runner=runner, compiler_options=options)
   holder = {"s": TrainState.create(jax.tree.map(jnp.copy, params), tx)}
 
@@ -113,7 +116,7 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int, kernel_cache: dic
     holder["s"], m = epoch(holder["s"], {"images": {"image": x}}, jax.random.PRNGKey(1))
     return m
 
-  return run, flops / batch, (n // batch) * batch, (kernels, kernel_flops)
+  return run, flops, (n // batch) * batch, (kernels, kernel_flops)
 
 
 def torch_pretrain(family: str, batch: int, n: int, memory_format: str = "contiguous"):
@@ -272,7 +275,7 @@ def _pretrain_rows(family, n, batch, formats, peak, repeats, kernel_cache) -> li
   for name, runner, conv_impl in runs:
     contenders[name], flops_of[name], used, (kernels, kernel_flops[name]) = (
         jax_pretrain(family, batch, runner, n, kernel_cache, conv_impl))
-    if conv_impl != "onednn":  # XLA neither counts nor replays the custom calls' work
+    if kernels is not None:
       contenders[f"{name} kernels"] = kernels
   for f in formats:
     contenders[f"torch {f}"] = torch_pretrain(family, batch, n, f)
@@ -287,7 +290,7 @@ def _pretrain_rows(family, n, batch, formats, peak, repeats, kernel_cache) -> li
   rows = []
   for name, runner, conv_impl in runs:
     # The onednn row computes per_batch's model: its FLOPs; its kernels are not XLA's to replay.
-    rate, flops = rate_of[name], flops_of["per_batch" if conv_impl == "onednn" else name]
+    rate, flops = rate_of[name], flops_of[name] or flops_of["per_batch"]
     kernel_s = kernel_gflops = None
     if f"{name} kernels" in results:
       kernel_s = results[f"{name} kernels"][0] / LOOP
@@ -309,8 +312,11 @@ def _pretrain_rows(family, n, batch, formats, peak, repeats, kernel_cache) -> li
 
 
 def _print_pretrain_row(r: dict) -> None:
-  label = ("scan/matmul" if r["runner"] == "scan" else "per_batch/" + r["conv_impl"]
-           if r["conv_impl"] == "onednn" else r["runner"]) if r["family"] != "mlp" else r["runner"]
+  label = r["runner"]
+  if r["family"] != "mlp" and r["runner"] == "scan":
+    label = "scan/matmul"
+  elif r["conv_impl"] == "onednn":
+    label = "per_batch/onednn"
   torch_rate, ratio = r["torch_examples_per_s"], r["ratio_vs_torch"]
   print(f"{r['family']:<14} {r['batch']:5d} {label:<16} {r['examples_per_s']:9.0f} "
         f"{r['gflop_per_example']:9.4f} {r['gflops']:8.1f} {100 * r['fraction_of_peak']:6.1f}% "

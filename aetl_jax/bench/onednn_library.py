@@ -39,13 +39,12 @@ def layers() -> list[tuple]:
 
 def _both(layer) -> dict:
   """{'auto': what conv_impl='auto' runs for ``layer``, 'onednn': the custom calls}."""
-  from aetl_jax.models import conv_ops, onednn
-  strides = (layer[4],) * 2
-  if layer[5] == "transpose":
-    return {"auto": lambda x, k: conv_ops.hybrid_conv_transpose(x, k, strides, "SAME"),
-            "onednn": lambda x, k: onednn.conv_transpose(x, k, strides, "SAME")}
-  return {"auto": lambda x, k: conv_ops.xla_conv(x, k, strides, "SAME"),
-          "onednn": lambda x, k: onednn.conv(x, k, strides, "SAME")}
+  from aetl_jax.bench.conv_layers import _library_formulations
+  from aetl_jax.models import onednn
+  strides, transposed = (layer[4],) * 2, layer[5] == "transpose"
+  custom = onednn.conv_transpose if transposed else onednn.conv
+  return {"auto": _library_formulations(layer)["hybrid" if transposed else "xla"],
+          "onednn": lambda x, k: custom(x, k, strides, "SAME")}
 
 
 def layer_rows(batches, repeats: int, rounds: int) -> list[dict]:
