@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from aetl_jax.core.config import ConfigError
+from aetl_jax.core.hugepages import reexec
 
 DEFAULT_CONFIG = "experiments/digits_transfer.py"
 # aetl list WHAT: the registry of each (module path, attribute) and the config key naming it.
@@ -343,7 +344,10 @@ def entry() -> None:
   """The ``aetl`` command (and ``python -m aetl_jax``): :func:`main`, then the process ends.
   After Ctrl-C it ends without the interpreter's shutdown, in which Orbax's background
   checkpoint threads would print tracebacks under the one line already said (the lock is
-  the kernel's; an unfinished checkpoint step is never taken for a finished one)."""
+  the kernel's; an unfinished checkpoint step is never taken for a finished one). First it
+  runs itself again with huge pages for large host blocks where that applies
+  (:mod:`aetl_jax.core.hugepages`)."""
+  reexec()
   code = main()
   if code == EXIT_INTERRUPTED or (code != 0 and _in_multi_process_run()):
     # (a failed multi-process run also skips the distributed runtime's shutdown barrier,

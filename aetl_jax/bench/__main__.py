@@ -25,6 +25,10 @@ In one run, after warm-up, medians of 5 repeats, compile time excluded:
 * the Ladder network's step against a plain classifier step, and ADDA's two-player step
   against a one-player classification step (:mod:`aetl_jax.bench.steps`);
 * the number of XLA compilations during the timed parts (must be 0).
+
+``AETL_HUGEPAGES=1 python -m aetl_jax.bench`` runs it with glibc's huge pages for large
+blocks (:mod:`aetl_jax.core.hugepages`; PyTorch in the same process gets them too); the
+header says which setting a run had.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import jax.numpy as jnp
 from aetl_jax.bench.ceiling import LOOP, kernels_thunk
 from aetl_jax.bench.timing import (timed, timed_interleaved, hlo_flops, int_list,
                                    time_calls, torch_usable, write_json)
+from aetl_jax.core import hugepages
 
 # The one command that installs CPU builds of the PyTorch baselines (a plain `pip install
 # torch torchvision` takes CUDA builds of several GB on Linux).
@@ -234,7 +239,9 @@ def _torch_baselines(wanted: bool) -> bool:
 def _machine(use_torch: bool) -> dict:
   return {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
           "cpu_count": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
-          "torch": __import__("torch").__version__ if use_torch else None}
+          "torch": __import__("torch").__version__ if use_torch else None,
+          "host_memory": hugepages.state(),
+          "page_reporting_order": hugepages.page_reporting_order()}
 
 
 PRETRAIN_HEADER = (f"{'pretraining':<14} {'batch':>5} {'runner':<16} {'ex/s':>9} {'GFLOP/ex':>9} "
@@ -367,6 +374,7 @@ def main(argv=None):
   rows = {"machine": _machine(use_torch)}
   peak = rows["matmul_peak_gflops"] = matmul_peak(256 if quick else 2048, repeats)
   print(f"backend={jax.default_backend()} cpu_count={os.cpu_count()} jax={jax.__version__}")
+  print(f"host memory: {rows['machine']['host_memory']}")
   print(f"float32 matmul peak: {peak:.1f} GFLOP/s\n")
   families = (("mlp", n_dense), ("conv", n_conv), ("conv_transpose", n_conv))
   if quick:  # checks the harness: the sub-pixel model would run the conv rows' code once more
@@ -383,4 +391,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  hugepages.reexec()
   main()
