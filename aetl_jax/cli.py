@@ -344,8 +344,8 @@ def entry() -> None:
   """The ``aetl`` command (and ``python -m aetl_jax``): :func:`main`, then the process ends.
   After Ctrl-C it ends without the interpreter's shutdown, in which Orbax's background
   checkpoint threads would print tracebacks under the one line already said (the lock is
-  the kernel's; an unfinished checkpoint step is never taken for a finished one). First it
-  runs itself again with huge pages for large host blocks where that applies
+  the kernel's; an unfinished checkpoint step is never taken for a finished one). With
+  ``AETL_HUGEPAGES=1`` it first runs itself again with huge pages for large host blocks
   (:mod:`aetl_jax.core.hugepages`)."""
   reexec()
   code = main()
