@@ -76,9 +76,13 @@ PROBE = textwrap.dedent("""
 """)
 
 
+def _clean_environ() -> dict:
+  """This process's environment without the switch or any glibc tunables."""
+  return {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "AETL_HUGEPAGES")}
+
+
 def _probe(**env):
-  environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "AETL_HUGEPAGES")}
-  out = subprocess.run([sys.executable, "-c", PROBE], env={**environ, **env}, check=True,
+  out = subprocess.run([sys.executable, "-c", PROBE], env={**_clean_environ(), **env}, check=True,
                        capture_output=True, text=True, timeout=60).stdout
   lines = out.strip().splitlines()
   starts = {line.split()[1] for line in lines[:-1]}
@@ -87,8 +91,7 @@ def _probe(**env):
 
 
 def test_the_rerun_process_gets_huge_pages_for_a_large_block():
-  clean = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "AETL_HUGEPAGES")}
-  if (why := hugepages.why_not({**clean, **ON}, hugepages.glibc_version(), hugepages.thp_mode())):
+  if (why := hugepages.why_not({**_clean_environ(), **ON}, hugepages.glibc_version(), hugepages.thp_mode())):
     pytest.skip(f"the re-run changes nothing on this machine: {why}")
   if not os.path.exists("/proc/self/smaps"):
     pytest.skip("no /proc/self/smaps to read the mapping's THP eligibility from")
