@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from aetl_jax.core.config import ConfigError
-from aetl_jax.core.hugepages import reexec
+from aetl_jax.core.heap import start as prepare_host
 
 DEFAULT_CONFIG = "experiments/digits_transfer.py"
 # aetl list WHAT: the registry of each (module path, attribute) and the config key naming it.
@@ -344,10 +344,10 @@ def entry() -> None:
   """The ``aetl`` command (and ``python -m aetl_jax``): :func:`main`, then the process ends.
   After Ctrl-C it ends without the interpreter's shutdown, in which Orbax's background
   checkpoint threads would print tracebacks under the one line already said (the lock is
-  the kernel's; an unfinished checkpoint step is never taken for a finished one). With
-  ``AETL_HUGEPAGES=1`` it first runs itself again with huge pages for large host blocks
-  (:mod:`aetl_jax.core.hugepages`)."""
-  reexec()
+  the kernel's; an unfinished checkpoint step is never taken for a finished one). First it
+  sets the host's memory up (:func:`aetl_jax.core.heap.start`: freed memory reused unless
+  ``AETL_REUSE_HEAP=0``; with ``AETL_HUGEPAGES=1`` it runs itself again with huge pages)."""
+  prepare_host()
   code = main()
   if code == EXIT_INTERRUPTED or (code != 0 and _in_multi_process_run()):
     # (a failed multi-process run also skips the distributed runtime's shutdown barrier,

@@ -26,9 +26,10 @@ In one run, after warm-up, medians of 5 repeats, compile time excluded:
   against a one-player classification step (:mod:`aetl_jax.bench.steps`);
 * the number of XLA compilations during the timed parts (must be 0).
 
-``AETL_HUGEPAGES=1 python -m aetl_jax.bench`` runs it with glibc's huge pages for large
-blocks (:mod:`aetl_jax.core.hugepages`; PyTorch in the same process gets them too); the
-header says which setting a run had.
+The process reuses the host memory XLA:CPU frees (:mod:`aetl_jax.core.heap`;
+``AETL_REUSE_HEAP=0``: JAX's and glibc's defaults), and ``AETL_HUGEPAGES=1`` adds glibc's huge
+pages for large blocks (:mod:`aetl_jax.core.hugepages`); PyTorch in the same process gets the
+same settings. The header says which settings a run had.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import jax.numpy as jnp
 from aetl_jax.bench.ceiling import LOOP, kernels_thunk
 from aetl_jax.bench.timing import (timed, timed_interleaved, hlo_flops, int_list,
                                    time_calls, torch_usable, write_json)
-from aetl_jax.core import hugepages
+from aetl_jax.core import heap, hugepages
 
 # The one command that installs CPU builds of the PyTorch baselines (a plain `pip install
 # torch torchvision` takes CUDA builds of several GB on Linux).
@@ -240,7 +241,7 @@ def _machine(use_torch: bool) -> dict:
   return {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
           "cpu_count": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
           "torch": __import__("torch").__version__ if use_torch else None,
-          "host_memory": hugepages.state(),
+          "heap": heap.state(), "host_memory": hugepages.state(),
           "page_reporting_order": hugepages.page_reporting_order()}
 
 
@@ -374,7 +375,8 @@ def main(argv=None):
   rows = {"machine": _machine(use_torch)}
   peak = rows["matmul_peak_gflops"] = matmul_peak(256 if quick else 2048, repeats)
   print(f"backend={jax.default_backend()} cpu_count={os.cpu_count()} jax={jax.__version__}")
-  print(f"host memory: {rows['machine']['host_memory']}")
+  print(f"heap: {rows['machine']['heap']}")
+  print(f"huge pages: {rows['machine']['host_memory']}")
   print(f"float32 matmul peak: {peak:.1f} GFLOP/s\n")
   families = (("mlp", n_dense), ("conv", n_conv), ("conv_transpose", n_conv))
   if quick:  # checks the harness: the sub-pixel model would run the conv rows' code once more
@@ -391,5 +393,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  hugepages.reexec()
+  heap.start()
   main()

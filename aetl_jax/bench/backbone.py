@@ -147,6 +147,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  from aetl_jax.core.hugepages import reexec
-  reexec()
+  from aetl_jax.core.heap import start
+  start()
   main()

@@ -294,6 +294,6 @@ def table(repeats: int, layers=None) -> dict:
 
 
 if __name__ == "__main__":
-  from aetl_jax.core.hugepages import reexec
-  reexec()
+  from aetl_jax.core.heap import start
+  start()
   main()

@@ -106,6 +106,6 @@ def training_seconds(data, example, bs: int, repeats: int) -> float:
 
 
 if __name__ == "__main__":
-  from aetl_jax.core.hugepages import reexec
-  reexec()
+  from aetl_jax.core.heap import start
+  start()
   main()

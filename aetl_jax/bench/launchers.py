@@ -145,6 +145,6 @@ def _seed_case(seeds, images, labels, widths, code, n_train, epochs) -> tuple[fl
 
 
 if __name__ == "__main__":
-  from aetl_jax.core.hugepages import reexec
-  reexec()
+  from aetl_jax.core.heap import start
+  start()
   main()

@@ -16,10 +16,10 @@ says when this machine reports free pages at that size.
 
 glibc reads its tunables only when a process starts, so with ``AETL_HUGEPAGES=1`` the
 command-line entry points (``aetl``, ``python -m aetl_jax.bench...``) call :func:`reexec`
-first and the process runs itself again, once, in place, with the tunable added to
-``GLIBC_TUNABLES``. Nothing happens where the kernel's THP mode is not ``madvise``
-(``always``: huge pages already; ``never``), on other systems, or when ``GLIBC_TUNABLES``
-already names the tunable. From Python (a notebook), start the interpreter with
+first (in :func:`aetl_jax.core.heap.start`) and the process runs itself again, once, in
+place, with the tunable added to ``GLIBC_TUNABLES``. Nothing happens where the kernel's THP
+mode is not ``madvise`` (``always``: huge pages already; ``never``), on other systems, or when
+``GLIBC_TUNABLES`` already names the tunable. From Python (a notebook), start the interpreter with
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in its environment.
 """
 
