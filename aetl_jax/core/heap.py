@@ -47,8 +47,7 @@ _OUTCOME: list[str] = []  # what reuse() did in this process, in words
 
 def switch_error(environ) -> str | None:
   """The one-line complaint about a malformed ``AETL_REUSE_HEAP``, or None."""
-  value = environ.get(SWITCH, "1")
-  return None if value in ("0", "1") else f"{SWITCH} must be 0 or 1 (unset: 1); got {value!r}"
+  return hugepages.flag_error(environ, SWITCH, "1")
 
 
 def _backend_started() -> bool:

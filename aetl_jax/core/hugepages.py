@@ -65,10 +65,15 @@ def page_reporting_order(path: Path = REPORTING_ORDER_FILE) -> int | None:
     return None
 
 
+def flag_error(environ, name: str, unset: str) -> str | None:
+  """The one-line complaint about an environment switch ``name`` that is not 0 or 1, or None."""
+  value = environ.get(name, unset)
+  return None if value in ("0", "1") else f"{name} must be 0 or 1 (unset: {unset}); got {value!r}"
+
+
 def switch_error(environ) -> str | None:
   """The one-line complaint about a malformed ``AETL_HUGEPAGES``, or None."""
-  value = environ.get(SWITCH, "0")
-  return None if value in ("0", "1") else f"{SWITCH} must be 0 or 1 (unset: 0); got {value!r}"
+  return flag_error(environ, SWITCH, "0")
 
 
 def why_not(environ, glibc: tuple[int, int] | None, mode: str | None) -> str | None:
