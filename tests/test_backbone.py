@@ -659,13 +659,22 @@ def test_the_shipped_conv_table_is_whole_and_resnet_auto_follows_a_table(tmp_pat
           for e in shipped["layers"]), (size, in_size, cin, cout, k, stride)
   if jax.default_backend() != "cpu":
     pytest.skip("the table is consulted on CPU only")
-  for best, other in (("xla", "patches"), ("patches", "xla")):
-    path = tmp_path / f"{best}.json"
-    path.write_text(json.dumps({"layers": [_entry(ms={best: 1.0, other: 3.0})]}))
-    monkeypatch.setenv(conv_table.ENV, str(path))
-    assert resolve_impl("auto", (32, 16, 16, 64), (3, 3, 64, 64), 1) == \
-        {"xla": "xla", "patches": "im2col"}[best]
-    assert resolve_impl("auto", (32, 16, 16, 64), (5, 5, 64, 64), 1) == "im2col"  # unmeasured
+  from aetl_jax.models import onednn
+  impl_of = {"xla": "xla", "patches": "im2col", "onednn": "onednn"}
+  for usable in (False, True):  # without oneDNN's handlers, and with them
+    monkeypatch.setattr(onednn, "usable", lambda usable=usable: usable)
+    for ms in ({"xla": 1.0, "patches": 3.0}, {"xla": 3.0, "patches": 1.0},
+               {"xla": 1.0, "patches": 3.0, "onednn": 2.0},
+               {"xla": 3.0, "patches": 2.0, "onednn": 1.0}):
+      path = tmp_path / "table.json"
+      path.write_text(json.dumps({"layers": [_entry(ms=ms)]}))
+      conv_table.load.cache_clear()
+      monkeypatch.setenv(conv_table.ENV, str(path))
+      fastest = min((c for c in ms if usable or c != "onednn"), key=ms.get)
+      if usable and "onednn" not in ms and fastest == "xla":
+        fastest = "onednn"  # a table without oneDNN's column: it takes XLA's layers
+      assert resolve_impl("auto", (32, 16, 16, 64), (3, 3, 64, 64), 1) == impl_of[fastest], ms
+      assert resolve_impl("auto", (32, 16, 16, 64), (5, 5, 64, 64), 1) == "im2col"  # unmeasured
   monkeypatch.setenv(conv_table.ENV, str(tmp_path / "absent.json"))
   assert resolve_impl("auto", (32, 16, 16, 64), (3, 3, 64, 64), 1) == "im2col"
   (tmp_path / "bad.json").write_text("{not json")

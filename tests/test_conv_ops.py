@@ -226,11 +226,12 @@ def test_onednn_conv_autoencoder_is_the_xla_one_or_the_config_says_what_is_missi
   with monkeypatch.context() as m:  # a machine without a compiler
     m.setattr(onednn.shutil, "which", lambda _: None)
     onednn.require.cache_clear()
-    with pytest.raises(ConfigError, match=r"^config key 'model.conv_impl': .*g\+\+ libdnnl-dev\)$"):
+    with pytest.raises(ConfigError, match=r"^config key 'model.conv_impl': .*g\+\+\) and oneDNN \(pip install "
+                                         r"onednn-devel-cpu-gomp or apt-get install libdnnl-dev\)$"):
       validate_transfer_config(onednn_config())
   onednn.require.cache_clear()
   if onednn.problem() is not None:  # this machine: no oneDNN to compare with
-    assert "apt-get install g++ libdnnl-dev" in onednn.problem()
+    assert "pip install onednn-devel-cpu-gomp" in onednn.problem()
     return
   assert list(tmp_path.glob("onednn_conv-*.so"))  # built where AETL_CACHE points
   x = uniform(0, (3, 28, 28, 1))
@@ -296,8 +297,11 @@ def _check_onednn_transposed(models, overrides, x):
   assert text.count("aetl_onednn_conv_") == 3 * 4 - 1
 
 
-def test_resolve_conv_impl():
-  assert resolve_conv_impl("auto", backend="cpu") == "hybrid"
+def test_resolve_conv_impl(monkeypatch):
+  from aetl_jax.models import onednn
+  for usable, chosen in ((True, "onednn"), (False, "hybrid")):  # oneDNN's where it builds
+    monkeypatch.setattr(onednn, "usable", lambda usable=usable: usable)
+    assert resolve_conv_impl("auto", backend="cpu") == chosen
   assert resolve_conv_impl("auto", backend="gpu") == "xla"
   assert resolve_conv_impl("auto", backend="tpu") == "xla"
   assert resolve_conv_impl("matmul", backend="gpu") == "matmul"

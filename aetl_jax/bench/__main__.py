@@ -7,8 +7,8 @@ In one run, after warm-up, medians of 5 repeats, compile time excluded:
   ``digits_transfer``'s default) on 28×28 inputs at two batch sizes with both
   epoch runners, each model's
   XLA-counted GFLOP per example and achieved GFLOP/s as a fraction of the peak
-  (conv rows: ``conv_impl=auto`` per batch, the matmul formulation in a scan, and
-  ``conv_impl=onednn`` per batch where the machine builds it);
+  (conv rows: ``conv_impl=auto`` per batch — oneDNN's convolutions where the machine builds
+  them, then also ``conv_impl=hybrid``, XLA's — and the matmul formulation in a scan);
 * the ceiling each step's own kernels set: its matmuls and convolutions replayed
   alone (:mod:`aetl_jax.bench.ceiling`) as a fraction of the peak, and the
   share of the step's time they would take at that speed;
@@ -65,7 +65,8 @@ def matmul_peak(n: int, repeats: int) -> float:
 
 
 # Each runner with the conv implementation the library recommends for it
-# (models/conv_ops.resolve_conv_impl): 'auto' per batch ('hybrid' on CPU: XLA's
+# (models/conv_ops.resolve_conv_impl): 'auto' per batch (on CPU 'onednn' where oneDNN's
+# handlers build, else 'hybrid': XLA's
 # convolutions for wide layers, the narrow formulation for the output layer),
 # the matmul formulation inside a scan (XLA:CPU's convolutions are ~20× slower
 # there).
@@ -97,8 +98,9 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int, kernel_cache: dic
   """(one epoch as a thunk, XLA-counted FLOPs per example, examples per epoch,
   (the step's matmuls and convolutions alone, ``LOOP`` times each, as a thunk;
   their FLOPs per step): :mod:`aetl_jax.bench.ceiling`; equal kernels compiled once
-  through ``kernel_cache``), with ``conv_impl`` (default: the one for ``runner``). With
-  'onednn' the FLOPs and the kernels are None: XLA neither counts nor replays custom calls."""
+  through ``kernel_cache``), with ``conv_impl`` (default: the one for ``runner``). Where that
+  resolves to 'onednn' the FLOPs and the kernels are None: XLA neither counts nor replays
+  custom calls."""
   from aetl_jax.engine.compiler import train_compiler_options
   from aetl_jax.engine.loop import make_epoch_fn
   from aetl_jax.engine.state import TrainState
@@ -111,7 +113,7 @@ def jax_pretrain(family: str, batch: int, runner: str, n: int, kernel_cache: dic
   step_args = (state, {"images": {"image": x[:batch]}}, jax.random.PRNGKey(0))
   options = train_compiler_options(family.split("_")[0])
   flops = kernels = kernel_flops = None
-  if conv_impl != "onednn":
+  if _resolved(family, runner, conv_impl) != "onednn":
     flops = hlo_flops(jax.jit(step), *step_args) / batch
     kernels, kernel_flops, _ = kernels_thunk(step, step_args, compiler_options=options,
                                              cache=kernel_cache)
@@ -263,17 +265,25 @@ def pretrain_rows(families, batches, use_torch: bool, peak: float, repeats: int)
   return out
 
 
+def _resolved(family: str, runner: str, conv_impl: str | None) -> str | None:
+  """The conv implementation a row runs (None for the dense AE)."""
+  if family == "mlp":
+    return None
+  from aetl_jax.models.conv_ops import resolve_conv_impl
+  return resolve_conv_impl(conv_impl or CONV_IMPL_FOR_RUNNER[runner])
+
+
 def _runs(family: str) -> list[tuple[str, str, str | None]]:
   """(name, runner, conv_impl) of a family's rows: both runners with their recommended
-  implementation, and for the conv AEs per batch with ``conv_impl='onednn'`` where this
-  machine builds it (:mod:`aetl_jax.models.onednn`)."""
+  implementation, and for the conv AEs, where 'auto' runs oneDNN's convolutions
+  (:mod:`aetl_jax.models.onednn`), per batch with XLA's too (``conv_impl='hybrid'``)."""
   runs = [(runner, runner, None) for runner in ("scan", "per_batch")]
   if family != "mlp":
     from aetl_jax.models import onednn
     if (why := onednn.problem()) is None:
-      runs.append(("onednn", "per_batch", "onednn"))
+      runs.append(("hybrid", "per_batch", "hybrid"))
     else:
-      print(f"  no conv_impl='onednn' row: {why}")
+      print(f"  conv_impl='auto' runs XLA's convolutions: {why}")
   return runs
 
 
@@ -297,16 +307,15 @@ def _pretrain_rows(family, n, batch, formats, peak, repeats, kernel_cache) -> li
           + f" (baseline: {torch_format})")
   rows = []
   for name, runner, conv_impl in runs:
-    # The onednn row computes per_batch's model: its FLOPs; its kernels are not XLA's to replay.
-    rate, flops = rate_of[name], flops_of[name] or flops_of["per_batch"]
+    # A oneDNN row computes the hybrid row's model: its FLOPs; its kernels are not XLA's.
+    rate, flops = rate_of[name], flops_of[name] or flops_of.get("hybrid")
     kernel_s = kernel_gflops = None
     if f"{name} kernels" in results:
       kernel_s = results[f"{name} kernels"][0] / LOOP
       kernel_gflops = kernel_flops[name] / kernel_s / 1e9 if kernel_s else float("nan")
     gflops, step_s = rate * flops / 1e9, batch / rate
     rows.append({"family": family, "batch": batch, "runner": runner,
-                 "conv_impl": (conv_impl or CONV_IMPL_FOR_RUNNER[runner]) if family != "mlp"
-                 else None,
+                 "conv_impl": _resolved(family, runner, conv_impl),
                  "examples_per_s": rate, "gflop_per_example": flops / 1e9, "gflops": gflops,
                  "fraction_of_peak": gflops / peak, "torch_examples_per_s": torch_rate,
                  "torch_memory_format": torch_format, "torch_examples_per_s_by_format": torch_rates,
@@ -323,8 +332,8 @@ def _print_pretrain_row(r: dict) -> None:
   label = r["runner"]
   if r["family"] != "mlp" and r["runner"] == "scan":
     label = "scan/matmul"
-  elif r["conv_impl"] == "onednn":
-    label = "per_batch/onednn"
+  elif r["conv_impl"] in ("onednn", "hybrid"):
+    label = f"per_batch/{r['conv_impl']}"
   torch_rate, ratio = r["torch_examples_per_s"], r["ratio_vs_torch"]
   print(f"{r['family']:<14} {r['batch']:5d} {label:<16} {r['examples_per_s']:9.0f} "
         f"{r['gflop_per_example']:9.4f} {r['gflops']:8.1f} {100 * r['fraction_of_peak']:6.1f}% "

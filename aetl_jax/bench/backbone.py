@@ -7,10 +7,10 @@ input) trained by the engine's step (``make_train_step``: BatchNorm statistics c
 one jitted call per batch) against ``torchvision.models.resnet18`` with the same Adam step,
 on the same random images; median of ``--repeats`` interleaved rounds after warm-up,
 PyTorch on every core. The default ``conv_impl='auto'`` (on CPU, per layer, XLA's
-convolution or patches @ kernel, whichever the measured table
-:mod:`aetl_jax.models.conv_table` says trains that shape faster) next to either
-formulation everywhere (``xla``, ``im2col``), and ``onednn`` (auto with a system oneDNN's
-convolutions where auto uses XLA's) where this machine builds it.
+convolution, patches @ kernel or — where this machine builds them — oneDNN's convolution,
+whichever the measured table :mod:`aetl_jax.models.conv_table` says trains that shape
+fastest) next to either of XLA's formulations everywhere (``xla``, ``im2col``), and
+``onednn`` (oneDNN required) where this machine builds it.
 """
 
 from __future__ import annotations

@@ -204,11 +204,14 @@ RESNET_SIZES = ((64, 32), (128, 32), (224, 32))
 
 def table_layers(resnet=RESNET_SIZES) -> list[dict]:
   """The shapes ``--table`` measures, with their candidates: ResNet-18's convolutions at
-  each (input size, batch) of ``resnet``, XLA's convolution or patches @ kernel (torch's
-  symmetric padding). (The conv autoencoder's 'hybrid' keeps its measured rule: the
-  narrow formulation below 8 output channels; ``--table --conv-ae`` adds its layers.)"""
+  each (input size, batch) of ``resnet``, XLA's convolution, patches @ kernel (torch's
+  symmetric padding) and, where its handlers build here, oneDNN's convolution. (The conv
+  autoencoder's 'hybrid' keeps its measured rule: the narrow formulation below 8 output
+  channels; ``--table --conv-ae`` adds its layers.)"""
+  from aetl_jax.models import onednn
+  candidates = ("xla", "patches") + (("onednn",) if onednn.usable() else ())
   return [dict(family="resnet18", net=size, batch=batch, size=in_size, cin=cin, cout=cout,
-               kernel=k, stride=stride, count=count, candidates=("xla", "patches"))
+               kernel=k, stride=stride, count=count, candidates=candidates)
           for size, batch in resnet for in_size, cin, cout, k, stride, count in
           resnet18_layers(size)]
 
@@ -230,7 +233,7 @@ def table_program(layer: dict, formulation: str, extra_options: dict | None = No
   from jax import lax
 
   from aetl_jax.engine.compiler import train_compiler_options
-  from aetl_jax.models import conv_ops
+  from aetl_jax.models import conv_ops, onednn
   k, s, p = layer["kernel"], (layer["stride"],) * 2, layer["kernel"] // 2
 
   def conv(x, kernel):
@@ -239,6 +242,8 @@ def table_program(layer: dict, formulation: str, extra_options: dict | None = No
     if formulation == "patches":
       return conv_ops.patches_conv(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), kernel, s,
                                    "VALID")
+    if formulation == "onednn":
+      return onednn.conv(x, kernel, s, ((p, p), (p, p)))
     return lax.conv_general_dilated(x, kernel, s, ((p, p), (p, p)),
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 

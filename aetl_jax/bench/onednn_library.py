@@ -1,20 +1,22 @@
-"""``conv_impl='onednn'`` (a system oneDNN's convolutions as XLA custom calls) against XLA's.
+"""``conv_impl='onednn'`` (oneDNN's convolutions as XLA custom calls; 'auto''s choice on CPU
+where they build) against XLA's (``conv_impl='hybrid'``, 'auto' where they do not).
 
     python -m aetl_jax.bench.onednn_library [--batches 64,256] [--repeats 5] [--rounds 3]
                                             [--no-torch]
 
-jaxlib's CPU build runs no oneDNN (``python -m aetl_jax.bench.onednn``), and PyPI's oneDNN
-wheels are SYCL builds with 600 MB of Intel runtimes; :mod:`aetl_jax.models.onednn` compiles
-three custom calls against the system's oneDNN instead (Debian/Ubuntu: ``apt-get install g++
-libdnnl-dev``). Two tables, each timed round-robin within a round, medians of ``--rounds``:
+jaxlib's CPU build runs no oneDNN (``python -m aetl_jax.bench.onednn``);
+:mod:`aetl_jax.models.onednn` compiles three custom calls against the environment's oneDNN
+(PyPI's ``onednn-devel-cpu-gomp``, a dependency on x86-64 Linux) or the system's (``apt-get
+install libdnnl-dev``). Two tables, each timed round-robin within a round, medians of
+``--rounds``:
 
 * per layer: for every wide convolution and transposed convolution of the conv autoencoder
   (those ``onednn`` gives to the custom calls), the forward pass, input gradient and kernel
-  gradient, each jitted alone with the conv family's compiler options, by ``auto``'s
+  gradient, each jitted alone with the conv family's compiler options, by ``hybrid``'s
   formulation (XLA's convolution; the hybrid sub-pixel transposed convolution) and by the
   custom calls;
 * per step: the conv AE's train step per batch (sub-pixel and transposed decoders) with
-  ``conv_impl='auto'`` and ``'onednn'``, and PyTorch's channels-last step (unless
+  ``conv_impl='hybrid'`` and ``'onednn'``, and PyTorch's channels-last step (unless
   ``--no-torch`` or PyTorch is absent), in one run, with the ratios.
 
 Without a compiler or oneDNN it says what is missing, in one line, before timing anything.
@@ -29,7 +31,7 @@ PASSES = ("forward", "input grad", "kernel grad")
 
 
 def layers() -> list[tuple]:
-  """The conv AE's layers that ``auto`` and ``onednn`` run differently: (name, size, cin, cout,
+  """The conv AE's layers that ``hybrid`` and ``onednn`` run differently: (name, size, cin, cout,
   stride, kind) of the wide ones (at least ``NARROW_BELOW`` output channels), convolutions
   and transposed convolutions."""
   from aetl_jax.bench.conv_layers import LAYERS
@@ -38,17 +40,17 @@ def layers() -> list[tuple]:
 
 
 def _both(layer) -> dict:
-  """{'auto': what conv_impl='auto' runs for ``layer``, 'onednn': the custom calls}."""
+  """{'hybrid': what conv_impl='hybrid' runs for ``layer``, 'onednn': the custom calls}."""
   from aetl_jax.bench.conv_layers import _library_formulations
   from aetl_jax.models import onednn
   strides, transposed = (layer[4],) * 2, layer[5] == "transpose"
   custom = onednn.conv_transpose if transposed else onednn.conv
-  return {"auto": _library_formulations(layer)["hybrid" if transposed else "xla"],
+  return {"hybrid": _library_formulations(layer)["hybrid" if transposed else "xla"],
           "onednn": lambda x, k: custom(x, k, strides, "SAME")}
 
 
 def layer_rows(batches, repeats: int, rounds: int) -> list[dict]:
-  """One row per (batch, layer): each pass's median ms by ``auto``'s formulation and by
+  """One row per (batch, layer): each pass's median ms by ``hybrid``'s formulation and by
   oneDNN."""
   from aetl_jax.bench.conv_layers import _jax_contenders
   from aetl_jax.bench.timing import time_interleaved
@@ -66,9 +68,9 @@ def layer_rows(batches, repeats: int, rounds: int) -> list[dict]:
              "shape": f"{layer[1]}x{layer[1]} {layer[2]}->{layer[3]} s{layer[4]}"}
       row.update({key: statistics.median(ts) for key, ts in times.items()})
       out.append(row)
-      cells = "  ".join(f"{p} {row['auto', p]:7.2f} / {row['onednn', p]:7.2f}" for p in PASSES)
-      ours, dnn = (sum(row[who, p] for p in PASSES) for who in ("auto", "onednn"))
-      print(f"b{batch:<4} {layer[0]:<18} {row['shape']:<17} ms auto / oneDNN: {cells}  "
+      cells = "  ".join(f"{p} {row['hybrid', p]:7.2f} / {row['onednn', p]:7.2f}" for p in PASSES)
+      ours, dnn = (sum(row[who, p] for p in PASSES) for who in ("hybrid", "onednn"))
+      print(f"b{batch:<4} {layer[0]:<18} {row['shape']:<17} ms hybrid / oneDNN: {cells}  "
             f"all three {ours:7.2f} / {dnn:7.2f} ({ours / dnn:.2f}x)", flush=True)
   return out
 
@@ -98,7 +100,7 @@ def _epoch(family: str, batch: int, conv_impl: str, n: int):
 
 
 def step_rows(batches, repeats: int, rounds: int, use_torch: bool, n: int = 1024) -> list[dict]:
-  """Examples/s of the conv AE's step per batch: 'auto', 'onednn' and (optionally)
+  """Examples/s of the conv AE's step per batch: 'hybrid', 'onednn' and (optionally)
   PyTorch channels-last, round-robin; the median of ``rounds`` rounds."""
   from aetl_jax.bench.__main__ import torch_pretrain
   from aetl_jax.bench.timing import time_interleaved
@@ -106,7 +108,7 @@ def step_rows(batches, repeats: int, rounds: int, use_torch: bool, n: int = 1024
   for family in ("conv", "conv_transpose"):
     for batch in batches:
       used = (n // batch) * batch
-      fns = {impl: _epoch(family, batch, impl, n) for impl in ("auto", "onednn")}
+      fns = {impl: _epoch(family, batch, impl, n) for impl in ("hybrid", "onednn")}
       if use_torch:
         fns["torch"] = torch_pretrain(family, batch, n, "channels_last")
       rates = {name: [] for name in fns}
@@ -116,10 +118,11 @@ def step_rows(batches, repeats: int, rounds: int, use_torch: bool, n: int = 1024
       row = {"family": family, "batch": batch}
       row.update({name: statistics.median(r) for name, r in rates.items()})
       out.append(row)
-      vs = (f"  vs PyTorch channels-last {row['torch']:6.0f}: auto {row['auto'] / row['torch']:.2f}x"
+      vs = (f"  vs PyTorch channels-last {row['torch']:6.0f}: hybrid "
+            f"{row['hybrid'] / row['torch']:.2f}x"
             f", onednn {row['onednn'] / row['torch']:.2f}x" if use_torch else "")
-      print(f"{family:<15} b{batch:<4} ex/s auto {row['auto']:6.0f}  onednn {row['onednn']:6.0f} "
-            f"({row['onednn'] / row['auto']:.2f}x){vs}", flush=True)
+      print(f"{family:<15} b{batch:<4} ex/s hybrid {row['hybrid']:6.0f}  onednn "
+            f"{row['onednn']:6.0f} ({row['onednn'] / row['hybrid']:.2f}x){vs}", flush=True)
   return out
 
 

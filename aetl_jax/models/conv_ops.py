@@ -60,8 +60,7 @@ from aetl_jax.models import onednn
 
 # xla: nn.Conv/nn.ConvTranspose. hybrid: XLA's convolution for wide layers, the
 # narrow formulation for narrow ones, bias gradients as matmuls. onednn: hybrid with
-# oneDNN's (transposed) convolutions for the wide layers (models/onednn.py, a system
-# oneDNN). im2col /
+# oneDNN's (transposed) convolutions for the wide layers (models/onednn.py). im2col /
 # shift_add: that formulation for every convolution. matmul: per layer, the
 # formulation with the smaller intermediate. auto: the measured default per
 # backend (see resolve_conv_impl).
@@ -85,22 +84,26 @@ def check_conv_impl(model_cfg) -> None:
 
 
 def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
-  """'auto' → 'hybrid' on CPU, XLA's native convolution ('xla') on GPU/TPU.
+  """'auto' → 'onednn' on CPU where oneDNN's handlers build (:mod:`aetl_jax.models.onednn`;
+  oneDNN is a dependency on x86-64 Linux), else 'hybrid'; XLA's native convolution ('xla')
+  on GPU/TPU.
 
-  ``python -m aetl_jax.bench.conv`` on the 2-core CPU (BENCHMARKS.md): with the
-  default per-batch runner and YNNPACK convolutions off
-  (:mod:`aetl_jax.engine.compiler`), 'hybrid' trains the conv autoencoder
-  fastest ('xla' next); 'matmul' is ~20× faster than 'xla' *inside* a ``scan``
-  (jax#12868) but slower than both per batch, so choose it explicitly when a
-  conv model must train inside one compiled loop (``runner=scan``, vmapped
-  seeds). GPUs and TPUs have tuned convolution kernels (cuDNN, the TPU
-  compiler), so 'auto' leaves their convolutions alone.
+  ``python -m aetl_jax.bench`` and ``python -m aetl_jax.bench.onednn_library`` on the 2-core
+  CPU (BENCHMARKS.md): per batch, 'onednn' trains the conv autoencoder 1.06-1.31× faster than
+  'hybrid', which is the fastest of XLA's own ('xla' next; YNNPACK convolutions off,
+  :mod:`aetl_jax.engine.compiler`); 'matmul' is ~20× faster than 'xla' *inside* a ``scan``
+  (jax#12868) but slower than both per batch, so choose it explicitly when a conv model must
+  train inside one compiled loop without oneDNN (``runner=scan``, vmapped seeds). GPUs and
+  TPUs have tuned convolution kernels (cuDNN, the TPU compiler), so 'auto' leaves their
+  convolutions alone.
   """
   if impl not in CONV_IMPLS:
     raise ValueError(f"unknown conv implementation {impl!r}; valid: {', '.join(CONV_IMPLS)}")
   if impl != "auto":
     return impl
-  return "hybrid" if (backend or jax.default_backend()) == "cpu" else "xla"
+  if (backend or jax.default_backend()) != "cpu":
+    return "xla"
+  return "onednn" if onednn.usable() else "hybrid"
 
 
 def _check_padding(padding) -> str:

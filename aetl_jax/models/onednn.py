@@ -1,17 +1,20 @@
-"""oneDNN's convolutions as XLA custom calls on CPU (``conv_impl='onednn'``).
+"""oneDNN's convolutions as XLA custom calls on CPU (``conv_impl='onednn'``, and 'auto''s
+choice on CPU wherever they build).
 
 jaxlib's CPU build runs XLA's own (Eigen) convolutions; PyTorch runs oneDNN's, which
 train the conv autoencoder's wide layers 1.2-2.5× faster on the 2-core AVX-512 machine
 (``python -m aetl_jax.bench.onednn_library``, BENCHMARKS.md). This module compiles
 ``onednn_conv.cpp`` (three XLA FFI handlers: forward, input gradient, kernel gradient)
-against the system's oneDNN the first time it is needed, registers the handlers with
-``jax.ffi`` and gives :func:`conv`, a drop-in for :func:`conv_ops.xla_conv` whose gradients
-are oneDNN's too, and :func:`conv_transpose`, the same three handlers as
-``lax.conv_transpose``. Needs a C++ compiler and oneDNN's headers and library
-(Debian/Ubuntu: ``apt-get install g++ libdnnl-dev``); without them :func:`problem` says why
-in one line (the conv families check it when the config is read, before anything trains). The
-shared library is cached under ``$AETL_CACHE`` (default ``~/.cache/aetl_jax``), keyed by the
-source and the jaxlib version, and written atomically.
+the first time it is needed, registers the handlers with ``jax.ffi`` and gives :func:`conv`,
+a drop-in for :func:`conv_ops.xla_conv` whose gradients are oneDNN's too, and
+:func:`conv_transpose`, the same three handlers as ``lax.conv_transpose``. Needs a C++
+compiler and oneDNN's headers and library: the Python environment's oneDNN 3 (PyPI's
+``onednn-devel-cpu-gomp``, CPU-only with GNU OpenMP, a dependency of this package on x86-64
+Linux) or else the system's oneDNN 2 or 3 (Debian/Ubuntu: ``apt-get install libdnnl-dev``);
+without them :func:`problem` says why in one line (``conv_impl='onednn'`` is refused when the
+config is read, before anything trains; 'auto' keeps XLA's convolutions). The shared library
+is cached under ``$AETL_CACHE`` (default ``~/.cache/aetl_jax``), keyed by the source, the
+jaxlib version and the oneDNN it was built against, and written atomically.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -29,8 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("onednn_conv.cpp")
-INSTALL = "apt-get install g++ libdnnl-dev"
+INSTALL = "pip install onednn-devel-cpu-gomp or apt-get install libdnnl-dev"
 _HANDLERS = ("Forward", "InputGrad", "KernelGrad")
 
 
@@ -38,10 +44,36 @@ def cache_dir() -> Path:
   return Path(os.environ.get("AETL_CACHE") or Path.home() / ".cache" / "aetl_jax")
 
 
+def environment_onednn() -> Path | None:
+  """The Python environment's oneDNN (PyPI's ``onednn-devel-cpu-gomp``, a dependency of this
+  package on x86-64 Linux: headers under ``include/``, ``libdnnl.so`` under ``lib/`` of the
+  environment's data folder), or None; then the handlers build against the system's."""
+  for scheme in (sysconfig.get_default_scheme(), f"{os.name}_user"):  # pip install [--user]
+    root = Path(sysconfig.get_paths(scheme)["data"])
+    if ((root / "include" / "oneapi" / "dnnl" / "dnnl.hpp").exists()
+        and (root / "lib" / "libdnnl.so").exists()):
+      return root
+  return None
+
+
+def _build_flags() -> list[str]:
+  """The compiler's flags for the environment's oneDNN (its library found again at run
+  time through the rpath), or none for the system's."""
+  root = environment_onednn()
+  if root is None:
+    return []
+  return [f"-I{root / 'include'}", f"-L{root / 'lib'}", f"-Wl,-rpath,{root / 'lib'}"]
+
+
 def _library_path() -> Path:
+  """The build's cached file, named by the source, jaxlib's version and the oneDNN built
+  against (its location and version header)."""
   import jaxlib
-  digest = hashlib.sha1(SOURCE.read_bytes() + jaxlib.__version__.encode()).hexdigest()[:16]
-  return cache_dir() / f"onednn_conv-{digest}.so"
+  root = environment_onednn()
+  version = (root / "include" / "oneapi" / "dnnl" / "dnnl_version.h") if root else None
+  key = (SOURCE.read_bytes() + jaxlib.__version__.encode() + str(root).encode()
+         + (version.read_bytes() if version else b""))
+  return cache_dir() / f"onednn_conv-{hashlib.sha1(key).hexdigest()[:16]}.so"
 
 
 class Unavailable(RuntimeError):
@@ -52,7 +84,8 @@ def _compile(target: Path) -> None:
   """Compile the handlers into ``target``, atomically."""
   compiler = shutil.which("g++") or shutil.which("c++")
   if compiler is None:
-    raise Unavailable(f"conv_impl='onednn' needs a C++ compiler (g++) and oneDNN ({INSTALL})")
+    raise Unavailable(f"conv_impl='onednn' needs a C++ compiler (apt-get install g++) and "
+                      f"oneDNN ({INSTALL})")
   try:
     target.parent.mkdir(parents=True, exist_ok=True)
   except OSError as err:
@@ -62,7 +95,8 @@ def _compile(target: Path) -> None:
     built = Path(tmp) / target.name
     done = subprocess.run(
         [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
-         str(SOURCE), "-o", str(built), "-ldnnl"], capture_output=True, text=True)
+         *_build_flags(), str(SOURCE), "-o", str(built), "-ldnnl"], capture_output=True,
+        text=True)
     if done.returncode:
       first = next((line for line in done.stderr.splitlines() if "error" in line),
                    done.stderr.strip()[:200])
@@ -110,6 +144,16 @@ def problem() -> str | None:
   except Unavailable as why:
     return str(why)
   return None
+
+
+@functools.lru_cache(maxsize=None)
+def usable() -> bool:
+  """Whether ``conv_impl='auto'`` runs oneDNN's convolutions here (CPU, handlers built and
+  registered); where not, says why once in the log and 'auto' keeps XLA's."""
+  why = problem()
+  if why is not None:
+    log.info("conv_impl='auto' runs XLA's convolutions: %s", why)
+  return why is None
 
 
 def _geometry(x, kernel, strides, padding):

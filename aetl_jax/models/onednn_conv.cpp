@@ -1,9 +1,10 @@
 // oneDNN's 2-d convolution as three XLA FFI handlers (forward, input gradient, kernel
-// gradient) for aetl_jax.models.onednn, which compiles this file against the system's oneDNN
-// (Debian/Ubuntu: apt-get install g++ libdnnl-dev) the first time conv_impl='onednn' is
-// traced. Input and output NHWC, kernel HWIO, float32, as XLA passes them; the kernel is
-// reordered to (and its gradient from) the layout oneDNN picks for the shape. Primitives are
-// built once per shape and thread (thread_local: XLA may run two custom calls at once).
+// gradient) for aetl_jax.models.onednn, which compiles this file against oneDNN 3 (the
+// Python environment's, from PyPI's onednn-devel-cpu-gomp) or 2 (Debian/Ubuntu's libdnnl-dev)
+// the first time its convolutions are traced. Input and output NHWC, kernel HWIO, float32, as
+// XLA passes them; the kernel is reordered to (and its gradient from) the layout oneDNN picks
+// for the shape. Primitives are built once per shape and thread (thread_local: XLA may run two
+// custom calls at once).
 #include <cstdint>
 #include <exception>
 #include <string>
@@ -48,15 +49,25 @@ Conv& get(int64_t n, int64_t h, int64_t w, int64_t c, int64_t o, int64_t kh, int
   memory::desc src({n, c, h, w}, dt::f32, tag::nhwc), dst({n, o, oh, ow}, dt::f32, tag::nhwc);
   memory::desc any_w({o, c, kh, kw}, dt::f32, tag::any), hwio({o, c, kh, kw}, dt::f32, tag::hwio);
   memory::dims strides{sh, sw}, pad_l{pt, pl}, pad_r{pb, pr};
+  const auto direct = algorithm::convolution_direct;
+#if DNNL_VERSION_MAJOR >= 3  // oneDNN 3 builds primitive descriptors from the shapes directly
+  auto fpd = convolution_forward::primitive_desc(cpu(), prop_kind::forward_training, direct,
+                                                 src, any_w, dst, strides, pad_l, pad_r);
+  auto dpd = convolution_backward_data::primitive_desc(cpu(), direct, src, any_w, dst, strides,
+                                                       pad_l, pad_r, fpd);
+  auto wpd = convolution_backward_weights::primitive_desc(cpu(), direct, src, any_w, dst,
+                                                          strides, pad_l, pad_r, fpd);
+#else  // oneDNN 2 (Debian/Ubuntu's libdnnl-dev) through operation descriptors
   auto fpd = convolution_forward::primitive_desc(
-      convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct,
-                                src, any_w, dst, strides, pad_l, pad_r), cpu());
+      convolution_forward::desc(prop_kind::forward_training, direct, src, any_w, dst, strides,
+                                pad_l, pad_r), cpu());
   auto dpd = convolution_backward_data::primitive_desc(
-      convolution_backward_data::desc(algorithm::convolution_direct, src, any_w, dst, strides,
-                                      pad_l, pad_r), cpu(), fpd);
+      convolution_backward_data::desc(direct, src, any_w, dst, strides, pad_l, pad_r), cpu(),
+      fpd);
   auto wpd = convolution_backward_weights::primitive_desc(
-      convolution_backward_weights::desc(algorithm::convolution_direct, src, any_w, dst,
-                                         strides, pad_l, pad_r), cpu(), fpd);
+      convolution_backward_weights::desc(direct, src, any_w, dst, strides, pad_l, pad_r), cpu(),
+      fpd);
+#endif
   memory kf(fpd.weights_desc(), cpu()), kd(dpd.weights_desc(), cpu());
   memory dk(wpd.diff_weights_desc(), cpu());
   auto conv = std::unique_ptr<Conv>(new Conv{

@@ -41,32 +41,36 @@ BLOCKS = ("conv1", "bn1", *STAGES, "code")
 _kaiming = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # 'im2col': patches @ kernel; on XLA:CPU up to 40× faster than its convolution on ResNet-18's
 # small late maps, 1.5-2.5× slower on the wide early ones (BENCHMARKS.md, "ResNet-18").
-# 'onednn': auto's choice per layer, with a system oneDNN's convolutions (XLA custom calls,
-# models/onednn.py) wherever auto would run XLA's.
+# 'onednn': oneDNN's convolutions (XLA custom calls, models/onednn.py) wherever the measured
+# table says they train the layer's shape fastest; 'auto' on CPU is 'onednn' where they build.
 CONV_IMPLS = ("auto", "xla", "im2col", "onednn")
 
 
 def resolve_impl(impl: str, x_shape=None, kernel_shape=None, stride: int = 1) -> str:
   """'auto': XLA's convolution on GPU/TPU; on CPU, per layer, whichever of XLA's
-  convolution and im2col trained the layer's shape faster in the measured table
+  convolution, im2col and (where its handlers build, :func:`onednn.usable`) oneDNN's
+  convolution trained the layer's shape fastest in the measured table
   (:mod:`aetl_jax.models.conv_table`), im2col where no measured shape is near. (Below
   64-px inputs the network resolves 'auto' to im2col first: those train in a scan.)
-  'onednn': auto's choice, with oneDNN's convolution (a custom call) where that is XLA's."""
-  if impl == "onednn":
-    return "onednn" if resolve_impl("auto", x_shape, kernel_shape, stride) == "xla" else "im2col"
-  if impl != "auto":
+  'onednn': the same with oneDNN required (the config check refuses it where it does not
+  build); a table without oneDNN's column gives it the layers XLA's convolution wins."""
+  if impl not in ("auto", "onednn"):
     return impl
   backend = jax.default_backend()
   if backend != "cpu":
     return "xla"
+  with_onednn = impl == "onednn" or onednn.usable()
   if x_shape is None:
     return "im2col"
   from aetl_jax.models.conv_table import measured_choice
   kh, _, cin, cout = kernel_shape
-  choice = measured_choice(("xla", "patches"), backend=backend, batch=x_shape[0],
-                           out=-(-x_shape[1] // stride), cin=cin, cout=cout, kernel=kh,
-                           stride=stride)
-  return "xla" if choice == "xla" else "im2col"
+  shape = dict(backend=backend, batch=x_shape[0], out=-(-x_shape[1] // stride), cin=cin,
+               cout=cout, kernel=kh, stride=stride)
+  choice = with_onednn and measured_choice(("xla", "patches", "onednn"), **shape)
+  if not choice:
+    choice = measured_choice(("xla", "patches"), **shape)
+    choice = "onednn" if with_onednn and choice == "xla" else choice
+  return {"patches": "im2col", None: "im2col"}.get(choice, choice)
 
 
 class Conv(nn.Module):
