@@ -297,6 +297,33 @@ def _check_onednn_transposed(models, overrides, x):
   assert text.count("aetl_onednn_conv_") == 3 * 4 - 1
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="oneDNN's custom calls are CPU's")
+def test_the_installed_onednn_builds_so_auto_runs_it(tmp_path, monkeypatch):
+  """Where the package's oneDNN dependency installs (x86-64 Linux) and a compiler is here,
+  the handlers build against the environment's oneDNN and load (else 'auto' would quietly
+  run XLA's convolutions); the build is keyed by that oneDNN."""
+  import platform
+  import shutil
+  import sys
+
+  from aetl_jax.models import onednn
+  if not (sys.platform == "linux" and platform.machine() == "x86_64" and shutil.which("g++")):
+    pytest.skip("oneDNN is a dependency on x86-64 Linux only, and builds with g++")
+  root = onednn.environment_onednn()
+  assert root is not None, "onednn-devel-cpu-gomp's headers and libdnnl.so are not installed"
+  monkeypatch.setenv("AETL_CACHE", str(tmp_path))
+  onednn.require.cache_clear()
+  try:
+    assert onednn.problem() is None
+    built = onednn._library_path()
+    assert built.exists() and built.parent == tmp_path
+    with monkeypatch.context() as m:  # a system oneDNN is another build
+      m.setattr(onednn, "environment_onednn", lambda: None)
+      assert onednn._library_path() != built
+  finally:
+    onednn.require.cache_clear()
+
+
 def test_resolve_conv_impl(monkeypatch):
   from aetl_jax.models import onednn
   for usable, chosen in ((True, "onednn"), (False, "hybrid")):  # oneDNN's where it builds

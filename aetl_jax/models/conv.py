@@ -53,9 +53,10 @@ class ConvEncoder(nn.Module):
   """Stride-2 3×3 conv blocks, then a dense projection to the code.
 
   ``conv_impl``: 'xla' (``nn.Conv``), 'hybrid' (XLA's convolution for wide
-  layers, the narrow formulation for narrow ones), a matmul formulation with
-  the same parameters ('im2col', 'shift_add', 'matmul' = per layer) or 'auto'
-  ('hybrid' on CPU, 'xla' on GPU/TPU); see :mod:`aetl_jax.models.conv_ops`.
+  layers, the narrow formulation for narrow ones), 'onednn' ('hybrid' with oneDNN's
+  convolutions for the wide layers), a matmul formulation with the same parameters
+  ('im2col', 'shift_add', 'matmul' = per layer) or 'auto' ('onednn' on CPU where it
+  builds, else 'hybrid'; 'xla' on GPU/TPU); see :mod:`aetl_jax.models.conv_ops`.
   """
 
   channels: Sequence[int] = (32, 64)
@@ -173,8 +174,9 @@ _CONV = dict(
     dropout_rate=DROPOUT,
     upsampling=Key("transpose", "the decoder's upsampling: transpose, resize or subpixel",
                    one_of(*UPSAMPLING)),
-    conv_impl=Key("auto", f"convolution formulation: {', '.join(CONV_IMPLS)} ('onednn': a "
-                  f"system oneDNN's convolutions, CPU)", one_of(*CONV_IMPLS)))
+    conv_impl=Key("auto", f"convolution formulation: {', '.join(CONV_IMPLS)} ('onednn': "
+                  f"oneDNN's convolutions, CPU; auto's choice there where they build)",
+                  one_of(*CONV_IMPLS)))
 
 
 @FAMILIES.register("conv", defaults=_CONV, decoder=_conv_decoder,

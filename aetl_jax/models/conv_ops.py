@@ -89,7 +89,7 @@ def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
   on GPU/TPU.
 
   ``python -m aetl_jax.bench`` and ``python -m aetl_jax.bench.onednn_library`` on the 2-core
-  CPU (BENCHMARKS.md): per batch, 'onednn' trains the conv autoencoder 1.06-1.31× faster than
+  CPU (BENCHMARKS.md): per batch, 'onednn' trains the conv autoencoder 1.00-1.27× faster than
   'hybrid', which is the fastest of XLA's own ('xla' next; YNNPACK convolutions off,
   :mod:`aetl_jax.engine.compiler`); 'matmul' is ~20× faster than 'xla' *inside* a ``scan``
   (jax#12868) but slower than both per batch, so choose it explicitly when a conv model must

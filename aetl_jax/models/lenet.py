@@ -90,8 +90,9 @@ def _check(m, image_shape) -> None:
                  each(positive(integer=True), "positive integers")),
     code_dim=Key(500, "size of the code (0: the trunk's own features)"),
     dropout_rate=DROPOUT,
-    conv_impl=Key("auto", f"convolution formulation: {', '.join(CONV_IMPLS)} ('onednn': a "
-                  f"system oneDNN's convolutions, CPU)", one_of(*CONV_IMPLS))),
+    conv_impl=Key("auto", f"convolution formulation: {', '.join(CONV_IMPLS)} ('onednn': "
+                  f"oneDNN's convolutions, CPU; auto's choice there where they build)",
+                  one_of(*CONV_IMPLS))),
                    check=_check, validate=check_conv_impl,
                    decoder=lambda m, shape: LeNetDecoder(image_shape=tuple(shape),
                                                          channels=tuple(reversed(tuple(m.channels))),

@@ -59,9 +59,9 @@ def resolve_impl(impl: str, x_shape=None, kernel_shape=None, stride: int = 1) ->
   backend = jax.default_backend()
   if backend != "cpu":
     return "xla"
-  with_onednn = impl == "onednn" or onednn.usable()
   if x_shape is None:
     return "im2col"
+  with_onednn = impl == "onednn" or onednn.usable()
   from aetl_jax.models.conv_table import measured_choice
   kh, _, cin, cout = kernel_shape
   shape = dict(backend=backend, batch=x_shape[0], out=-(-x_shape[1] // stride), cin=cin,
